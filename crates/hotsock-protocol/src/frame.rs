@@ -1,0 +1,197 @@
+//! The frame layer: a fixed little-endian header followed by raw payload
+//! bytes. Nothing here interprets payloads; that is `message.rs`'s job.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::ProtocolError;
+
+/// Size of the fixed header: `len u32, kind u8, flags u8, conn u64, id u64`.
+pub const HEADER_LEN: usize = 22;
+
+/// Hard upper bound on one frame's payload, whatever a decoder is configured
+/// with. It is the largest WebSocket message the server can be configured to
+/// accept (64 MiB) plus room for the body fields around it, so a single
+/// corrupted length can never make a reader allocate gigabytes.
+pub const PAYLOAD_MAX_BYTES: u32 = (64 << 20) + 4096;
+
+/// Bits of a frame's `flags` byte. Their meaning depends on the kind, as
+/// documented on each [`Kind`].
+pub mod flags {
+    /// Message/Push/SendToUid/Broadcast: the payload is binary, not text.
+    pub const BINARY: u8 = 1 << 0;
+    /// Any event: the event was sent to a worker before, which died or was
+    /// killed before acknowledging it. The handler may have run already.
+    pub const REDELIVERED: u8 = 1 << 1;
+    /// Reply: the connection asked about does not exist (any more).
+    pub const NOT_FOUND: u8 = 1 << 2;
+}
+
+/// The frame kinds. Values below 0x40 travel server → worker, values from
+/// 0x40 travel worker → server, so a reader can reject a frame sent in the
+/// wrong direction from the header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// First frame on every worker socket: versions and identity.
+    Hello = 0x01,
+    /// Event: a WebSocket upgrade request awaiting the worker's decision.
+    Handshake = 0x02,
+    /// Event: a connection was accepted.
+    Open = 0x03,
+    /// Event: a whole WebSocket message (text unless `BINARY`).
+    Message = 0x04,
+    /// Event: a connection is gone (close code and reason in the body).
+    Close = 0x05,
+    /// Answer to a worker's query (`ConnInfo`, `ConnList`), matched by `id`.
+    Reply = 0x06,
+    /// Graceful stop: finish in-flight events, run `on_worker_stop`, exit.
+    Stop = 0x07,
+    /// The worker's answer to Hello: its version and capabilities.
+    Ready = 0x41,
+    /// Acknowledges handled events; the body is a list of event ids.
+    Ack = 0x42,
+    /// Send a message to one connection.
+    Push = 0x43,
+    /// Close one connection with a code and reason.
+    CloseConn = 0x44,
+    /// Bind a connection to a numeric uid (`id` is the uid).
+    Bind = 0x45,
+    /// Send a message to every connection bound to a uid (`id` is the uid).
+    SendToUid = 0x46,
+    /// Send a message to every open connection.
+    Broadcast = 0x47,
+    /// Ask for one connection's details; answered by `Reply`.
+    ConnInfo = 0x48,
+    /// Ask for the ids of all open connections; answered by `Reply`.
+    ConnList = 0x49,
+    /// Accept or reject a `Handshake` event.
+    HandshakeReply = 0x4a,
+}
+
+impl Kind {
+    /// Maps a header byte to a kind.
+    pub fn from_u8(byte: u8) -> Result<Kind, ProtocolError> {
+        Ok(match byte {
+            0x01 => Kind::Hello,
+            0x02 => Kind::Handshake,
+            0x03 => Kind::Open,
+            0x04 => Kind::Message,
+            0x05 => Kind::Close,
+            0x06 => Kind::Reply,
+            0x07 => Kind::Stop,
+            0x41 => Kind::Ready,
+            0x42 => Kind::Ack,
+            0x43 => Kind::Push,
+            0x44 => Kind::CloseConn,
+            0x45 => Kind::Bind,
+            0x46 => Kind::SendToUid,
+            0x47 => Kind::Broadcast,
+            0x48 => Kind::ConnInfo,
+            0x49 => Kind::ConnList,
+            0x4a => Kind::HandshakeReply,
+            other => return Err(ProtocolError::UnknownKind(other)),
+        })
+    }
+
+    /// True for kinds the server sends to workers.
+    pub fn is_to_worker(self) -> bool {
+        (self as u8) < 0x40
+    }
+}
+
+/// One frame: header fields plus the payload bytes, uninterpreted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What the frame is.
+    pub kind: Kind,
+    /// Kind-specific bits, see [`flags`].
+    pub flags: u8,
+    /// The connection the frame is about, or 0.
+    pub conn: u64,
+    /// Event id, request id or uid, depending on the kind.
+    pub id: u64,
+    /// Raw payload.
+    pub payload: Bytes,
+}
+
+impl Frame {
+    /// A frame with no payload.
+    pub fn bare(kind: Kind, flags: u8, conn: u64, id: u64) -> Frame {
+        Frame { kind, flags, conn, id, payload: Bytes::new() }
+    }
+
+    /// Appends the encoded frame to `dst`. Writers call this for every queued
+    /// frame and then write `dst` once, which is how batching works.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        put_header(dst, self.kind, self.flags, self.conn, self.id, self.payload.len());
+        dst.extend_from_slice(&self.payload);
+    }
+
+    /// Encoded size in bytes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+}
+
+/// Writes a header for a payload of `len` bytes. Callers that build a body in
+/// place write the header first and the body right after.
+pub(crate) fn put_header(dst: &mut BytesMut, kind: Kind, flags: u8, conn: u64, id: u64, len: usize) {
+    dst.reserve(HEADER_LEN + len);
+    // The length always fits: every encoder's payload comes from a bounded
+    // source (a WebSocket message capped well below PAYLOAD_MAX_BYTES).
+    dst.put_u32_le(u32::try_from(len).unwrap_or(u32::MAX));
+    dst.put_u8(kind as u8);
+    dst.put_u8(flags);
+    dst.put_u64_le(conn);
+    dst.put_u64_le(id);
+}
+
+/// Splits a byte stream into frames. Holds no buffer of its own: the caller
+/// owns the `BytesMut` it reads into, and each decoded payload is a zero-copy
+/// slice of it.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    max_payload: u32,
+}
+
+impl Decoder {
+    /// A decoder that rejects payloads over `max_payload` bytes (clamped to
+    /// [`PAYLOAD_MAX_BYTES`]).
+    pub fn new(max_payload: u32) -> Decoder {
+        Decoder { max_payload: max_payload.min(PAYLOAD_MAX_BYTES) }
+    }
+
+    /// Takes one whole frame off the front of `src`, or returns `Ok(None)` if
+    /// more bytes are needed. An error means the stream is unusable: the
+    /// header is garbage and there is no way to find the next frame.
+    pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        if src.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut header = &src[..HEADER_LEN];
+        let len = header.get_u32_le();
+        let kind = Kind::from_u8(header.get_u8())?;
+        if len > self.max_payload {
+            return Err(ProtocolError::PayloadTooLarge { len, max: self.max_payload });
+        }
+        let flags = header.get_u8();
+        let conn = header.get_u64_le();
+        let id = header.get_u64_le();
+        let total = HEADER_LEN + len as usize;
+        if src.len() < total {
+            // Reserve once for the rest of the frame so a large payload is
+            // read with few reallocations.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let payload = src.split_to(len as usize).freeze();
+        Ok(Some(Frame { kind, flags, conn, id, payload }))
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Decoder {
+        Decoder::new(PAYLOAD_MAX_BYTES)
+    }
+}

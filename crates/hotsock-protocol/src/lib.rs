@@ -1,0 +1,64 @@
+//! The wire protocol between the hotsock server and its worker processes.
+//!
+//! This crate turns bytes into frames and frames into typed messages, and back.
+//! It must never do I/O, spawn tasks or read the clock: everything it needs is
+//! passed in, so every decoder can be unit-tested and fuzzed on plain byte
+//! slices. `docs/protocol.md` is the human-readable form of this crate; the two
+//! change together.
+//!
+//! Layers:
+//! - [`Frame`] and [`Decoder`]: the fixed 22-byte header plus raw payload.
+//! - [`ToWorker`] and [`ToServer`]: the typed messages each side sends, with
+//!   their bodies ([`Hello`], [`Ready`], [`HandshakeRequest`], ...).
+#![deny(missing_docs)]
+
+mod body;
+mod frame;
+mod message;
+
+pub use body::{ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role};
+pub use frame::{Decoder, Frame, HEADER_LEN, Kind, PAYLOAD_MAX_BYTES, flags};
+pub use message::{ToServer, ToWorker, decode_conn_list, encode_conn_list};
+
+/// The protocol version spoken by this crate. The server sends it in
+/// [`Hello`]; a worker whose SDK speaks another version must answer with its
+/// own version in [`Ready`] so the server can report the mismatch by name
+/// instead of hanging.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bits of [`Ready::capabilities`].
+pub mod capabilities {
+    /// The worker wants to see each WebSocket upgrade request and decide
+    /// whether to accept it (`on_handshake`). Without it the server accepts
+    /// every well-formed upgrade by itself.
+    pub const HANDSHAKE: u32 = 1 << 0;
+}
+
+/// Everything that can be wrong with bytes received from the other side.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The header names a frame kind this version does not know.
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// The header announces a payload larger than the decoder accepts.
+    #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Announced payload length.
+        len: u32,
+        /// The decoder's limit.
+        max: u32,
+    },
+    /// A frame of a known kind arrived in the wrong direction (for example a
+    /// worker sending `Open`).
+    #[error("frame kind {0:?} is not valid in this direction")]
+    WrongDirection(Kind),
+    /// The payload of a structured frame is shorter or longer than its
+    /// fields, or a string in it is not UTF-8.
+    #[error("malformed {kind:?} body: {reason}")]
+    BadBody {
+        /// Kind of the frame whose body is malformed.
+        kind: Kind,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}

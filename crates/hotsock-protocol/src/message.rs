@@ -1,0 +1,338 @@
+//! Typed messages: what the server says to a worker ([`ToWorker`]) and what a
+//! worker says to the server ([`ToServer`]). Each encodes straight into a
+//! caller's buffer (so a writer can batch many into one write) and decodes
+//! from a [`Frame`] whose payload it slices without copying.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::body::{FieldReader, decode_ids, encode_ids};
+use crate::frame::put_header;
+use crate::{Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, ProtocolError, Ready, flags};
+
+/// A message from the server to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToWorker {
+    /// Versions and identity; always the first frame.
+    Hello(Hello),
+    /// Event: decide on an upgrade request (answer with `HandshakeReply`).
+    Handshake {
+        /// Connection id.
+        conn: u64,
+        /// Event id, to acknowledge.
+        id: u64,
+        /// Sent before to a worker that died without acknowledging it.
+        redelivered: bool,
+        /// The upgrade request.
+        request: HandshakeRequest,
+    },
+    /// Event: the connection is open.
+    Open {
+        /// Connection id.
+        conn: u64,
+        /// Event id, to acknowledge.
+        id: u64,
+        /// Sent before to a worker that died without acknowledging it.
+        redelivered: bool,
+    },
+    /// Event: one whole message from the client.
+    Message {
+        /// Connection id.
+        conn: u64,
+        /// Event id, to acknowledge.
+        id: u64,
+        /// Sent before to a worker that died without acknowledging it.
+        redelivered: bool,
+        /// Binary (true) or text (false; then `data` is valid UTF-8).
+        binary: bool,
+        /// The message payload.
+        data: Bytes,
+    },
+    /// Event: the connection is closed.
+    Close {
+        /// Connection id.
+        conn: u64,
+        /// Event id, to acknowledge.
+        id: u64,
+        /// Sent before to a worker that died without acknowledging it.
+        redelivered: bool,
+        /// The WebSocket close code (1006 when the peer vanished).
+        code: u16,
+        /// The close reason, possibly empty.
+        reason: String,
+    },
+    /// Answer to `ConnInfo` or `ConnList`, matched by request id.
+    Reply {
+        /// The request id the worker chose.
+        id: u64,
+        /// The connection asked about does not exist.
+        not_found: bool,
+        /// An encoded [`ConnInfo`] or id list.
+        body: Bytes,
+    },
+    /// Finish in-flight events, run `on_worker_stop`, then exit.
+    Stop,
+}
+
+/// A message from a worker to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToServer {
+    /// The answer to Hello.
+    Ready(Ready),
+    /// These events' handlers have finished.
+    Ack(Vec<u64>),
+    /// Send a message to one connection.
+    Push {
+        /// Target connection.
+        conn: u64,
+        /// Binary (true) or text (false).
+        binary: bool,
+        /// Payload; for text it must be UTF-8 or the server drops the worker.
+        data: Bytes,
+    },
+    /// Close a connection.
+    CloseConn {
+        /// Target connection.
+        conn: u64,
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason (at most 123 bytes reach the client).
+        reason: String,
+    },
+    /// Bind a connection to a uid.
+    Bind {
+        /// Connection to bind.
+        conn: u64,
+        /// The uid.
+        uid: u64,
+    },
+    /// Send to every connection bound to `uid`.
+    SendToUid {
+        /// The uid.
+        uid: u64,
+        /// Binary (true) or text (false).
+        binary: bool,
+        /// Payload.
+        data: Bytes,
+    },
+    /// Send to every open connection.
+    Broadcast {
+        /// Binary (true) or text (false).
+        binary: bool,
+        /// Payload.
+        data: Bytes,
+    },
+    /// Ask for one connection's [`ConnInfo`].
+    ConnInfo {
+        /// Connection asked about.
+        conn: u64,
+        /// Request id echoed in the reply.
+        request: u64,
+    },
+    /// Ask for all open connection ids.
+    ConnList {
+        /// Request id echoed in the reply.
+        request: u64,
+    },
+    /// Accept or reject the upgrade of `conn`.
+    HandshakeReply {
+        /// Connection whose handshake this answers.
+        conn: u64,
+        /// The decision.
+        reply: HandshakeReply,
+    },
+}
+
+/// Encodes a frame whose body is written by `body`, patching the length into
+/// the header afterwards so no intermediate buffer is needed.
+fn encode_with(dst: &mut BytesMut, kind: Kind, flags: u8, conn: u64, id: u64, body: impl FnOnce(&mut BytesMut)) {
+    let start = dst.len();
+    put_header(dst, kind, flags, conn, id, 0);
+    body(dst);
+    let len = dst.len() - start - HEADER_LEN;
+    let len = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
+    dst[start..start + 4].copy_from_slice(&len);
+}
+
+fn event_flags(redelivered: bool) -> u8 {
+    if redelivered { flags::REDELIVERED } else { 0 }
+}
+
+fn data_flags(binary: bool) -> u8 {
+    if binary { flags::BINARY } else { 0 }
+}
+
+fn put_raw(dst: &mut BytesMut, kind: Kind, flags: u8, conn: u64, id: u64, payload: &[u8]) {
+    put_header(dst, kind, flags, conn, id, payload.len());
+    dst.extend_from_slice(payload);
+}
+
+fn close_body(kind: Kind, payload: &[u8]) -> Result<(u16, String), ProtocolError> {
+    let mut r = FieldReader::new(kind, payload);
+    let code = r.u16()?;
+    let reason = std::str::from_utf8(r.rest())
+        .map_err(|_| ProtocolError::BadBody { kind, reason: "close reason is not UTF-8" })?
+        .to_owned();
+    Ok((code, reason))
+}
+
+fn expect_empty(frame: &Frame) -> Result<(), ProtocolError> {
+    if frame.payload.is_empty() {
+        Ok(())
+    } else {
+        Err(ProtocolError::BadBody { kind: frame.kind, reason: "body must be empty" })
+    }
+}
+
+fn text_ok(kind: Kind, binary: bool, data: &[u8]) -> Result<(), ProtocolError> {
+    if binary || std::str::from_utf8(data).is_ok() {
+        Ok(())
+    } else {
+        Err(ProtocolError::BadBody { kind, reason: "text payload is not UTF-8" })
+    }
+}
+
+impl ToWorker {
+    /// Appends the encoded message to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            ToWorker::Hello(hello) => encode_with(dst, Kind::Hello, 0, 0, 0, |b| hello.encode_body(b)),
+            ToWorker::Handshake { conn, id, redelivered, request } => {
+                encode_with(dst, Kind::Handshake, event_flags(*redelivered), *conn, *id, |b| request.encode_body(b))
+            }
+            ToWorker::Open { conn, id, redelivered } => put_raw(dst, Kind::Open, event_flags(*redelivered), *conn, *id, &[]),
+            ToWorker::Message { conn, id, redelivered, binary, data } => {
+                let flags = event_flags(*redelivered) | data_flags(*binary);
+                put_raw(dst, Kind::Message, flags, *conn, *id, data)
+            }
+            ToWorker::Close { conn, id, redelivered, code, reason } => {
+                encode_with(dst, Kind::Close, event_flags(*redelivered), *conn, *id, |b| {
+                    b.put_u16_le(*code);
+                    b.extend_from_slice(reason.as_bytes());
+                })
+            }
+            ToWorker::Reply { id, not_found, body } => {
+                let flags = if *not_found { flags::NOT_FOUND } else { 0 };
+                put_raw(dst, Kind::Reply, flags, 0, *id, body)
+            }
+            ToWorker::Stop => put_raw(dst, Kind::Stop, 0, 0, 0, &[]),
+        }
+    }
+
+    /// Interprets a frame read by a worker.
+    pub fn from_frame(frame: Frame) -> Result<ToWorker, ProtocolError> {
+        let redelivered = frame.flags & flags::REDELIVERED != 0;
+        let (conn, id) = (frame.conn, frame.id);
+        Ok(match frame.kind {
+            Kind::Hello => ToWorker::Hello(Hello::decode_body(&frame.payload)?),
+            Kind::Handshake => {
+                ToWorker::Handshake { conn, id, redelivered, request: HandshakeRequest::decode_body(&frame.payload)? }
+            }
+            Kind::Open => {
+                expect_empty(&frame)?;
+                ToWorker::Open { conn, id, redelivered }
+            }
+            Kind::Message => {
+                let binary = frame.flags & flags::BINARY != 0;
+                text_ok(frame.kind, binary, &frame.payload)?;
+                ToWorker::Message { conn, id, redelivered, binary, data: frame.payload }
+            }
+            Kind::Close => {
+                let (code, reason) = close_body(frame.kind, &frame.payload)?;
+                ToWorker::Close { conn, id, redelivered, code, reason }
+            }
+            Kind::Reply => ToWorker::Reply { id, not_found: frame.flags & flags::NOT_FOUND != 0, body: frame.payload },
+            Kind::Stop => {
+                expect_empty(&frame)?;
+                ToWorker::Stop
+            }
+            other => return Err(ProtocolError::WrongDirection(other)),
+        })
+    }
+
+    /// The event id and connection, for the kinds that are events.
+    pub fn event(&self) -> Option<(u64, u64)> {
+        match self {
+            ToWorker::Handshake { conn, id, .. }
+            | ToWorker::Open { conn, id, .. }
+            | ToWorker::Message { conn, id, .. }
+            | ToWorker::Close { conn, id, .. } => Some((*conn, *id)),
+            _ => None,
+        }
+    }
+}
+
+impl ToServer {
+    /// Appends the encoded message to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            ToServer::Ready(ready) => encode_with(dst, Kind::Ready, 0, 0, 0, |b| ready.encode_body(b)),
+            ToServer::Ack(ids) => encode_with(dst, Kind::Ack, 0, 0, 0, |b| encode_ids(ids, b)),
+            ToServer::Push { conn, binary, data } => put_raw(dst, Kind::Push, data_flags(*binary), *conn, 0, data),
+            ToServer::CloseConn { conn, code, reason } => encode_with(dst, Kind::CloseConn, 0, *conn, 0, |b| {
+                b.put_u16_le(*code);
+                b.extend_from_slice(reason.as_bytes());
+            }),
+            ToServer::Bind { conn, uid } => put_raw(dst, Kind::Bind, 0, *conn, *uid, &[]),
+            ToServer::SendToUid { uid, binary, data } => put_raw(dst, Kind::SendToUid, data_flags(*binary), 0, *uid, data),
+            ToServer::Broadcast { binary, data } => put_raw(dst, Kind::Broadcast, data_flags(*binary), 0, 0, data),
+            ToServer::ConnInfo { conn, request } => put_raw(dst, Kind::ConnInfo, 0, *conn, *request, &[]),
+            ToServer::ConnList { request } => put_raw(dst, Kind::ConnList, 0, 0, *request, &[]),
+            ToServer::HandshakeReply { conn, reply } => {
+                encode_with(dst, Kind::HandshakeReply, 0, *conn, 0, |b| reply.encode_body(b))
+            }
+        }
+    }
+
+    /// Interprets a frame read by the server.
+    pub fn from_frame(frame: Frame) -> Result<ToServer, ProtocolError> {
+        let binary = frame.flags & flags::BINARY != 0;
+        let (conn, id) = (frame.conn, frame.id);
+        Ok(match frame.kind {
+            Kind::Ready => ToServer::Ready(Ready::decode_body(&frame.payload)?),
+            Kind::Ack => ToServer::Ack(decode_ids(frame.kind, &frame.payload)?),
+            Kind::Push => {
+                text_ok(frame.kind, binary, &frame.payload)?;
+                ToServer::Push { conn, binary, data: frame.payload }
+            }
+            Kind::CloseConn => {
+                let (code, reason) = close_body(frame.kind, &frame.payload)?;
+                ToServer::CloseConn { conn, code, reason }
+            }
+            Kind::Bind => {
+                expect_empty(&frame)?;
+                ToServer::Bind { conn, uid: id }
+            }
+            Kind::SendToUid => {
+                text_ok(frame.kind, binary, &frame.payload)?;
+                ToServer::SendToUid { uid: id, binary, data: frame.payload }
+            }
+            Kind::Broadcast => {
+                text_ok(frame.kind, binary, &frame.payload)?;
+                ToServer::Broadcast { binary, data: frame.payload }
+            }
+            Kind::ConnInfo => {
+                expect_empty(&frame)?;
+                ToServer::ConnInfo { conn, request: id }
+            }
+            Kind::ConnList => {
+                expect_empty(&frame)?;
+                ToServer::ConnList { request: id }
+            }
+            Kind::HandshakeReply => ToServer::HandshakeReply { conn, reply: HandshakeReply::decode_body(&frame.payload)? },
+            other => return Err(ProtocolError::WrongDirection(other)),
+        })
+    }
+}
+
+/// Encodes the body of a `ConnList` reply.
+pub fn encode_conn_list(ids: &[u64]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(ids.len() * 8);
+    encode_ids(ids, &mut buf);
+    buf.freeze()
+}
+
+/// Decodes the body of a `ConnList` reply.
+pub fn decode_conn_list(body: &[u8]) -> Result<Vec<u64>, ProtocolError> {
+    decode_ids(Kind::Reply, body)
+}
+

@@ -1,0 +1,231 @@
+//! Round-trips and malformed input for every frame kind. Property tests
+//! generate messages, encode them, split the byte stream at arbitrary points
+//! and check the decoder gives back exactly what went in.
+
+use bytes::{Bytes, BytesMut};
+use hotsock_protocol::{
+    ConnInfo, Decoder, Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, PROTOCOL_VERSION,
+    ProtocolError, Ready, Role, ToServer, ToWorker, decode_conn_list, encode_conn_list,
+};
+use proptest::prelude::*;
+
+fn decode_all(decoder: &Decoder, buf: &mut BytesMut) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while let Some(frame) = decoder.decode(buf).expect("valid stream") {
+        frames.push(frame);
+    }
+    frames
+}
+
+fn arb_bytes() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
+}
+
+fn arb_headers() -> impl Strategy<Value = Vec<(String, Bytes)>> {
+    proptest::collection::vec(("[a-zA-Z-]{1,20}", arb_bytes()), 0..8)
+}
+
+fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
+    prop_oneof![
+        (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(slot, generation, task, max_concurrency)| {
+            ToWorker::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                slot,
+                generation,
+                role: if task { Role::Task } else { Role::Event },
+                max_concurrency,
+            })
+        }),
+        (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,30}", ".{0,60}", arb_headers()).prop_map(
+            |(conn, id, redelivered, peer, path, headers)| ToWorker::Handshake {
+                conn,
+                id,
+                redelivered,
+                request: HandshakeRequest { peer, path, headers },
+            }
+        ),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(conn, id, redelivered)| ToWorker::Open {
+            conn,
+            id,
+            redelivered
+        }),
+        (any::<u64>(), any::<u64>(), any::<bool>(), arb_bytes()).prop_map(|(conn, id, redelivered, data)| {
+            ToWorker::Message { conn, id, redelivered, binary: true, data }
+        }),
+        (any::<u64>(), any::<u64>(), ".{0,100}").prop_map(|(conn, id, text)| ToWorker::Message {
+            conn,
+            id,
+            redelivered: false,
+            binary: false,
+            data: Bytes::from(text)
+        }),
+        (any::<u64>(), any::<u64>(), any::<bool>(), any::<u16>(), ".{0,40}").prop_map(
+            |(conn, id, redelivered, code, reason)| ToWorker::Close { conn, id, redelivered, code, reason }
+        ),
+        (any::<u64>(), any::<bool>(), arb_bytes()).prop_map(|(id, not_found, body)| ToWorker::Reply {
+            id,
+            not_found,
+            body
+        }),
+        Just(ToWorker::Stop),
+    ]
+}
+
+fn arb_to_server() -> impl Strategy<Value = ToServer> {
+    prop_oneof![
+        (any::<u16>(), any::<u32>())
+            .prop_map(|(protocol_version, capabilities)| ToServer::Ready(Ready { protocol_version, capabilities })),
+        proptest::collection::vec(any::<u64>(), 0..50).prop_map(ToServer::Ack),
+        (any::<u64>(), arb_bytes()).prop_map(|(conn, data)| ToServer::Push { conn, binary: true, data }),
+        (any::<u64>(), ".{0,80}").prop_map(|(conn, t)| ToServer::Push { conn, binary: false, data: Bytes::from(t) }),
+        (any::<u64>(), any::<u16>(), ".{0,40}").prop_map(|(conn, code, reason)| ToServer::CloseConn {
+            conn,
+            code,
+            reason
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(conn, uid)| ToServer::Bind { conn, uid }),
+        (any::<u64>(), arb_bytes()).prop_map(|(uid, data)| ToServer::SendToUid { uid, binary: true, data }),
+        arb_bytes().prop_map(|data| ToServer::Broadcast { binary: true, data }),
+        (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnInfo { conn, request }),
+        any::<u64>().prop_map(|request| ToServer::ConnList { request }),
+        (any::<u64>(), any::<u16>(), proptest::option::of(any::<u64>()), arb_headers(), arb_bytes()).prop_map(
+            |(conn, status, uid, headers, body)| ToServer::HandshakeReply {
+                conn,
+                reply: HandshakeReply { status, uid, headers, body }
+            }
+        ),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn to_worker_round_trips_across_any_split(msgs in proptest::collection::vec(arb_to_worker(), 1..20), cut in any::<prop::sample::Index>()) {
+        let mut wire = BytesMut::new();
+        for msg in &msgs { msg.encode(&mut wire); }
+        let decoder = Decoder::default();
+        // Feed the stream in two pieces split anywhere: decoding must not
+        // depend on how reads happen to cut it.
+        let at = cut.index(wire.len() + 1);
+        let mut buf = BytesMut::from(&wire[..at]);
+        let mut frames = decode_all(&decoder, &mut buf);
+        buf.extend_from_slice(&wire[at..]);
+        frames.extend(decode_all(&decoder, &mut buf));
+        prop_assert!(buf.is_empty());
+        let back: Vec<ToWorker> = frames.into_iter().map(|f| ToWorker::from_frame(f).expect("decodes")).collect();
+        prop_assert_eq!(back, msgs);
+    }
+
+    #[test]
+    fn to_server_round_trips_byte_by_byte(msgs in proptest::collection::vec(arb_to_server(), 1..10)) {
+        let mut wire = BytesMut::new();
+        for msg in &msgs { msg.encode(&mut wire); }
+        let decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut back = Vec::new();
+        for byte in wire.iter() {
+            buf.extend_from_slice(&[*byte]);
+            back.extend(decode_all(&decoder, &mut buf).into_iter().map(|f| ToServer::from_frame(f).expect("decodes")));
+        }
+        prop_assert_eq!(back, msgs);
+    }
+
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let decoder = Decoder::new(1024);
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+            let _ = ToServer::from_frame(frame.clone());
+            let _ = ToWorker::from_frame(frame);
+        }
+    }
+
+    #[test]
+    fn conn_info_round_trips(conn in any::<u64>(), peer in ".{0,30}", path in ".{0,50}", uid in proptest::option::of(any::<u64>()), at in any::<u64>(), slot in any::<u32>()) {
+        let info = ConnInfo { conn, peer, path, uid, connected_at_unix_ms: at, slot };
+        prop_assert_eq!(ConnInfo::decode(&info.to_bytes()).expect("decodes"), info);
+    }
+
+    #[test]
+    fn conn_list_round_trips(ids in proptest::collection::vec(any::<u64>(), 0..100)) {
+        prop_assert_eq!(decode_conn_list(&encode_conn_list(&ids)).expect("decodes"), ids);
+    }
+}
+
+fn header(len: u32, kind: u8) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&[kind, 0]);
+    buf.extend_from_slice(&[0; 16]);
+    buf
+}
+
+#[test]
+fn unknown_kind_is_an_error() {
+    let mut buf = header(0, 0x7f);
+    assert_eq!(Decoder::default().decode(&mut buf), Err(ProtocolError::UnknownKind(0x7f)));
+}
+
+#[test]
+fn oversized_payload_is_refused_before_it_arrives() {
+    let mut buf = header(2048, Kind::Push as u8);
+    assert_eq!(Decoder::new(1024).decode(&mut buf), Err(ProtocolError::PayloadTooLarge { len: 2048, max: 1024 }));
+}
+
+#[test]
+fn partial_header_waits_for_more() {
+    let mut buf = BytesMut::from(&header(0, Kind::Stop as u8)[..HEADER_LEN - 1]);
+    assert_eq!(Decoder::default().decode(&mut buf), Ok(None));
+}
+
+#[test]
+fn wrong_direction_is_an_error() {
+    let mut buf = BytesMut::new();
+    ToWorker::Open { conn: 1, id: 2, redelivered: false }.encode(&mut buf);
+    let frame = Decoder::default().decode(&mut buf).expect("ok").expect("frame");
+    assert_eq!(ToServer::from_frame(frame), Err(ProtocolError::WrongDirection(Kind::Open)));
+}
+
+#[test]
+fn invalid_utf8_text_push_is_an_error() {
+    let frame = Frame { kind: Kind::Push, flags: 0, conn: 1, id: 0, payload: Bytes::from_static(&[0xff, 0xfe]) };
+    assert!(matches!(ToServer::from_frame(frame), Err(ProtocolError::BadBody { kind: Kind::Push, .. })));
+}
+
+#[test]
+fn ack_body_must_be_whole_ids() {
+    let frame = Frame { kind: Kind::Ack, flags: 0, conn: 0, id: 0, payload: Bytes::from_static(&[1, 2, 3]) };
+    assert!(matches!(ToServer::from_frame(frame), Err(ProtocolError::BadBody { kind: Kind::Ack, .. })));
+}
+
+#[test]
+fn forged_header_count_is_rejected_without_allocating() {
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&101u16.to_le_bytes());
+    body.extend_from_slice(&[0; 9]);
+    body.extend_from_slice(&u16::MAX.to_le_bytes());
+    let frame = Frame { kind: Kind::HandshakeReply, flags: 0, conn: 1, id: 0, payload: body.freeze() };
+    assert!(matches!(ToServer::from_frame(frame), Err(ProtocolError::BadBody { .. })));
+}
+
+#[test]
+fn query_and_header_lookup() {
+    let req = HandshakeRequest {
+        peer: "127.0.0.1:1".into(),
+        path: "/match?uid=7&deny=1&flag".into(),
+        headers: vec![("Sec-WebSocket-Key".into(), Bytes::from_static(b"abc"))],
+    };
+    assert_eq!(req.query("uid"), Some("7"));
+    assert_eq!(req.query("deny"), Some("1"));
+    assert_eq!(req.query("flag"), Some(""));
+    assert_eq!(req.query("nope"), None);
+    assert_eq!(req.header("sec-websocket-key"), Some(&b"abc"[..]));
+}
+
+#[test]
+fn wire_layout_is_stable() {
+    // Pin the exact bytes so a change to the layout is a deliberate,
+    // documented protocol change and not an accident.
+    let mut buf = BytesMut::new();
+    ToServer::Push { conn: 0x0102, binary: true, data: Bytes::from_static(b"hi") }.encode(&mut buf);
+    assert_eq!(&buf[..], &[2, 0, 0, 0, 0x43, 1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'h', b'i']);
+}
