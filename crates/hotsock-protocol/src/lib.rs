@@ -26,6 +26,16 @@ pub use message::{ToServer, ToWorker, decode_conn_list, encode_conn_list};
 /// instead of hanging.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Environment variable set for every worker process: the file descriptor of
+/// its socket to the server. It is always `0`: the socket is the worker's
+/// standard input. Its presence tells an SDK it runs under hotsock.
+pub const ENV_WORKER_FD: &str = "HOTSOCK_WORKER_FD";
+
+/// Environment variable with the server's pid. A worker that sets a
+/// parent-death signal and then finds a different parent knows the server
+/// died before it could ask, and exits.
+pub const ENV_SERVER_PID: &str = "HOTSOCK_SERVER_PID";
+
 /// Bits of [`Ready::capabilities`].
 pub mod capabilities {
     /// The worker wants to see each WebSocket upgrade request and decide

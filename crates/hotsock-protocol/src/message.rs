@@ -86,7 +86,7 @@ pub enum ToServer {
         conn: u64,
         /// Binary (true) or text (false).
         binary: bool,
-        /// Payload; for text it must be UTF-8 or the server drops the worker.
+        /// Payload; text must be UTF-8 or the server kills the worker.
         data: Bytes,
     },
     /// Close a connection.
@@ -290,10 +290,9 @@ impl ToServer {
         Ok(match frame.kind {
             Kind::Ready => ToServer::Ready(Ready::decode_body(&frame.payload)?),
             Kind::Ack => ToServer::Ack(decode_ids(frame.kind, &frame.payload)?),
-            Kind::Push => {
-                text_ok(frame.kind, binary, &frame.payload)?;
-                ToServer::Push { conn, binary, data: frame.payload }
-            }
+            // Text payloads from workers are checked for UTF-8 once, by the
+            // server, when it turns them into WebSocket messages.
+            Kind::Push => ToServer::Push { conn, binary, data: frame.payload },
             Kind::CloseConn => {
                 let (code, reason) = close_body(frame.kind, &frame.payload)?;
                 ToServer::CloseConn { conn, code, reason }
@@ -302,14 +301,8 @@ impl ToServer {
                 expect_empty(&frame)?;
                 ToServer::Bind { conn, uid: id }
             }
-            Kind::SendToUid => {
-                text_ok(frame.kind, binary, &frame.payload)?;
-                ToServer::SendToUid { uid: id, binary, data: frame.payload }
-            }
-            Kind::Broadcast => {
-                text_ok(frame.kind, binary, &frame.payload)?;
-                ToServer::Broadcast { binary, data: frame.payload }
-            }
+            Kind::SendToUid => ToServer::SendToUid { uid: id, binary, data: frame.payload },
+            Kind::Broadcast => ToServer::Broadcast { binary, data: frame.payload },
             Kind::ConnInfo => {
                 expect_empty(&frame)?;
                 ToServer::ConnInfo { conn, request: id }

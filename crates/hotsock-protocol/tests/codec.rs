@@ -186,9 +186,9 @@ fn wrong_direction_is_an_error() {
 }
 
 #[test]
-fn invalid_utf8_text_push_is_an_error() {
-    let frame = Frame { kind: Kind::Push, flags: 0, conn: 1, id: 0, payload: Bytes::from_static(&[0xff, 0xfe]) };
-    assert!(matches!(ToServer::from_frame(frame), Err(ProtocolError::BadBody { kind: Kind::Push, .. })));
+fn invalid_utf8_text_message_event_is_an_error() {
+    let frame = Frame { kind: Kind::Message, flags: 0, conn: 1, id: 1, payload: Bytes::from_static(&[0xff, 0xfe]) };
+    assert!(matches!(ToWorker::from_frame(frame), Err(ProtocolError::BadBody { kind: Kind::Message, .. })));
 }
 
 #[test]

@@ -1,1 +1,29 @@
-//! placeholder
+//! The hotsock server: it owns every client connection and forwards whole
+//! WebSocket messages to worker processes running the user's code, which it
+//! starts, supervises and restarts without ever closing a connection.
+//!
+//! Map (see `docs/ARCHITECTURE.md` for the invariants):
+//! - `config`: the TOML file, validated.
+//! - `server`: bind, start workers, accept, graceful stop.
+//! - `conn` and `http`: one client connection, from HTTP upgrade to close.
+//! - `hub`: routing, the sticky rule, unacknowledged events, outboxes.
+//! - `supervisor`: spawning, Hello/Ready, the worker socket pumps, restarts.
+//! - `admin` and `status`: the admin socket and what it reports.
+#![deny(missing_docs)]
+
+mod admin;
+mod config;
+mod conn;
+mod http;
+mod hub;
+mod server;
+mod status;
+mod supervisor;
+
+pub use admin::{ADMIN_SOCKET, AdminError, AdminRequest, AdminResponse, PID_FILE, request as admin_request};
+pub use config::{
+    Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ServerConfig,
+    WorkersConfig,
+};
+pub use server::{Server, ServerError};
+pub use status::{ClientStatus, ServerStatus, SlotStatus, WorkerState};

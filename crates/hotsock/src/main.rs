@@ -1,1 +1,233 @@
-fn main() {}
+//! `hotsock`: start a server, and control a running one over its admin
+//! socket. The only crate that uses `anyhow`: library errors become messages
+//! and exit codes here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use hotsock_server::{AdminError, AdminRequest, AdminResponse, Config, Server, admin_request};
+
+/// Exit code when no server is running for the config.
+const EXIT_NOT_RUNNING: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "hotsock", version, about = "A WebSocket server whose worker code can be replaced while it runs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server in the foreground (logs to stderr; SIGTERM/SIGINT stop it gracefully).
+    Start {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Stop a running server gracefully and wait until it has exited.
+    Stop {
+        /// The config file of the running server.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Show the server and its workers.
+    Status {
+        /// The config file of the running server.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List open client connections.
+    Clients {
+        /// The config file of the running server.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file and exit (non-zero with the key and line on error).
+    Check {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Start { config } => start(&config),
+        Command::Check { config } => check(&config),
+        Command::Stop { config } => with_admin(&config, stop),
+        Command::Status { config, json } => with_admin(&config, |c| status(c, json)),
+        Command::Clients { config, json } => with_admin(&config, |c| clients(c, json)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hotsock: {error:#}");
+            if error.downcast_ref::<AdminError>().is_some_and(|e| matches!(e, AdminError::NotRunning(_))) {
+                ExitCode::from(EXIT_NOT_RUNNING)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn start(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOTSOCK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    runtime()?.block_on(async {
+        let server = Server::bind(config).await?;
+        server.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT: both mean a graceful stop.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn check(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let program = config.worker_program();
+    if program.components().count() > 1 && !program.exists() {
+        bail!(
+            "{}: `workers.command` names {}, which does not exist (build it first?)",
+            path.display(),
+            program.display()
+        );
+    }
+    println!(
+        "ok: {} ({} workers, dispatch {:?}, listen {}, run_dir {})",
+        path.display(),
+        config.workers.count,
+        config.workers.dispatch,
+        config.server.listen,
+        config.run_dir().display()
+    );
+    Ok(())
+}
+
+fn with_admin(path: &Path, run: impl FnOnce(&Config) -> Result<()>) -> Result<()> {
+    let config = Config::load(path)?;
+    run(&config)
+}
+
+fn ask(config: &Config, request: AdminRequest) -> Result<AdminResponse> {
+    let run_dir = config.run_dir();
+    let response = runtime()?.block_on(admin_request(&run_dir, &request))?;
+    if let AdminResponse::Error { message } = &response {
+        bail!("server refused the request: {message}");
+    }
+    Ok(response)
+}
+
+fn stop(config: &Config) -> Result<()> {
+    let AdminResponse::Stopping { pid } = ask(config, AdminRequest::Stop)? else { bail!("unexpected reply to stop") };
+    // The server closes clients, waits for workers' acks and then for the
+    // workers; give it all of that plus a margin.
+    let budget = Duration::from_millis(config.server.close_timeout_ms + 2 * config.reload.max_wait_ms) + Duration::from_secs(5);
+    let deadline = Instant::now() + budget;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() > deadline {
+            bail!("server pid {pid} is still running after {budget:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("stopped (pid {pid})");
+    Ok(())
+}
+
+fn status(config: &Config, json: bool) -> Result<()> {
+    let AdminResponse::Status(status) = ask(config, AdminRequest::Status)? else { bail!("unexpected reply") };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "hotsock pid {} listening on {}, up {}s{}; {} connections (accepted {}, refused {})",
+        status.pid,
+        status.listen,
+        status.uptime_s,
+        if status.stopping { ", STOPPING" } else { "" },
+        status.connections,
+        status.accepted_total,
+        status.rejected_total
+    );
+    println!(
+        "{:<5} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  LAST EXIT",
+        "SLOT", "PID", "GEN", "STATE", "INFLIGHT", "DISPATCHED", "ACKED", "REDELIVERED", "CRASHES", "RSS KiB"
+    );
+    for w in &status.workers {
+        println!(
+            "{:<5} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  {}{}",
+            w.slot,
+            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            w.generation,
+            format!("{:?}", w.state).to_lowercase(),
+            w.inflight,
+            w.dispatched,
+            w.acked,
+            w.redelivered,
+            w.crashes,
+            w.rss_kib.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            w.last_exit.as_deref().unwrap_or("-"),
+            if w.crash_loop { " (CRASH LOOP)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn clients(config: &Config, json: bool) -> Result<()> {
+    let AdminResponse::Clients { clients } = ask(config, AdminRequest::Clients)? else { bail!("unexpected reply") };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&clients)?);
+        return Ok(());
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64)?;
+    println!("{:<8} {:<22} {:<6} {:<10} {:>8} {:>7}  PATH", "CONN", "PEER", "SLOT", "UID", "INFLIGHT", "AGE s");
+    for c in &clients {
+        println!(
+            "{:<8} {:<22} {:<6} {:<10} {:>8} {:>7}  {}",
+            c.conn,
+            c.peer,
+            c.slot,
+            c.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+            c.inflight,
+            now_ms.saturating_sub(c.connected_at_unix_ms) / 1000,
+            c.path
+        );
+    }
+    println!("{} connections", clients.len());
+    Ok(())
+}

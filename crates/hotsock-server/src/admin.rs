@@ -1,0 +1,174 @@
+//! The admin socket: `hotsock status`, `clients` and `stop` talk to a running
+//! server through a Unix socket in `run_dir`, one JSON object per line each
+//! way. The socket is mode 0600 inside a 0700 directory: only the user who
+//! runs the server may control it.
+//!
+//! The request and response types are serialized, so they are an IPC
+//! boundary: add variants and fields, do not rename them.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::server::{ServerError, Shared, io_error};
+use crate::status::{ClientStatus, ServerStatus};
+
+/// File name of the admin socket inside `run_dir`.
+pub const ADMIN_SOCKET: &str = "hotsock.sock";
+/// File name of the pid file inside `run_dir`.
+pub const PID_FILE: &str = "hotsock.pid";
+/// Longest request line the server reads; requests are tiny.
+const REQUEST_MAX_BYTES: u64 = 4096;
+/// Longest reply a client reads (a `clients` list of many connections).
+const REPLY_MAX_BYTES: u64 = 64 << 20;
+
+/// A command to the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Server and worker state.
+    Status,
+    /// The open connections.
+    Clients,
+    /// Stop gracefully.
+    Stop,
+}
+
+/// The server's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AdminResponse {
+    /// Answer to `Status`.
+    Status(ServerStatus),
+    /// Answer to `Clients`.
+    Clients {
+        /// One entry per open connection.
+        clients: Vec<ClientStatus>,
+    },
+    /// Answer to `Stop`: the stop has begun.
+    Stopping {
+        /// The server's pid, to wait for.
+        pid: u32,
+    },
+    /// The request was not understood.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Failures of an admin client.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Nothing listens on the admin socket.
+    #[error("no hotsock server is running for this config (nothing answers on {0})")]
+    NotRunning(PathBuf),
+    /// Talking to the server failed.
+    #[error("admin socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server's reply did not parse.
+    #[error("unexpected reply from the server: {0}")]
+    BadReply(String),
+}
+
+/// Sends one request to the server owning `run_dir` and reads its reply.
+pub async fn request(run_dir: &Path, request: &AdminRequest) -> Result<AdminResponse, AdminError> {
+    let path = run_dir.join(ADMIN_SOCKET);
+    let io = |source| AdminError::Io { path: path.clone(), source };
+    let mut stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Err(AdminError::NotRunning(path));
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let mut line = serde_json::to_vec(request).map_err(|e| AdminError::BadReply(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(stream).take(REPLY_MAX_BYTES).read_line(&mut reply).await.map_err(io)?;
+    serde_json::from_str(&reply).map_err(|e| AdminError::BadReply(format!("{e}: {reply:.200}")))
+}
+
+/// The admin socket and pid file; removed when dropped.
+#[derive(Debug)]
+pub(crate) struct RunFiles {
+    dir: PathBuf,
+    owns_socket: bool,
+}
+
+impl RunFiles {
+    pub(crate) fn create(dir: &Path) -> Result<RunFiles, ServerError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_error(format!("cannot create run_dir {}", dir.display())))?;
+        let socket = dir.join(ADMIN_SOCKET);
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Err(ServerError::AlreadyRunning(socket));
+        }
+        // Nothing answers: a socket left by a server that was killed.
+        let _ = std::fs::remove_file(&socket);
+        Ok(RunFiles { dir: dir.to_owned(), owns_socket: false })
+    }
+
+    pub(crate) fn bind_admin(&mut self) -> Result<UnixListener, ServerError> {
+        let socket = self.dir.join(ADMIN_SOCKET);
+        let listener =
+            UnixListener::bind(&socket).map_err(io_error(format!("cannot bind admin socket {}", socket.display())))?;
+        self.owns_socket = true;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error(format!("cannot chmod {}", socket.display())))?;
+        let pid_file = self.dir.join(PID_FILE);
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .map_err(io_error(format!("cannot write {}", pid_file.display())))?;
+        Ok(listener)
+    }
+}
+
+impl Drop for RunFiles {
+    fn drop(&mut self) {
+        if self.owns_socket {
+            let _ = std::fs::remove_file(self.dir.join(ADMIN_SOCKET));
+            let _ = std::fs::remove_file(self.dir.join(PID_FILE));
+        }
+    }
+}
+
+/// Answers admin requests until the server stops.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).take(REQUEST_MAX_BYTES).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<AdminRequest>(&line) {
+                Ok(AdminRequest::Status) => AdminResponse::Status(shared.status()),
+                Ok(AdminRequest::Clients) => AdminResponse::Clients { clients: shared.hub.clients() },
+                Ok(AdminRequest::Stop) => {
+                    shared.request_stop();
+                    AdminResponse::Stopping { pid: std::process::id() }
+                }
+                Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
+            };
+            if let Ok(mut bytes) = serde_json::to_vec(&response) {
+                bytes.push(b'\n');
+                let _ = write.write_all(&bytes).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,362 @@
+//! The TOML configuration: types, defaults, validation.
+//!
+//! Every key has a default except `workers.command`; unknown keys are errors.
+//! Errors name the key and, where it can be found, the line, because the
+//! person reading them is editing that file right now.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Largest message a server can be configured to accept. The worker protocol
+/// reserves a little room above it for framing (`PAYLOAD_MAX_BYTES`).
+pub const MESSAGE_BYTES_CEILING: usize = 64 << 20;
+
+/// A configuration that failed to load, naming the file, key and line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a key is unknown or has the wrong type.
+    /// The message from the parser already names the line and the key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// A key parses but its value is not allowed.
+    #[error("{path}{}: `{key}` {problem}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The line of the key, when found.
+        line: Option<usize>,
+        /// The full key, e.g. `workers.count`.
+        key: &'static str,
+        /// What is wrong with the value.
+        problem: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: where to listen and where to keep runtime files.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[workers]`: the user's code and how events reach it.
+    pub workers: WorkersConfig,
+    /// `[limits]`: per-connection bounds.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[reload]`: timeouts for starting and stopping workers.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// Directory of the config file; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on for WebSocket clients.
+    pub listen: SocketAddr,
+    /// Directory for the admin socket, pid file and (later) generations;
+    /// relative to the config file.
+    pub run_dir: PathBuf,
+    /// `listen(2)` backlog: connections the kernel queues before accept.
+    pub backlog: u32,
+    /// Open connections (including ones mid-handshake) before new upgrade
+    /// requests get HTTP 503.
+    pub max_connections: usize,
+    /// Time a client has to send its upgrade request, and a worker has to
+    /// decide on it.
+    pub handshake_timeout_ms: u64,
+    /// Time a client has to answer our close frame before the socket is
+    /// dropped.
+    pub close_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9501)),
+            run_dir: PathBuf::from("run"),
+            backlog: 1024,
+            max_connections: 10_000,
+            handshake_timeout_ms: 5_000,
+            close_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// How events choose a worker slot (Swoole's `dispatch_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DispatchMode {
+    /// Connection id modulo the worker count (the default).
+    Fd,
+    /// After `bind`, uid modulo the worker count; before it, like `fd`.
+    Uid,
+    /// The next slot in turn, for each idle connection's next event.
+    RoundRobin,
+    /// The slot with the fewest unacknowledged events.
+    LeastBusy,
+}
+
+/// `[workers]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// The worker program and its arguments. A relative program path is
+    /// resolved against the config file's directory.
+    pub command: Vec<String>,
+    /// Number of event worker processes.
+    #[serde(default = "default_count")]
+    pub count: usize,
+    /// How events are spread over the workers.
+    #[serde(default = "default_dispatch")]
+    pub dispatch: DispatchMode,
+    /// Handlers one worker runs at once (across connections; one
+    /// connection's events always run one at a time).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Longest pause between restarts of a worker that keeps crashing.
+    #[serde(default = "default_backoff_max")]
+    pub restart_backoff_max_ms: u64,
+    /// Crashes within `crash_loop_window_ms` that mark a slot as crash-looping.
+    #[serde(default = "default_crash_loop_count")]
+    pub crash_loop_count: u32,
+    /// Window for `crash_loop_count`.
+    #[serde(default = "default_crash_loop_window")]
+    pub crash_loop_window_ms: u64,
+}
+
+fn default_count() -> usize {
+    2
+}
+fn default_dispatch() -> DispatchMode {
+    DispatchMode::Fd
+}
+fn default_max_concurrency() -> u32 {
+    256
+}
+fn default_backoff_max() -> u64 {
+    5_000
+}
+fn default_crash_loop_count() -> u32 {
+    5
+}
+fn default_crash_loop_window() -> u64 {
+    10_000
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message a client may send; larger ones close the connection
+    /// with 1009. Swoole's default is 2 MiB; 1 MiB keeps a burst of large
+    /// messages from many clients within memory.
+    pub max_message_bytes: usize,
+    /// Output a slow reader may have queued before it is closed with 1008.
+    pub output_buffer_bytes: usize,
+    /// Events of one connection that may wait for a worker before the server
+    /// stops reading that socket (TCP back-pressure instead of memory).
+    pub max_inflight_per_conn: u32,
+    /// Largest HTTP upgrade request head; larger gets 431.
+    pub max_request_head_bytes: usize,
+    /// WebSocket read buffer per connection. tungstenite's 128 KiB default
+    /// costs ~135 KiB per idle connection; 4 KiB keeps idle ones small.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 1 << 20,
+            output_buffer_bytes: 1 << 20,
+            max_inflight_per_conn: 64,
+            max_request_head_bytes: 8 << 10,
+            read_buffer_bytes: 4 << 10,
+        }
+    }
+}
+
+/// `[reload]`: the parts used so far (worker start and stop).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// A starting worker must answer Hello with Ready within this time.
+    pub ready_timeout_ms: u64,
+    /// A stopping worker gets this long to finish its events before it is
+    /// killed.
+    pub max_wait_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig { ready_timeout_ms: 5_000, max_wait_ms: 3_000 }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used for messages and to
+    /// resolve relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: find_line(text, key),
+            key,
+            problem,
+        };
+        let w = &self.workers;
+        if w.command.is_empty() || w.command[0].is_empty() {
+            return Err(invalid("workers.command", "must name a program, e.g. [\"target/release/echo\"]".into()));
+        }
+        if !(1..=256).contains(&w.count) {
+            return Err(invalid("workers.count", format!("is {}; it must be between 1 and 256", w.count)));
+        }
+        if w.max_concurrency == 0 {
+            return Err(invalid("workers.max_concurrency", "must be at least 1".into()));
+        }
+        if w.crash_loop_count == 0 {
+            return Err(invalid("workers.crash_loop_count", "must be at least 1".into()));
+        }
+        let s = &self.server;
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        if s.handshake_timeout_ms == 0 {
+            return Err(invalid("server.handshake_timeout_ms", "must be at least 1".into()));
+        }
+        let l = &self.limits;
+        if l.max_message_bytes == 0 || l.max_message_bytes > MESSAGE_BYTES_CEILING {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!("is {}; it must be between 1 and {MESSAGE_BYTES_CEILING}", l.max_message_bytes),
+            ));
+        }
+        if l.output_buffer_bytes < 1024 {
+            return Err(invalid("limits.output_buffer_bytes", "must be at least 1024".into()));
+        }
+        if l.max_inflight_per_conn == 0 {
+            return Err(invalid("limits.max_inflight_per_conn", "must be at least 1".into()));
+        }
+        if !(512..=(1 << 20)).contains(&l.max_request_head_bytes) {
+            return Err(invalid("limits.max_request_head_bytes", "must be between 512 and 1048576".into()));
+        }
+        if !(1024..=(1 << 20)).contains(&l.read_buffer_bytes) {
+            return Err(invalid("limits.read_buffer_bytes", "must be between 1024 and 1048576".into()));
+        }
+        if self.reload.ready_timeout_ms == 0 {
+            return Err(invalid("reload.ready_timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The run directory, resolved against the config file's directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.server.run_dir)
+    }
+
+    /// The worker program, resolved: a path with a `/` is relative to the
+    /// config file's directory; a bare name is looked up in `PATH`.
+    pub fn worker_program(&self) -> PathBuf {
+        let program = Path::new(&self.workers.command[0]);
+        if program.is_absolute() || !self.workers.command[0].contains('/') {
+            program.to_owned()
+        } else {
+            self.base_dir.join(program)
+        }
+    }
+}
+
+/// Finds the line (1-based) of `section.key = ...` in the raw text, so a
+/// validation error can point at it. Good enough for the flat files hotsock
+/// uses; `None` when the key is absent (its default was rejected).
+fn find_line(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.split_once('.')?;
+    let mut in_section = false;
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_section = trimmed.trim_matches(|c| c == '[' || c == ']').trim() == section;
+        } else if in_section {
+            let name = trimmed.split('=').next().unwrap_or("").trim();
+            if name == key {
+                return Some(index + 1);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("dir/hotsock.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
+        assert_eq!(config.workers.count, 2);
+        assert_eq!(config.workers.dispatch, DispatchMode::Fd);
+        assert_eq!(config.run_dir(), PathBuf::from("dir/run"));
+        assert_eq!(config.worker_program(), PathBuf::from("w"));
+    }
+
+    #[test]
+    fn typo_names_the_key_and_line() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n[workers]\ncommand = [\"w\"]\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key_and_line() {
+        let err = parse("[workers]\ncommand = [\"./w\"]\ncount = 0\n").expect_err("zero").to_string();
+        assert!(err.contains("dir/hotsock.toml:3: `workers.count` is 0"), "{err}");
+    }
+
+    #[test]
+    fn unknown_dispatch_mode_is_named() {
+        let err = parse("[workers]\ncommand = [\"w\"]\ndispatch = \"random\"\n").expect_err("bad").to_string();
+        assert!(err.contains("random") && err.contains("line 3"), "{err}");
+    }
+}

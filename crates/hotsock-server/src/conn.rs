@@ -1,0 +1,356 @@
+//! One client connection, from the first byte to the last: HTTP upgrade,
+//! then a loop that forwards whole messages to the hub and writes what the
+//! workers send back, batched.
+//!
+//! This task owns the socket; nothing else ever touches it, and no worker
+//! can close it except by asking the hub (`CloseConn`). It must never wait on
+//! a worker without a deadline, and never let its queues grow past the
+//! configured limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::http;
+use crate::hub::{CLOSE_SLOW_READER, ConnMeta, ConnShared, EventBody, Hub, Outgoing};
+use crate::server::Shared;
+
+/// Messages read from a socket in one go before they are handed to the hub
+/// under one lock. Bounds the batch so one busy client cannot hog the hub.
+const READ_BATCH_MAX: usize = 64;
+
+/// Bytes written to the socket buffer before one flush. Many small frames
+/// share one syscall; a large backlog is still flushed in bounded steps.
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+
+/// Close code and reason reported to workers when the peer vanished
+/// without a close frame (RFC 6455's 1006, never sent on the wire).
+const ABNORMAL: (u16, &str) = (1006, "");
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Serves one accepted TCP connection until it is gone.
+pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let config = &shared.config;
+    let _ = stream.set_nodelay(true);
+    let peer = peer.to_string();
+    let deadline = Instant::now() + Duration::from_millis(config.server.handshake_timeout_ms);
+    // Take the connection slot before reading, so a flood of half-open
+    // sockets counts against max_connections too.
+    let permit = shared.conn_permits.clone().try_acquire_owned();
+    let upgrade =
+        match tokio::time::timeout_at(deadline, http::read_head(&mut stream, config.limits.max_request_head_bytes, &peer))
+            .await
+        {
+            Err(_) | Ok(Ok(None)) => return,
+            Ok(Err(refusal)) => return refuse(&shared, stream, refusal.response()).await,
+            Ok(Ok(Some(upgrade))) => upgrade,
+        };
+    if permit.is_err() || shared.is_stopping() {
+        tracing::warn!(%peer, "refusing upgrade: server at max_connections or stopping");
+        let body = b"server is at its connection limit or stopping; retry later\n";
+        return refuse(&shared, stream, http::response(503, "Service Unavailable", &[("Retry-After", b"1")], body))
+            .await;
+    }
+    let hub = &shared.hub;
+    let conn = hub.next_conn_id();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let conn_shared = Arc::new(ConnShared::default());
+    let meta = ConnMeta { peer: peer.clone(), path: upgrade.request.path.clone(), connected_at_unix_ms: unix_ms() };
+    hub.register(conn, meta, out_tx, conn_shared.clone());
+    let _registered = Registered { hub, conn };
+
+    let (uid, extra_headers) = if hub.worker_handshakes() {
+        let reply = hub.expect_handshake(conn);
+        hub.dispatch(conn, [EventBody::Handshake(upgrade.request.clone())]);
+        match tokio::time::timeout_at(deadline, reply).await {
+            Ok(Ok(reply)) if reply.status == 101 => (reply.uid, reply.headers),
+            Ok(Ok(reply)) => {
+                return refuse(&shared, stream, http::worker_rejection(reply.status, &reply.headers, &reply.body))
+                    .await;
+            }
+            _ => {
+                tracing::warn!(conn, %peer, "no worker decided on the handshake within handshake_timeout_ms");
+                let body = b"no worker answered the handshake in time\n";
+                return refuse(&shared, stream, http::response(503, "Service Unavailable", &[], body)).await;
+            }
+        }
+    } else {
+        (None, Vec::new())
+    };
+    if stream.write_all(&http::switching_protocols(&upgrade.key, &extra_headers)).await.is_err() {
+        return;
+    }
+    shared.accepted_total.fetch_add(1, Ordering::Relaxed);
+    let ws = WebSocketStream::from_partially_read(stream, upgrade.rest.to_vec(), Role::Server, Some(ws_config(&shared)))
+        .await;
+    hub.opened(conn, uid);
+    hub.dispatch(conn, [EventBody::Open]);
+    let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
+    let (code, reason) = Connection { ws, out: out_rx, shared: &conn_shared, hub, conn, close_timeout }.run().await;
+    hub.dispatch(conn, [EventBody::Close { code, reason }]);
+}
+
+/// The WebSocket settings every connection gets, from `[limits]`.
+pub(crate) fn ws_config(shared: &Shared) -> WebSocketConfig {
+    let limits = &shared.config.limits;
+    WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_bytes)
+        // Frames accumulate in the write buffer until a flush or this size;
+        // we flush once per batch, so this only caps one batch's buffer.
+        .write_buffer_size(WRITE_BATCH_BYTES)
+        .max_write_buffer_size(WRITE_BATCH_BYTES + limits.output_buffer_bytes)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes))
+}
+
+/// Removes the connection from the hub however `serve` returns.
+struct Registered<'a> {
+    hub: &'a Hub,
+    conn: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.hub.remove(self.conn);
+    }
+}
+
+async fn refuse(shared: &Shared, mut stream: TcpStream, response: Vec<u8>) {
+    shared.rejected_total.fetch_add(1, Ordering::Relaxed);
+    let close_timeout = Duration::from_millis(shared.config.server.close_timeout_ms);
+    let _ = timeout(close_timeout, async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+struct Connection<'a> {
+    ws: Ws,
+    out: mpsc::UnboundedReceiver<Outgoing>,
+    shared: &'a ConnShared,
+    hub: &'a Hub,
+    conn: u64,
+    close_timeout: Duration,
+}
+
+/// How a write batch ended.
+enum Written {
+    Ok,
+    /// The hub asked for a close; do it after the data before it.
+    Close(u16, String),
+    Overflow,
+    Failed,
+}
+
+impl Connection<'_> {
+    /// Runs until the connection is closed; returns the code and reason to
+    /// report in the Close event.
+    async fn run(mut self) -> (u16, String) {
+        let cap = self.hub.max_inflight_per_conn();
+        loop {
+            // Stop reading while this connection has too many events in
+            // flight: TCP back-pressure, not memory, absorbs a fast client.
+            let room = self.shared.inflight.load(Ordering::Relaxed) < cap;
+            tokio::select! {
+                biased;
+                out = self.out.recv() => {
+                    let Some(first) = out else { return self.close(1011, "internal error").await };
+                    match self.write_batch(first).await {
+                        Written::Ok => {}
+                        Written::Close(code, reason) => return self.close(code, &reason).await,
+                        Written::Overflow => return self.overflow().await,
+                        Written::Failed => return (ABNORMAL.0, ABNORMAL.1.into()),
+                    }
+                }
+                () = self.shared.wake.notified() => {
+                    if self.shared.overflowed.load(Ordering::Relaxed) {
+                        return self.overflow().await;
+                    }
+                }
+                read = self.ws.next(), if room => {
+                    match self.read_batch(read, cap) {
+                        Ok(()) => {}
+                        Err(end) => return self.finish(end).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one message, and any others already buffered, to the hub.
+    fn read_batch(&mut self, first: Option<Result<Message, WsError>>, cap: u32) -> Result<(), ReadEnd> {
+        let mut events = Vec::new();
+        let mut next = first;
+        let result = loop {
+            match next {
+                None => break Err(ReadEnd::Gone),
+                Some(Err(error)) => break Err(ReadEnd::Error(error)),
+                Some(Ok(Message::Text(text))) => {
+                    events.push(EventBody::Message { binary: false, data: Bytes::from(text) })
+                }
+                Some(Ok(Message::Binary(data))) => events.push(EventBody::Message { binary: true, data }),
+                Some(Ok(Message::Close(frame))) => break Err(ReadEnd::PeerClosed(frame)),
+                // Pings are answered by the library on the next write or
+                // flush; pongs and raw frames carry nothing for workers.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            }
+            let inflight = self.shared.inflight.load(Ordering::Relaxed) as usize + events.len();
+            if events.len() >= READ_BATCH_MAX || inflight >= cap as usize {
+                break Ok(());
+            }
+            match self.ws.next().now_or_never() {
+                Some(more) => next = more,
+                None => break Ok(()),
+            }
+        };
+        if !events.is_empty() {
+            self.hub.dispatch(self.conn, events);
+        }
+        result
+    }
+
+    /// Writes `first` and everything else queued, then flushes once.
+    async fn write_batch(&mut self, first: Outgoing) -> Written {
+        let shared = self.shared;
+        let ws = &mut self.ws;
+        let out = &mut self.out;
+        let write = async {
+            let mut next = Some(first);
+            let mut bytes = 0;
+            let mut close = None;
+            while let Some(item) = next.take() {
+                match item {
+                    Outgoing::Msg(message) => {
+                        let len = message.len();
+                        shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                        bytes += len;
+                        if ws.feed(message).await.is_err() {
+                            return Written::Failed;
+                        }
+                    }
+                    Outgoing::Close(code, reason) => {
+                        shared.queued_bytes.fetch_sub(reason.len(), Ordering::Relaxed);
+                        close = Some((code, reason));
+                        break;
+                    }
+                }
+                if bytes < WRITE_BATCH_BYTES {
+                    next = out.try_recv().ok();
+                }
+            }
+            if ws.flush().await.is_err() {
+                return Written::Failed;
+            }
+            match close {
+                Some((code, reason)) => Written::Close(code, reason),
+                None => Written::Ok,
+            }
+        };
+        // A client that stops reading makes the flush wait forever; the hub
+        // sets `overflowed` when its queue passes the cap, which ends the wait.
+        let overflow = async {
+            loop {
+                shared.wake.notified().await;
+                if shared.overflowed.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            written = write => written,
+            () = overflow => Written::Overflow,
+        }
+    }
+
+    async fn overflow(self) -> (u16, String) {
+        tracing::warn!(
+            conn = self.conn,
+            "closing slow reader: output buffer over limits.output_buffer_bytes; client is not reading"
+        );
+        self.close(CLOSE_SLOW_READER, "output buffer full: client is not reading").await
+    }
+
+    async fn finish(self, end: ReadEnd) -> (u16, String) {
+        match end {
+            ReadEnd::Gone => (ABNORMAL.0, ABNORMAL.1.into()),
+            ReadEnd::PeerClosed(frame) => {
+                let (code, reason) = frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                // The library queued our close reply; flushing sends it and
+                // reading to the end completes the handshake.
+                let mut ws = self.ws;
+                let _ = timeout(self.close_timeout, async {
+                    let _ = ws.flush().await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                (code, reason)
+            }
+            ReadEnd::Error(error) => match error {
+                WsError::Capacity(_) => self.close(1009, "message too big").await,
+                WsError::Utf8(_) => self.close(1007, "invalid UTF-8 in text message").await,
+                WsError::Protocol(error) => {
+                    tracing::debug!(conn = self.conn, %error, "WebSocket protocol violation");
+                    self.close(1002, "protocol error").await
+                }
+                _ => (ABNORMAL.0, ABNORMAL.1.into()),
+            },
+        }
+    }
+
+    /// Sends a close frame and waits (bounded) for the client's reply.
+    async fn close(self, code: u16, reason: &str) -> (u16, String) {
+        let code = sanitize_close_code(code);
+        let reason = truncate_reason(reason);
+        let mut ws = self.ws;
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.clone().into() };
+        let _ = timeout(self.close_timeout, async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        })
+        .await;
+        (code, reason)
+    }
+}
+
+enum ReadEnd {
+    Gone,
+    PeerClosed(Option<CloseFrame>),
+    Error(WsError),
+}
+
+/// Close codes a server may send (RFC 6455 §7.4); anything else a worker
+/// asks for becomes 1000 rather than an invalid frame.
+fn sanitize_close_code(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+        _ => 1000,
+    }
+}
+
+/// A close frame's reason must fit in 123 bytes; cut at a char boundary.
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

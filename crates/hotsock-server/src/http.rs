@@ -1,0 +1,213 @@
+//! The HTTP side of a WebSocket upgrade: reading the request head, checking
+//! it, and writing the 101 or an error response.
+//!
+//! We parse the request ourselves (with `httparse`) instead of letting the
+//! WebSocket library do it, because the decision may need a worker, which is
+//! asynchronous, and because every refusal must be a proper HTTP answer
+//! (400, 426, 431, 503) rather than a dropped socket.
+
+use bytes::{Bytes, BytesMut};
+use hotsock_protocol::HandshakeRequest;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Most headers a request may carry; more gets 431.
+pub(crate) const MAX_HEADERS: usize = 64;
+
+/// Why an upgrade request was refused before any worker saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// 400: not HTTP, or a broken upgrade request.
+    BadRequest(&'static str),
+    /// 426: well-formed HTTP that is not a WebSocket upgrade (or a
+    /// WebSocket version other than 13).
+    UpgradeRequired,
+    /// 431: the head is larger than `limits.max_request_head_bytes`.
+    TooLarge,
+}
+
+impl Refusal {
+    pub(crate) fn response(&self) -> Vec<u8> {
+        match self {
+            Refusal::BadRequest(why) => response(400, "Bad Request", &[], format!("bad request: {why}\n").as_bytes()),
+            Refusal::UpgradeRequired => response(
+                426,
+                "Upgrade Required",
+                &[("Upgrade", b"websocket"), ("Sec-WebSocket-Version", b"13")],
+                b"This is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket).\n",
+            ),
+            Refusal::TooLarge => response(431, "Request Header Fields Too Large", &[], b"request head too large\n"),
+        }
+    }
+}
+
+/// A parsed, valid upgrade request.
+#[derive(Debug)]
+pub(crate) struct Upgrade {
+    pub(crate) request: HandshakeRequest,
+    pub(crate) key: Vec<u8>,
+    /// Bytes the client sent after the head (early WebSocket frames).
+    pub(crate) rest: BytesMut,
+}
+
+/// Reads until the end of the request head. `Ok(None)` means the client
+/// closed before sending a whole head.
+pub(crate) async fn read_head(
+    stream: &mut TcpStream,
+    max_bytes: usize,
+    peer: &str,
+) -> Result<Option<Upgrade>, Refusal> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let read = stream.read_buf(&mut buf).await.map_err(|_| Refusal::BadRequest("read failed"))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        match parse(&buf, peer)? {
+            Some((upgrade, head_len)) => {
+                let rest = buf.split_off(head_len);
+                return Ok(Some(Upgrade { rest, ..upgrade }));
+            }
+            None if buf.len() >= max_bytes => return Err(Refusal::TooLarge),
+            None => {}
+        }
+    }
+}
+
+/// Parses a request head. `Ok(None)`: incomplete. On success, returns the
+/// upgrade and the head's length.
+pub(crate) fn parse(buf: &[u8], peer: &str) -> Result<Option<(Upgrade, usize)>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+        Err(_) => return Err(Refusal::BadRequest("not an HTTP/1.1 request")),
+    };
+    let has_token = |name: &str, token: &str| {
+        req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).any(|h| {
+            std::str::from_utf8(h.value)
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(Refusal::UpgradeRequired);
+    }
+    if req.method != Some("GET") {
+        return Err(Refusal::BadRequest("a WebSocket upgrade must use GET"));
+    }
+    if !has_token("sec-websocket-version", "13") {
+        return Err(Refusal::UpgradeRequired);
+    }
+    let key = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|h| h.value.to_vec())
+        .filter(|k| !k.is_empty())
+        .ok_or(Refusal::BadRequest("missing Sec-WebSocket-Key"))?;
+    let request = HandshakeRequest {
+        peer: peer.to_owned(),
+        path: req.path.unwrap_or("/").to_owned(),
+        headers: req.headers.iter().map(|h| (h.name.to_owned(), Bytes::copy_from_slice(h.value))).collect(),
+    };
+    Ok(Some((Upgrade { request, key, rest: BytesMut::new() }, head_len)))
+}
+
+/// The 101 response accepting an upgrade, with the worker's extra headers.
+pub(crate) fn switching_protocols(key: &[u8], extra: &[(String, Bytes)]) -> Vec<u8> {
+    let accept = derive_accept_key(key);
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    )
+    .into_bytes();
+    push_headers(&mut out, extra.iter().map(|(n, v)| (n.as_str(), &v[..])));
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A complete non-101 response that closes the connection.
+pub(crate) fn response(status: u16, reason: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    )
+    .into_bytes();
+    push_headers(&mut out, headers.iter().copied());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// A rejection decided by a worker: its status, headers and body.
+pub(crate) fn worker_rejection(status: u16, headers: &[(String, Bytes)], body: &[u8]) -> Vec<u8> {
+    let status = if (400..=599).contains(&status) { status } else { 403 };
+    let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), &v[..])).collect();
+    response(status, reason_phrase(status), &extra, body)
+}
+
+fn push_headers<'a>(out: &mut Vec<u8>, headers: impl Iterator<Item = (&'a str, &'a [u8])>) {
+    for (name, value) in headers {
+        // A header a worker gives us must not be able to split the response.
+        let clean = |b: &u8| *b != b'\r' && *b != b'\n';
+        if name.bytes().all(|b| clean(&b) && b != b':') && value.iter().all(clean) {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nEXTRA";
+
+    #[test]
+    fn valid_upgrade_parses_and_keeps_the_rest() {
+        let (upgrade, len) = parse(UPGRADE, "1.2.3.4:5").expect("ok").expect("complete");
+        assert_eq!(upgrade.request.path, "/chat?x=1");
+        assert_eq!(&UPGRADE[len..], b"EXTRA");
+        let response = String::from_utf8(switching_protocols(&upgrade.key, &[])).expect("utf8");
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    }
+
+    #[test]
+    fn plain_http_gets_426() {
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "p").err(), Some(Refusal::UpgradeRequired));
+    }
+
+    #[test]
+    fn garbage_gets_400_and_partial_waits() {
+        assert!(matches!(parse(b"\x16\x03\x01garbage\r\n\r\n", "p"), Err(Refusal::BadRequest(_))));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost:", "p"), Ok(None)));
+    }
+
+    #[test]
+    fn header_injection_is_dropped() {
+        let out = worker_rejection(401, &[("X-A".into(), Bytes::from_static(b"1\r\nSet-Cookie: x"))], b"no");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert!(!text.contains("Set-Cookie"));
+    }
+}

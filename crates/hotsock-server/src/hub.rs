@@ -1,0 +1,515 @@
+//! The hub: who is connected, which worker slot each event goes to, and which
+//! events no worker has acknowledged yet.
+//!
+//! Theory of operation. Every event (handshake, open, message, close) gets a
+//! server-wide increasing id and is stored in its slot's `unacked` map before
+//! it is sent, and stays there until the worker acknowledges it. A slot
+//! outlives the processes that fill it: when a worker dies, its slot keeps
+//! the unacknowledged events, and the next worker in that slot receives them
+//! first, in id order, flagged `redelivered`. Because a connection with
+//! events in flight always routes to the slot that holds them (the sticky
+//! rule), one connection's events reach one slot in arrival order, whatever
+//! the dispatch mode, and a replacement worker sees them in that order too.
+//!
+//! The hub never blocks and never awaits: every method takes the lock, does
+//! a bounded amount of work, and returns. Messages to clients go through
+//! unbounded per-connection outboxes whose size is capped by byte counting
+//! (`limits.output_buffer_bytes`), so a slow client can never stall a worker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use hotsock_protocol::{ConnInfo, HandshakeReply, HandshakeRequest, ToServer, ToWorker, encode_conn_list};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::config::DispatchMode;
+use crate::status::{ClientStatus, SlotStatus, WorkerState};
+
+/// Close code sent to a client whose output buffer overflowed (policy
+/// violation: it does not read what it asked for).
+pub(crate) const CLOSE_SLOW_READER: u16 = 1008;
+
+/// What a connection task is told to send.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A data message.
+    Msg(Message),
+    /// Close the connection with this code and reason.
+    Close(u16, String),
+}
+
+/// State shared between a connection's task and the hub.
+#[derive(Debug, Default)]
+pub(crate) struct ConnShared {
+    /// Bytes queued in the outbox, not yet taken by the connection task.
+    pub(crate) queued_bytes: AtomicUsize,
+    /// Events of this connection no worker has acknowledged yet.
+    pub(crate) inflight: AtomicU32,
+    /// Set when the outbox overflowed; the task closes with 1008.
+    pub(crate) overflowed: AtomicBool,
+    /// Wakes the task: an acknowledgement freed room, or it overflowed.
+    pub(crate) wake: Notify,
+}
+
+/// The body of an event, kept until it is acknowledged.
+#[derive(Debug, Clone)]
+pub(crate) enum EventBody {
+    Handshake(HandshakeRequest),
+    Open,
+    Message { binary: bool, data: Bytes },
+    Close { code: u16, reason: String },
+}
+
+#[derive(Debug)]
+struct Pending {
+    conn: u64,
+    body: EventBody,
+    /// Handed to the slot's current worker.
+    sent: bool,
+    /// Handed to an earlier worker that died without acknowledging it.
+    redelivered: bool,
+}
+
+impl Pending {
+    fn to_worker(&self, id: u64) -> ToWorker {
+        let (conn, redelivered) = (self.conn, self.redelivered);
+        match &self.body {
+            EventBody::Handshake(request) => ToWorker::Handshake { conn, id, redelivered, request: request.clone() },
+            EventBody::Open => ToWorker::Open { conn, id, redelivered },
+            EventBody::Message { binary, data } => {
+                ToWorker::Message { conn, id, redelivered, binary: *binary, data: data.clone() }
+            }
+            EventBody::Close { code, reason } => {
+                ToWorker::Close { conn, id, redelivered, code: *code, reason: reason.clone() }
+            }
+        }
+    }
+}
+
+/// Connection facts fixed at accept time.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnMeta {
+    pub(crate) peer: String,
+    pub(crate) path: String,
+    pub(crate) connected_at_unix_ms: u64,
+}
+
+#[derive(Debug)]
+struct ConnEntry {
+    meta: ConnMeta,
+    out: mpsc::UnboundedSender<Outgoing>,
+    shared: Arc<ConnShared>,
+    uid: Option<u64>,
+    /// The slot holding this connection's unacknowledged events.
+    slot: usize,
+    /// Whether the upgrade completed (only open connections get pushes,
+    /// broadcasts and show in `ConnList`).
+    open: bool,
+}
+
+/// One worker slot: a place for a worker process, outliving each process.
+#[derive(Debug)]
+struct Slot {
+    link: Option<mpsc::UnboundedSender<ToWorker>>,
+    unacked: BTreeMap<u64, Pending>,
+    status: SlotStatus,
+}
+
+#[derive(Debug)]
+struct HubState {
+    conns: HashMap<u64, ConnEntry>,
+    uids: HashMap<u64, Vec<u64>>,
+    slots: Vec<Slot>,
+    handshakes: HashMap<u64, oneshot::Sender<HandshakeReply>>,
+    next_event: u64,
+    round_robin: usize,
+    /// From the workers' Ready: they want to decide on upgrades.
+    worker_handshakes: bool,
+}
+
+/// A worker's misbehaviour that makes its output untrustworthy; the
+/// supervisor kills it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct WorkerFault(pub(crate) String);
+
+/// Events routed to a slot: see the module docs.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    state: Mutex<HubState>,
+    dispatch: DispatchMode,
+    max_inflight_per_conn: u32,
+    output_buffer_bytes: usize,
+    next_conn: AtomicU64,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        slots: usize,
+        dispatch: DispatchMode,
+        max_inflight_per_conn: u32,
+        output_buffer_bytes: usize,
+    ) -> Hub {
+        let slots = (0..slots)
+            .map(|slot| Slot { link: None, unacked: BTreeMap::new(), status: SlotStatus::new(slot) })
+            .collect();
+        Hub {
+            state: Mutex::new(HubState {
+                conns: HashMap::new(),
+                uids: HashMap::new(),
+                slots,
+                handshakes: HashMap::new(),
+                next_event: 1,
+                round_robin: 0,
+                worker_handshakes: false,
+            }),
+            dispatch,
+            max_inflight_per_conn,
+            output_buffer_bytes,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding the lock leaves consistent data (every
+        // method updates maps in single steps), so keep going rather than
+        // turning one panic into a dead server.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new connection id: increasing, never reused in this server's life.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn max_inflight_per_conn(&self) -> u32 {
+        self.max_inflight_per_conn
+    }
+
+    pub(crate) fn worker_handshakes(&self) -> bool {
+        self.lock().worker_handshakes
+    }
+
+    /// Adds a connection that is mid-handshake.
+    pub(crate) fn register(&self, conn: u64, meta: ConnMeta, out: mpsc::UnboundedSender<Outgoing>, shared: Arc<ConnShared>) {
+        let mut state = self.lock();
+        state.conns.insert(conn, ConnEntry { meta, out, shared, uid: None, slot: 0, open: false });
+    }
+
+    /// Marks the upgrade as done, binding the uid the handshake chose.
+    pub(crate) fn opened(&self, conn: u64, uid: Option<u64>) {
+        let mut state = self.lock();
+        if let Some(entry) = state.conns.get_mut(&conn) {
+            entry.open = true;
+        }
+        if let Some(uid) = uid {
+            bind(&mut state, conn, uid);
+        }
+    }
+
+    /// Forgets a connection. Its unacknowledged events stay in their slot.
+    pub(crate) fn remove(&self, conn: u64) {
+        let mut state = self.lock();
+        state.handshakes.remove(&conn);
+        if let Some(entry) = state.conns.remove(&conn)
+            && let Some(uid) = entry.uid
+        {
+            unbind(&mut state, conn, uid);
+        }
+    }
+
+    /// Registers interest in the worker's answer to `conn`'s handshake.
+    pub(crate) fn expect_handshake(&self, conn: u64) -> oneshot::Receiver<HandshakeReply> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().handshakes.insert(conn, tx);
+        rx
+    }
+
+    /// Routes events of `conn`, in order, to a slot and sends them if the
+    /// slot has a live worker; otherwise they wait in the slot for the next.
+    pub(crate) fn dispatch(&self, conn: u64, bodies: impl IntoIterator<Item = EventBody>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let slot_count = state.slots.len();
+        let Some(entry) = state.conns.get_mut(&conn) else { return };
+        for body in bodies {
+            let inflight = entry.shared.inflight.load(Ordering::Relaxed);
+            // The sticky rule: while any event of this connection is
+            // unacknowledged, its next event goes to the same slot.
+            if inflight == 0 {
+                entry.slot = match self.dispatch {
+                    DispatchMode::Fd => (conn % slot_count as u64) as usize,
+                    DispatchMode::Uid => (entry.uid.unwrap_or(conn) % slot_count as u64) as usize,
+                    DispatchMode::RoundRobin => {
+                        state.round_robin = (state.round_robin + 1) % slot_count;
+                        state.round_robin
+                    }
+                    DispatchMode::LeastBusy => least_busy(&state.slots),
+                };
+            }
+            entry.shared.inflight.store(inflight + 1, Ordering::Relaxed);
+            let id = state.next_event;
+            state.next_event += 1;
+            let slot = &mut state.slots[entry.slot];
+            let mut pending = Pending { conn, body, sent: false, redelivered: false };
+            if let Some(link) = &slot.link {
+                pending.sent = link.send(pending.to_worker(id)).is_ok();
+            }
+            slot.status.dispatched += 1;
+            slot.unacked.insert(id, pending);
+        }
+    }
+
+    /// Connects a worker that said Ready to its slot and hands it every
+    /// event the slot holds, oldest first.
+    pub(crate) fn attach(&self, slot_index: usize, link: mpsc::UnboundedSender<ToWorker>, handshakes: bool) {
+        let mut state = self.lock();
+        state.worker_handshakes = handshakes;
+        let slot = &mut state.slots[slot_index];
+        for (id, pending) in slot.unacked.iter_mut() {
+            pending.sent = link.send(pending.to_worker(*id)).is_ok();
+        }
+        slot.link = Some(link);
+    }
+
+    /// Disconnects a dead worker: what it had not acknowledged becomes
+    /// redelivered work for the next worker in the slot.
+    pub(crate) fn detach(&self, slot_index: usize) {
+        let mut state = self.lock();
+        let slot = &mut state.slots[slot_index];
+        slot.link = None;
+        for pending in slot.unacked.values_mut() {
+            if pending.sent {
+                pending.sent = false;
+                pending.redelivered = true;
+                slot.status.redelivered += 1;
+            }
+        }
+    }
+
+    /// Applies a batch of messages from the worker in `slot_index`, under one
+    /// lock. An error means the worker broke the protocol.
+    pub(crate) fn apply(&self, slot_index: usize, messages: Vec<ToServer>) -> Result<(), WorkerFault> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        for message in messages {
+            match message {
+                ToServer::Ready(_) => return Err(WorkerFault("sent Ready twice".into())),
+                ToServer::Ack(ids) => {
+                    let slot = &mut state.slots[slot_index];
+                    for id in ids {
+                        let Some(pending) = slot.unacked.remove(&id) else { continue };
+                        slot.status.acked += 1;
+                        if let Some(entry) = state.conns.get(&pending.conn) {
+                            let before = entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+                            if before == self.max_inflight_per_conn {
+                                entry.shared.wake.notify_one();
+                            }
+                        }
+                    }
+                }
+                ToServer::Push { conn, binary, data } => {
+                    let message = to_message(binary, data)?;
+                    if let Some(entry) = state.conns.get(&conn) {
+                        self.send(entry, Outgoing::Msg(message));
+                    }
+                }
+                ToServer::CloseConn { conn, code, reason } => {
+                    if let Some(entry) = state.conns.get(&conn) {
+                        self.send(entry, Outgoing::Close(code, reason));
+                    }
+                }
+                ToServer::Bind { conn, uid } => bind(state, conn, uid),
+                ToServer::SendToUid { uid, binary, data } => {
+                    let message = to_message(binary, data)?;
+                    for conn in state.uids.get(&uid).into_iter().flatten() {
+                        if let Some(entry) = state.conns.get(conn) {
+                            self.send(entry, Outgoing::Msg(message.clone()));
+                        }
+                    }
+                }
+                ToServer::Broadcast { binary, data } => {
+                    let message = to_message(binary, data)?;
+                    for entry in state.conns.values().filter(|e| e.open) {
+                        self.send(entry, Outgoing::Msg(message.clone()));
+                    }
+                }
+                ToServer::ConnInfo { conn, request } => {
+                    let reply = match state.conns.get(&conn).filter(|e| e.open) {
+                        Some(entry) => ToWorker::Reply {
+                            id: request,
+                            not_found: false,
+                            body: ConnInfo {
+                                conn,
+                                peer: entry.meta.peer.clone(),
+                                path: entry.meta.path.clone(),
+                                uid: entry.uid,
+                                connected_at_unix_ms: entry.meta.connected_at_unix_ms,
+                                slot: entry.slot as u32,
+                            }
+                            .to_bytes(),
+                        },
+                        None => ToWorker::Reply { id: request, not_found: true, body: Bytes::new() },
+                    };
+                    reply_to(&state.slots[slot_index], reply);
+                }
+                ToServer::ConnList { request } => {
+                    let mut ids: Vec<u64> = state.conns.iter().filter(|(_, e)| e.open).map(|(id, _)| *id).collect();
+                    ids.sort_unstable();
+                    let reply = ToWorker::Reply { id: request, not_found: false, body: encode_conn_list(&ids) };
+                    reply_to(&state.slots[slot_index], reply);
+                }
+                ToServer::HandshakeReply { conn, reply } => {
+                    if let Some(waiter) = state.handshakes.remove(&conn) {
+                        let _ = waiter.send(reply);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a message for a client, counting its bytes; past the cap the
+    /// client is a slow reader and is closed instead.
+    fn send(&self, entry: &ConnEntry, out: Outgoing) {
+        let shared = &entry.shared;
+        if shared.overflowed.load(Ordering::Relaxed) {
+            return;
+        }
+        let len = match &out {
+            Outgoing::Msg(message) => message.len(),
+            Outgoing::Close(_, reason) => reason.len(),
+        };
+        let queued = shared.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.output_buffer_bytes {
+            shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            shared.overflowed.store(true, Ordering::Relaxed);
+            shared.wake.notify_one();
+            return;
+        }
+        let _ = entry.out.send(out);
+    }
+
+    /// Tells every live worker to finish and exit (graceful stop).
+    pub(crate) fn stop_workers(&self) {
+        let mut state = self.lock();
+        for slot in state.slots.iter_mut() {
+            if let Some(link) = &slot.link {
+                let _ = link.send(ToWorker::Stop);
+                slot.status.state = WorkerState::Draining;
+            }
+        }
+    }
+
+    /// Asks every connection to close (graceful stop).
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
+        let state = self.lock();
+        for entry in state.conns.values() {
+            let _ = entry.out.send(Outgoing::Close(code, reason.to_owned()));
+        }
+    }
+
+    /// Connections currently registered (open or mid-handshake).
+    pub(crate) fn connection_count(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// Events no worker has acknowledged yet, over all slots.
+    pub(crate) fn unacked_total(&self) -> usize {
+        self.lock().slots.iter().map(|s| s.unacked.len()).sum()
+    }
+
+    /// Updates a slot's lifecycle facts for `status`.
+    pub(crate) fn update_status(&self, slot_index: usize, update: impl FnOnce(&mut SlotStatus)) {
+        update(&mut self.lock().slots[slot_index].status);
+    }
+
+    pub(crate) fn slot_statuses(&self) -> Vec<SlotStatus> {
+        let state = self.lock();
+        state
+            .slots
+            .iter()
+            .map(|slot| {
+                let mut status = slot.status.clone();
+                status.inflight = slot.unacked.len();
+                status
+            })
+            .collect()
+    }
+
+    pub(crate) fn clients(&self) -> Vec<ClientStatus> {
+        let state = self.lock();
+        let mut clients: Vec<ClientStatus> = state
+            .conns
+            .iter()
+            .filter(|(_, e)| e.open)
+            .map(|(id, e)| ClientStatus {
+                conn: *id,
+                peer: e.meta.peer.clone(),
+                path: e.meta.path.clone(),
+                uid: e.uid,
+                slot: e.slot,
+                inflight: e.shared.inflight.load(Ordering::Relaxed),
+                connected_at_unix_ms: e.meta.connected_at_unix_ms,
+            })
+            .collect();
+        clients.sort_by_key(|c| c.conn);
+        clients
+    }
+
+    /// Whether every slot has a worker in state Ready.
+    pub(crate) fn all_ready(&self) -> bool {
+        self.lock().slots.iter().all(|s| s.status.state == WorkerState::Ready)
+    }
+}
+
+fn least_busy(slots: &[Slot]) -> usize {
+    slots
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, slot)| (slot.link.is_none(), slot.unacked.len()))
+        .map(|(index, _)| index)
+        .unwrap_or(0)
+}
+
+fn bind(state: &mut HubState, conn: u64, uid: u64) {
+    let Some(entry) = state.conns.get_mut(&conn) else { return };
+    let previous = entry.uid.replace(uid);
+    if previous == Some(uid) {
+        return;
+    }
+    if let Some(previous) = previous {
+        unbind(state, conn, previous);
+    }
+    state.uids.entry(uid).or_default().push(conn);
+}
+
+fn unbind(state: &mut HubState, conn: u64, uid: u64) {
+    if let Some(conns) = state.uids.get_mut(&uid) {
+        conns.retain(|c| *c != conn);
+        if conns.is_empty() {
+            state.uids.remove(&uid);
+        }
+    }
+}
+
+fn reply_to(slot: &Slot, reply: ToWorker) {
+    if let Some(link) = &slot.link {
+        let _ = link.send(reply);
+    }
+}
+
+/// Turns a worker's payload into a WebSocket message; text must be UTF-8,
+/// checked once here (the protocol crate leaves it to us).
+fn to_message(binary: bool, data: Bytes) -> Result<Message, WorkerFault> {
+    if binary {
+        Ok(Message::Binary(data))
+    } else {
+        Utf8Bytes::try_from(data)
+            .map(Message::Text)
+            .map_err(|_| WorkerFault("sent a text message that is not UTF-8".into()))
+    }
+}

@@ -1,0 +1,116 @@
+//! What `hotsock status` and `hotsock clients` report. These types are
+//! serialized over the admin socket, so they are part of an IPC boundary:
+//! add fields, do not rename them.
+
+use serde::{Deserialize, Serialize};
+
+/// A worker process's lifecycle, as seen by the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Spawned; has not answered Hello with Ready yet. Gets no events.
+    Starting,
+    /// Said Ready; receives events.
+    Ready,
+    /// Told to stop; finishes what it has, receives nothing new.
+    Draining,
+    /// Gone; the slot waits (backing off) for its replacement, holding the
+    /// events the dead worker had not acknowledged.
+    Exited,
+}
+
+/// One worker slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlotStatus {
+    /// Slot index.
+    pub slot: usize,
+    /// Current lifecycle state.
+    pub state: WorkerState,
+    /// Process id of the current (or last) worker.
+    pub pid: Option<u32>,
+    /// Code generation of the current worker.
+    pub generation: u64,
+    /// Events sent to this slot and not acknowledged yet.
+    pub inflight: usize,
+    /// Events routed to this slot since start.
+    pub dispatched: u64,
+    /// Events acknowledged by this slot's workers since start.
+    pub acked: u64,
+    /// Events handed again to a replacement after a worker died.
+    pub redelivered: u64,
+    /// Workers of this slot that died unexpectedly.
+    pub crashes: u64,
+    /// The slot crashed `crash_loop_count` times within the window and is
+    /// restarting at the slowest back-off.
+    pub crash_loop: bool,
+    /// Resident memory of the worker process, in KiB.
+    pub rss_kib: Option<u64>,
+    /// How the last worker of this slot ended, if one did.
+    pub last_exit: Option<String>,
+}
+
+impl SlotStatus {
+    pub(crate) fn new(slot: usize) -> SlotStatus {
+        SlotStatus {
+            slot,
+            state: WorkerState::Starting,
+            pid: None,
+            generation: 1,
+            inflight: 0,
+            dispatched: 0,
+            acked: 0,
+            redelivered: 0,
+            crashes: 0,
+            crash_loop: false,
+            rss_kib: None,
+            last_exit: None,
+        }
+    }
+}
+
+/// One open client connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// Connection id.
+    pub conn: u64,
+    /// Client address.
+    pub peer: String,
+    /// Request target of the upgrade.
+    pub path: String,
+    /// Bound uid.
+    pub uid: Option<u64>,
+    /// Slot its events go to (or went to last).
+    pub slot: usize,
+    /// Events not acknowledged yet.
+    pub inflight: u32,
+    /// Accept time, ms since the Unix epoch.
+    pub connected_at_unix_ms: u64,
+}
+
+/// The whole server, for `hotsock status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Server process id.
+    pub pid: u32,
+    /// The address clients connect to.
+    pub listen: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Connections registered (open or mid-handshake).
+    pub connections: usize,
+    /// Connections accepted since start.
+    pub accepted_total: u64,
+    /// Upgrade requests refused (4xx/5xx) since start.
+    pub rejected_total: u64,
+    /// Whether a graceful stop is under way.
+    pub stopping: bool,
+    /// One entry per worker slot.
+    pub workers: Vec<SlotStatus>,
+}
+
+/// Reads a process's resident set size from `/proc`.
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4)
+}

@@ -1,0 +1,182 @@
+//! The user-facing surface: the [`App`] trait and the event types its
+//! callbacks receive.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use hotsock_protocol::{HandshakeReply, HandshakeRequest};
+
+use crate::Ctx;
+
+/// Your service. Every callback has a default that does nothing, so
+/// implement only what you need. Callbacks take `&self`: keep mutable state
+/// behind a lock or in a shared table.
+pub trait App: Send + Sync + 'static {
+    /// Set to `true` when you implement [`App::on_handshake`]; otherwise the
+    /// server accepts every well-formed upgrade without asking the worker.
+    const HANDLES_HANDSHAKE: bool = false;
+
+    /// Runs once when the worker starts, before it tells the server it is
+    /// ready: load configuration and code-dependent state here. A worker
+    /// that panics here never receives an event.
+    fn on_worker_start(&self, ctx: &Ctx) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+
+    /// Runs once when the server stops the worker, after its last event.
+    fn on_worker_stop(&self, ctx: &Ctx) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+
+    /// Decides on an upgrade request (only when `HANDLES_HANDSHAKE`).
+    fn on_handshake(&self, ctx: &Ctx, handshake: Handshake) -> impl Future<Output = Decision> + Send {
+        let _ = (ctx, handshake);
+        async { Decision::accept() }
+    }
+
+    /// A connection is open; pushes to it are delivered from now on.
+    fn on_open(&self, ctx: &Ctx, open: Open) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, open);
+        async {}
+    }
+
+    /// One whole message from a client.
+    fn on_message(&self, ctx: &Ctx, message: Message) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, message);
+        async {}
+    }
+
+    /// The connection is gone; it is the last event of the connection.
+    fn on_close(&self, ctx: &Ctx, close: Close) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, close);
+        async {}
+    }
+}
+
+/// An upgrade request to decide on.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// The connection id it will have.
+    pub conn: u64,
+    /// A previous worker received this event and died before finishing.
+    pub redelivered: bool,
+    /// Path, query, headers and peer address.
+    pub request: HandshakeRequest,
+}
+
+/// The answer to a [`Handshake`].
+#[derive(Debug, Clone)]
+pub struct Decision(pub(crate) HandshakeReply);
+
+impl Decision {
+    /// Accept the upgrade.
+    pub fn accept() -> Decision {
+        Decision(HandshakeReply { status: 101, ..HandshakeReply::default() })
+    }
+
+    /// Refuse with an HTTP status (4xx or 5xx; anything else becomes 403)
+    /// and a short body the client sees.
+    pub fn reject(status: u16, body: impl Into<Bytes>) -> Decision {
+        Decision(HandshakeReply { status, body: body.into(), ..HandshakeReply::default() })
+    }
+
+    /// On accept, bind the connection to `uid` (see [`Ctx::bind`]).
+    pub fn bind(mut self, uid: u64) -> Decision {
+        self.0.uid = Some(uid);
+        self
+    }
+
+    /// Adds a response header (for example `Sec-WebSocket-Protocol`).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Decision {
+        self.0.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A connection was opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Open {
+    /// Connection id.
+    pub conn: u64,
+    /// A previous worker received this event and died before finishing.
+    pub redelivered: bool,
+}
+
+/// A message from a client.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Connection id.
+    pub conn: u64,
+    /// A previous worker received this event and died before finishing:
+    /// its handler may already have run once.
+    pub redelivered: bool,
+    /// Whether the client sent a binary message.
+    pub binary: bool,
+    /// The payload (UTF-8 when not binary).
+    pub data: Bytes,
+}
+
+impl Message {
+    /// The text of a text message; `None` for binary ones.
+    pub fn text(&self) -> Option<&str> {
+        if self.binary { None } else { std::str::from_utf8(&self.data).ok() }
+    }
+}
+
+/// A connection closed.
+#[derive(Debug, Clone)]
+pub struct Close {
+    /// Connection id.
+    pub conn: u64,
+    /// A previous worker received this event and died before finishing.
+    pub redelivered: bool,
+    /// WebSocket close code (1006: the client vanished without one).
+    pub code: u16,
+    /// Close reason, possibly empty.
+    pub reason: String,
+}
+
+/// What to send: text (from `String`/`&str`) or binary (from `Bytes` or
+/// `Vec<u8>`).
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl Payload {
+    pub(crate) fn into_parts(self) -> (bool, Bytes) {
+        match self {
+            Payload::Text(text) => (false, Bytes::from(text)),
+            Payload::Binary(data) => (true, data),
+        }
+    }
+}
+
+impl From<String> for Payload {
+    fn from(text: String) -> Payload {
+        Payload::Text(text)
+    }
+}
+
+impl From<&str> for Payload {
+    fn from(text: &str) -> Payload {
+        Payload::Text(text.to_owned())
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(data: Bytes) -> Payload {
+        Payload::Binary(data)
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(data: Vec<u8>) -> Payload {
+        Payload::Binary(Bytes::from(data))
+    }
+}

@@ -1,0 +1,152 @@
+//! [`Ctx`]: what a handler can do. Commands are queued to the writer task and
+//! sent in batches; they never block and never fail loudly, because a worker
+//! whose server is gone is about to exit anyway.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use hotsock_protocol::{ConnInfo, HandshakeReply, Role, ToServer, decode_conn_list};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Error, Payload};
+
+/// An item for the writer task.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Frame(ToServer),
+    /// An event handler finished; acknowledgements are coalesced.
+    Ack(u64),
+    /// Answered once everything queued before it has been written.
+    Flush(oneshot::Sender<()>),
+}
+
+type Waiters = Mutex<HashMap<u64, oneshot::Sender<(bool, Bytes)>>>;
+
+/// A handle to the server, given to every callback. Cheap to clone; clones
+/// may be moved into spawned tasks.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    out: mpsc::UnboundedSender<Out>,
+    waiters: Waiters,
+    next_request: AtomicU64,
+    slot: u32,
+    generation: u64,
+    role: Role,
+}
+
+impl Ctx {
+    pub(crate) fn new(out: mpsc::UnboundedSender<Out>, slot: u32, generation: u64, role: Role) -> Ctx {
+        Ctx {
+            inner: Arc::new(Inner {
+                out,
+                waiters: Mutex::new(HashMap::new()),
+                next_request: AtomicU64::new(1),
+                slot,
+                generation,
+                role,
+            }),
+        }
+    }
+
+    fn send(&self, message: ToServer) {
+        let _ = self.inner.out.send(Out::Frame(message));
+    }
+
+    pub(crate) fn ack(&self, id: u64) {
+        let _ = self.inner.out.send(Out::Ack(id));
+    }
+
+    pub(crate) fn reply_handshake(&self, conn: u64, reply: HandshakeReply) {
+        self.send(ToServer::HandshakeReply { conn, reply });
+    }
+
+    /// Delivers a reply to the query waiting for it.
+    pub(crate) fn resolve(&self, request: u64, not_found: bool, body: Bytes) {
+        let waiter = self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send((not_found, body));
+        }
+    }
+
+    /// Fails every waiting query (the server is gone).
+    pub(crate) fn fail_all(&self) {
+        self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// This worker's slot (0-based).
+    pub fn slot(&self) -> u32 {
+        self.inner.slot
+    }
+
+    /// The code generation this worker belongs to.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// Event worker or task worker.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// Sends a message to one connection. Messages to one connection arrive
+    /// in the order they were pushed; a connection that is gone drops them.
+    pub fn push(&self, conn: u64, payload: impl Into<Payload>) {
+        let (binary, data) = payload.into().into_parts();
+        self.send(ToServer::Push { conn, binary, data });
+    }
+
+    /// Closes a connection with a WebSocket close code and reason, after
+    /// every message pushed to it before.
+    pub fn close(&self, conn: u64, code: u16, reason: impl Into<String>) {
+        self.send(ToServer::CloseConn { conn, code, reason: reason.into() });
+    }
+
+    /// Binds a connection to a numeric user id, for [`Ctx::send_to_uid`] and
+    /// for `dispatch = "uid"`. A connection has at most one uid; a uid may
+    /// have many connections.
+    pub fn bind(&self, conn: u64, uid: u64) {
+        self.send(ToServer::Bind { conn, uid });
+    }
+
+    /// Sends a message to every connection bound to `uid`.
+    pub fn send_to_uid(&self, uid: u64, payload: impl Into<Payload>) {
+        let (binary, data) = payload.into().into_parts();
+        self.send(ToServer::SendToUid { uid, binary, data });
+    }
+
+    /// Sends a message to every open connection.
+    pub fn broadcast(&self, payload: impl Into<Payload>) {
+        let (binary, data) = payload.into().into_parts();
+        self.send(ToServer::Broadcast { binary, data });
+    }
+
+    async fn query(&self, message: impl FnOnce(u64) -> ToServer) -> Result<(bool, Bytes), Error> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        self.send(message(request));
+        rx.await.map_err(|_| Error::Disconnected)
+    }
+
+    /// Details of an open connection; `None` if it is not open.
+    pub async fn conn_info(&self, conn: u64) -> Result<Option<ConnInfo>, Error> {
+        let (not_found, body) = self.query(|request| ToServer::ConnInfo { conn, request }).await?;
+        if not_found {
+            return Ok(None);
+        }
+        Ok(Some(ConnInfo::decode(&body)?))
+    }
+
+    /// Ids of all open connections, in ascending order.
+    pub async fn connections(&self) -> Result<Vec<u64>, Error> {
+        let (_, body) = self.query(|request| ToServer::ConnList { request }).await?;
+        Ok(decode_conn_list(&body)?)
+    }
+}

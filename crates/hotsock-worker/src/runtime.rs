@@ -1,0 +1,300 @@
+//! The worker's event loop: Hello/Ready, then read frames, run handlers
+//! (serially per connection, concurrently across connections), acknowledge,
+//! and write everything back in batches.
+//!
+//! It must never run two events of one connection at once, and must
+//! acknowledge an event only after its handler returned (or panicked).
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use hotsock_protocol::{
+    Decoder, ENV_SERVER_PID, ENV_WORKER_FD, Hello, PROTOCOL_VERSION, Ready, ToServer, ToWorker, capabilities,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+use crate::app::{Close, Decision, Handshake, Message, Open};
+use crate::ctx::{Ctx, Out};
+use crate::{App, Error};
+
+/// Bytes encoded into one write to the server.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+/// Read buffer growth step.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// How long the runtime waits for stray tasks when the worker exits.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// Runs `app` as a hotsock worker until the server stops it or goes away.
+/// Call it from `main`; it builds its own tokio runtime.
+pub fn run<A: App>(app: A) -> Result<(), Error> {
+    if std::env::var_os(ENV_WORKER_FD).is_none() {
+        return Err(Error::NotUnderHotsock);
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    watch_parent()?;
+    // The server hands us our socket as standard input. Take a copy, then
+    // point fd 0 at /dev/null so user code that reads stdin cannot steal
+    // protocol bytes.
+    let socket = std::io::stdin().as_fd().try_clone_to_owned()?;
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+    }
+    let socket = StdUnixStream::from(socket);
+    socket.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let result = runtime.block_on(serve(Arc::new(app), socket));
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
+}
+
+/// Asks the kernel to kill us when the server dies, then checks the server
+/// did not die before we asked (the parent would then be someone else).
+fn watch_parent() -> Result<(), Error> {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let expected = std::env::var(ENV_SERVER_PID).ok().and_then(|pid| pid.parse::<i32>().ok());
+    match expected {
+        Some(pid) if nix::unistd::getppid().as_raw() != pid => Err(Error::Disconnected),
+        _ => Ok(()),
+    }
+}
+
+async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream) -> Result<(), Error> {
+    let (mut rd, mut wr) = UnixStream::from_std(socket)?.into_split();
+    let decoder = Decoder::default();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let hello = read_hello(&mut rd, &mut buf, &decoder).await?;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        // Answer anyway so the server can name the mismatch instead of
+        // timing out.
+        let _ = write_ready(&mut wr, 0).await;
+        return Err(Error::VersionMismatch { server: hello.protocol_version, sdk: PROTOCOL_VERSION });
+    }
+    set_process_name(&hello);
+    let (out, outbox) = mpsc::unbounded_channel();
+    let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role);
+    // Ready means "this code started": on_worker_start runs first, and a
+    // panic in it keeps the worker from ever taking traffic.
+    if let Err(panic) = AssertUnwindSafe(app.on_worker_start(&ctx)).catch_unwind().await {
+        tracing::error!("on_worker_start panicked: {}", panic_message(&*panic));
+        std::process::exit(1);
+    }
+    let caps = if A::HANDLES_HANDSHAKE { capabilities::HANDSHAKE } else { 0 };
+    write_ready(&mut wr, caps).await?;
+    let writer = tokio::spawn(write_loop(wr, outbox));
+    let runner = Arc::new(Runner {
+        app: app.clone(),
+        ctx: ctx.clone(),
+        lanes: Mutex::new(HashMap::new()),
+        permits: Semaphore::new(hello.max_concurrency.max(1) as usize),
+        active: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    loop {
+        while let Some(frame) = decoder.decode(&mut buf)? {
+            match ToWorker::from_frame(frame)? {
+                ToWorker::Reply { id, not_found, body } => ctx.resolve(id, not_found, body),
+                ToWorker::Stop => {
+                    runner.wait_idle().await;
+                    if let Err(panic) = AssertUnwindSafe(app.on_worker_stop(&ctx)).catch_unwind().await {
+                        tracing::error!("on_worker_stop panicked: {}", panic_message(&*panic));
+                    }
+                    let (done, flushed) = oneshot::channel();
+                    let _ = out.send(Out::Flush(done));
+                    let _ = flushed.await;
+                    writer.abort();
+                    return Ok(());
+                }
+                ToWorker::Hello(_) => return Err(Error::NoHello("a second Hello".into())),
+                event => runner.submit(event),
+            }
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        if rd.read_buf(&mut buf).await? == 0 {
+            // The server is gone; nothing we compute can reach anyone.
+            ctx.fail_all();
+            return Ok(());
+        }
+    }
+}
+
+async fn read_hello(rd: &mut OwnedReadHalf, buf: &mut BytesMut, decoder: &Decoder) -> Result<Hello, Error> {
+    loop {
+        if let Some(frame) = decoder.decode(buf)? {
+            return match ToWorker::from_frame(frame)? {
+                ToWorker::Hello(hello) => Ok(hello),
+                other => Err(Error::NoHello(format!("{other:?}"))),
+            };
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(Error::Disconnected);
+        }
+    }
+}
+
+async fn write_ready(wr: &mut OwnedWriteHalf, capabilities: u32) -> Result<(), Error> {
+    let mut buf = BytesMut::new();
+    ToServer::Ready(Ready { protocol_version: PROTOCOL_VERSION, capabilities }).encode(&mut buf);
+    wr.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Shows role, slot and generation in `ps -o comm` / `top` (15 bytes max);
+/// the server already put them in `argv[0]` for `ps -f`.
+fn set_process_name(hello: &Hello) {
+    let name = format!("hs-{}-{}-g{}", hello.role.name(), hello.slot, hello.generation);
+    let name: String = name.chars().take(15).collect();
+    if let Ok(name) = CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+/// Runs events: one lane (a queue and at most one running task) per
+/// connection, and a semaphore over all lanes.
+struct Runner<A> {
+    app: Arc<A>,
+    ctx: Ctx,
+    /// Connections with an event running; the queue holds the ones after it.
+    lanes: Mutex<HashMap<u64, VecDeque<ToWorker>>>,
+    permits: Semaphore,
+    /// Events received and not yet acknowledged.
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl<A: App> Runner<A> {
+    fn submit(self: &Arc<Self>, event: ToWorker) {
+        let Some((conn, _)) = event.event() else { return };
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = lanes.get_mut(&conn) {
+            queue.push_back(event);
+            return;
+        }
+        lanes.insert(conn, VecDeque::new());
+        drop(lanes);
+        let runner = self.clone();
+        tokio::spawn(async move { runner.run_lane(conn, event).await });
+    }
+
+    async fn run_lane(self: Arc<Self>, conn: u64, first: ToWorker) {
+        let mut event = first;
+        loop {
+            self.handle(event).await;
+            if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.idle.notify_waiters();
+            }
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            match lanes.get_mut(&conn).and_then(VecDeque::pop_front) {
+                Some(next) => event = next,
+                None => {
+                    lanes.remove(&conn);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, event: ToWorker) {
+        let Some((conn, id)) = event.event() else { return };
+        // The semaphore is never closed, so acquire cannot fail.
+        let _permit = self.permits.acquire().await;
+        let (app, ctx) = (&*self.app, &self.ctx);
+        let is_handshake = matches!(event, ToWorker::Handshake { .. });
+        let call = async move {
+            match event {
+                ToWorker::Handshake { conn, redelivered, request, .. } => {
+                    let decision = app.on_handshake(ctx, Handshake { conn, redelivered, request }).await;
+                    ctx.reply_handshake(conn, decision.0);
+                }
+                ToWorker::Open { conn, redelivered, .. } => app.on_open(ctx, Open { conn, redelivered }).await,
+                ToWorker::Message { conn, redelivered, binary, data, .. } => {
+                    app.on_message(ctx, Message { conn, redelivered, binary, data }).await
+                }
+                ToWorker::Close { conn, redelivered, code, reason, .. } => {
+                    app.on_close(ctx, Close { conn, redelivered, code, reason }).await
+                }
+                _ => {}
+            }
+        };
+        if let Err(panic) = AssertUnwindSafe(call).catch_unwind().await {
+            tracing::error!(conn, event = id, "handler panicked: {}", panic_message(&*panic));
+            if is_handshake {
+                ctx.reply_handshake(conn, Decision::reject(500, "handshake handler failed").0);
+            }
+        }
+        ctx.ack(id);
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Encodes everything queued into one buffer per wake-up; acknowledgements
+/// are coalesced into one `Ack` frame at the end of the batch, so an ack is
+/// never sent before the pushes its handler made.
+async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<Out>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut acks = Vec::new();
+    while let Some(first) = outbox.recv().await {
+        let mut flushed = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Out::Frame(message) => message.encode(&mut buf),
+                Out::Ack(id) => acks.push(id),
+                Out::Flush(done) => flushed.push(done),
+            }
+            if buf.len() < WRITE_BATCH_BYTES {
+                next = outbox.try_recv().ok();
+            }
+        }
+        if !acks.is_empty() {
+            ToServer::Ack(std::mem::take(&mut acks)).encode(&mut buf);
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
