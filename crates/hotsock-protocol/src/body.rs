@@ -219,7 +219,8 @@ impl Hello {
         let protocol_version = r.u16()?;
         let slot = r.u32()?;
         let generation = r.u64()?;
-        let role = Role::from_u8(r.u8()?).ok_or(ProtocolError::BadBody { kind: Kind::Hello, reason: "unknown role" })?;
+        let role =
+            Role::from_u8(r.u8()?).ok_or(ProtocolError::BadBody { kind: Kind::Hello, reason: "unknown role" })?;
         let max_concurrency = r.u32()?;
         Ok(Hello { protocol_version, slot, generation, role, max_concurrency })
     }
@@ -305,14 +306,8 @@ impl ConnInfo {
         let path = r.string()?;
         let has_uid = r.u8()? != 0;
         let uid = r.u64()?;
-        let info = ConnInfo {
-            conn,
-            peer,
-            path,
-            uid: has_uid.then_some(uid),
-            connected_at_unix_ms: r.u64()?,
-            slot: r.u32()?,
-        };
+        let info =
+            ConnInfo { conn, peer, path, uid: has_uid.then_some(uid), connected_at_unix_ms: r.u64()?, slot: r.u32()? };
         r.finish()?;
         Ok(info)
     }

@@ -199,7 +199,9 @@ impl ToWorker {
             ToWorker::Handshake { conn, id, redelivered, request } => {
                 encode_with(dst, Kind::Handshake, event_flags(*redelivered), *conn, *id, |b| request.encode_body(b))
             }
-            ToWorker::Open { conn, id, redelivered } => put_raw(dst, Kind::Open, event_flags(*redelivered), *conn, *id, &[]),
+            ToWorker::Open { conn, id, redelivered } => {
+                put_raw(dst, Kind::Open, event_flags(*redelivered), *conn, *id, &[])
+            }
             ToWorker::Message { conn, id, redelivered, binary, data } => {
                 let flags = event_flags(*redelivered) | data_flags(*binary);
                 put_raw(dst, Kind::Message, flags, *conn, *id, data)
@@ -273,7 +275,9 @@ impl ToServer {
                 b.extend_from_slice(reason.as_bytes());
             }),
             ToServer::Bind { conn, uid } => put_raw(dst, Kind::Bind, 0, *conn, *uid, &[]),
-            ToServer::SendToUid { uid, binary, data } => put_raw(dst, Kind::SendToUid, data_flags(*binary), 0, *uid, data),
+            ToServer::SendToUid { uid, binary, data } => {
+                put_raw(dst, Kind::SendToUid, data_flags(*binary), 0, *uid, data)
+            }
             ToServer::Broadcast { binary, data } => put_raw(dst, Kind::Broadcast, data_flags(*binary), 0, 0, data),
             ToServer::ConnInfo { conn, request } => put_raw(dst, Kind::ConnInfo, 0, *conn, *request, &[]),
             ToServer::ConnList { request } => put_raw(dst, Kind::ConnList, 0, 0, *request, &[]),
@@ -311,7 +315,9 @@ impl ToServer {
                 expect_empty(&frame)?;
                 ToServer::ConnList { request: id }
             }
-            Kind::HandshakeReply => ToServer::HandshakeReply { conn, reply: HandshakeReply::decode_body(&frame.payload)? },
+            Kind::HandshakeReply => {
+                ToServer::HandshakeReply { conn, reply: HandshakeReply::decode_body(&frame.payload)? }
+            }
             other => return Err(ProtocolError::WrongDirection(other)),
         })
     }
@@ -328,4 +334,3 @@ pub fn encode_conn_list(ids: &[u64]) -> Bytes {
 pub fn decode_conn_list(body: &[u8]) -> Result<Vec<u64>, ProtocolError> {
     decode_ids(Kind::Reply, body)
 }
-

@@ -27,15 +27,17 @@ fn arb_headers() -> impl Strategy<Value = Vec<(String, Bytes)>> {
 
 fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(slot, generation, task, max_concurrency)| {
-            ToWorker::Hello(Hello {
-                protocol_version: PROTOCOL_VERSION,
-                slot,
-                generation,
-                role: if task { Role::Task } else { Role::Event },
-                max_concurrency,
-            })
-        }),
+        (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>()).prop_map(
+            |(slot, generation, task, max_concurrency)| {
+                ToWorker::Hello(Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    slot,
+                    generation,
+                    role: if task { Role::Task } else { Role::Event },
+                    max_concurrency,
+                })
+            }
+        ),
         (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,30}", ".{0,60}", arb_headers()).prop_map(
             |(conn, id, redelivered, peer, path, headers)| ToWorker::Handshake {
                 conn,
@@ -59,9 +61,8 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
             binary: false,
             data: Bytes::from(text)
         }),
-        (any::<u64>(), any::<u64>(), any::<bool>(), any::<u16>(), ".{0,40}").prop_map(
-            |(conn, id, redelivered, code, reason)| ToWorker::Close { conn, id, redelivered, code, reason }
-        ),
+        (any::<u64>(), any::<u64>(), any::<bool>(), any::<u16>(), ".{0,40}")
+            .prop_map(|(conn, id, redelivered, code, reason)| ToWorker::Close { conn, id, redelivered, code, reason }),
         (any::<u64>(), any::<bool>(), arb_bytes()).prop_map(|(id, not_found, body)| ToWorker::Reply {
             id,
             not_found,

@@ -133,6 +133,10 @@ pub struct WorkersConfig {
     /// connection's events always run one at a time).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
+    /// Times an event is redelivered after the worker holding it died; one
+    /// more death drops it and closes its connection with 1011.
+    #[serde(default = "default_max_redeliveries")]
+    pub max_redeliveries: u32,
     /// Longest pause between restarts of a worker that keeps crashing.
     #[serde(default = "default_backoff_max")]
     pub restart_backoff_max_ms: u64,
@@ -152,6 +156,9 @@ fn default_dispatch() -> DispatchMode {
 }
 fn default_max_concurrency() -> u32 {
     256
+}
+fn default_max_redeliveries() -> u32 {
+    3
 }
 fn default_backoff_max() -> u64 {
     5_000

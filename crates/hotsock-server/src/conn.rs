@@ -50,14 +50,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     // Take the connection slot before reading, so a flood of half-open
     // sockets counts against max_connections too.
     let permit = shared.conn_permits.clone().try_acquire_owned();
-    let upgrade =
-        match tokio::time::timeout_at(deadline, http::read_head(&mut stream, config.limits.max_request_head_bytes, &peer))
-            .await
-        {
-            Err(_) | Ok(Ok(None)) => return,
-            Ok(Err(refusal)) => return refuse(&shared, stream, refusal.response()).await,
-            Ok(Ok(Some(upgrade))) => upgrade,
-        };
+    let upgrade = match tokio::time::timeout_at(
+        deadline,
+        http::read_head(&mut stream, config.limits.max_request_head_bytes, &peer),
+    )
+    .await
+    {
+        Err(_) | Ok(Ok(None)) => return,
+        Ok(Err(refusal)) => return refuse(&shared, stream, refusal.response()).await,
+        Ok(Ok(Some(upgrade))) => upgrade,
+    };
     if permit.is_err() || shared.is_stopping() {
         tracing::warn!(%peer, "refusing upgrade: server at max_connections or stopping");
         let body = b"server is at its connection limit or stopping; retry later\n";
@@ -94,8 +96,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         return;
     }
     shared.accepted_total.fetch_add(1, Ordering::Relaxed);
-    let ws = WebSocketStream::from_partially_read(stream, upgrade.rest.to_vec(), Role::Server, Some(ws_config(&shared)))
-        .await;
+    let ws =
+        WebSocketStream::from_partially_read(stream, upgrade.rest.to_vec(), Role::Server, Some(ws_config(&shared)))
+            .await;
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
@@ -288,7 +291,8 @@ impl Connection<'_> {
         match end {
             ReadEnd::Gone => (ABNORMAL.0, ABNORMAL.1.into()),
             ReadEnd::PeerClosed(frame) => {
-                let (code, reason) = frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                let (code, reason) =
+                    frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
                 // The library queued our close reply; flushing sends it and
                 // reading to the end completes the handshake.
                 let mut ws = self.ws;

@@ -71,6 +71,8 @@ struct Pending {
     sent: bool,
     /// Handed to an earlier worker that died without acknowledging it.
     redelivered: bool,
+    /// How many workers died while holding this event.
+    deaths: u32,
 }
 
 impl Pending {
@@ -143,6 +145,7 @@ pub(crate) struct Hub {
     dispatch: DispatchMode,
     max_inflight_per_conn: u32,
     output_buffer_bytes: usize,
+    max_redeliveries: u32,
     next_conn: AtomicU64,
 }
 
@@ -152,6 +155,7 @@ impl Hub {
         dispatch: DispatchMode,
         max_inflight_per_conn: u32,
         output_buffer_bytes: usize,
+        max_redeliveries: u32,
     ) -> Hub {
         let slots = (0..slots)
             .map(|slot| Slot { link: None, unacked: BTreeMap::new(), status: SlotStatus::new(slot) })
@@ -169,6 +173,7 @@ impl Hub {
             dispatch,
             max_inflight_per_conn,
             output_buffer_bytes,
+            max_redeliveries,
             next_conn: AtomicU64::new(1),
         }
     }
@@ -194,7 +199,13 @@ impl Hub {
     }
 
     /// Adds a connection that is mid-handshake.
-    pub(crate) fn register(&self, conn: u64, meta: ConnMeta, out: mpsc::UnboundedSender<Outgoing>, shared: Arc<ConnShared>) {
+    pub(crate) fn register(
+        &self,
+        conn: u64,
+        meta: ConnMeta,
+        out: mpsc::UnboundedSender<Outgoing>,
+        shared: Arc<ConnShared>,
+    ) {
         let mut state = self.lock();
         state.conns.insert(conn, ConnEntry { meta, out, shared, uid: None, slot: 0, open: false });
     }
@@ -254,7 +265,7 @@ impl Hub {
             let id = state.next_event;
             state.next_event += 1;
             let slot = &mut state.slots[entry.slot];
-            let mut pending = Pending { conn, body, sent: false, redelivered: false };
+            let mut pending = Pending { conn, body, sent: false, redelivered: false, deaths: 0 };
             if let Some(link) = &slot.link {
                 pending.sent = link.send(pending.to_worker(id)).is_ok();
             }
@@ -276,16 +287,41 @@ impl Hub {
     }
 
     /// Disconnects a dead worker: what it had not acknowledged becomes
-    /// redelivered work for the next worker in the slot.
+    /// redelivered work for the next worker in the slot. An event that has
+    /// now been held by more than `max_redeliveries` dying workers is a
+    /// poison pill: it is dropped and its connection closed with 1011, so
+    /// one bad message cannot keep a slot crashing forever.
     pub(crate) fn detach(&self, slot_index: usize) {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let slot = &mut state.slots[slot_index];
         slot.link = None;
-        for pending in slot.unacked.values_mut() {
+        let mut poisoned = Vec::new();
+        for (id, pending) in slot.unacked.iter_mut() {
             if pending.sent {
                 pending.sent = false;
                 pending.redelivered = true;
+                pending.deaths += 1;
                 slot.status.redelivered += 1;
+                if pending.deaths > self.max_redeliveries {
+                    poisoned.push(*id);
+                }
+            }
+        }
+        for id in poisoned {
+            let Some(pending) = slot.unacked.remove(&id) else { continue };
+            slot.status.dropped += 1;
+            tracing::error!(
+                slot = slot_index,
+                conn = pending.conn,
+                event = id,
+                deaths = pending.deaths,
+                "dropping an event that crashed {} workers (workers.max_redeliveries); closing its connection with 1011",
+                pending.deaths
+            );
+            if let Some(entry) = state.conns.get(&pending.conn) {
+                entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+                let _ = entry.out.send(Outgoing::Close(1011, "an event of this connection crashed the worker".into()));
             }
         }
     }

@@ -22,8 +22,7 @@ mod supervisor;
 
 pub use admin::{ADMIN_SOCKET, AdminError, AdminRequest, AdminResponse, PID_FILE, request as admin_request};
 pub use config::{
-    Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ServerConfig,
-    WorkersConfig,
+    Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ServerConfig, WorkersConfig,
 };
 pub use server::{Server, ServerError};
 pub use status::{ClientStatus, ServerStatus, SlotStatus, WorkerState};

@@ -127,6 +127,7 @@ impl Server {
             config.workers.dispatch,
             config.limits.max_inflight_per_conn,
             config.limits.output_buffer_bytes,
+            config.workers.max_redeliveries,
         );
         let shared = Arc::new(Shared {
             conn_permits: Arc::new(Semaphore::new(config.server.max_connections)),

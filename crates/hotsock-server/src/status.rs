@@ -38,6 +38,8 @@ pub struct SlotStatus {
     pub acked: u64,
     /// Events handed again to a replacement after a worker died.
     pub redelivered: u64,
+    /// Events dropped after crashing `workers.max_redeliveries` + 1 workers.
+    pub dropped: u64,
     /// Workers of this slot that died unexpectedly.
     pub crashes: u64,
     /// The slot crashed `crash_loop_count` times within the window and is
@@ -60,6 +62,7 @@ impl SlotStatus {
             dispatched: 0,
             acked: 0,
             redelivered: 0,
+            dropped: 0,
             crashes: 0,
             crash_loop: false,
             rss_kib: None,

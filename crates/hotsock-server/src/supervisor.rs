@@ -177,7 +177,11 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
         // The first restart is immediate (a single crash should cost as
         // little as possible); repeated ones back off exponentially.
         let delay = if looping {
-            tracing::error!(slot, crashes = crashes.len(), "worker is crash-looping; restarting at the slowest back-off");
+            tracing::error!(
+                slot,
+                crashes = crashes.len(),
+                "worker is crash-looping; restarting at the slowest back-off"
+            );
             backoff_max
         } else if consecutive <= 1 {
             Duration::ZERO

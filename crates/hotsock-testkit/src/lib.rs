@@ -1,1 +1,277 @@
-//! placeholder
+//! Test support: start the real `hotsock` binary with real worker processes
+//! on 127.0.0.1, talk to it with a real WebSocket client, and wait on
+//! conditions with deadlines instead of sleeping.
+//!
+//! Binaries are found next to the test executable (`target/<profile>/`), so
+//! the workspace's binaries must be built first: `.ci/run` does
+//! `cargo build --workspace --bins` before the tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take before it fails. Generous
+/// because CI machines are shared and slow; a passing test never waits this
+/// long.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A client connection.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The path of a workspace binary built in the same profile as the test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (.ci/run does)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`WAIT`].
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates it.
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("hotsock-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `hotsock start` process with its own config and run dir.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Holds the config, run dir and log.
+    pub dir: TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// The `hotsock start` process.
+    pub child: Option<Child>,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Writes a config from `toml` (which must not set `server.listen` or
+    /// `server.run_dir`; a free port is chosen) and starts the server,
+    /// returning once every worker is ready.
+    pub fn start(toml: &str) -> TestServer {
+        Self::start_with_env(toml, &[])
+    }
+
+    /// Like [`TestServer::start`], with extra environment for the server
+    /// (and so its workers).
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> TestServer {
+        let server = Self::spawn(toml, env);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts the server without waiting for it to become ready.
+    pub fn spawn(toml: &str, env: &[(&str, &str)]) -> TestServer {
+        let dir = TempDir::new("srv");
+        let port = free_port();
+        let config = dir.path().join("hotsock.toml");
+        let text = if toml.contains("[server]") {
+            toml.replacen("[server]", &format!("[server]\nlisten = \"127.0.0.1:{port}\""), 1)
+        } else {
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{toml}")
+        };
+        std::fs::write(&config, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+        let mut command = Command::new(bin("hotsock"));
+        command.args(["start", "-c"]).arg(&config).stdout(Stdio::null()).stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn hotsock");
+        TestServer { dir, config, child: Some(child), addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    /// Waits until the status says every worker is ready.
+    pub fn wait_ready(&self) {
+        wait_for("all workers ready", || {
+            let status = self.try_status()?;
+            let workers = status["workers"].as_array()?;
+            workers.iter().all(|w| w["state"] == "ready").then_some(())
+        });
+        wait_for("listener accepting", || std::net::TcpStream::connect(self.addr).ok());
+    }
+
+    /// Runs the `hotsock` CLI against this server's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("hotsock")).args(args).arg("-c").arg(&self.config).output().expect("run hotsock CLI")
+    }
+
+    /// `hotsock status --json`, or `None` if it fails.
+    pub fn try_status(&self) -> Option<Value> {
+        let output = self.cli(&["status", "--json"]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// `hotsock status --json`.
+    pub fn status(&self) -> Value {
+        self.try_status().unwrap_or_else(|| panic!("status failed; server log:\n{}", self.log()))
+    }
+
+    /// `hotsock clients --json`.
+    pub fn clients(&self) -> Value {
+        let output = self.cli(&["clients", "--json"]);
+        assert!(output.status.success(), "clients failed: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("clients json")
+    }
+
+    /// Pid of the worker in `slot`.
+    pub fn worker_pid(&self, slot: usize) -> u32 {
+        self.status()["workers"][slot]["pid"].as_u64().expect("pid") as u32
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `ws://` URL for a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Waits for the server process to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let child = self.child.as_mut().expect("child");
+        let status = wait_for("server exit", || child.try_wait().expect("try_wait"));
+        self.child = None;
+        status.code()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Killing the server kills its workers too (parent-death signal).
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port that was free a moment ago (the server binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Connects a WebSocket client.
+pub async fn connect(url: &str) -> Client {
+    let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    client
+}
+
+/// Sends a text message.
+pub async fn send(client: &mut Client, text: &str) {
+    client.send(Message::text(text)).await.expect("send");
+}
+
+/// The next data message (text or binary as lossy text); pings and pongs
+/// are skipped. Panics on close or timeout.
+pub async fn recv(client: &mut Client) -> String {
+    loop {
+        match next(client).await {
+            Some(Message::Text(text)) => return text.to_string(),
+            Some(Message::Binary(data)) => return String::from_utf8_lossy(&data).into_owned(),
+            Some(Message::Close(frame)) => panic!("connection closed while waiting for a message: {frame:?}"),
+            Some(_) => {}
+            None => panic!("connection ended while waiting for a message"),
+        }
+    }
+}
+
+/// The next frame of any kind, `None` at the end of the stream.
+pub async fn next(client: &mut Client) -> Option<Message> {
+    match tokio::time::timeout(WAIT, client.next()).await.expect("timed out waiting for a frame") {
+        Some(Ok(message)) => Some(message),
+        Some(Err(_)) | None => None,
+    }
+}
+
+/// Reads until the server closes; returns the close code (None if the
+/// stream ended without a close frame).
+pub async fn close_code(client: &mut Client) -> Option<u16> {
+    loop {
+        match next(client).await {
+            Some(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Some(_) => {}
+            None => return None,
+        }
+    }
+}
+
+/// Whether a process is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Sends a raw HTTP request over TCP and returns everything the server sent
+/// back before closing.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("response timed out");
+    String::from_utf8_lossy(&response).into_owned()
+}

@@ -51,7 +51,9 @@ pub enum Error {
     #[error("protocol error from the server: {0}")]
     Protocol(#[from] hotsock_protocol::ProtocolError),
     /// The server speaks another protocol version.
-    #[error("the server speaks protocol version {server}, this worker's SDK speaks {sdk}; rebuild against a matching hotsock-worker")]
+    #[error(
+        "the server speaks protocol version {server}, this worker's SDK speaks {sdk}; rebuild against a matching hotsock-worker"
+    )]
     VersionMismatch {
         /// The server's version.
         server: u16,

@@ -156,7 +156,8 @@ fn stop(config: &Config) -> Result<()> {
     let AdminResponse::Stopping { pid } = ask(config, AdminRequest::Stop)? else { bail!("unexpected reply to stop") };
     // The server closes clients, waits for workers' acks and then for the
     // workers; give it all of that plus a margin.
-    let budget = Duration::from_millis(config.server.close_timeout_ms + 2 * config.reload.max_wait_ms) + Duration::from_secs(5);
+    let budget =
+        Duration::from_millis(config.server.close_timeout_ms + 2 * config.reload.max_wait_ms) + Duration::from_secs(5);
     let deadline = Instant::now() + budget;
     while Path::new(&format!("/proc/{pid}")).exists() {
         if Instant::now() > deadline {

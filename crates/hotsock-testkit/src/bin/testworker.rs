@@ -1,1 +1,207 @@
-fn main() {}
+//! A worker for tests: every SDK callback and command behind a text command,
+//! plus raw-protocol modes that misbehave on purpose.
+//!
+//! Text commands (`on_message`): `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
+//! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
+//! `push_close:X`, `panic`, `exit`, `sleep:MS:X`, `flood:N:SIZE`, `binary:X`.
+//! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays.
+//! `on_open` pushes `open CONN slot=S`; lifecycle events are appended to the
+//! file named by `TESTWORKER_LOG`.
+//!
+//! `TESTWORKER_MODE`: `badversion` (answers Hello with version 99),
+//! `noready` (never answers), `crash` (exits 2 before Hello),
+//! `garbage-once=PATH` (the first process to create PATH answers Ready and
+//! then writes a malformed frame on its first event; later ones are normal).
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hotsock_protocol::{Decoder, PROTOCOL_VERSION, Ready, ToServer, ToWorker};
+use hotsock_worker::{App, Close, Ctx, Decision, Handshake, Message, Open};
+
+struct Test;
+
+fn log(line: String) {
+    if let Ok(path) = std::env::var("TESTWORKER_LOG")
+        && let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+impl App for Test {
+    const HANDLES_HANDSHAKE: bool = true;
+
+    async fn on_worker_start(&self, ctx: &Ctx) {
+        log(format!("start slot={} gen={} pid={}", ctx.slot(), ctx.generation(), std::process::id()));
+    }
+
+    async fn on_worker_stop(&self, ctx: &Ctx) {
+        log(format!("stop slot={} pid={}", ctx.slot(), std::process::id()));
+    }
+
+    async fn on_handshake(&self, _ctx: &Ctx, handshake: Handshake) -> Decision {
+        let request = &handshake.request;
+        if let Some(ms) = request.query("slow").and_then(|v| v.parse().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if let Some(status) = request.query("status").and_then(|v| v.parse().ok()) {
+            return Decision::reject(status, format!("rejected by test worker with {status}\n"));
+        }
+        let decision = Decision::accept().header("X-Testworker", "yes");
+        match request.query("uid").and_then(|v| v.parse().ok()) {
+            Some(uid) => decision.bind(uid),
+            None => decision,
+        }
+    }
+
+    async fn on_open(&self, ctx: &Ctx, open: Open) {
+        ctx.push(open.conn, format!("open {} slot={}", open.conn, ctx.slot()));
+    }
+
+    async fn on_close(&self, ctx: &Ctx, close: Close) {
+        log(format!("close conn={} code={} slot={}", close.conn, close.code, ctx.slot()));
+    }
+
+    async fn on_message(&self, ctx: &Ctx, message: Message) {
+        let conn = message.conn;
+        let Some(text) = message.text() else {
+            ctx.push(conn, message.data.clone());
+            return;
+        };
+        let (command, arg) = text.split_once(':').unwrap_or((text, ""));
+        let mark = if message.redelivered { "[redelivered]" } else { "" };
+        match command {
+            "echo" => ctx.push(conn, format!("{mark}{arg}")),
+            "seq" => ctx.push(conn, format!("{mark}seq:{arg}:slot={}", ctx.slot())),
+            "bind" => {
+                ctx.bind(conn, arg.parse().unwrap_or(0));
+                ctx.push(conn, "bound");
+            }
+            "to_uid" => {
+                let (uid, body) = arg.split_once(':').unwrap_or((arg, ""));
+                ctx.send_to_uid(uid.parse().unwrap_or(0), body);
+            }
+            "broadcast" => ctx.broadcast(arg),
+            "info" | "info_of" => {
+                let target = if command == "info" { conn } else { arg.parse().unwrap_or(0) };
+                let reply = match ctx.conn_info(target).await {
+                    Ok(Some(info)) => serde_json::json!({
+                        "conn": info.conn, "peer": info.peer, "path": info.path,
+                        "uid": info.uid, "slot": info.slot, "at": info.connected_at_unix_ms,
+                    })
+                    .to_string(),
+                    Ok(None) => "none".into(),
+                    Err(e) => format!("error {e}"),
+                };
+                ctx.push(conn, reply);
+            }
+            "list" => {
+                let reply = match ctx.connections().await {
+                    Ok(ids) => serde_json::json!(ids).to_string(),
+                    Err(e) => format!("error {e}"),
+                };
+                ctx.push(conn, reply);
+            }
+            "close" => {
+                let (code, reason) = arg.split_once(':').unwrap_or((arg, ""));
+                ctx.close(conn, code.parse().unwrap_or(1000), reason);
+            }
+            "push_close" => {
+                ctx.push(conn, arg);
+                ctx.close(conn, 1000, "done");
+            }
+            "panic" => panic!("test panic requested by conn {conn}"),
+            "exit" => std::process::exit(3),
+            "sleep" => {
+                let (ms, rest) = arg.split_once(':').unwrap_or((arg, ""));
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+                ctx.push(conn, format!("{mark}{rest}"));
+            }
+            "flood" => {
+                let (n, size) = arg.split_once(':').unwrap_or((arg, "1"));
+                let chunk = "x".repeat(size.parse().unwrap_or(1));
+                for _ in 0..n.parse::<usize>().unwrap_or(0) {
+                    ctx.push(conn, chunk.clone());
+                }
+            }
+            "binary" => ctx.push(conn, arg.as_bytes().to_vec()),
+            _ => ctx.push(conn, format!("unknown command {text}")),
+        }
+    }
+}
+
+/// The worker's socket, taken from stdin, for the raw modes.
+fn raw_socket() -> UnixStream {
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().expect("stdin socket");
+    UnixStream::from(fd)
+}
+
+/// Reads frames until one is complete.
+fn read_frame(socket: &mut UnixStream, buf: &mut BytesMut) -> Option<ToWorker> {
+    let decoder = Decoder::default();
+    loop {
+        if let Ok(Some(frame)) = decoder.decode(buf) {
+            return ToWorker::from_frame(frame).ok();
+        }
+        let mut chunk = [0u8; 4096];
+        match socket.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn send(socket: &mut UnixStream, message: ToServer) {
+    let mut buf = BytesMut::new();
+    message.encode(&mut buf);
+    let _ = socket.write_all(&buf);
+}
+
+fn raw_mode(mode: &str) -> bool {
+    if mode == "crash" {
+        std::process::exit(2);
+    }
+    if let Some(path) = mode.strip_prefix("garbage-once=") {
+        // Only the first process to create the marker misbehaves.
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(path).is_err() {
+            return false;
+        }
+    }
+    let mut socket = raw_socket();
+    let mut buf = BytesMut::new();
+    let Some(ToWorker::Hello(_)) = read_frame(&mut socket, &mut buf) else { std::process::exit(1) };
+    match mode {
+        "badversion" => send(&mut socket, ToServer::Ready(Ready { protocol_version: 99, capabilities: 0 })),
+        "noready" => {}
+        _ => {
+            send(&mut socket, ToServer::Ready(Ready { protocol_version: PROTOCOL_VERSION, capabilities: 0 }));
+            while let Some(message) = read_frame(&mut socket, &mut buf) {
+                if message.event().is_some() {
+                    // A header with an unknown kind: the server must kill us.
+                    let mut garbage = vec![0u8; 22];
+                    garbage[4] = 0x7f;
+                    let _ = socket.write_all(&garbage);
+                }
+            }
+        }
+    }
+    // Wait for the server to close the socket (or kill us).
+    while read_frame(&mut socket, &mut buf).is_some() {}
+    std::process::exit(0);
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var("TESTWORKER_MODE")
+        && !mode.is_empty()
+    {
+        let _ = raw_mode(&mode);
+    }
+    if let Err(error) = hotsock_worker::run(Test) {
+        eprintln!("testworker: {error}");
+        std::process::exit(1);
+    }
+}
