@@ -159,7 +159,7 @@ fn stop(config: &Config) -> Result<()> {
     let budget =
         Duration::from_millis(config.server.close_timeout_ms + 2 * config.reload.max_wait_ms) + Duration::from_secs(5);
     let deadline = Instant::now() + budget;
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    while alive(pid) {
         if Instant::now() > deadline {
             bail!("server pid {pid} is still running after {budget:?}");
         }
@@ -167,6 +167,16 @@ fn stop(config: &Config) -> Result<()> {
     }
     println!("stopped (pid {pid})");
     Ok(())
+}
+
+/// Whether a process exists and has not exited. A zombie has exited: its
+/// parent (a shell or supervisor) has just not collected it yet.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with(['Z', 'X']),
+        Err(_) => false,
+    }
 }
 
 fn status(config: &Config, json: bool) -> Result<()> {
