@@ -1,1 +1,166 @@
-fn main() {}
+//! `hotsock-bench`: load scenarios against the real `hotsock` binary, each
+//! measured side by side with a baseline in the same invocation, because the
+//! machines are shared and noisy: only ratios mean something.
+//!
+//! `echo`: N connections ping-pong fixed-size text messages for a fixed
+//! time, through hotsock (server + echo worker processes) and through an
+//! in-process echo server built on the same WebSocket library and settings
+//! with no worker hop (the ceiling of hotsock's design). Then both hold idle
+//! connections to measure server memory per connection. Writes
+//! `BENCHMARKS.md`. All traffic is to 127.0.0.1; every phase is bounded in
+//! time and stops by itself.
+
+mod baseline;
+mod load;
+mod procfs;
+mod report;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hotsock-bench", about = "Benchmarks for hotsock, each against a baseline in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Ping-pong through hotsock vs the in-process ceiling, plus idle memory.
+    Echo {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Seconds of measured load per target (after a 1 s warm-up).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Idle connections held for the memory measurement.
+        #[arg(long, default_value_t = 2000)]
+        idle: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// (internal) Run the baseline echo server on 127.0.0.1:PORT.
+    BaselineServer {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Scenario::BaselineServer { port } => baseline::serve(port),
+        Scenario::Echo { connections, seconds, size, idle, out } => {
+            let params = load::Params { connections, seconds, size };
+            echo(&params, idle, &out)
+        }
+    }
+}
+
+/// A server process under test, killed on drop.
+struct Target {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    /// Extra processes whose CPU and memory count as the server's (workers).
+    _dir: Option<PathBuf>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self._dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Target {
+    /// The server pid plus its workers' pids.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.child.id()];
+        pids.extend(procfs::children(self.child.id()));
+        pids
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("exe dir")?.join(name);
+    if !path.exists() {
+        bail!("{} not found; build it: cargo build --release -p hotsock -p echo", path.display());
+    }
+    Ok(path)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_hotsock() -> Result<Target> {
+    let port = free_port()?;
+    let dir = std::env::temp_dir().join(format!("hotsock-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("hotsock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 20000\n[workers]\ncommand = [\"{}\"]\ncount = 2\n",
+            sibling("echo")?.display()
+        ),
+    )?;
+    let child = Command::new(sibling("hotsock")?)
+        .args(["start", "-c"])
+        .arg(&config)
+        .env("HOTSOCK_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let target = Target { name: "hotsock (server + 2 echo workers)", child, port, _dir: Some(dir) };
+    load::wait_listening(port)?;
+    Ok(target)
+}
+
+fn start_baseline() -> Result<Target> {
+    let port = free_port()?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["baseline-server", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let target = Target { name: "in-process echo (same library, no workers)", child, port, _dir: None };
+    load::wait_listening(port)?;
+    Ok(target)
+}
+
+fn echo(params: &load::Params, idle: usize, out: &PathBuf) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut results = Vec::new();
+    for start in [start_baseline as fn() -> Result<Target>, start_hotsock] {
+        let target = start()?;
+        eprintln!(
+            "== {}: {} connections x {} s, {} B messages",
+            target.name, params.connections, params.seconds, params.size
+        );
+        let throughput = runtime.block_on(load::ping_pong(target.port, params, &target.pids()))?;
+        eprintln!("   {:.0} msg/s, p50 {} us, p99 {} us", throughput.msgs_per_s, throughput.p50_us, throughput.p99_us);
+        let memory = runtime.block_on(load::idle_memory(target.port, idle, &target.pids()))?;
+        eprintln!("   idle: {:.1} KiB per connection over {} connections", memory.kib_per_conn, memory.connections);
+        results.push(report::TargetResult { name: target.name, throughput, memory });
+        // Let the kernel tear the sockets down before the next target.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let text = report::markdown(params, &results);
+    std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
+    Ok(())
+}
