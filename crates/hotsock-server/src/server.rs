@@ -63,6 +63,10 @@ pub(crate) struct Shared {
     pub(crate) accepted_total: AtomicU64,
     pub(crate) rejected_total: AtomicU64,
     stopping: watch::Sender<bool>,
+    /// Raised once every event is acknowledged during a stop: from then on
+    /// a worker that exits is not replaced. Until then crashed workers are
+    /// restarted as usual, so their unacknowledged events are still handled.
+    retire: watch::Sender<bool>,
     kill: watch::Sender<bool>,
     started: Instant,
     listen: SocketAddr,
@@ -75,6 +79,14 @@ impl Shared {
 
     pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    pub(crate) fn is_retiring(&self) -> bool {
+        *self.retire.borrow()
+    }
+
+    pub(crate) fn retire_signal(&self) -> watch::Receiver<bool> {
+        self.retire.subscribe()
     }
 
     /// Fires when workers that outlived the stop deadline must be killed.
@@ -137,6 +149,7 @@ impl Server {
             accepted_total: AtomicU64::new(0),
             rejected_total: AtomicU64::new(0),
             stopping: watch::Sender::new(false),
+            retire: watch::Sender::new(false),
             kill: watch::Sender::new(false),
             started: Instant::now(),
             listen,
@@ -165,6 +178,7 @@ impl Server {
         };
         if let Err(error) = started {
             shared.request_stop();
+            shared.retire.send_replace(true);
             shared.kill.send_replace(true);
             while slots.join_next().await.is_some() {}
             admin_task.abort();
@@ -248,6 +262,7 @@ async fn graceful_stop(shared: &Shared, slots: &mut JoinSet<()>) {
     if !wait_until(max_wait, || shared.hub.unacked_total() == 0).await {
         tracing::warn!(unacked = shared.hub.unacked_total(), "stopping with unacknowledged events");
     }
+    shared.retire.send_replace(true);
     shared.hub.stop_workers();
     let deadline = Instant::now() + max_wait;
     loop {

@@ -146,7 +146,7 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     let mut consecutive = 0u32;
     loop {
-        if shared.is_stopping() {
+        if shared.is_retiring() {
             return;
         }
         shared.hub.update_status(slot, |s| {
@@ -162,7 +162,7 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
             s.last_exit = Some(ended.describe());
             s.crashes += u64::from(crashed);
         });
-        if shared.is_stopping() {
+        if shared.is_retiring() {
             return;
         }
         tracing::warn!(slot, "worker ended: {}; restarting", ended.describe());
@@ -188,10 +188,10 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
         } else {
             RESTART_BACKOFF_MIN.saturating_mul(1 << (consecutive - 2).min(16)).min(backoff_max)
         };
-        let mut stop = shared.stop_signal();
+        let mut retire = shared.retire_signal();
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = crate::server::raised(&mut stop) => return,
+            () = crate::server::raised(&mut retire) => return,
         }
     }
 }
@@ -266,7 +266,7 @@ async fn run_one(shared: &Shared, slot: usize) -> Ended {
                 }
             };
             match status {
-                Ok(status) if status.success() && shared.is_stopping() => Ended::Stopped,
+                Ok(status) if status.success() && shared.is_retiring() => Ended::Stopped,
                 status => Ended::Exited(describe_status(status)),
             }
         }

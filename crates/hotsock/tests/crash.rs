@@ -13,6 +13,20 @@ fn config(program: &str, extra: &str) -> String {
     format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{extra}", bin(program).display())
 }
 
+/// The next text message on a split client stream; panics if it ends.
+async fn next_text(stream: &mut futures_util::stream::SplitStream<hotsock_testkit::Client>) -> String {
+    loop {
+        let message = tokio::time::timeout(hotsock_testkit::WAIT, stream.next())
+            .await
+            .expect("reply timed out")
+            .expect("connection closed")
+            .expect("connection error");
+        if let Message::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}
+
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill");
 }
@@ -46,13 +60,7 @@ async fn sigkill_under_load_loses_nothing_and_keeps_order() {
             let mut replies = Vec::new();
             let mut seen = std::collections::HashSet::new();
             while seen.len() < MESSAGES {
-                let message = tokio::time::timeout(hotsock_testkit::WAIT, stream.next())
-                    .await
-                    .expect("reply timed out")
-                    .expect("connection closed")
-                    .expect("connection error");
-                let Message::Text(text) = message else { continue };
-                let text = text.to_string();
+                let text = next_text(&mut stream).await;
                 let redelivered = text.starts_with("[redelivered]");
                 let body = text.trim_start_matches("[redelivered]").trim_start_matches("v1:");
                 let (conn, n) = body.split_once(':').expect("c:n");
@@ -67,12 +75,7 @@ async fn sigkill_under_load_loses_nothing_and_keeps_order() {
             let mut sink = sender.await.expect("sender");
             sink.send(Message::text(format!("{c}:end"))).await.expect("send");
             loop {
-                let message = tokio::time::timeout(hotsock_testkit::WAIT, stream.next())
-                    .await
-                    .expect("reply timed out")
-                    .expect("connection closed")
-                    .expect("connection error");
-                let Message::Text(text) = message else { continue };
+                let text = next_text(&mut stream).await;
                 if text.ends_with(":end") {
                     break;
                 }
@@ -215,4 +218,44 @@ async fn a_client_that_does_not_read_is_closed_and_memory_stays_bounded() {
     assert!(received < 40_000, "received {received}");
     let mut other = connect(&server.url("/")).await;
     assert!(recv(&mut other).await.starts_with("open "));
+}
+
+/// A worker that dies while the server is stopping is still replaced until
+/// every event is handled: the stop loses nothing either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_during_a_graceful_stop_is_replaced_until_its_events_are_handled() {
+    let dir = TempDir::new("stopcrash");
+    let log = dir.path().join("worker.log");
+    let mut server = TestServer::start_with_env(
+        &config("hotsock-testworker", "[reload]\nmax_wait_ms = 20000\n"),
+        &[("TESTWORKER_LOG", log.to_str().expect("utf8"))],
+    );
+    let mut conns = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let mut client = connect(&server.url("/")).await;
+        let conn: u64 = recv(&mut client).await.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("id");
+        send(&mut client, "sleep:1000:x").await;
+        conns.push(conn);
+        readers.push(tokio::spawn(async move { close_code(&mut client).await }));
+    }
+    let victim = server.worker_pid(0);
+    let config_path = server.config.clone();
+    let stopper = std::thread::spawn(move || {
+        std::process::Command::new(bin("hotsock")).args(["stop", "-c"]).arg(config_path).output().expect("stop")
+    });
+    wait_for("stop under way", || (server.try_status()?["stopping"] == true).then_some(()));
+    // Slot 0 still holds unacknowledged events (the sleeps, then the Close
+    // events of its connections).
+    sigkill(victim);
+    let output = stopper.join().expect("stopper");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(server.wait_exit(), Some(0));
+    for reader in readers {
+        assert_eq!(reader.await.expect("reader"), Some(1001));
+    }
+    let log = std::fs::read_to_string(&log).expect("worker log");
+    for conn in conns {
+        assert!(log.contains(&format!("close conn={conn} code=1001")), "on_close missing for {conn}:\n{log}");
+    }
 }
