@@ -16,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::server::{ServerError, Shared, io_error};
 use crate::status::{ClientStatus, ServerStatus};
+use crate::supervisor::{ReloadKind, ReloadOutcome, ReloadRequest};
 
 /// File name of the admin socket inside `run_dir`.
 pub const ADMIN_SOCKET: &str = "hotsock.sock";
@@ -36,6 +37,21 @@ pub enum AdminRequest {
     Clients,
     /// Stop gracefully.
     Stop,
+    /// Reload the event workers (or, with `tasks`, only the task workers).
+    Reload {
+        /// Task workers only.
+        #[serde(default)]
+        tasks: bool,
+        /// Answer with the outcome instead of at once.
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Switch back to the generation served before the last switch.
+    Rollback {
+        /// Answer with the outcome instead of at once.
+        #[serde(default)]
+        wait: bool,
+    },
 }
 
 /// The server's answer.
@@ -54,6 +70,10 @@ pub enum AdminResponse {
         /// The server's pid, to wait for.
         pid: u32,
     },
+    /// Answer to `Reload`/`Rollback` with `wait`.
+    Reload(ReloadOutcome),
+    /// Answer to `Reload`/`Rollback` without `wait`: it is queued.
+    ReloadQueued,
     /// The request was not understood.
     Error {
         /// Why.
@@ -97,6 +117,27 @@ pub async fn request(run_dir: &Path, request: &AdminRequest) -> Result<AdminResp
     let mut reply = String::new();
     BufReader::new(stream).take(REPLY_MAX_BYTES).read_line(&mut reply).await.map_err(io)?;
     serde_json::from_str(&reply).map_err(|e| AdminError::BadReply(format!("{e}: {reply:.200}")))
+}
+
+/// Hands a reload request to the supervisor; with `wait`, answers with its
+/// outcome.
+async fn reload(shared: &Shared, kind: ReloadKind, wait: bool) -> AdminResponse {
+    let Some(supervisor) = shared.supervisor() else {
+        return AdminResponse::Error { message: "the server is still starting".into() };
+    };
+    if shared.is_stopping() {
+        return AdminResponse::Error { message: "the server is stopping".into() };
+    }
+    if !wait {
+        supervisor.reload(ReloadRequest { kind, reply: None });
+        return AdminResponse::ReloadQueued;
+    }
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    supervisor.reload(ReloadRequest { kind, reply: Some(reply) });
+    match outcome.await {
+        Ok(outcome) => AdminResponse::Reload(outcome),
+        Err(_) => AdminResponse::Error { message: "the server stopped before the reload finished".into() },
+    }
 }
 
 /// The admin socket and pid file; removed when dropped.
@@ -163,6 +204,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                     shared.request_stop();
                     AdminResponse::Stopping { pid: std::process::id() }
                 }
+                Ok(AdminRequest::Reload { tasks, wait }) => {
+                    let kind = if tasks { ReloadKind::Tasks } else { ReloadKind::Workers };
+                    reload(&shared, kind, wait).await
+                }
+                Ok(AdminRequest::Rollback { wait }) => reload(&shared, ReloadKind::Rollback, wait).await,
                 Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
             };
             if let Ok(mut bytes) = serde_json::to_vec(&response) {

@@ -202,20 +202,41 @@ impl Default for LimitsConfig {
     }
 }
 
-/// `[reload]`: the parts used so far (worker start and stop).
+/// How a reload replaces workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadStrategy {
+    /// One slot at a time: start the new worker, wait for Ready, switch,
+    /// next slot. One extra process at a time.
+    Rolling,
+    /// Start every new worker; switch all slots once all are Ready.
+    AllAtOnce,
+}
+
+/// `[reload]`: starting, switching and stopping workers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
+    /// `rolling` (default) or `all-at-once`.
+    pub strategy: ReloadStrategy,
+    /// Generations kept in `run_dir/generations` (at least 2; the serving
+    /// and rollback generations are always kept).
+    pub keep_generations: usize,
     /// A starting worker must answer Hello with Ready within this time.
     pub ready_timeout_ms: u64,
-    /// A stopping worker gets this long to finish its events before it is
-    /// killed.
+    /// A draining or stopping worker gets this long to finish its events
+    /// before it is killed (its unacknowledged events are then redelivered).
     pub max_wait_ms: u64,
 }
 
 impl Default for ReloadConfig {
     fn default() -> Self {
-        ReloadConfig { ready_timeout_ms: 5_000, max_wait_ms: 3_000 }
+        ReloadConfig {
+            strategy: ReloadStrategy::Rolling,
+            keep_generations: 3,
+            ready_timeout_ms: 5_000,
+            max_wait_ms: 3_000,
+        }
     }
 }
 

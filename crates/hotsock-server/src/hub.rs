@@ -2,21 +2,20 @@
 //! events no worker has acknowledged yet.
 //!
 //! Theory of operation. Every event (handshake, open, message, close) gets a
-//! server-wide increasing id and is stored in its slot's `unacked` map before
-//! it is sent, and stays there until the worker acknowledges it. A slot
-//! outlives the processes that fill it: when a worker dies, its slot keeps
-//! the unacknowledged events, and the next worker in that slot receives them
-//! first, in id order, flagged `redelivered`. Because a connection with
-//! events in flight always routes to the slot that holds them (the sticky
-//! rule), one connection's events reach one slot in arrival order, whatever
-//! the dispatch mode, and a replacement worker sees them in that order too.
+//! server-wide increasing id and is kept in its slot until the worker holding
+//! it acknowledges it (`slot.rs` has the rules for who holds what). A slot
+//! outlives the processes that fill it, so a worker's death or replacement
+//! costs a redelivery, never an event. Because a connection with events in
+//! flight always routes to the slot that holds them (the sticky rule), one
+//! connection's events reach one slot in arrival order, whatever the dispatch
+//! mode.
 //!
 //! The hub never blocks and never awaits: every method takes the lock, does
 //! a bounded amount of work, and returns. Messages to clients go through
 //! unbounded per-connection outboxes whose size is capped by byte counting
 //! (`limits.output_buffer_bytes`), so a slow client can never stall a worker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,7 +25,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::config::DispatchMode;
-use crate::status::{ClientStatus, SlotStatus, WorkerState};
+use crate::slot::{Attached, Pending, Poisoned, Slot, WorkerId};
+use crate::status::{ClientStatus, DrainingStatus, SlotStatus, WorkerState};
 
 /// Close code sent to a client whose output buffer overflowed (policy
 /// violation: it does not read what it asked for).
@@ -63,34 +63,6 @@ pub(crate) enum EventBody {
     Close { code: u16, reason: String },
 }
 
-#[derive(Debug)]
-struct Pending {
-    conn: u64,
-    body: EventBody,
-    /// Handed to the slot's current worker.
-    sent: bool,
-    /// Handed to an earlier worker that died without acknowledging it.
-    redelivered: bool,
-    /// How many workers died while holding this event.
-    deaths: u32,
-}
-
-impl Pending {
-    fn to_worker(&self, id: u64) -> ToWorker {
-        let (conn, redelivered) = (self.conn, self.redelivered);
-        match &self.body {
-            EventBody::Handshake(request) => ToWorker::Handshake { conn, id, redelivered, request: request.clone() },
-            EventBody::Open => ToWorker::Open { conn, id, redelivered },
-            EventBody::Message { binary, data } => {
-                ToWorker::Message { conn, id, redelivered, binary: *binary, data: data.clone() }
-            }
-            EventBody::Close { code, reason } => {
-                ToWorker::Close { conn, id, redelivered, code: *code, reason: reason.clone() }
-            }
-        }
-    }
-}
-
 /// Connection facts fixed at accept time.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnMeta {
@@ -112,11 +84,10 @@ struct ConnEntry {
     open: bool,
 }
 
-/// One worker slot: a place for a worker process, outliving each process.
+/// A slot's events plus what the supervisor reports about it.
 #[derive(Debug)]
-struct Slot {
-    link: Option<mpsc::UnboundedSender<ToWorker>>,
-    unacked: BTreeMap<u64, Pending>,
+struct SlotEntry {
+    slot: Slot,
     status: SlotStatus,
 }
 
@@ -124,7 +95,7 @@ struct Slot {
 struct HubState {
     conns: HashMap<u64, ConnEntry>,
     uids: HashMap<u64, Vec<u64>>,
-    slots: Vec<Slot>,
+    slots: Vec<SlotEntry>,
     handshakes: HashMap<u64, oneshot::Sender<HandshakeReply>>,
     next_event: u64,
     round_robin: usize,
@@ -157,9 +128,7 @@ impl Hub {
         output_buffer_bytes: usize,
         max_redeliveries: u32,
     ) -> Hub {
-        let slots = (0..slots)
-            .map(|slot| Slot { link: None, unacked: BTreeMap::new(), status: SlotStatus::new(slot) })
-            .collect();
+        let slots = (0..slots).map(|slot| SlotEntry { slot: Slot::default(), status: SlotStatus::new(slot) }).collect();
         Hub {
             state: Mutex::new(HubState {
                 conns: HashMap::new(),
@@ -264,62 +233,45 @@ impl Hub {
             entry.shared.inflight.store(inflight + 1, Ordering::Relaxed);
             let id = state.next_event;
             state.next_event += 1;
-            let slot = &mut state.slots[entry.slot];
-            let mut pending = Pending { conn, body, sent: false, redelivered: false, deaths: 0 };
-            if let Some(link) = &slot.link {
-                pending.sent = link.send(pending.to_worker(id)).is_ok();
-            }
-            slot.status.dispatched += 1;
-            slot.unacked.insert(id, pending);
+            state.slots[entry.slot].slot.push(id, Pending::new(conn, body));
         }
     }
 
-    /// Connects a worker that said Ready to its slot and hands it every
-    /// event the slot holds, oldest first.
-    pub(crate) fn attach(&self, slot_index: usize, link: mpsc::UnboundedSender<ToWorker>, handshakes: bool) {
+    /// Registers a worker that said Ready; it gets events once current.
+    pub(crate) fn attach(&self, slot_index: usize, worker: Attached, handshakes: bool) {
         let mut state = self.lock();
         state.worker_handshakes = handshakes;
-        let slot = &mut state.slots[slot_index];
-        for (id, pending) in slot.unacked.iter_mut() {
-            pending.sent = link.send(pending.to_worker(*id)).is_ok();
-        }
-        slot.link = Some(link);
+        state.slots[slot_index].slot.attach(worker);
     }
 
-    /// Disconnects a dead worker: what it had not acknowledged becomes
-    /// redelivered work for the next worker in the slot. An event that has
-    /// now been held by more than `max_redeliveries` dying workers is a
-    /// poison pill: it is dropped and its connection closed with 1011, so
+    /// Routes the slot's new events to `worker`; the previous current worker
+    /// drains (finishes what it holds, then is told to stop).
+    pub(crate) fn make_current(&self, slot_index: usize, worker: WorkerId) {
+        self.lock().slots[slot_index].slot.make_current(worker);
+    }
+
+    /// Stops routing events to `worker` and tells it to stop once idle.
+    pub(crate) fn drain(&self, slot_index: usize, worker: WorkerId) {
+        self.lock().slots[slot_index].slot.drain(worker);
+    }
+
+    /// Removes a worker whose process is gone: what it had not acknowledged
+    /// becomes redelivered work for the slot's current worker. An event that
+    /// has now been held by more than `max_redeliveries` + 1 dying workers is
+    /// a poison pill: it is dropped and its connection closed with 1011, so
     /// one bad message cannot keep a slot crashing forever.
-    pub(crate) fn detach(&self, slot_index: usize) {
+    pub(crate) fn detach(&self, slot_index: usize, worker: WorkerId) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let slot = &mut state.slots[slot_index];
-        slot.link = None;
-        let mut poisoned = Vec::new();
-        for (id, pending) in slot.unacked.iter_mut() {
-            if pending.sent {
-                pending.sent = false;
-                pending.redelivered = true;
-                pending.deaths += 1;
-                slot.status.redelivered += 1;
-                if pending.deaths > self.max_redeliveries {
-                    poisoned.push(*id);
-                }
-            }
-        }
-        for id in poisoned {
-            let Some(pending) = slot.unacked.remove(&id) else { continue };
-            slot.status.dropped += 1;
+        let poisoned = state.slots[slot_index].slot.detach(worker, self.max_redeliveries);
+        for Poisoned { conn, id, deaths } in poisoned {
             tracing::error!(
                 slot = slot_index,
-                conn = pending.conn,
+                conn,
                 event = id,
-                deaths = pending.deaths,
-                "dropping an event that crashed {} workers (workers.max_redeliveries); closing its connection with 1011",
-                pending.deaths
+                "dropping an event that crashed {deaths} workers (workers.max_redeliveries); closing its connection with 1011"
             );
-            if let Some(entry) = state.conns.get(&pending.conn) {
+            if let Some(entry) = state.conns.get(&conn) {
                 entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
                 let _ = entry.out.send(Outgoing::Close(1011, "an event of this connection crashed the worker".into()));
             }
@@ -328,18 +280,22 @@ impl Hub {
 
     /// Applies a batch of messages from the worker in `slot_index`, under one
     /// lock. An error means the worker broke the protocol.
-    pub(crate) fn apply(&self, slot_index: usize, messages: Vec<ToServer>) -> Result<(), WorkerFault> {
+    pub(crate) fn apply(
+        &self,
+        slot_index: usize,
+        worker: WorkerId,
+        messages: Vec<ToServer>,
+    ) -> Result<(), WorkerFault> {
         let mut guard = self.lock();
         let state = &mut *guard;
         for message in messages {
             match message {
                 ToServer::Ready(_) => return Err(WorkerFault("sent Ready twice".into())),
                 ToServer::Ack(ids) => {
-                    let slot = &mut state.slots[slot_index];
+                    let slot = &mut state.slots[slot_index].slot;
                     for id in ids {
-                        let Some(pending) = slot.unacked.remove(&id) else { continue };
-                        slot.status.acked += 1;
-                        if let Some(entry) = state.conns.get(&pending.conn) {
+                        let Some(conn) = slot.ack(worker, id) else { continue };
+                        if let Some(entry) = state.conns.get(&conn) {
                             let before = entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
                             if before == self.max_inflight_per_conn {
                                 entry.shared.wake.notify_one();
@@ -390,13 +346,13 @@ impl Hub {
                         },
                         None => ToWorker::Reply { id: request, not_found: true, body: Bytes::new() },
                     };
-                    reply_to(&state.slots[slot_index], reply);
+                    state.slots[slot_index].slot.send_to(worker, reply);
                 }
                 ToServer::ConnList { request } => {
                     let mut ids: Vec<u64> = state.conns.iter().filter(|(_, e)| e.open).map(|(id, _)| *id).collect();
                     ids.sort_unstable();
                     let reply = ToWorker::Reply { id: request, not_found: false, body: encode_conn_list(&ids) };
-                    reply_to(&state.slots[slot_index], reply);
+                    state.slots[slot_index].slot.send_to(worker, reply);
                 }
                 ToServer::HandshakeReply { conn, reply } => {
                     if let Some(waiter) = state.handshakes.remove(&conn) {
@@ -429,17 +385,6 @@ impl Hub {
         let _ = entry.out.send(out);
     }
 
-    /// Tells every live worker to finish and exit (graceful stop).
-    pub(crate) fn stop_workers(&self) {
-        let mut state = self.lock();
-        for slot in state.slots.iter_mut() {
-            if let Some(link) = &slot.link {
-                let _ = link.send(ToWorker::Stop);
-                slot.status.state = WorkerState::Draining;
-            }
-        }
-    }
-
     /// Asks every connection to close (graceful stop).
     pub(crate) fn close_all(&self, code: u16, reason: &str) {
         let state = self.lock();
@@ -455,7 +400,7 @@ impl Hub {
 
     /// Events no worker has acknowledged yet, over all slots.
     pub(crate) fn unacked_total(&self) -> usize {
-        self.lock().slots.iter().map(|s| s.unacked.len()).sum()
+        self.lock().slots.iter().map(|s| s.slot.unacked_len()).sum()
     }
 
     /// Updates a slot's lifecycle facts for `status`.
@@ -468,9 +413,24 @@ impl Hub {
         state
             .slots
             .iter()
-            .map(|slot| {
-                let mut status = slot.status.clone();
-                status.inflight = slot.unacked.len();
+            .map(|entry| {
+                let mut status = entry.status.clone();
+                let slot = &entry.slot;
+                if let Some(current) = slot.current() {
+                    status.state = WorkerState::Ready;
+                    status.pid = current.pid;
+                    status.generation = current.generation;
+                }
+                status.inflight = slot.current_held();
+                status.queued = slot.unacked_len();
+                status.dispatched = slot.counters.dispatched;
+                status.acked = slot.counters.acked;
+                status.redelivered = slot.counters.redelivered;
+                status.dropped = slot.counters.dropped;
+                status.draining = slot
+                    .draining()
+                    .map(|(w, held)| DrainingStatus { pid: w.pid, generation: w.generation, inflight: held })
+                    .collect();
                 status
             })
             .collect()
@@ -498,15 +458,15 @@ impl Hub {
 
     /// Whether every slot has a worker in state Ready.
     pub(crate) fn all_ready(&self) -> bool {
-        self.lock().slots.iter().all(|s| s.status.state == WorkerState::Ready)
+        self.lock().slots.iter().all(|s| s.slot.has_current())
     }
 }
 
-fn least_busy(slots: &[Slot]) -> usize {
+fn least_busy(slots: &[SlotEntry]) -> usize {
     slots
         .iter()
         .enumerate()
-        .min_by_key(|(_, slot)| (slot.link.is_none(), slot.unacked.len()))
+        .min_by_key(|(_, entry)| (!entry.slot.has_current(), entry.slot.unacked_len()))
         .map(|(index, _)| index)
         .unwrap_or(0)
 }
@@ -529,12 +489,6 @@ fn unbind(state: &mut HubState, conn: u64, uid: u64) {
         if conns.is_empty() {
             state.uids.remove(&uid);
         }
-    }
-}
-
-fn reply_to(slot: &Slot, reply: ToWorker) {
-    if let Some(link) = &slot.link {
-        let _ = link.send(reply);
     }
 }
 

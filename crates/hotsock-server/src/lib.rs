@@ -7,22 +7,30 @@
 //! - `server`: bind, start workers, accept, graceful stop.
 //! - `conn` and `http`: one client connection, from HTTP upgrade to close.
 //! - `hub`: routing, the sticky rule, unacknowledged events, outboxes.
-//! - `supervisor`: spawning, Hello/Ready, the worker socket pumps, restarts.
+//! - `slot`: per-slot event lanes: who holds what, when an event may go.
+//! - `supervisor`: restarts and reloads (one decision loop).
+//! - `worker`, `spawn`, `generations`: one worker process; forking;
+//!   the per-generation executable store.
 //! - `admin` and `status`: the admin socket and what it reports.
 #![deny(missing_docs)]
 
 mod admin;
 mod config;
 mod conn;
+mod generations;
 mod http;
 mod hub;
 mod server;
+mod slot;
+mod spawn;
 mod status;
 mod supervisor;
+mod worker;
 
 pub use admin::{ADMIN_SOCKET, AdminError, AdminRequest, AdminResponse, PID_FILE, request as admin_request};
 pub use config::{
     Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ServerConfig, WorkersConfig,
 };
 pub use server::{Server, ServerError};
-pub use status::{ClientStatus, ServerStatus, SlotStatus, WorkerState};
+pub use status::{ClientStatus, DrainingStatus, ServerStatus, SlotStatus, WorkerState};
+pub use supervisor::{ReloadKind, ReloadOutcome};

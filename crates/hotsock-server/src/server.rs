@@ -9,24 +9,29 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio::time::timeout;
 
 use crate::admin::{self, RunFiles};
 use crate::config::Config;
+use crate::generations::Generations;
 use crate::hub::Hub;
+use crate::spawn::Spawner;
 use crate::status::{ServerStatus, rss_kib};
-use crate::supervisor::{self, Spawner};
+use crate::supervisor::{self, ReloadKind, ReloadOutcome, ReloadRequest, SupervisorHandle};
 
 /// Polling step while waiting for workers or connections during start and
 /// stop; short enough to be invisible, long enough to cost nothing.
 const WAIT_STEP: Duration = Duration::from_millis(10);
+/// Time beyond `max_wait_ms` for killed workers to be reaped at stop.
+const EXIT_MARGIN: Duration = Duration::from_secs(3);
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +68,8 @@ pub(crate) struct Shared {
     pub(crate) accepted_total: AtomicU64,
     pub(crate) rejected_total: AtomicU64,
     stopping: watch::Sender<bool>,
-    /// Raised once every event is acknowledged during a stop: from then on
-    /// a worker that exits is not replaced. Until then crashed workers are
-    /// restarted as usual, so their unacknowledged events are still handled.
-    retire: watch::Sender<bool>,
-    kill: watch::Sender<bool>,
+    supervisor: OnceLock<SupervisorHandle>,
+    generation_info: Mutex<GenerationInfo>,
     started: Instant,
     listen: SocketAddr,
 }
@@ -81,17 +83,26 @@ impl Shared {
         self.stopping.subscribe()
     }
 
-    pub(crate) fn is_retiring(&self) -> bool {
-        *self.retire.borrow()
+    pub(crate) fn supervisor(&self) -> Option<&SupervisorHandle> {
+        self.supervisor.get()
     }
 
-    pub(crate) fn retire_signal(&self) -> watch::Receiver<bool> {
-        self.retire.subscribe()
+    pub(crate) fn set_generation_info(
+        &self,
+        serving: u64,
+        previous: Option<u64>,
+        reloading: Option<String>,
+        queued: usize,
+    ) {
+        let mut info = self.generation_info.lock().unwrap_or_else(|p| p.into_inner());
+        info.serving = serving;
+        info.previous = previous;
+        info.reloading = reloading;
+        info.queued = queued;
     }
 
-    /// Fires when workers that outlived the stop deadline must be killed.
-    pub(crate) fn kill_signal(&self) -> watch::Receiver<bool> {
-        self.kill.subscribe()
+    pub(crate) fn set_last_reload(&self, outcome: ReloadOutcome) {
+        self.generation_info.lock().unwrap_or_else(|p| p.into_inner()).last_reload = Some(outcome);
     }
 
     pub(crate) fn request_stop(&self) {
@@ -103,8 +114,14 @@ impl Shared {
         for worker in &mut workers {
             worker.rss_kib = worker.pid.and_then(rss_kib);
         }
+        let info = self.generation_info.lock().unwrap_or_else(|p| p.into_inner()).clone();
         ServerStatus {
             pid: std::process::id(),
+            generation: info.serving,
+            previous_generation: info.previous,
+            reloading: info.reloading,
+            reloads_queued: info.queued,
+            last_reload: info.last_reload,
             listen: self.listen.to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             connections: self.hub.connection_count(),
@@ -116,6 +133,16 @@ impl Shared {
     }
 }
 
+/// What the supervisor publishes about generations, for `status`.
+#[derive(Debug, Clone, Default)]
+struct GenerationInfo {
+    serving: u64,
+    previous: Option<u64>,
+    reloading: Option<String>,
+    queued: usize,
+    last_reload: Option<ReloadOutcome>,
+}
+
 /// A bound server, not yet running.
 #[derive(Debug)]
 pub struct Server {
@@ -123,6 +150,7 @@ pub struct Server {
     listener: TcpListener,
     admin: UnixListener,
     run_files: RunFiles,
+    generations: Generations,
 }
 
 impl Server {
@@ -133,6 +161,10 @@ impl Server {
         let listener = bind_listener(config.server.listen, config.server.backlog)?;
         let listen = listener.local_addr().map_err(io_error("reading the listen address"))?;
         let admin = run_files.bind_admin()?;
+        let mut generations =
+            Generations::new(&config.run_dir(), config.worker_program(), config.reload.keep_generations)
+                .map_err(io_error("cannot prepare the generation store"))?;
+        generations.create().map_err(io_error("cannot store generation 1"))?;
         let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(io_error("starting the spawner"))?;
         let hub = Hub::new(
             config.workers.count,
@@ -149,12 +181,12 @@ impl Server {
             accepted_total: AtomicU64::new(0),
             rejected_total: AtomicU64::new(0),
             stopping: watch::Sender::new(false),
-            retire: watch::Sender::new(false),
-            kill: watch::Sender::new(false),
+            supervisor: OnceLock::new(),
+            generation_info: Mutex::new(GenerationInfo { serving: 1, ..GenerationInfo::default() }),
             started: Instant::now(),
             listen,
         });
-        Ok(Server { shared, listener, admin, run_files })
+        Ok(Server { shared, listener, admin, run_files, generations })
     }
 
     /// The address clients connect to (useful with port 0).
@@ -165,12 +197,12 @@ impl Server {
     /// Starts the workers, serves until `shutdown` resolves or a `stop`
     /// arrives on the admin socket, then stops gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { shared, listener, admin, run_files } = self;
-        let mut slots = JoinSet::new();
-        for slot in 0..shared.config.workers.count {
-            slots.spawn(supervisor::run_slot(shared.clone(), slot));
-        }
+        let Server { shared, listener, admin, run_files, generations } = self;
+        let (supervisor, supervise) = supervisor::start(shared.clone(), generations);
+        let _ = shared.supervisor.set(supervisor.clone());
+        let mut supervise = tokio::spawn(supervise);
         let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
+        let signal_task = tokio::spawn(reload_signals(supervisor.clone()));
         tokio::pin!(shutdown);
         let started = tokio::select! {
             ready = wait_ready(&shared) => ready,
@@ -178,10 +210,10 @@ impl Server {
         };
         if let Err(error) = started {
             shared.request_stop();
-            shared.retire.send_replace(true);
-            shared.kill.send_replace(true);
-            while slots.join_next().await.is_some() {}
+            supervisor.retire();
+            let _ = (&mut supervise).await;
             admin_task.abort();
+            signal_task.abort();
             drop(run_files);
             return Err(error);
         }
@@ -190,15 +222,34 @@ impl Server {
         let mut stop = shared.stop_signal();
         tokio::select! {
             () = &mut shutdown => tracing::info!("stop requested by signal"),
-            () = crate::server::raised(&mut stop) => tracing::info!("stop requested over the admin socket"),
+            () = raised(&mut stop) => tracing::info!("stop requested over the admin socket"),
         }
         shared.request_stop();
         let _ = accept_task.await;
-        graceful_stop(&shared, &mut slots).await;
+        graceful_stop(&shared, &supervisor, &mut supervise).await;
         admin_task.abort();
+        signal_task.abort();
         drop(run_files);
         tracing::info!("hotsock stopped");
         Ok(())
+    }
+}
+
+/// SIGUSR1 reloads the event workers, SIGUSR2 the task workers.
+async fn reload_signals(supervisor: SupervisorHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut usr1), Ok(mut usr2)) = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
+    else {
+        tracing::error!("cannot install SIGUSR1/SIGUSR2 handlers; reload with `hotsock reload` instead");
+        return;
+    };
+    loop {
+        let kind = tokio::select! {
+            _ = usr1.recv() => ReloadKind::Workers,
+            _ = usr2.recv() => ReloadKind::Tasks,
+        };
+        tracing::info!(?kind, "reload requested by signal");
+        supervisor.reload(ReloadRequest { kind, reply: None });
     }
 }
 
@@ -254,27 +305,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn graceful_stop(shared: &Shared, slots: &mut JoinSet<()>) {
+async fn graceful_stop(shared: &Shared, supervisor: &SupervisorHandle, supervise: &mut JoinHandle<()>) {
     let close_budget = Duration::from_millis(shared.config.server.close_timeout_ms) + Duration::from_secs(1);
     let max_wait = Duration::from_millis(shared.config.reload.max_wait_ms);
     shared.hub.close_all(1001, "server shutting down");
     wait_until(close_budget, || shared.hub.connection_count() == 0).await;
+    // Until every event (the Close events included) is acknowledged, a
+    // worker that crashes is still replaced, so nothing is lost on the way
+    // out either. Then the workers drain, and are killed after max_wait.
     if !wait_until(max_wait, || shared.hub.unacked_total() == 0).await {
         tracing::warn!(unacked = shared.hub.unacked_total(), "stopping with unacknowledged events");
     }
-    shared.retire.send_replace(true);
-    shared.hub.stop_workers();
-    let deadline = Instant::now() + max_wait;
-    loop {
-        tokio::select! {
-            next = slots.join_next() => if next.is_none() { break },
-            () = tokio::time::sleep_until(deadline) => {
-                tracing::warn!("workers still running after reload.max_wait_ms; killing them");
-                shared.kill.send_replace(true);
-                while slots.join_next().await.is_some() {}
-                break;
-            }
-        }
+    supervisor.retire();
+    if timeout(max_wait + EXIT_MARGIN, supervise).await.is_err() {
+        tracing::error!("workers did not exit in time; the server exits anyway (they get the parent-death signal)");
     }
 }
 

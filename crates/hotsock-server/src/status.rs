@@ -30,8 +30,13 @@ pub struct SlotStatus {
     pub pid: Option<u32>,
     /// Code generation of the current worker.
     pub generation: u64,
-    /// Events sent to this slot and not acknowledged yet.
+    /// Events the current worker holds (sent, not acknowledged).
     pub inflight: usize,
+    /// Events of this slot not acknowledged yet, including ones waiting for
+    /// a worker or for an older generation to finish a connection's events.
+    pub queued: usize,
+    /// Workers of older generations still finishing their events.
+    pub draining: Vec<DrainingStatus>,
     /// Events routed to this slot since start.
     pub dispatched: u64,
     /// Events acknowledged by this slot's workers since start.
@@ -59,6 +64,8 @@ impl SlotStatus {
             pid: None,
             generation: 1,
             inflight: 0,
+            queued: 0,
+            draining: Vec::new(),
             dispatched: 0,
             acked: 0,
             redelivered: 0,
@@ -69,6 +76,17 @@ impl SlotStatus {
             last_exit: None,
         }
     }
+}
+
+/// A worker of an older generation that is finishing its events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainingStatus {
+    /// Its process id.
+    pub pid: Option<u32>,
+    /// Its generation.
+    pub generation: u64,
+    /// Events it still holds.
+    pub inflight: usize,
 }
 
 /// One open client connection.
@@ -95,6 +113,16 @@ pub struct ClientStatus {
 pub struct ServerStatus {
     /// Server process id.
     pub pid: u32,
+    /// The generation serving (the newest one switched to).
+    pub generation: u64,
+    /// The generation `hotsock rollback` would switch to.
+    pub previous_generation: Option<u64>,
+    /// The reload under way, if any.
+    pub reloading: Option<String>,
+    /// Reload requests waiting for the one under way.
+    pub reloads_queued: usize,
+    /// How the last reload ended.
+    pub last_reload: Option<crate::ReloadOutcome>,
     /// The address clients connect to.
     pub listen: String,
     /// Seconds since start.

@@ -1,389 +1,644 @@
-//! Worker processes: spawning them, speaking Hello/Ready, moving frames
-//! between their sockets and the hub, and restarting them when they die.
+//! The supervisor: one task that decides which worker processes run. It
+//! keeps every slot filled (restarting crashed workers with back-off and
+//! crash-loop detection) and runs reloads, one at a time.
 //!
-//! Theory of operation. Each slot has one long-running task (`run_slot`)
-//! that starts a worker, waits for Ready, attaches it to the hub, pumps its
-//! socket until EOF, detaches it, and starts the next one after a back-off.
-//! The slot, not the process, owns unacknowledged events (see `hub.rs`), so
-//! a crash costs a restart and a redelivery, never an event.
+//! Theory of operation. Worker tasks (`worker.rs`) report `Ready` and
+//! `Gone`; admin requests and signals ask for reloads. All of it arrives on
+//! one channel, so every decision is made in one place, in order, and the
+//! state below never races with itself.
 //!
-//! Every process is spawned by one dedicated thread (`Spawner`) that lives as
-//! long as the server: the parent-death signal a worker sets is tied to the
-//! thread that forked it, so that thread must not be a pool thread that
-//! exits when idle. The worker's end of its socket becomes its standard
-//! input (fd 0), which the worker claims without any `unsafe`.
+//! A reload (a `Job`) starts generation n+1 from a fresh copy of the worker
+//! executable and switches slots to it. `rolling`: one slot at a time, start
+//! the new worker, wait for Ready, make it current (the old one drains), go
+//! on. `all-at-once`: start every new worker, and switch all slots only when
+//! all are Ready. A new worker that fails before Ready aborts the job: the
+//! other new workers are stopped, and slots already switched are switched
+//! back to the old generation the same zero-loss way, so the old generation
+//! serves on. Requests that arrive during a job wait, and all waiting
+//! requests of a kind are served by the next job (single flight, coalesced:
+//! nothing is dropped and every requester hears the outcome that covered it).
 
-use std::collections::VecDeque;
-use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream as StdUnixStream;
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use hotsock_protocol::{
-    Decoder, ENV_SERVER_PID, ENV_WORKER_FD, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, ToServer, ToWorker,
-    capabilities,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::process::Child;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
+use crate::config::ReloadStrategy;
+use crate::generations::Generations;
 use crate::server::Shared;
-use crate::status::{WorkerState, rss_kib};
+use crate::slot::WorkerId;
+use crate::status::WorkerState;
+use crate::worker::{self, Control, Ended, Launch, WorkerEvent};
 
-/// Bytes encoded into one write to a worker socket.
-const WRITE_BATCH_BYTES: usize = 256 << 10;
-/// A writer buffer that grew past this (one huge message) is given back.
-const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
-/// Read buffer growth step for a worker socket.
-const READ_CHUNK_BYTES: usize = 64 << 10;
-/// How long a worker that closed its socket gets to exit before SIGKILL.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Delay before the second restart in a row; doubles up to the maximum.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 
-/// What to start.
+/// What a reload request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadKind {
+    /// Event workers to a new generation built from the current executable.
+    Workers,
+    /// Task workers only (`SIGUSR2`, `--tasks`).
+    Tasks,
+    /// Back to the generation served before the last switch.
+    Rollback,
+}
+
+/// The result of a reload, as `hotsock reload --wait` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Whether the switch happened.
+    pub ok: bool,
+    /// What was asked.
+    pub kind: ReloadKind,
+    /// The generation serving before.
+    pub from_generation: u64,
+    /// The generation serving after (equal to `from_generation` on failure).
+    pub generation: u64,
+    /// From the start of the job until every slot routed to the new
+    /// generation (or the failure was final).
+    pub duration_ms: u64,
+    /// How many requests this outcome answers (coalesced ones included).
+    pub requests: usize,
+    /// What happened, in words; the reason on failure.
+    pub message: String,
+}
+
+/// A request to the supervisor.
+#[derive(Debug)]
+pub(crate) struct ReloadRequest {
+    pub(crate) kind: ReloadKind,
+    pub(crate) reply: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Worker(WorkerEvent),
+    Reload(ReloadRequest),
+    Retire,
+}
+
+/// How the rest of the server talks to the supervisor.
 #[derive(Debug, Clone)]
-pub(crate) struct SpawnSpec {
-    pub(crate) program: PathBuf,
-    pub(crate) args: Vec<String>,
-    /// `argv[0]`, which `ps` shows: role, slot and generation.
-    pub(crate) title: String,
+pub(crate) struct SupervisorHandle {
+    tx: mpsc::UnboundedSender<Msg>,
 }
 
-type SpawnResult = io::Result<(Child, StdUnixStream)>;
+impl SupervisorHandle {
+    pub(crate) fn reload(&self, request: ReloadRequest) {
+        let _ = self.tx.send(Msg::Reload(request));
+    }
 
-struct SpawnJob {
-    spec: SpawnSpec,
-    reply: oneshot::Sender<SpawnResult>,
-}
-
-/// The one thread that forks (see the module docs).
-#[derive(Debug)]
-pub(crate) struct Spawner {
-    jobs: std::sync::mpsc::Sender<SpawnJob>,
-}
-
-impl std::fmt::Debug for SpawnJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpawnJob").field("spec", &self.spec).finish()
+    /// Graceful stop: drain every worker and restart none.
+    pub(crate) fn retire(&self) {
+        let _ = self.tx.send(Msg::Retire);
     }
 }
 
-impl Spawner {
-    pub(crate) fn start(runtime: tokio::runtime::Handle) -> io::Result<Spawner> {
-        let (jobs, rx) = std::sync::mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new().name("hotsock-spawner".into()).spawn(move || {
-            // tokio's Child needs the runtime's process driver.
-            let _runtime = runtime.enter();
-            while let Ok(job) = rx.recv() {
-                let _ = job.reply.send(spawn_one(&job.spec));
+#[derive(Debug)]
+struct SlotSup {
+    /// Generation a restart of this slot uses.
+    target: u64,
+    current: Option<WorkerId>,
+    /// A restart in progress.
+    starting: Option<WorkerId>,
+    crashes: VecDeque<Instant>,
+    consecutive: u32,
+    restart_at: Instant,
+    ready_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Live {
+    slot: usize,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Forward,
+    /// Switching already-switched slots back after a failure.
+    Undo {
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Job {
+    kind: ReloadKind,
+    waiters: Vec<oneshot::Sender<ReloadOutcome>>,
+    requests: usize,
+    began: Instant,
+    from: u64,
+    to: u64,
+    strategy: ReloadStrategy,
+    phase: Phase,
+    todo: VecDeque<usize>,
+    starting: HashMap<usize, WorkerId>,
+    ready: Vec<(usize, WorkerId)>,
+    switched: Vec<usize>,
+}
+
+/// Creates the supervisor; the returned future runs it until every worker
+/// is gone after `retire`.
+pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (SupervisorHandle, impl Future<Output = ()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = SupervisorHandle { tx: tx.clone() };
+    let now = Instant::now();
+    let slots = (0..shared.config.workers.count)
+        .map(|_| SlotSup {
+            target: 1,
+            current: None,
+            starting: None,
+            crashes: VecDeque::new(),
+            consecutive: 0,
+            restart_at: now,
+            ready_since: None,
+        })
+        .collect();
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    // Worker reports join the request channel so one loop sees everything.
+    tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            if tx.send(Msg::Worker(event)).is_err() {
+                return;
             }
-        })?;
-        Ok(Spawner { jobs })
-    }
-
-    pub(crate) async fn spawn(&self, spec: SpawnSpec) -> SpawnResult {
-        let (reply, rx) = oneshot::channel();
-        self.jobs.send(SpawnJob { spec, reply }).map_err(|_| io::Error::other("spawner thread is gone"))?;
-        rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
-    }
+        }
+    });
+    let supervisor = Supervisor {
+        shared,
+        slots,
+        generations,
+        serving: 1,
+        previous: None,
+        job: None,
+        queue: VecDeque::new(),
+        next_worker: 1,
+        retiring: false,
+        live: HashMap::new(),
+        events,
+    };
+    (handle, supervisor.run(rx))
 }
 
-fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
-    let (ours, theirs) = StdUnixStream::pair()?;
-    let mut command = tokio::process::Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .arg0(&spec.title)
-        .env(ENV_WORKER_FD, "0")
-        .env(ENV_SERVER_PID, std::process::id().to_string())
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        // Own process group: a Ctrl-C in the terminal reaches the server,
-        // which stops workers gracefully, instead of killing them mid-event.
-        .process_group(0)
-        .kill_on_drop(true);
-    // The Command holds our copy of the worker's end; dropping it after the
-    // spawn leaves the worker as its only owner, so its exit means EOF.
-    let child = command.spawn().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", spec.program.display())));
-    drop(command);
-    Ok((child?, ours))
+struct Supervisor {
+    shared: Arc<Shared>,
+    slots: Vec<SlotSup>,
+    generations: Generations,
+    /// The generation all slots run when no job is under way.
+    serving: u64,
+    /// The rollback target.
+    previous: Option<u64>,
+    job: Option<Job>,
+    queue: VecDeque<ReloadRequest>,
+    next_worker: WorkerId,
+    retiring: bool,
+    live: HashMap<WorkerId, Live>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
-/// How one worker process ended.
-#[derive(Debug)]
-enum Ended {
-    /// Exited cleanly after being told to stop.
-    Stopped,
-    /// Died or exited on its own.
-    Exited(String),
-    /// Never became Ready.
-    NotReady(String),
-}
-
-impl Ended {
-    fn describe(&self) -> String {
-        match self {
-            Ended::Stopped => "stopped".into(),
-            Ended::Exited(why) => why.clone(),
-            Ended::NotReady(why) => format!("not ready: {why}"),
+impl Supervisor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        self.publish();
+        loop {
+            self.reconcile();
+            if self.retiring && self.live.is_empty() {
+                return;
+            }
+            let next_restart = self.next_restart();
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                () = sleep_until_opt(next_restart) => continue,
+            };
+            match msg {
+                Some(Msg::Worker(WorkerEvent::Ready { slot, worker })) => self.on_ready(slot, worker),
+                Some(Msg::Worker(WorkerEvent::Gone { slot, worker, generation, ended, was_ready })) => {
+                    self.on_gone(slot, worker, generation, ended, was_ready)
+                }
+                Some(Msg::Reload(request)) => {
+                    self.queue.push_back(request);
+                    self.start_next_job();
+                }
+                Some(Msg::Retire) => self.retire(),
+                None => return,
+            }
+            self.publish();
         }
     }
-}
 
-/// Keeps one slot filled with a worker until the server stops.
-pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
-    let workers = &shared.config.workers;
-    let window = Duration::from_millis(workers.crash_loop_window_ms);
-    let backoff_max = Duration::from_millis(workers.restart_backoff_max_ms);
-    let mut crashes: VecDeque<Instant> = VecDeque::new();
-    let mut consecutive = 0u32;
-    loop {
-        if shared.is_retiring() {
+    fn launch(&mut self, slot: usize, generation: u64) -> WorkerId {
+        let worker = self.next_worker;
+        self.next_worker += 1;
+        let program = self.generations.program(generation);
+        let control =
+            worker::launch(self.shared.clone(), Launch { slot, generation, program, worker }, self.events.clone());
+        self.live.insert(worker, Live { slot, control });
+        if self.slots[slot].current.is_none() {
+            self.shared.hub.update_status(slot, |s| {
+                s.state = WorkerState::Starting;
+                s.pid = None;
+                s.generation = generation;
+            });
+        }
+        worker
+    }
+
+    fn control(&self, worker: WorkerId, control: Control) {
+        if let Some(live) = self.live.get(&worker) {
+            let _ = live.control.send(control);
+        }
+    }
+
+    /// Routes `slot`'s new events to `worker`; the previous current worker
+    /// drains and is killed if it is still running after `max_wait_ms`.
+    fn switch(&mut self, slot: usize, worker: WorkerId, generation: u64) {
+        self.shared.hub.make_current(slot, worker);
+        let state = &mut self.slots[slot];
+        state.target = generation;
+        state.ready_since = Some(Instant::now());
+        if let Some(old) = state.current.replace(worker).filter(|old| *old != worker) {
+            let deadline = Instant::now() + Duration::from_millis(self.shared.config.reload.max_wait_ms);
+            self.control(old, Control::Drain { deadline });
+        }
+    }
+
+    /// Starts restarts that are due: a slot with no current worker, no
+    /// restart under way and no job starting a worker for it.
+    fn reconcile(&mut self) {
+        if self.retiring {
             return;
         }
-        shared.hub.update_status(slot, |s| {
-            s.state = WorkerState::Starting;
-            s.pid = None;
-        });
-        let started = Instant::now();
-        let ended = run_one(&shared, slot).await;
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            let state = &self.slots[slot];
+            let job_starting = self.job.as_ref().is_some_and(|j| j.starting.contains_key(&slot));
+            if state.current.is_none() && state.starting.is_none() && !job_starting && now >= state.restart_at {
+                let target = state.target;
+                let worker = self.launch(slot, target);
+                self.slots[slot].starting = Some(worker);
+            }
+        }
+    }
+
+    fn next_restart(&self) -> Option<Instant> {
+        self.slots.iter().filter(|s| s.current.is_none() && s.starting.is_none()).map(|s| s.restart_at).min()
+    }
+
+    fn on_ready(&mut self, slot: usize, worker: WorkerId) {
+        if let Some(job) = &mut self.job
+            && job.starting.get(&slot) == Some(&worker)
+        {
+            job.starting.remove(&slot);
+            match job.strategy {
+                ReloadStrategy::Rolling => {
+                    let to = job.to;
+                    job.switched.push(slot);
+                    self.switch(slot, worker, to);
+                    self.advance_job();
+                }
+                ReloadStrategy::AllAtOnce => {
+                    job.ready.push((slot, worker));
+                    self.advance_job();
+                }
+            }
+            return;
+        }
+        if self.slots[slot].starting == Some(worker) {
+            self.slots[slot].starting = None;
+            let target = self.slots[slot].target;
+            self.switch(slot, worker, target);
+            return;
+        }
+        // A worker nobody waits for any more (its job was aborted).
+        self.control(worker, Control::Kill("no longer needed".into()));
+    }
+
+    fn on_gone(&mut self, slot: usize, worker: WorkerId, generation: u64, ended: Ended, was_ready: bool) {
+        self.live.remove(&worker);
+        let description = ended.describe();
         let crashed = !matches!(ended, Ended::Stopped);
-        shared.hub.update_status(slot, |s| {
+        if let Some(job) = &mut self.job {
+            let starting = job.starting.get(&slot) == Some(&worker);
+            let standby = job.ready.iter().any(|(_, w)| *w == worker);
+            if starting || standby {
+                job.starting.remove(&slot);
+                job.ready.retain(|(_, w)| *w != worker);
+                let why = format!("slot {slot} generation {generation}: {description}");
+                tracing::error!("reload: new worker failed: {why}");
+                self.fail_job(why);
+                return;
+            }
+        }
+        let state = &mut self.slots[slot];
+        let was_current = state.current == Some(worker);
+        let was_restart = state.starting == Some(worker);
+        if was_current {
+            state.current = None;
+        }
+        if was_restart {
+            state.starting = None;
+        }
+        if !(was_current || was_restart) {
+            // A draining worker of an older generation.
+            if crashed {
+                tracing::warn!(slot, generation, "draining worker ended: {description}");
+            }
+            return;
+        }
+        self.shared.hub.update_status(slot, |s| {
             s.state = WorkerState::Exited;
             s.rss_kib = None;
-            s.last_exit = Some(ended.describe());
+            s.last_exit = Some(description.clone());
             s.crashes += u64::from(crashed);
         });
-        if shared.is_retiring() {
+        if self.retiring || !crashed {
             return;
         }
-        tracing::warn!(slot, "worker ended: {}; restarting", ended.describe());
+        let _ = was_ready;
+        self.record_crash(slot, &description);
+    }
+
+    fn record_crash(&mut self, slot: usize, description: &str) {
+        let workers = &self.shared.config.workers;
+        let window = Duration::from_millis(workers.crash_loop_window_ms);
+        let backoff_max = Duration::from_millis(workers.restart_backoff_max_ms);
         let now = Instant::now();
-        crashes.push_back(now);
-        while crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
-            crashes.pop_front();
+        let state = &mut self.slots[slot];
+        state.crashes.push_back(now);
+        while state.crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
+            state.crashes.pop_front();
         }
-        let looping = crashes.len() >= workers.crash_loop_count as usize;
-        consecutive = if now.duration_since(started) > window { 1 } else { consecutive + 1 };
-        shared.hub.update_status(slot, |s| s.crash_loop = looping);
+        let looping = state.crashes.len() >= workers.crash_loop_count as usize;
+        let lived_long = state.ready_since.is_some_and(|t| now.duration_since(t) > window);
+        state.consecutive = if lived_long { 1 } else { state.consecutive + 1 };
         // The first restart is immediate (a single crash should cost as
         // little as possible); repeated ones back off exponentially.
         let delay = if looping {
             tracing::error!(
                 slot,
-                crashes = crashes.len(),
+                crashes = state.crashes.len(),
                 "worker is crash-looping; restarting at the slowest back-off"
             );
             backoff_max
-        } else if consecutive <= 1 {
+        } else if state.consecutive <= 1 {
             Duration::ZERO
         } else {
-            RESTART_BACKOFF_MIN.saturating_mul(1 << (consecutive - 2).min(16)).min(backoff_max)
+            RESTART_BACKOFF_MIN.saturating_mul(1 << (state.consecutive - 2).min(16)).min(backoff_max)
         };
-        let mut retire = shared.retire_signal();
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = crate::server::raised(&mut retire) => return,
-        }
+        state.restart_at = now + delay;
+        tracing::warn!(slot, "worker ended: {description}; restarting in {delay:?}");
+        self.shared.hub.update_status(slot, |s| s.crash_loop = looping);
     }
-}
 
-async fn run_one(shared: &Shared, slot: usize) -> Ended {
-    let config = &shared.config;
-    let generation = 1;
-    let spec = SpawnSpec {
-        program: config.worker_program(),
-        args: config.workers.command[1..].to_vec(),
-        title: format!("hotsock-worker {} slot={slot} gen={generation}", Role::Event.name()),
-    };
-    let (mut child, stream) = match shared.spawner.spawn(spec).await {
-        Ok(spawned) => spawned,
-        Err(error) => return Ended::NotReady(format!("cannot start worker: {error}")),
-    };
-    let pid = child.id();
-    shared.hub.update_status(slot, |s| {
-        s.pid = pid;
-        s.generation = generation;
-    });
-    let stream = match stream.set_nonblocking(true).and_then(|()| UnixStream::from_std(stream)) {
-        Ok(stream) => stream,
-        Err(error) => return Ended::NotReady(format!("worker socket: {error}")),
-    };
-    let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        slot: slot as u32,
-        generation,
-        role: Role::Event,
-        max_concurrency: config.workers.max_concurrency,
-    };
-    let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
-    let ready = tokio::select! {
-        ready = timeout(ready_timeout, handshake(&mut rd, &mut wr, &mut buf, hello)) => ready,
-        status = child.wait() => {
-            return Ended::NotReady(format!("exited before Ready ({})", describe_status(status)));
-        }
-    };
-    let handles_handshakes = match ready {
-        Ok(Ok(caps)) => caps & capabilities::HANDSHAKE != 0,
-        Ok(Err(why)) => return kill(child, Ended::NotReady(why)).await,
-        Err(_) => {
-            let why = format!("no Ready within reload.ready_timeout_ms = {}", config.reload.ready_timeout_ms);
-            return kill(child, Ended::NotReady(why)).await;
-        }
-    };
-    let (link, outbox) = mpsc::unbounded_channel();
-    shared.hub.attach(slot, link, handles_handshakes);
-    shared.hub.update_status(slot, |s| {
-        s.state = WorkerState::Ready;
-        s.rss_kib = pid.and_then(rss_kib);
-    });
-    tracing::info!(slot, pid, generation, "worker ready");
-    let writer = tokio::spawn(write_loop(wr, outbox));
-    let read = read_loop(shared, slot, rd, buf).await;
-    shared.hub.detach(slot);
-    writer.abort();
-    match read {
-        Err(fault) => {
-            tracing::error!(slot, pid, "killing worker: {fault}");
-            kill(child, Ended::Exited(format!("killed: {fault}"))).await
-        }
-        Ok(()) => {
-            let status = match timeout(EXIT_GRACE, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    let _ = child.start_kill();
-                    child.wait().await
-                }
-            };
-            match status {
-                Ok(status) if status.success() && shared.is_retiring() => Ended::Stopped,
-                status => Ended::Exited(describe_status(status)),
-            }
-        }
-    }
-}
-
-async fn kill(mut child: Child, ended: Ended) -> Ended {
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    ended
-}
-
-/// Sends Hello and waits for Ready; returns the worker's capabilities.
-async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
-    buf: &mut BytesMut,
-    hello: Hello,
-) -> Result<u32, String> {
-    let mut out = BytesMut::new();
-    ToWorker::Hello(hello).encode(&mut out);
-    wr.write_all(&out).await.map_err(|e| format!("cannot send Hello: {e}"))?;
-    let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
-    loop {
-        if let Some(frame) = decoder.decode(buf).map_err(|e| format!("malformed frame before Ready: {e}"))? {
-            return match ToServer::from_frame(frame) {
-                Ok(ToServer::Ready(ready)) if ready.protocol_version == PROTOCOL_VERSION => Ok(ready.capabilities),
-                Ok(ToServer::Ready(ready)) => Err(format!(
-                    "worker speaks protocol version {}, this server speaks {PROTOCOL_VERSION}; rebuild the worker against a matching hotsock-worker",
-                    ready.protocol_version
-                )),
-                Ok(other) => Err(format!("first frame must be Ready, got {other:?}")),
-                Err(e) => Err(format!("malformed Ready: {e}")),
-            };
-        }
-        let read = rd.read_buf(buf).await.map_err(|e| format!("socket error before Ready: {e}"))?;
-        if read == 0 {
-            return Err("closed its socket before Ready".into());
-        }
-    }
-}
-
-/// Reads frames until EOF, applying each batch to the hub. `Err` is a fault
-/// that warrants killing the worker.
-async fn read_loop(shared: &Shared, slot: usize, mut rd: OwnedReadHalf, mut buf: BytesMut) -> Result<(), String> {
-    let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
-    let mut kill = shared.kill_signal();
-    loop {
-        let mut batch = Vec::new();
-        let mut fault = None;
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => match ToServer::from_frame(frame) {
-                    Ok(message) => batch.push(message),
-                    Err(e) => {
-                        fault = Some(format!("malformed frame: {e}"));
-                        break;
-                    }
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    fault = Some(format!("malformed frame: {e}"));
-                    break;
-                }
-            }
-        }
-        // Apply what was valid before a fault: its acks and pushes are real.
-        if !batch.is_empty() {
-            shared.hub.apply(slot, batch).map_err(|e| e.0)?;
-        }
-        if let Some(fault) = fault {
-            return Err(fault);
-        }
-        buf.reserve(READ_CHUNK_BYTES);
-        tokio::select! {
-            read = rd.read_buf(&mut buf) => match read {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("socket error: {e}")),
-            },
-            () = crate::server::raised(&mut kill) => return Err("still running after reload.max_wait_ms during stop".into()),
-        }
-    }
-}
-
-/// Encodes everything queued for the worker into one buffer per wake-up and
-/// writes it with one call.
-async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<ToWorker>) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    while let Some(first) = outbox.recv().await {
-        first.encode(&mut buf);
-        while buf.len() < WRITE_BATCH_BYTES {
-            match outbox.try_recv() {
-                Ok(message) => message.encode(&mut buf),
-                Err(_) => break,
-            }
-        }
-        if wr.write_all(&buf).await.is_err() {
+    /// Takes the next waiting request and every waiting request of the same
+    /// kind into one job.
+    fn start_next_job(&mut self) {
+        if self.job.is_some() || self.retiring {
             return;
         }
-        buf.clear();
-        if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
-            buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let Some(first) = self.queue.pop_front() else { return };
+        let kind = first.kind;
+        let mut waiters: Vec<_> = first.reply.into_iter().collect();
+        let mut requests = 1;
+        self.queue.retain_mut(|request| {
+            if request.kind != kind {
+                return true;
+            }
+            requests += 1;
+            waiters.extend(request.reply.take());
+            false
+        });
+        let began = Instant::now();
+        let from = self.serving;
+        let target = match kind {
+            ReloadKind::Tasks => {
+                tracing::info!("task-worker reload requested, but no task workers are configured: nothing to do");
+                return self.answer(
+                    waiters,
+                    requests,
+                    kind,
+                    began,
+                    from,
+                    from,
+                    true,
+                    "no task workers are configured; nothing to reload".into(),
+                );
+            }
+            ReloadKind::Workers => self.generations.create().map_err(|e| format!("cannot create generation: {e}")),
+            ReloadKind::Rollback => match self.previous {
+                Some(previous) if self.generations.exists(previous) => Ok(previous),
+                _ => Err("no previous generation to roll back to".to_owned()),
+            },
+        };
+        let to = match target {
+            Ok(to) => to,
+            Err(why) => return self.answer(waiters, requests, kind, began, from, from, false, why),
+        };
+        tracing::info!(?kind, from, to, "reload started");
+        let slots = self.slots.len();
+        self.job = Some(Job {
+            kind,
+            waiters,
+            requests,
+            began,
+            from,
+            to,
+            strategy: self.shared.config.reload.strategy,
+            phase: Phase::Forward,
+            todo: (0..slots).collect(),
+            starting: HashMap::new(),
+            ready: Vec::new(),
+            switched: Vec::new(),
+        });
+        self.advance_job();
+    }
+
+    /// Launches what the job needs next, or finishes it.
+    fn advance_job(&mut self) {
+        let Some(job) = &mut self.job else { return };
+        let to = job.to;
+        let mut launch = Vec::new();
+        let mut switch = Vec::new();
+        match job.strategy {
+            ReloadStrategy::Rolling => {
+                if job.starting.is_empty()
+                    && let Some(slot) = job.todo.pop_front()
+                {
+                    launch.push(slot);
+                }
+            }
+            ReloadStrategy::AllAtOnce => {
+                launch.extend(job.todo.drain(..));
+                if job.starting.is_empty() && launch.is_empty() && !job.ready.is_empty() {
+                    switch = std::mem::take(&mut job.ready);
+                    job.switched.extend(switch.iter().map(|(slot, _)| *slot));
+                }
+            }
         }
+        for (slot, worker) in switch {
+            self.switch(slot, worker, to);
+        }
+        for slot in launch {
+            // A restart racing with the job would put the old generation
+            // back; the job's worker covers the slot instead.
+            if let Some(restart) = self.slots[slot].starting.take() {
+                self.control(restart, Control::Kill("superseded by a reload".into()));
+            }
+            let worker = self.launch(slot, to);
+            if let Some(job) = &mut self.job {
+                job.starting.insert(slot, worker);
+            }
+        }
+        let Some(job) = &self.job else { return };
+        if job.starting.is_empty() && job.todo.is_empty() && job.ready.is_empty() {
+            self.finish_job();
+        }
+    }
+
+    fn fail_job(&mut self, why: String) {
+        let Some(mut job) = self.job.take() else { return };
+        for (_, worker) in job.starting.drain() {
+            self.control(worker, Control::Kill("reload aborted".into()));
+        }
+        for (slot, worker) in job.ready.drain(..) {
+            self.shared.hub.drain(slot, worker);
+            self.control(worker, Control::Drain { deadline: Instant::now() });
+        }
+        job.todo.clear();
+        match &job.phase {
+            Phase::Forward if !job.switched.is_empty() => {
+                tracing::warn!(slots = ?job.switched, from = job.from, "reload failed; switching the slots already switched back");
+                job.phase = Phase::Undo { reason: why };
+                job.todo = std::mem::take(&mut job.switched).into();
+                std::mem::swap(&mut job.from, &mut job.to);
+                job.strategy = ReloadStrategy::AllAtOnce;
+                self.job = Some(job);
+                self.advance_job();
+            }
+            Phase::Forward => {
+                let message = format!("reload aborted, generation {} keeps serving: {why}", job.from);
+                self.answer(job.waiters, job.requests, job.kind, job.began, job.from, job.from, false, message);
+            }
+            Phase::Undo { reason } => {
+                // Undo is from `to` (new) back to `from` (old) after the swap.
+                let message = format!("reload failed ({reason}), and switching back failed too: {why}");
+                let serving = job.from;
+                self.answer(job.waiters, job.requests, job.kind, job.began, job.to, serving, false, message);
+            }
+        }
+    }
+
+    fn finish_job(&mut self) {
+        let Some(job) = self.job.take() else { return };
+        match job.phase {
+            Phase::Forward => {
+                self.previous = Some(job.from);
+                self.serving = job.to;
+                let message = format!("generation {} serving on all {} slots", job.to, self.slots.len());
+                self.answer(job.waiters, job.requests, job.kind, job.began, job.from, job.to, true, message);
+            }
+            Phase::Undo { reason } => {
+                // After the swap, `to` is the old generation again.
+                let message = format!("reload aborted and undone, generation {} keeps serving: {reason}", job.to);
+                self.answer(job.waiters, job.requests, job.kind, job.began, job.to, job.to, false, message);
+            }
+        }
+        let mut protect: Vec<u64> = self.slots.iter().map(|s| s.target).collect();
+        protect.push(self.serving);
+        protect.extend(self.previous);
+        self.generations.prune(&protect);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        waiters: Vec<oneshot::Sender<ReloadOutcome>>,
+        requests: usize,
+        kind: ReloadKind,
+        began: Instant,
+        from: u64,
+        generation: u64,
+        ok: bool,
+        message: String,
+    ) {
+        let outcome = ReloadOutcome {
+            ok,
+            kind,
+            from_generation: from,
+            generation,
+            duration_ms: began.elapsed().as_millis() as u64,
+            requests,
+            message,
+        };
+        if ok {
+            tracing::info!(from, generation, duration_ms = outcome.duration_ms, "reload done: {}", outcome.message);
+        } else {
+            tracing::error!(from, "reload failed: {}", outcome.message);
+        }
+        self.shared.set_last_reload(outcome.clone());
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
+        }
+        self.start_next_job();
+    }
+
+    fn retire(&mut self) {
+        self.retiring = true;
+        if self.job.is_some() {
+            self.fail_job("the server is stopping".into());
+            // An undo phase would start workers; stopping wins.
+            if let Some(job) = self.job.take() {
+                let message = "the server is stopping".to_owned();
+                self.answer(job.waiters, job.requests, job.kind, job.began, job.from, job.from, false, message);
+            }
+        }
+        for request in self.queue.drain(..) {
+            if let Some(reply) = request.reply {
+                let _ = reply.send(ReloadOutcome {
+                    ok: false,
+                    kind: request.kind,
+                    from_generation: self.serving,
+                    generation: self.serving,
+                    duration_ms: 0,
+                    requests: 1,
+                    message: "the server is stopping".into(),
+                });
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.shared.config.reload.max_wait_ms);
+        let workers: Vec<(WorkerId, usize)> = self.live.iter().map(|(id, live)| (*id, live.slot)).collect();
+        for (worker, slot) in workers {
+            self.shared.hub.drain(slot, worker);
+            let control = if self.slots[slot].current == Some(worker) || self.is_draining(worker) {
+                Control::Drain { deadline }
+            } else {
+                Control::Kill("the server is stopping".into())
+            };
+            self.control(worker, control);
+        }
+    }
+
+    fn is_draining(&self, worker: WorkerId) -> bool {
+        self.live.contains_key(&worker) && !self.slots.iter().any(|s| s.starting == Some(worker))
+    }
+
+    /// Shares what status reports about generations and reloads.
+    fn publish(&self) {
+        let reloading = self.job.as_ref().map(|job| match &job.phase {
+            Phase::Forward => format!("{:?} {} -> {}", job.kind, job.from, job.to),
+            Phase::Undo { .. } => format!("undoing {:?}: back to {}", job.kind, job.to),
+        });
+        self.shared.set_generation_info(self.serving, self.previous, reloading, self.queue.len());
     }
 }
 
-fn describe_status(status: io::Result<ExitStatus>) -> String {
-    match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exit code {code}"),
-            (None, Some(signal)) => {
-                let name = nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("unknown");
-                format!("killed by signal {signal} ({name})")
-            }
-            _ => "exited".into(),
-        },
-        Err(error) => format!("wait failed: {error}"),
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

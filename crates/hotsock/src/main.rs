@@ -34,6 +34,28 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Replace the workers with a new generation of the worker executable, with no
+    /// dropped connection or lost message.
+    Reload {
+        /// The config file of the running server.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Reload only the task workers.
+        #[arg(long)]
+        tasks: bool,
+        /// Wait for the outcome, print it, and exit non-zero if the reload failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Switch back to the generation served before the last switch.
+    Rollback {
+        /// The config file of the running server.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Wait for the outcome, print it, and exit non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show the server and its workers.
     Status {
         /// The config file of the running server.
@@ -66,6 +88,10 @@ fn main() -> ExitCode {
         Command::Start { config } => start(&config),
         Command::Check { config } => check(&config),
         Command::Stop { config } => with_admin(&config, stop),
+        Command::Reload { config, tasks, wait } => {
+            with_admin(&config, |c| reload(c, AdminRequest::Reload { tasks, wait }))
+        }
+        Command::Rollback { config, wait } => with_admin(&config, |c| reload(c, AdminRequest::Rollback { wait })),
         Command::Status { config, json } => with_admin(&config, |c| status(c, json)),
         Command::Clients { config, json } => with_admin(&config, |c| clients(c, json)),
     };
@@ -169,6 +195,26 @@ fn stop(config: &Config) -> Result<()> {
     Ok(())
 }
 
+fn reload(config: &Config, request: AdminRequest) -> Result<()> {
+    match ask(config, request)? {
+        AdminResponse::ReloadQueued => {
+            println!("reload requested (see `hotsock status` for the outcome)");
+            Ok(())
+        }
+        AdminResponse::Reload(outcome) if outcome.ok => {
+            println!(
+                "ok: generation {} -> {} in {} ms: {}",
+                outcome.from_generation, outcome.generation, outcome.duration_ms, outcome.message
+            );
+            Ok(())
+        }
+        AdminResponse::Reload(outcome) => {
+            bail!("reload failed after {} ms: {}", outcome.duration_ms, outcome.message)
+        }
+        _ => bail!("unexpected reply to reload"),
+    }
+}
+
 /// Whether a process exists and has not exited. A zombie has exited: its
 /// parent (a shell or supervisor) has just not collected it yet.
 fn alive(pid: u32) -> bool {
@@ -186,11 +232,13 @@ fn status(config: &Config, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "hotsock pid {} listening on {}, up {}s{}; {} connections (accepted {}, refused {})",
+        "hotsock pid {} listening on {}, up {}s{}; generation {}{}; {} connections (accepted {}, refused {})",
         status.pid,
         status.listen,
         status.uptime_s,
         if status.stopping { ", STOPPING" } else { "" },
+        status.generation,
+        status.reloading.as_ref().map(|r| format!(" (reloading: {r})")).unwrap_or_default(),
         status.connections,
         status.accepted_total,
         status.rejected_total
@@ -199,6 +247,16 @@ fn status(config: &Config, json: bool) -> Result<()> {
         "{:<5} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  LAST EXIT",
         "SLOT", "PID", "GEN", "STATE", "INFLIGHT", "DISPATCHED", "ACKED", "REDELIVERED", "CRASHES", "RSS KiB"
     );
+    if let Some(last) = &status.last_reload {
+        println!(
+            "last reload: {} {} -> {} in {} ms: {}",
+            if last.ok { "ok" } else { "FAILED" },
+            last.from_generation,
+            last.generation,
+            last.duration_ms,
+            last.message
+        );
+    }
     for w in &status.workers {
         println!(
             "{:<5} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  {}{}",
@@ -215,6 +273,16 @@ fn status(config: &Config, json: bool) -> Result<()> {
             w.last_exit.as_deref().unwrap_or("-"),
             if w.crash_loop { " (CRASH LOOP)" } else { "" }
         );
+        for d in &w.draining {
+            println!(
+                "{:<5} {:<8} {:<4} {:<9} {:>8}",
+                "",
+                d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                d.generation,
+                "draining",
+                d.inflight
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,411 @@
+//! One worker slot's events: which worker holds which event, and when a
+//! waiting event may be sent. Pure data (the hub calls it under its lock);
+//! no I/O beyond pushing onto worker channels, no clock.
+//!
+//! Theory of operation. A slot has at most one *current* worker (it gets new
+//! events) and any number of *draining* ones (an older generation, finishing
+//! what they hold). Each connection with unacknowledged events in the slot
+//! has a *lane*: its event ids in arrival order, split into a prefix held by
+//! exactly one worker and a suffix not sent yet:
+//!
+//! ```text
+//!   lane of conn C:  [e4 e5 | e6 e7]      holder = W (e4, e5 sent to W)
+//!                     held    unsent
+//! ```
+//!
+//! The one rule: the unsent suffix goes to the current worker only when the
+//! held prefix is empty or held by the current worker itself. So after a
+//! switch, C's new events wait until the old worker acknowledged C's earlier
+//! ones (per-connection order across generations), and when a worker dies,
+//! its prefix becomes unsent again, flagged redelivered, and goes to the next
+//! current worker before anything newer. A lane never holds events of two
+//! workers at once, which is what makes the rule enough.
+
+use std::collections::{HashMap, VecDeque};
+
+use hotsock_protocol::ToWorker;
+use tokio::sync::mpsc;
+
+use crate::hub::EventBody;
+
+/// Identifies one worker process over the server's life.
+pub(crate) type WorkerId = u64;
+
+/// A worker that said Ready, as the slot sees it.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    pub(crate) id: WorkerId,
+    pub(crate) link: mpsc::UnboundedSender<ToWorker>,
+    pub(crate) generation: u64,
+    pub(crate) pid: Option<u32>,
+    /// Events sent to it and not acknowledged.
+    held: usize,
+    /// Gets no new events; told to stop once it holds none.
+    draining: bool,
+    stop_sent: bool,
+}
+
+impl Attached {
+    pub(crate) fn new(id: WorkerId, link: mpsc::UnboundedSender<ToWorker>, generation: u64, pid: Option<u32>) -> Self {
+        Attached { id, link, generation, pid, held: 0, draining: false, stop_sent: false }
+    }
+}
+
+/// An event kept until it is acknowledged.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) conn: u64,
+    pub(crate) body: EventBody,
+    /// Held by a worker that died before acknowledging it.
+    pub(crate) redelivered: bool,
+    /// How many workers died holding it.
+    pub(crate) deaths: u32,
+}
+
+impl Pending {
+    pub(crate) fn new(conn: u64, body: EventBody) -> Pending {
+        Pending { conn, body, redelivered: false, deaths: 0 }
+    }
+
+    fn to_worker(&self, id: u64) -> ToWorker {
+        let (conn, redelivered) = (self.conn, self.redelivered);
+        match &self.body {
+            EventBody::Handshake(request) => ToWorker::Handshake { conn, id, redelivered, request: request.clone() },
+            EventBody::Open => ToWorker::Open { conn, id, redelivered },
+            EventBody::Message { binary, data } => {
+                ToWorker::Message { conn, id, redelivered, binary: *binary, data: data.clone() }
+            }
+            EventBody::Close { code, reason } => {
+                ToWorker::Close { conn, id, redelivered, code: *code, reason: reason.clone() }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    ids: VecDeque<u64>,
+    /// `ids[..sent]` are held by `holder`.
+    sent: usize,
+    holder: Option<WorkerId>,
+}
+
+/// An event dropped because it was held by too many dying workers.
+#[derive(Debug)]
+pub(crate) struct Poisoned {
+    pub(crate) conn: u64,
+    pub(crate) id: u64,
+    pub(crate) deaths: u32,
+}
+
+/// Counters for `status`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SlotCounters {
+    pub(crate) dispatched: u64,
+    pub(crate) acked: u64,
+    pub(crate) redelivered: u64,
+    pub(crate) dropped: u64,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    current: Option<WorkerId>,
+    workers: Vec<Attached>,
+    unacked: HashMap<u64, Pending>,
+    lanes: HashMap<u64, Lane>,
+    pub(crate) counters: SlotCounters,
+}
+
+impl Slot {
+    /// Events in this slot not yet acknowledged (sent or waiting).
+    pub(crate) fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub(crate) fn has_current(&self) -> bool {
+        self.current.is_some()
+    }
+
+    pub(crate) fn current(&self) -> Option<&Attached> {
+        self.current.and_then(|id| self.workers.iter().find(|w| w.id == id))
+    }
+
+    /// Workers that are not current (draining an older generation).
+    pub(crate) fn draining(&self) -> impl Iterator<Item = (&Attached, usize)> {
+        self.workers.iter().filter(|w| Some(w.id) != self.current).map(|w| (w, w.held))
+    }
+
+    /// Events the current worker holds.
+    pub(crate) fn current_held(&self) -> usize {
+        self.current().map_or(0, |w| w.held)
+    }
+
+    /// Sends a reply to a specific worker (answers to its queries).
+    pub(crate) fn send_to(&self, worker: WorkerId, message: ToWorker) {
+        if let Some(w) = self.workers.iter().find(|w| w.id == worker) {
+            let _ = w.link.send(message);
+        }
+    }
+
+    /// Adds an event of `conn` and sends it if the lane rule allows.
+    pub(crate) fn push(&mut self, id: u64, pending: Pending) {
+        let conn = pending.conn;
+        self.unacked.insert(id, pending);
+        self.lanes.entry(conn).or_default().ids.push_back(id);
+        self.counters.dispatched += 1;
+        self.release(conn);
+    }
+
+    /// Sends `conn`'s unsent events to the current worker, if its held
+    /// prefix is empty or already the current worker's.
+    fn release(&mut self, conn: u64) {
+        let Some(current) = self.current else { return };
+        let Some(lane) = self.lanes.get_mut(&conn) else { return };
+        if lane.sent > 0 && lane.holder != Some(current) {
+            return;
+        }
+        let Some(worker) = self.workers.iter_mut().find(|w| w.id == current) else { return };
+        while lane.sent < lane.ids.len() {
+            let id = lane.ids[lane.sent];
+            if let Some(pending) = self.unacked.get(&id) {
+                // A send can only fail if the worker's task has already
+                // ended; its detach will make the event unsent again.
+                let _ = worker.link.send(pending.to_worker(id));
+            }
+            lane.sent += 1;
+            worker.held += 1;
+        }
+        lane.holder = Some(current);
+    }
+
+    fn release_all(&mut self) {
+        let conns: Vec<u64> = self.lanes.keys().copied().collect();
+        for conn in conns {
+            self.release(conn);
+        }
+    }
+
+    /// Acknowledges event `id` from `worker`. Returns the event's connection
+    /// if the acknowledgement was valid (the worker held that event).
+    pub(crate) fn ack(&mut self, worker: WorkerId, id: u64) -> Option<u64> {
+        let conn = self.unacked.get(&id)?.conn;
+        let lane = self.lanes.get_mut(&conn)?;
+        if lane.holder != Some(worker) {
+            return None;
+        }
+        let position = lane.ids.iter().take(lane.sent).position(|x| *x == id)?;
+        lane.ids.remove(position);
+        lane.sent -= 1;
+        self.unacked.remove(&id);
+        self.counters.acked += 1;
+        if lane.sent == 0 {
+            lane.holder = None;
+        }
+        if lane.ids.is_empty() {
+            self.lanes.remove(&conn);
+        }
+        if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker) {
+            w.held -= 1;
+        }
+        self.release(conn);
+        self.stop_if_drained(worker);
+        Some(conn)
+    }
+
+    /// Registers a worker that said Ready. It gets events only once it is
+    /// made current.
+    pub(crate) fn attach(&mut self, worker: Attached) {
+        self.workers.push(worker);
+    }
+
+    /// Makes `worker` the current one: it receives new events, and the
+    /// previous current worker starts draining. Returns the previous one.
+    pub(crate) fn make_current(&mut self, worker: WorkerId) -> Option<WorkerId> {
+        let previous = self.current.replace(worker);
+        if let Some(previous) = previous.filter(|p| *p != worker) {
+            self.drain(previous);
+        }
+        self.release_all();
+        previous
+    }
+
+    /// Stops sending to `worker` and tells it to stop once it holds nothing.
+    pub(crate) fn drain(&mut self, worker: WorkerId) {
+        if self.current == Some(worker) {
+            self.current = None;
+        }
+        if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker) {
+            w.draining = true;
+        }
+        self.stop_if_drained(worker);
+    }
+
+    fn stop_if_drained(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker)
+            && w.draining
+            && w.held == 0
+            && !w.stop_sent
+        {
+            w.stop_sent = true;
+            let _ = w.link.send(ToWorker::Stop);
+        }
+    }
+
+    /// Removes a worker whose process is gone. What it held becomes
+    /// redelivered work, except events that have now been held by more than
+    /// `max_redeliveries` + 1 dying workers, which are dropped and returned.
+    pub(crate) fn detach(&mut self, worker: WorkerId, max_redeliveries: u32) -> Vec<Poisoned> {
+        self.workers.retain(|w| w.id != worker);
+        if self.current == Some(worker) {
+            self.current = None;
+        }
+        let mut poisoned = Vec::new();
+        let unacked = &mut self.unacked;
+        let counters = &mut self.counters;
+        self.lanes.retain(|_, lane| {
+            if lane.holder != Some(worker) {
+                return true;
+            }
+            let held: Vec<u64> = lane.ids.iter().take(lane.sent).copied().collect();
+            for id in held {
+                let Some(pending) = unacked.get_mut(&id) else { continue };
+                pending.redelivered = true;
+                pending.deaths += 1;
+                counters.redelivered += 1;
+                if pending.deaths > max_redeliveries {
+                    poisoned.push(Poisoned { conn: pending.conn, id, deaths: pending.deaths });
+                    unacked.remove(&id);
+                    lane.ids.retain(|x| *x != id);
+                    counters.dropped += 1;
+                }
+            }
+            lane.sent = 0;
+            lane.holder = None;
+            !lane.ids.is_empty()
+        });
+        self.release_all();
+        poisoned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Worker {
+        id: WorkerId,
+        rx: mpsc::UnboundedReceiver<ToWorker>,
+    }
+
+    impl Worker {
+        fn received(&mut self) -> Vec<(u64, u64, bool)> {
+            let mut out = Vec::new();
+            while let Ok(message) = self.rx.try_recv() {
+                match message {
+                    ToWorker::Message { conn, id, redelivered, .. } => out.push((conn, id, redelivered)),
+                    ToWorker::Stop => out.push((0, 0, false)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        }
+    }
+
+    fn worker(slot: &mut Slot, id: WorkerId) -> Worker {
+        let (link, rx) = mpsc::unbounded_channel();
+        slot.attach(Attached::new(id, link, id, None));
+        Worker { id, rx }
+    }
+
+    fn message(conn: u64) -> Pending {
+        Pending::new(conn, EventBody::Message { binary: false, data: bytes::Bytes::new() })
+    }
+
+    #[test]
+    fn events_wait_for_a_worker_and_go_out_in_order() {
+        let mut slot = Slot::default();
+        slot.push(1, message(7));
+        slot.push(2, message(7));
+        let mut w = worker(&mut slot, 10);
+        assert!(w.received().is_empty(), "not current yet");
+        slot.make_current(w.id);
+        assert_eq!(w.received(), vec![(7, 1, false), (7, 2, false)]);
+        assert_eq!(slot.ack(w.id, 1), Some(7));
+        assert_eq!(slot.ack(w.id, 2), Some(7));
+        assert_eq!(slot.unacked_len(), 0);
+    }
+
+    #[test]
+    fn after_a_switch_a_connection_waits_for_the_old_worker() {
+        let mut slot = Slot::default();
+        let mut old = worker(&mut slot, 1);
+        slot.make_current(old.id);
+        slot.push(1, message(7));
+        slot.push(2, message(8));
+        assert_eq!(old.received().len(), 2);
+        let mut new = worker(&mut slot, 2);
+        slot.make_current(new.id);
+        slot.push(3, message(7)); // conn 7 still has event 1 at the old worker
+        slot.push(4, message(9)); // conn 9 is idle: goes straight to the new worker
+        assert_eq!(new.received(), vec![(9, 4, false)]);
+        assert_eq!(slot.ack(old.id, 1), Some(7));
+        assert_eq!(new.received(), vec![(7, 3, false)], "released once the old worker acknowledged");
+        assert!(old.received().is_empty(), "old still holds event 2");
+        assert_eq!(slot.ack(old.id, 2), Some(8));
+        assert_eq!(old.received(), vec![(0, 0, false)], "drained: told to stop");
+        // An acknowledgement from a worker that does not hold the event is ignored.
+        assert_eq!(slot.ack(old.id, 3), None);
+    }
+
+    #[test]
+    fn a_dead_workers_events_are_redelivered_first_and_flagged() {
+        let mut slot = Slot::default();
+        let mut a = worker(&mut slot, 1);
+        slot.make_current(a.id);
+        slot.push(1, message(7));
+        slot.push(2, message(7));
+        assert_eq!(a.received().len(), 2);
+        assert_eq!(slot.ack(a.id, 1), Some(7));
+        assert!(slot.detach(a.id, 3).is_empty());
+        slot.push(3, message(7)); // arrives while the slot has no worker
+        let mut b = worker(&mut slot, 2);
+        slot.make_current(b.id);
+        assert_eq!(b.received(), vec![(7, 2, true), (7, 3, false)]);
+    }
+
+    #[test]
+    fn a_draining_worker_that_dies_hands_its_events_to_the_current_one_in_order() {
+        let mut slot = Slot::default();
+        let mut old = worker(&mut slot, 1);
+        slot.make_current(old.id);
+        slot.push(1, message(7));
+        old.received();
+        let mut new = worker(&mut slot, 2);
+        slot.make_current(new.id);
+        slot.push(2, message(7));
+        assert!(new.received().is_empty());
+        slot.detach(old.id, 3);
+        assert_eq!(new.received(), vec![(7, 1, true), (7, 2, false)]);
+    }
+
+    #[test]
+    fn an_event_that_keeps_killing_workers_is_dropped() {
+        let mut slot = Slot::default();
+        slot.push(1, message(7));
+        slot.push(2, message(7));
+        for id in 1..=3 {
+            let mut w = worker(&mut slot, id);
+            slot.make_current(w.id);
+            assert!(!w.received().is_empty());
+            let poisoned = slot.detach(w.id, 2);
+            if id < 3 {
+                assert!(poisoned.is_empty());
+            } else {
+                assert_eq!(poisoned.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2]);
+            }
+        }
+        assert_eq!(slot.unacked_len(), 0);
+        assert_eq!(slot.counters.dropped, 2);
+    }
+}

@@ -1,0 +1,337 @@
+//! One worker process, from spawn to exit: the readiness gate (Hello, then
+//! Ready within `reload.ready_timeout_ms`), the socket pumps, the drain
+//! deadline, and the report of how it ended.
+//!
+//! The task never decides what the process is for: the supervisor does, and
+//! tells it only "drain by this deadline" or "die now". It attaches the
+//! worker to its slot once Ready and detaches it (turning what it held into
+//! redelivered work) as soon as its socket ends, before reporting `Gone`.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hotsock_protocol::{Decoder, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, ToServer, ToWorker, capabilities};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+use crate::server::Shared;
+use crate::slot::{Attached, WorkerId};
+use crate::spawn::{SpawnSpec, StderrTail, forward_stderr};
+
+/// Bytes encoded into one write to a worker socket.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+/// A writer buffer that grew past this (one huge message) is given back.
+const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
+/// Read buffer growth step for a worker socket.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// How long a worker that closed its socket gets to exit before SIGKILL.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long to wait for the rest of a dead worker's stderr for its report.
+const STDERR_GRACE: Duration = Duration::from_millis(200);
+
+/// What the supervisor can tell a running worker task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// It no longer receives events; kill it if still running at `deadline`.
+    Drain { deadline: Instant },
+    /// Kill it now.
+    Kill(String),
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Ended {
+    /// Exited cleanly after being told to drain or stop.
+    Stopped,
+    /// Died, was killed, or exited on its own after Ready.
+    Exited(String),
+    /// Never became Ready.
+    NotReady(String),
+}
+
+impl Ended {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Ended::Stopped => "stopped".into(),
+            Ended::Exited(why) => why.clone(),
+            Ended::NotReady(why) => format!("not ready: {why}"),
+        }
+    }
+}
+
+/// What a worker task reports to the supervisor.
+#[derive(Debug)]
+pub(crate) enum WorkerEvent {
+    Ready { slot: usize, worker: WorkerId },
+    Gone { slot: usize, worker: WorkerId, generation: u64, ended: Ended, was_ready: bool },
+}
+
+/// Which process to start.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub(crate) slot: usize,
+    pub(crate) generation: u64,
+    pub(crate) program: PathBuf,
+    pub(crate) worker: WorkerId,
+}
+
+/// Starts a worker task; returns the channel to control it.
+pub(crate) fn launch(
+    shared: Arc<Shared>,
+    launch: Launch,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+) -> mpsc::UnboundedSender<Control> {
+    let (control, control_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut task = WorkerTask { shared, launch, control: control_rx, draining: false, was_ready: false };
+        let ended = task.run(&events).await;
+        let Launch { slot, worker, generation, .. } = task.launch;
+        let _ = events.send(WorkerEvent::Gone { slot, worker, generation, ended, was_ready: task.was_ready });
+    });
+    control
+}
+
+struct WorkerTask {
+    shared: Arc<Shared>,
+    launch: Launch,
+    control: mpsc::UnboundedReceiver<Control>,
+    draining: bool,
+    was_ready: bool,
+}
+
+impl WorkerTask {
+    async fn run(&mut self, events: &mpsc::UnboundedSender<WorkerEvent>) -> Ended {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let Launch { slot, generation, worker, .. } = self.launch;
+        let spec = SpawnSpec {
+            program: self.launch.program.clone(),
+            args: config.workers.command[1..].to_vec(),
+            title: format!("hotsock-worker {} slot={slot} gen={generation}", Role::Event.name()),
+        };
+        let spawned = match shared.spawner.spawn(spec).await {
+            Ok(spawned) => spawned,
+            Err(error) => return Ended::NotReady(format!("cannot start worker: {error}")),
+        };
+        let mut child = spawned.child;
+        let pid = child.id();
+        let tail = StderrTail::default();
+        let stderr_task = spawned.stderr.map(|stderr| {
+            let prefix = format!("[slot {slot} gen {generation} pid {}]", pid.unwrap_or(0));
+            tokio::spawn(forward_stderr(stderr, prefix, tail.clone()))
+        });
+        let with_tail = |why: String, stderr_task: Option<tokio::task::JoinHandle<()>>| async {
+            if let Some(task) = stderr_task {
+                let _ = timeout(STDERR_GRACE, task).await;
+            }
+            match tail.joined() {
+                empty if empty.is_empty() => why,
+                lines => format!("{why}; stderr: {lines}"),
+            }
+        };
+        let stream = match spawned.socket.set_nonblocking(true).and_then(|()| UnixStream::from_std(spawned.socket)) {
+            Ok(stream) => stream,
+            Err(error) => return kill(child, Ended::NotReady(format!("worker socket: {error}"))).await,
+        };
+        let (mut rd, mut wr) = stream.into_split();
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            slot: slot as u32,
+            generation,
+            role: Role::Event,
+            max_concurrency: config.workers.max_concurrency,
+        };
+        let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
+        let ready = tokio::select! {
+            ready = timeout(ready_timeout, handshake(&mut rd, &mut wr, &mut buf, hello)) => ready,
+            status = child.wait() => {
+                let why = format!("exited before Ready ({})", describe_status(status));
+                return Ended::NotReady(with_tail(why, stderr_task).await);
+            }
+            control = self.control.recv() => {
+                let why = match control {
+                    Some(Control::Kill(why)) => why,
+                    _ => "start aborted".into(),
+                };
+                return kill(child, Ended::NotReady(why)).await;
+            }
+        };
+        let handles_handshakes = match ready {
+            Ok(Ok(caps)) => caps & capabilities::HANDSHAKE != 0,
+            Ok(Err(why)) => return kill(child, Ended::NotReady(with_tail(why, stderr_task).await)).await,
+            Err(_) => {
+                let why = format!("no Ready within reload.ready_timeout_ms = {}", config.reload.ready_timeout_ms);
+                return kill(child, Ended::NotReady(with_tail(why, stderr_task).await)).await;
+            }
+        };
+        let (link, outbox) = mpsc::unbounded_channel();
+        shared.hub.attach(slot, Attached::new(worker, link, generation, pid), handles_handshakes);
+        self.was_ready = true;
+        let _ = events.send(WorkerEvent::Ready { slot, worker });
+        tracing::info!(slot, pid, generation, "worker ready");
+        let writer = tokio::spawn(write_loop(wr, outbox));
+        let read = self.read_loop(rd, buf).await;
+        shared.hub.detach(slot, worker);
+        writer.abort();
+        match read {
+            Err(fault) => {
+                tracing::error!(slot, pid, generation, "killing worker: {fault}");
+                kill(child, Ended::Exited(format!("killed: {fault}"))).await
+            }
+            Ok(()) => {
+                let status = match timeout(EXIT_GRACE, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                };
+                match status {
+                    Ok(status) if status.success() && self.draining => Ended::Stopped,
+                    status => Ended::Exited(with_tail(describe_status(status), stderr_task).await),
+                }
+            }
+        }
+    }
+
+    /// Reads frames until EOF, applying each batch to the hub. `Err` is a
+    /// fault (or a deadline) that warrants killing the worker.
+    async fn read_loop(&mut self, mut rd: OwnedReadHalf, mut buf: BytesMut) -> Result<(), String> {
+        let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
+        let Launch { slot, worker, .. } = self.launch;
+        // Far enough away to never fire until a drain sets a real deadline.
+        let mut deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            let mut batch = Vec::new();
+            let mut fault = None;
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => match ToServer::from_frame(frame) {
+                        Ok(message) => batch.push(message),
+                        Err(e) => {
+                            fault = Some(format!("malformed frame: {e}"));
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        fault = Some(format!("malformed frame: {e}"));
+                        break;
+                    }
+                }
+            }
+            // Apply what was valid before a fault: its acks and pushes are real.
+            if !batch.is_empty() {
+                self.shared.hub.apply(slot, worker, batch).map_err(|e| e.0)?;
+            }
+            if let Some(fault) = fault {
+                return Err(fault);
+            }
+            buf.reserve(READ_CHUNK_BYTES);
+            tokio::select! {
+                read = rd.read_buf(&mut buf) => match read {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("socket error: {e}")),
+                },
+                control = self.control.recv() => match control {
+                    Some(Control::Drain { deadline: by }) => {
+                        self.draining = true;
+                        deadline = deadline.min(by);
+                    }
+                    Some(Control::Kill(why)) => return Err(why),
+                    // The supervisor is gone: the server is exiting.
+                    None => return Err("server exiting".into()),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(format!(
+                        "still running reload.max_wait_ms = {} after it was told to drain",
+                        self.shared.config.reload.max_wait_ms
+                    ));
+                }
+            }
+        }
+    }
+}
+
+async fn kill(mut child: Child, ended: Ended) -> Ended {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    ended
+}
+
+/// Sends Hello and waits for Ready; returns the worker's capabilities.
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    hello: Hello,
+) -> Result<u32, String> {
+    let mut out = BytesMut::new();
+    ToWorker::Hello(hello).encode(&mut out);
+    wr.write_all(&out).await.map_err(|e| format!("cannot send Hello: {e}"))?;
+    let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
+    loop {
+        if let Some(frame) = decoder.decode(buf).map_err(|e| format!("malformed frame before Ready: {e}"))? {
+            return match ToServer::from_frame(frame) {
+                Ok(ToServer::Ready(ready)) if ready.protocol_version == PROTOCOL_VERSION => Ok(ready.capabilities),
+                Ok(ToServer::Ready(ready)) => Err(format!(
+                    "worker speaks protocol version {}, this server speaks {PROTOCOL_VERSION}; rebuild the worker against a matching hotsock-worker",
+                    ready.protocol_version
+                )),
+                Ok(other) => Err(format!("first frame must be Ready, got {other:?}")),
+                Err(e) => Err(format!("malformed Ready: {e}")),
+            };
+        }
+        let read = rd.read_buf(buf).await.map_err(|e| format!("socket error before Ready: {e}"))?;
+        if read == 0 {
+            return Err("closed its socket before Ready".into());
+        }
+    }
+}
+
+/// Encodes everything queued for the worker into one buffer per wake-up and
+/// writes it with one call.
+async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<ToWorker>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    while let Some(first) = outbox.recv().await {
+        first.encode(&mut buf);
+        while buf.len() < WRITE_BATCH_BYTES {
+            match outbox.try_recv() {
+                Ok(message) => message.encode(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+            buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        }
+    }
+}
+
+fn describe_status(status: io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => {
+                let name = nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("unknown");
+                format!("killed by signal {signal} ({name})")
+            }
+            _ => "exited".into(),
+        },
+        Err(error) => format!("wait failed: {error}"),
+    }
+}
