@@ -25,7 +25,7 @@ use tokio::process::{Child, ChildStderr};
 use tokio::sync::oneshot;
 
 /// Lines of a worker's stderr kept for error reports.
-const STDERR_TAIL_LINES: usize = 20;
+const STDERR_TAIL_LINES: usize = 10;
 /// Longest stderr line kept or forwarded; longer ones are cut.
 const STDERR_LINE_MAX_BYTES: u64 = 4096;
 

@@ -168,7 +168,15 @@ impl WorkerTask {
         };
         let handles_handshakes = match ready {
             Ok(Ok(caps)) => caps & capabilities::HANDSHAKE != 0,
-            Ok(Err(why)) => return kill(child, Ended::NotReady(with_tail(why, stderr_task).await)).await,
+            Ok(Err(why)) => {
+                // A worker that dies during start-up closes its socket first;
+                // its exit status says more than the EOF does.
+                let why = match timeout(EXIT_GRACE, child.wait()).await {
+                    Ok(status) => format!("exited before Ready ({})", describe_status(status)),
+                    Err(_) => why,
+                };
+                return kill(child, Ended::NotReady(with_tail(why, stderr_task).await)).await;
+            }
             Err(_) => {
                 let why = format!("no Ready within reload.ready_timeout_ms = {}", config.reload.ready_timeout_ms);
                 return kill(child, Ended::NotReady(with_tail(why, stderr_task).await)).await;

@@ -8,7 +8,7 @@
 //! `on_open` pushes `open CONN slot=S`; lifecycle events are appended to the
 //! file named by `TESTWORKER_LOG`.
 //!
-//! `TESTWORKER_MODE`: `badversion` (answers Hello with version 99),
+//! `TESTWORKER_MODE` (or the file named by `TESTWORKER_MODE_FILE`): `badversion` (answers Hello with version 99),
 //! `noready` (never answers), `crash` (exits 2 before Hello),
 //! `garbage-once=PATH` (the first process to create PATH answers Ready and
 //! then writes a malformed frame on its first event; later ones are normal).
@@ -194,10 +194,18 @@ fn raw_mode(mode: &str) -> bool {
     std::process::exit(0);
 }
 
+/// The misbehaviour mode: `TESTWORKER_MODE`, or the content of the file
+/// named by `TESTWORKER_MODE_FILE` (read at start, so each generation can
+/// get its own).
+fn mode() -> Option<String> {
+    let from_file = std::env::var("TESTWORKER_MODE_FILE").ok().and_then(|path| std::fs::read_to_string(path).ok());
+    let mode = from_file.or_else(|| std::env::var("TESTWORKER_MODE").ok())?;
+    let mode = mode.trim().to_owned();
+    (!mode.is_empty()).then_some(mode)
+}
+
 fn main() {
-    if let Ok(mode) = std::env::var("TESTWORKER_MODE")
-        && !mode.is_empty()
-    {
+    if let Some(mode) = mode() {
         let _ = raw_mode(&mode);
     }
     if let Err(error) = hotsock_worker::run(Test) {

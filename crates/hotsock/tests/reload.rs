@@ -1,0 +1,354 @@
+//! Hot reload under traffic: no dropped connection, no lost, duplicated or
+//! reordered message, the new code answering after each reload, and broken
+//! generations that never take traffic.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hotsock_testkit::{Client, TempDir, TestServer, bin, connect, recv, send, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Echo {
+    server: TestServer,
+    prefix: PathBuf,
+    _dir: TempDir,
+}
+
+fn start_echo(extra: &str) -> Echo {
+    let dir = TempDir::new("reload");
+    let prefix = dir.path().join("prefix");
+    std::fs::write(&prefix, "p0:").expect("write prefix");
+    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{extra}", bin("echo").display());
+    let server = TestServer::start_with_env(&config, &[("ECHO_PREFIX_FILE", prefix.to_str().expect("utf8"))]);
+    Echo { server, prefix, _dir: dir }
+}
+
+/// One reply: which message, which prefix (generation's code) answered it,
+/// and whether it was a redelivery.
+#[derive(Debug)]
+struct Reply {
+    n: usize,
+    prefix: String,
+    redelivered: bool,
+}
+
+struct ConnResult {
+    c: usize,
+    sent: usize,
+    replies: Vec<Reply>,
+    /// The connection, kept open so the test can check nothing dropped it.
+    _client: Client,
+}
+
+/// Clients sending numbered messages at a fixed interval until stopped.
+struct Soak {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<ConnResult>>,
+}
+
+impl Soak {
+    async fn start(server: &TestServer, conns: usize, interval: Duration, message: fn(usize, usize) -> String) -> Soak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for c in 0..conns {
+            let client = connect(&server.url("/soak")).await;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(run_conn(client, c, interval, message, stop)));
+        }
+        Soak { stop, tasks }
+    }
+
+    /// Stops sending, collects every connection's replies, and checks the
+    /// contract: every message answered, first answers in sending order,
+    /// repeats only for redelivered events.
+    async fn finish(self) -> Vec<ConnResult> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut results = Vec::new();
+        for task in self.tasks {
+            let result = task.await.expect("client task");
+            let mut next = 0;
+            for reply in &result.replies {
+                if reply.n == next {
+                    next += 1;
+                } else {
+                    assert!(
+                        reply.n < next && reply.redelivered,
+                        "conn {}: got {} after {} ({reply:?})",
+                        result.c,
+                        reply.n,
+                        next
+                    );
+                }
+            }
+            assert_eq!(next, result.sent, "conn {}: {} sent, {} answered in order", result.c, result.sent, next);
+            results.push(result);
+        }
+        results
+    }
+}
+
+async fn run_conn(
+    client: Client,
+    c: usize,
+    interval: Duration,
+    message: fn(usize, usize) -> String,
+    stop: Arc<AtomicBool>,
+) -> ConnResult {
+    let (mut sink, mut stream) = client.split();
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            sink.send(Message::text(message(c, n))).await.expect("send: connection dropped");
+            n += 1;
+        }
+        // Per-connection order: every reply to an earlier message (and any
+        // redelivered repeat) comes before the reply to this one.
+        sink.send(Message::text(format!("{c}:end"))).await.expect("send");
+        (sink, n)
+    });
+    let mut replies = Vec::new();
+    loop {
+        let message = tokio::time::timeout(hotsock_testkit::WAIT, stream.next())
+            .await
+            .expect("reply timed out")
+            .expect("connection closed during the soak")
+            .expect("connection error during the soak");
+        let Message::Text(text) = message else { continue };
+        let (redelivered, text) = match text.strip_prefix("[redelivered]") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, text.to_string()),
+        };
+        let (prefix, body) = text.split_once(':').expect("prefix:body");
+        let (conn, n) = body.split_once(':').expect("c:n");
+        assert_eq!(conn, c.to_string(), "a reply for another connection");
+        if n == "end" {
+            break;
+        }
+        replies.push(Reply { n: n.parse().expect("n"), prefix: prefix.to_owned(), redelivered });
+    }
+    let (sink, sent) = sender.await.expect("sender");
+    let client = sink.reunite(stream).expect("same connection");
+    ConnResult { c, sent, replies, _client: client }
+}
+
+impl Echo {
+    fn set_prefix(&self, prefix: &str) {
+        std::fs::write(&self.prefix, prefix).expect("write prefix");
+    }
+
+    fn generation(&self) -> u64 {
+        self.server.status()["generation"].as_u64().expect("generation")
+    }
+
+    /// `hotsock reload --wait`; panics unless it succeeds.
+    fn reload_cli(&self) {
+        let output = self.server.cli(&["reload", "--wait"]);
+        assert!(
+            output.status.success(),
+            "reload failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// SIGUSR1, then waits until the next generation serves.
+    fn reload_signal(&self) {
+        let before = self.generation();
+        let pid = self.server.child.as_ref().expect("server").id();
+        kill(Pid::from_raw(pid as i32), Signal::SIGUSR1).expect("SIGUSR1");
+        wait_for("reload by SIGUSR1", || {
+            let status = self.server.try_status()?;
+            (status["generation"].as_u64()? > before && status["reloading"].is_null()).then_some(())
+        });
+    }
+}
+
+/// 20 reloads, alternating CLI and SIGUSR1, with the prefix file changed
+/// before each; after each, a probe connection sees the new prefix.
+async fn soak_with_reloads(extra: &str, conns: usize, interval: Duration, message: fn(usize, usize) -> String) {
+    let echo = start_echo(extra);
+    let mut probe = connect(&echo.server.url("/probe")).await;
+    let soak = Soak::start(&echo.server, conns, interval, message).await;
+    for k in 1..=20 {
+        echo.set_prefix(&format!("p{k}:"));
+        if k % 2 == 1 {
+            echo.reload_cli();
+        } else {
+            echo.reload_signal();
+        }
+        assert_eq!(echo.generation(), k + 1);
+        send(&mut probe, "probe:x").await;
+        assert_eq!(recv(&mut probe).await, format!("p{k}:probe:x"), "after reload {k}");
+    }
+    let results = soak.finish().await;
+    let total: usize = results.iter().map(|r| r.sent).sum();
+    let redelivered: usize = results.iter().map(|r| r.replies.iter().filter(|x| x.redelivered).count()).sum();
+    assert_eq!(redelivered, 0, "a graceful reload redelivers nothing");
+    let prefixes: std::collections::HashSet<&str> =
+        results.iter().flat_map(|r| r.replies.iter().map(|x| x.prefix.as_str())).collect();
+    assert!(prefixes.len() > 10, "replies came from many generations: {prefixes:?}");
+    let status = echo.server.status();
+    assert_eq!(status["connections"], conns as u64 + 1, "no connection dropped");
+    println!("{total} messages over 20 reloads, {} prefixes", prefixes.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soak_20_reloads_loses_duplicates_and_reorders_nothing() {
+    soak_with_reloads("", 50, Duration::from_millis(10), |c, n| format!("{c}:{n}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soak_20_reloads_with_work_in_flight_at_every_switch() {
+    soak_with_reloads("", 50, Duration::from_millis(60), |c, n| format!("sleep:50:{c}:{n}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soak_with_all_at_once_strategy() {
+    soak_with_reloads("[reload]\nstrategy = \"all-at-once\"\n", 20, Duration::from_millis(10), |c, n| {
+        format!("{c}:{n}")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_workers_past_max_wait_are_killed_and_their_events_redelivered() {
+    let echo = start_echo("[reload]\nmax_wait_ms = 1000\n");
+    let mut clients = Vec::new();
+    for c in 0..10 {
+        let mut client = connect(&echo.server.url("/")).await;
+        send(&mut client, &format!("sleep:5000:{c}:0")).await;
+        clients.push(client);
+    }
+    wait_for("events in flight", || {
+        let status = echo.server.status();
+        let held: u64 = status["workers"].as_array()?.iter().filter_map(|w| w["inflight"].as_u64()).sum();
+        (held == 10).then_some(())
+    });
+    echo.set_prefix("p1:");
+    echo.reload_cli();
+    for (c, client) in clients.iter_mut().enumerate() {
+        // Killed after 1 s holding the event; the new generation runs it again.
+        assert_eq!(recv(client).await, format!("[redelivered]p1:{c}:0"));
+    }
+    let status = echo.server.status();
+    let redelivered: u64 =
+        status["workers"].as_array().expect("w").iter().filter_map(|w| w["redelivered"].as_u64()).sum();
+    assert_eq!(redelivered, 10, "{status}");
+    assert_eq!(status["connections"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_that_fails_at_start_never_takes_traffic() {
+    let echo = start_echo("");
+    let soak = Soak::start(&echo.server, 20, Duration::from_millis(10), |c, n| format!("{c}:{n}")).await;
+    // The echo worker panics in on_worker_start when its prefix file is gone.
+    std::fs::remove_file(&echo.prefix).expect("remove");
+    let output = echo.server.cli(&["reload", "--wait"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("generation 1 keeps serving"), "{stderr}");
+    assert!(stderr.contains("exited before Ready"), "{stderr}");
+    assert!(stderr.contains("cannot read ECHO_PREFIX_FILE"), "the worker's own stderr is reported: {stderr}");
+    assert_eq!(echo.generation(), 1);
+    let status = echo.server.status();
+    assert_eq!(status["last_reload"]["ok"], false);
+    // The next good build goes live.
+    echo.set_prefix("p2:");
+    echo.reload_cli();
+    assert_eq!(echo.generation(), 3);
+    let results = soak.finish().await;
+    assert!(results.iter().all(|r| r.replies.iter().all(|x| x.prefix == "p0" || x.prefix == "p2")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_that_never_says_ready_is_aborted_and_undone() {
+    let dir = TempDir::new("noready");
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "").expect("write");
+    let config = format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 3\n[reload]\nready_timeout_ms = 500\n",
+        bin("hotsock-testworker").display()
+    );
+    let server = TestServer::start_with_env(&config, &[("TESTWORKER_MODE_FILE", mode.to_str().expect("utf8"))]);
+    let mut client = connect(&server.url("/")).await;
+    assert!(recv(&mut client).await.starts_with("open "));
+    std::fs::write(&mode, "noready").expect("write");
+    let output = server.cli(&["reload", "--wait"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no Ready within reload.ready_timeout_ms = 500"), "{stderr}");
+    let status = server.status();
+    assert_eq!(status["generation"], 1);
+    for worker in status["workers"].as_array().expect("workers") {
+        assert_eq!(worker["generation"], 1, "{status}");
+        assert_eq!(worker["state"], "ready");
+    }
+    send(&mut client, "echo:still here").await;
+    assert_eq!(recv(&mut client).await, "still here");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reloads_are_coalesced_and_all_answered() {
+    let echo = start_echo("");
+    let config = echo.server.config.clone();
+    let callers: Vec<_> = (0..5)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(bin("hotsock"))
+                    .args(["reload", "--wait", "-c"])
+                    .arg(config)
+                    .output()
+                    .expect("reload")
+            })
+        })
+        .collect();
+    for caller in callers {
+        let output = caller.join().expect("caller");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok: generation"));
+    }
+    let generation = echo.generation();
+    assert!((2..=3).contains(&generation), "five requests, at most two reloads: generation {generation}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigusr2_without_task_workers_blocks_nothing() {
+    let echo = start_echo("");
+    let pid = echo.server.child.as_ref().expect("server").id();
+    kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("SIGUSR2");
+    wait_for("SIGUSR2 handled", || echo.server.log().contains("no task workers are configured").then_some(()));
+    echo.set_prefix("p1:");
+    echo.reload_signal();
+    assert_eq!(echo.generation(), 2);
+    let mut client = connect(&echo.server.url("/")).await;
+    send(&mut client, "x").await;
+    assert_eq!(recv(&mut client).await, "p1:x");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_returns_to_the_previous_generation() {
+    let echo = start_echo("");
+    echo.set_prefix("p1:");
+    echo.reload_cli();
+    echo.set_prefix("p9:");
+    let output = echo.server.cli(&["rollback", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(echo.generation(), 1);
+    let mut client = connect(&echo.server.url("/")).await;
+    send(&mut client, "x").await;
+    // Fresh processes of generation 1's executable, which read the prefix
+    // file when they started.
+    assert_eq!(recv(&mut client).await, "p9:x");
+    assert_eq!(echo.server.status()["previous_generation"], 2);
+    let run = echo.server.dir.path().join("run/generations");
+    assert!(run.join("1/echo").exists() && run.join("2/echo").exists());
+}
