@@ -66,6 +66,9 @@ pub enum Kind {
     ConnList = 0x49,
     /// Accept or reject a `Handshake` event.
     HandshakeReply = 0x4a,
+    /// A handler panicked (the SDK caught it); `id` is the event id and the
+    /// payload the panic message. Counts toward canary and auto-rollback.
+    Panicked = 0x4b,
 }
 
 impl Kind {
@@ -89,6 +92,7 @@ impl Kind {
             0x48 => Kind::ConnInfo,
             0x49 => Kind::ConnList,
             0x4a => Kind::HandshakeReply,
+            0x4b => Kind::Panicked,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

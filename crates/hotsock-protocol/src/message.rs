@@ -140,6 +140,15 @@ pub enum ToServer {
         /// The decision.
         reply: HandshakeReply,
     },
+    /// A handler panicked; the worker caught it and keeps serving.
+    Panicked {
+        /// The connection whose event it was handling.
+        conn: u64,
+        /// The event id.
+        event: u64,
+        /// The panic message (UTF-8, possibly cut).
+        message: String,
+    },
 }
 
 /// Encodes a frame whose body is written by `body`, patching the length into
@@ -284,6 +293,9 @@ impl ToServer {
             ToServer::HandshakeReply { conn, reply } => {
                 encode_with(dst, Kind::HandshakeReply, 0, *conn, 0, |b| reply.encode_body(b))
             }
+            ToServer::Panicked { conn, event, message } => {
+                put_raw(dst, Kind::Panicked, 0, *conn, *event, message.as_bytes())
+            }
         }
     }
 
@@ -317,6 +329,9 @@ impl ToServer {
             }
             Kind::HandshakeReply => {
                 ToServer::HandshakeReply { conn, reply: HandshakeReply::decode_body(&frame.payload)? }
+            }
+            Kind::Panicked => {
+                ToServer::Panicked { conn, event: id, message: String::from_utf8_lossy(&frame.payload).into_owned() }
             }
             other => return Err(ProtocolError::WrongDirection(other)),
         })

@@ -89,6 +89,11 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
         arb_bytes().prop_map(|data| ToServer::Broadcast { binary: true, data }),
         (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnInfo { conn, request }),
         any::<u64>().prop_map(|request| ToServer::ConnList { request }),
+        (any::<u64>(), any::<u64>(), ".{0,60}").prop_map(|(conn, event, message)| ToServer::Panicked {
+            conn,
+            event,
+            message
+        }),
         (any::<u64>(), any::<u16>(), proptest::option::of(any::<u64>()), arb_headers(), arb_bytes()).prop_map(
             |(conn, status, uid, headers, body)| ToServer::HandshakeReply {
                 conn,

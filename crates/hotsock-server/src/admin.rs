@@ -45,6 +45,9 @@ pub enum AdminRequest {
         /// Answer with the outcome instead of at once.
         #[serde(default)]
         wait: bool,
+        /// Switch this many slots first and watch them (`reload.canary_ms`).
+        #[serde(default)]
+        canary: Option<usize>,
     },
     /// Switch back to the generation served before the last switch.
     Rollback {
@@ -121,7 +124,7 @@ pub async fn request(run_dir: &Path, request: &AdminRequest) -> Result<AdminResp
 
 /// Hands a reload request to the supervisor; with `wait`, answers with its
 /// outcome.
-async fn reload(shared: &Shared, kind: ReloadKind, wait: bool) -> AdminResponse {
+async fn reload(shared: &Shared, kind: ReloadKind, canary: Option<usize>, wait: bool) -> AdminResponse {
     let Some(supervisor) = shared.supervisor() else {
         return AdminResponse::Error { message: "the server is still starting".into() };
     };
@@ -129,11 +132,11 @@ async fn reload(shared: &Shared, kind: ReloadKind, wait: bool) -> AdminResponse 
         return AdminResponse::Error { message: "the server is stopping".into() };
     }
     if !wait {
-        supervisor.reload(ReloadRequest { kind, reply: None });
+        supervisor.reload(ReloadRequest { kind, canary, reply: None, reason: None });
         return AdminResponse::ReloadQueued;
     }
     let (reply, outcome) = tokio::sync::oneshot::channel();
-    supervisor.reload(ReloadRequest { kind, reply: Some(reply) });
+    supervisor.reload(ReloadRequest { kind, canary, reply: Some(reply), reason: None });
     match outcome.await {
         Ok(outcome) => AdminResponse::Reload(outcome),
         Err(_) => AdminResponse::Error { message: "the server stopped before the reload finished".into() },
@@ -204,11 +207,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                     shared.request_stop();
                     AdminResponse::Stopping { pid: std::process::id() }
                 }
-                Ok(AdminRequest::Reload { tasks, wait }) => {
+                Ok(AdminRequest::Reload { tasks, wait, canary }) => {
                     let kind = if tasks { ReloadKind::Tasks } else { ReloadKind::Workers };
-                    reload(&shared, kind, wait).await
+                    reload(&shared, kind, canary, wait).await
                 }
-                Ok(AdminRequest::Rollback { wait }) => reload(&shared, ReloadKind::Rollback, wait).await,
+                Ok(AdminRequest::Rollback { wait }) => reload(&shared, ReloadKind::Rollback, None, wait).await,
                 Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
             };
             if let Ok(mut bytes) = serde_json::to_vec(&response) {

@@ -224,6 +224,14 @@ pub struct ReloadConfig {
     pub keep_generations: usize,
     /// A starting worker must answer Hello with Ready within this time.
     pub ready_timeout_ms: u64,
+    /// With `--canary K`: how long the first K switched slots are watched
+    /// before the rest follow. Any crash or handler panic there rolls back.
+    pub canary_ms: u64,
+    /// After a reload: how long the new generation is watched.
+    pub rollback_window_ms: u64,
+    /// Crashes plus handler panics of the new generation within
+    /// `rollback_window_ms` that trigger an automatic rollback (0: never).
+    pub rollback_failures: u32,
     /// A draining or stopping worker gets this long to finish its events
     /// before it is killed (its unacknowledged events are then redelivered).
     pub max_wait_ms: u64,
@@ -235,6 +243,9 @@ impl Default for ReloadConfig {
             strategy: ReloadStrategy::Rolling,
             keep_generations: 3,
             ready_timeout_ms: 5_000,
+            canary_ms: 5_000,
+            rollback_window_ms: 10_000,
+            rollback_failures: 3,
             max_wait_ms: 3_000,
         }
     }

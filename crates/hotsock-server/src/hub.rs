@@ -279,13 +279,15 @@ impl Hub {
     }
 
     /// Applies a batch of messages from the worker in `slot_index`, under one
-    /// lock. An error means the worker broke the protocol.
+    /// lock, and returns how many handler panics it reported. An error means
+    /// the worker broke the protocol.
     pub(crate) fn apply(
         &self,
         slot_index: usize,
         worker: WorkerId,
         messages: Vec<ToServer>,
-    ) -> Result<(), WorkerFault> {
+    ) -> Result<u32, WorkerFault> {
+        let mut panics = 0;
         let mut guard = self.lock();
         let state = &mut *guard;
         for message in messages {
@@ -359,9 +361,14 @@ impl Hub {
                         let _ = waiter.send(reply);
                     }
                 }
+                ToServer::Panicked { conn, event, message } => {
+                    tracing::warn!(slot = slot_index, conn, event, "handler panicked in the worker: {message}");
+                    state.slots[slot_index].status.panics += 1;
+                    panics += 1;
+                }
             }
         }
-        Ok(())
+        Ok(panics)
     }
 
     /// Queues a message for a client, counting its bytes; past the cap the

@@ -249,7 +249,7 @@ async fn reload_signals(supervisor: SupervisorHandle) {
             _ = usr2.recv() => ReloadKind::Tasks,
         };
         tracing::info!(?kind, "reload requested by signal");
-        supervisor.reload(ReloadRequest { kind, reply: None });
+        supervisor.reload(ReloadRequest { kind, canary: None, reply: None, reason: None });
     }
 }
 

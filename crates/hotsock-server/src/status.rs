@@ -47,6 +47,8 @@ pub struct SlotStatus {
     pub dropped: u64,
     /// Workers of this slot that died unexpectedly.
     pub crashes: u64,
+    /// Handler panics the workers of this slot caught and reported.
+    pub panics: u64,
     /// The slot crashed `crash_loop_count` times within the window and is
     /// restarting at the slowest back-off.
     pub crash_loop: bool,
@@ -71,6 +73,7 @@ impl SlotStatus {
             redelivered: 0,
             dropped: 0,
             crashes: 0,
+            panics: 0,
             crash_loop: false,
             rss_kib: None,
             last_exit: None,

@@ -72,7 +72,11 @@ pub struct ReloadOutcome {
 #[derive(Debug)]
 pub(crate) struct ReloadRequest {
     pub(crate) kind: ReloadKind,
+    /// Switch this many slots first and watch them for `canary_ms`.
+    pub(crate) canary: Option<usize>,
     pub(crate) reply: Option<oneshot::Sender<ReloadOutcome>>,
+    /// Why the supervisor asked for it itself (automatic rollback).
+    pub(crate) reason: Option<String>,
 }
 
 #[derive(Debug)]
@@ -141,6 +145,20 @@ struct Job {
     starting: HashMap<usize, WorkerId>,
     ready: Vec<(usize, WorkerId)>,
     switched: Vec<usize>,
+    /// Slots to switch and watch before the others.
+    canary: Option<usize>,
+    /// While the canary slots are watched: until when.
+    canary_until: Option<Instant>,
+    /// Words put before the outcome message (automatic rollback).
+    reason: Option<String>,
+}
+
+/// The newest generation, watched for `rollback_window_ms` after its switch.
+#[derive(Debug)]
+struct Watch {
+    generation: u64,
+    until: Instant,
+    failures: u32,
 }
 
 /// Creates the supervisor; the returned future runs it until every worker
@@ -176,6 +194,7 @@ pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (Superviso
         serving: 1,
         previous: None,
         job: None,
+        watch: None,
         queue: VecDeque::new(),
         next_worker: 1,
         retiring: false,
@@ -194,6 +213,7 @@ struct Supervisor {
     /// The rollback target.
     previous: Option<u64>,
     job: Option<Job>,
+    watch: Option<Watch>,
     queue: VecDeque<ReloadRequest>,
     next_worker: WorkerId,
     retiring: bool,
@@ -209,13 +229,21 @@ impl Supervisor {
             if self.retiring && self.live.is_empty() {
                 return;
             }
-            let next_restart = self.next_restart();
+            let canary_until = self.job.as_ref().and_then(|j| j.canary_until);
+            let wake = [self.next_restart(), canary_until].into_iter().flatten().min();
             let msg = tokio::select! {
                 msg = rx.recv() => msg,
-                () = sleep_until_opt(next_restart) => continue,
+                () = sleep_until_opt(wake) => {
+                    self.check_canary();
+                    self.publish();
+                    continue;
+                }
             };
             match msg {
                 Some(Msg::Worker(WorkerEvent::Ready { slot, worker })) => self.on_ready(slot, worker),
+                Some(Msg::Worker(WorkerEvent::Panicked { slot, generation, count })) => {
+                    self.on_failure(slot, generation, count, &format!("{count} handler panic(s)"))
+                }
                 Some(Msg::Worker(WorkerEvent::Gone { slot, worker, generation, ended, was_ready })) => {
                     self.on_gone(slot, worker, generation, ended, was_ready)
                 }
@@ -358,8 +386,58 @@ impl Supervisor {
         if self.retiring || !crashed {
             return;
         }
-        let _ = was_ready;
         self.record_crash(slot, &description);
+        if was_ready {
+            self.on_failure(slot, generation, 1, &format!("crash ({description})"));
+        }
+    }
+
+    /// A worker of `generation` crashed or reported handler panics: fails a
+    /// canary of that generation, or counts toward an automatic rollback.
+    fn on_failure(&mut self, slot: usize, generation: u64, count: u32, what: &str) {
+        if let Some(job) = &self.job
+            && job.phase == Phase::Forward
+            && job.to == generation
+            && job.canary.is_some()
+            && job.switched.contains(&slot)
+        {
+            self.fail_job(format!("canary slot {slot} of generation {generation}: {what}"));
+            return;
+        }
+        let threshold = self.shared.config.reload.rollback_failures;
+        let Some(watch) = &mut self.watch else { return };
+        if watch.generation != generation || threshold == 0 || Instant::now() > watch.until {
+            return;
+        }
+        watch.failures += count;
+        if watch.failures < threshold {
+            return;
+        }
+        let reason = format!(
+            "automatic rollback: generation {generation} had {} failures (crashes + handler panics) within reload.rollback_window_ms = {}, last: {what}",
+            watch.failures, self.shared.config.reload.rollback_window_ms
+        );
+        tracing::error!("{reason}");
+        self.watch = None;
+        self.queue.push_front(ReloadRequest {
+            kind: ReloadKind::Rollback,
+            canary: None,
+            reply: None,
+            reason: Some(reason),
+        });
+        self.start_next_job();
+    }
+
+    /// Ends a canary watch that ran its time without failures: the other
+    /// slots follow.
+    fn check_canary(&mut self) {
+        let Some(job) = &mut self.job else { return };
+        if job.canary_until.is_some_and(|until| Instant::now() >= until) {
+            tracing::info!(slots = ?job.switched, "canary passed; switching the other slots");
+            job.canary_until = None;
+            job.canary = Some(0);
+            self.advance_job();
+        }
     }
 
     fn record_crash(&mut self, slot: usize, description: &str) {
@@ -401,11 +479,11 @@ impl Supervisor {
             return;
         }
         let Some(first) = self.queue.pop_front() else { return };
-        let kind = first.kind;
+        let (kind, canary, reason) = (first.kind, first.canary, first.reason);
         let mut waiters: Vec<_> = first.reply.into_iter().collect();
         let mut requests = 1;
         self.queue.retain_mut(|request| {
-            if request.kind != kind {
+            if request.kind != kind || request.canary != canary || request.reason.is_some() {
                 return true;
             }
             requests += 1;
@@ -438,6 +516,7 @@ impl Supervisor {
             Ok(to) => to,
             Err(why) => return self.answer(waiters, requests, kind, began, from, from, false, why),
         };
+        let canary = canary.filter(|k| *k > 0 && *k < self.slots.len());
         tracing::info!(?kind, from, to, "reload started");
         let slots = self.slots.len();
         self.job = Some(Job {
@@ -453,6 +532,9 @@ impl Supervisor {
             starting: HashMap::new(),
             ready: Vec::new(),
             switched: Vec::new(),
+            canary,
+            canary_until: None,
+            reason,
         });
         self.advance_job();
     }
@@ -463,7 +545,22 @@ impl Supervisor {
         let to = job.to;
         let mut launch = Vec::new();
         let mut switch = Vec::new();
-        match job.strategy {
+        if job.canary_until.is_some() {
+            return;
+        }
+        let canary_pending = job.canary.is_some_and(|k| k > 0);
+        if let Some(k) = job.canary.filter(|k| *k > 0)
+            && job.switched.len() >= k
+            && !job.todo.is_empty()
+        {
+            let watch = Duration::from_millis(self.shared.config.reload.canary_ms);
+            tracing::info!(slots = ?job.switched, ?watch, "canary switched; watching it");
+            job.canary_until = Some(Instant::now() + watch);
+            return;
+        }
+        // Canary slots go one at a time whatever the strategy.
+        let strategy = if canary_pending { ReloadStrategy::Rolling } else { job.strategy };
+        match strategy {
             ReloadStrategy::Rolling => {
                 if job.starting.is_empty()
                     && let Some(slot) = job.todo.pop_front()
@@ -538,7 +635,15 @@ impl Supervisor {
             Phase::Forward => {
                 self.previous = Some(job.from);
                 self.serving = job.to;
-                let message = format!("generation {} serving on all {} slots", job.to, self.slots.len());
+                if job.kind == ReloadKind::Workers {
+                    let window = Duration::from_millis(self.shared.config.reload.rollback_window_ms);
+                    self.watch = Some(Watch { generation: job.to, until: Instant::now() + window, failures: 0 });
+                }
+                let done = format!("generation {} serving on all {} slots", job.to, self.slots.len());
+                let message = match &job.reason {
+                    Some(reason) => format!("{reason}; {done}"),
+                    None => done,
+                };
                 self.answer(job.waiters, job.requests, job.kind, job.began, job.from, job.to, true, message);
             }
             Phase::Undo { reason } => {
@@ -629,6 +734,9 @@ impl Supervisor {
     /// Shares what status reports about generations and reloads.
     fn publish(&self) {
         let reloading = self.job.as_ref().map(|job| match &job.phase {
+            Phase::Forward if job.canary_until.is_some() => {
+                format!("{:?} {} -> {}: canary on slots {:?}", job.kind, job.from, job.to, job.switched)
+            }
             Phase::Forward => format!("{:?} {} -> {}", job.kind, job.from, job.to),
             Phase::Undo { .. } => format!("undoing {:?}: back to {}", job.kind, job.to),
         });

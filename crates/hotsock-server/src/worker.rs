@@ -71,8 +71,23 @@ impl Ended {
 /// What a worker task reports to the supervisor.
 #[derive(Debug)]
 pub(crate) enum WorkerEvent {
-    Ready { slot: usize, worker: WorkerId },
-    Gone { slot: usize, worker: WorkerId, generation: u64, ended: Ended, was_ready: bool },
+    Ready {
+        slot: usize,
+        worker: WorkerId,
+    },
+    /// Handlers panicked (caught by the SDK; the worker lives on).
+    Panicked {
+        slot: usize,
+        generation: u64,
+        count: u32,
+    },
+    Gone {
+        slot: usize,
+        worker: WorkerId,
+        generation: u64,
+        ended: Ended,
+        was_ready: bool,
+    },
 }
 
 /// Which process to start.
@@ -92,7 +107,14 @@ pub(crate) fn launch(
 ) -> mpsc::UnboundedSender<Control> {
     let (control, control_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut task = WorkerTask { shared, launch, control: control_rx, draining: false, was_ready: false };
+        let mut task = WorkerTask {
+            shared,
+            launch,
+            control: control_rx,
+            draining: false,
+            was_ready: false,
+            events: events.clone(),
+        };
         let ended = task.run(&events).await;
         let Launch { slot, worker, generation, .. } = task.launch;
         let _ = events.send(WorkerEvent::Gone { slot, worker, generation, ended, was_ready: task.was_ready });
@@ -106,6 +128,7 @@ struct WorkerTask {
     control: mpsc::UnboundedReceiver<Control>,
     draining: bool,
     was_ready: bool,
+    events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
 impl WorkerTask {
@@ -216,7 +239,7 @@ impl WorkerTask {
     /// fault (or a deadline) that warrants killing the worker.
     async fn read_loop(&mut self, mut rd: OwnedReadHalf, mut buf: BytesMut) -> Result<(), String> {
         let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
-        let Launch { slot, worker, .. } = self.launch;
+        let Launch { slot, worker, generation, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
         let mut deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         loop {
@@ -240,7 +263,10 @@ impl WorkerTask {
             }
             // Apply what was valid before a fault: its acks and pushes are real.
             if !batch.is_empty() {
-                self.shared.hub.apply(slot, worker, batch).map_err(|e| e.0)?;
+                let panics = self.shared.hub.apply(slot, worker, batch).map_err(|e| e.0)?;
+                if panics > 0 {
+                    let _ = self.events.send(WorkerEvent::Panicked { slot, generation, count: panics });
+                }
             }
             if let Some(fault) = fault {
                 return Err(fault);

@@ -22,6 +22,9 @@ pub(crate) enum Out {
     Flush(oneshot::Sender<()>),
 }
 
+/// Longest panic message sent to the server; the full one is in the log.
+const PANIC_MESSAGE_MAX_BYTES: usize = 1024;
+
 type Waiters = Mutex<HashMap<u64, oneshot::Sender<(bool, Bytes)>>>;
 
 /// A handle to the server, given to every callback. Cheap to clone; clones
@@ -61,6 +64,19 @@ impl Ctx {
 
     pub(crate) fn ack(&self, id: u64) {
         let _ = self.inner.out.send(Out::Ack(id));
+    }
+
+    /// Tells the server a handler panicked, so canaries and automatic
+    /// rollback can count it.
+    pub(crate) fn report_panic(&self, conn: u64, event: u64, mut message: String) {
+        if message.len() > PANIC_MESSAGE_MAX_BYTES {
+            let mut end = PANIC_MESSAGE_MAX_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        self.send(ToServer::Panicked { conn, event, message });
     }
 
     pub(crate) fn reply_handshake(&self, conn: u64, reply: HandshakeReply) {

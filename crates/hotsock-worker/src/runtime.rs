@@ -236,7 +236,9 @@ impl<A: App> Runner<A> {
             }
         };
         if let Err(panic) = AssertUnwindSafe(call).catch_unwind().await {
-            tracing::error!(conn, event = id, "handler panicked: {}", panic_message(&*panic));
+            let message = panic_message(&*panic);
+            tracing::error!(conn, event = id, "handler panicked: {message}");
+            ctx.report_panic(conn, id, message);
             if is_handshake {
                 ctx.reply_handshake(conn, Decision::reject(500, "handshake handler failed").0);
             }

@@ -46,6 +46,10 @@ enum Command {
         /// Wait for the outcome, print it, and exit non-zero if the reload failed.
         #[arg(long)]
         wait: bool,
+        /// Switch K slots first, watch them for reload.canary_ms, then the rest
+        /// (or roll the K back on a crash or handler panic).
+        #[arg(long, value_name = "K")]
+        canary: Option<usize>,
     },
     /// Switch back to the generation served before the last switch.
     Rollback {
@@ -88,8 +92,8 @@ fn main() -> ExitCode {
         Command::Start { config } => start(&config),
         Command::Check { config } => check(&config),
         Command::Stop { config } => with_admin(&config, stop),
-        Command::Reload { config, tasks, wait } => {
-            with_admin(&config, |c| reload(c, AdminRequest::Reload { tasks, wait }))
+        Command::Reload { config, tasks, wait, canary } => {
+            with_admin(&config, |c| reload(c, AdminRequest::Reload { tasks, wait, canary }))
         }
         Command::Rollback { config, wait } => with_admin(&config, |c| reload(c, AdminRequest::Rollback { wait })),
         Command::Status { config, json } => with_admin(&config, |c| status(c, json)),

@@ -352,3 +352,114 @@ async fn rollback_returns_to_the_previous_generation() {
     let run = echo.server.dir.path().join("run/generations");
     assert!(run.join("1/echo").exists() && run.join("2/echo").exists());
 }
+
+/// A test-worker server whose generations can be made to panic.
+fn start_testworker(workers: usize, extra: &str) -> (TestServer, TempDir) {
+    let dir = TempDir::new("gens");
+    let config =
+        format!("[workers]\ncommand = [\"{}\"]\ncount = {workers}\n{extra}", bin("hotsock-testworker").display());
+    let server = TestServer::start_with_env(&config, &[("TESTWORKER_GEN_DIR", dir.path().to_str().expect("utf8"))]);
+    (server, dir)
+}
+
+/// Clients that keep sending `echo:` messages until stopped.
+async fn traffic(server: &TestServer, conns: usize) -> (Arc<AtomicBool>, Vec<JoinHandle<Client>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut client = connect(&server.url("/")).await;
+        assert!(recv(&mut client).await.starts_with("open "));
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = client.split();
+            let reader = tokio::spawn(async move {
+                // Replies are not checked here (panicking handlers send none);
+                // reading keeps the connection healthy.
+                while let Some(Ok(message)) = stream.next().await {
+                    if let Message::Text(text) = &message
+                        && text.as_str() == "stop-reading"
+                    {
+                        break;
+                    }
+                }
+                stream
+            });
+            while !stop.load(Ordering::Relaxed) {
+                sink.send(Message::text("echo:x")).await.expect("connection dropped");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sink.send(Message::text("echo:stop-reading")).await.expect("connection dropped");
+            let stream = reader.await.expect("reader");
+            sink.reunite(stream).expect("same connection")
+        }));
+    }
+    (stop, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_that_panics_is_rolled_back_automatically() {
+    let (server, dir) = start_testworker(2, "[reload]\nrollback_failures = 3\nrollback_window_ms = 30000\n");
+    let (stop, tasks) = traffic(&server, 6).await;
+    std::fs::write(dir.path().join("gen2"), "panic-from=10").expect("write");
+    let output = server.cli(&["reload", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status = wait_for("automatic rollback", || {
+        let status = server.try_status()?;
+        (status["last_reload"]["kind"] == "rollback" && status["reloading"].is_null()).then_some(status)
+    });
+    assert_eq!(status["last_reload"]["ok"], true, "{status}");
+    let message = status["last_reload"]["message"].as_str().expect("message");
+    assert!(message.starts_with("automatic rollback: generation 2 had"), "{message}");
+    assert_eq!(status["generation"], 1);
+    assert!(server.log().contains("automatic rollback"), "reported in the log");
+    stop.store(true, Ordering::Relaxed);
+    let mut clients = Vec::new();
+    for task in tasks {
+        let mut client = task.await.expect("client");
+        send(&mut client, "echo:after rollback").await;
+        assert_eq!(recv(&mut client).await, "after rollback", "every connection survived and is served");
+        clients.push(client);
+    }
+    assert_eq!(server.status()["connections"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_canary_is_rolled_back_after_touching_one_slot() {
+    let (server, dir) = start_testworker(3, "[reload]\ncanary_ms = 5000\n");
+    let (stop, tasks) = traffic(&server, 9).await;
+    std::fs::write(dir.path().join("gen2"), "panic-from=1").expect("write");
+    let output = server.cli(&["reload", "--wait", "--canary", "1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("canary slot") && stderr.contains("handler panic"), "{stderr}");
+    assert!(stderr.contains("undone, generation 1 keeps serving"), "{stderr}");
+    let log = server.log();
+    let generation_2_started = log.lines().filter(|l| l.contains("worker ready") && l.contains("generation=2")).count();
+    assert_eq!(generation_2_started, 1, "only the canary slot got the new generation:\n{log}");
+    let status = server.status();
+    assert_eq!(status["generation"], 1);
+    for worker in status["workers"].as_array().expect("workers") {
+        assert_eq!(worker["generation"], 1, "{status}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let mut client = task.await.expect("client");
+        send(&mut client, "echo:after canary").await;
+        assert_eq!(recv(&mut client).await, "after canary");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_healthy_canary_completes_the_reload() {
+    let (server, _dir) = start_testworker(3, "[reload]\ncanary_ms = 300\n");
+    let (stop, tasks) = traffic(&server, 6).await;
+    let output = server.cli(&["reload", "--wait", "--canary", "1"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status = server.status();
+    assert_eq!(status["generation"], 2);
+    assert!(status["last_reload"]["duration_ms"].as_u64().expect("ms") >= 300, "the canary was watched: {status}");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("client");
+    }
+}

@@ -8,6 +8,9 @@
 //! `on_open` pushes `open CONN slot=S`; lifecycle events are appended to the
 //! file named by `TESTWORKER_LOG`.
 //!
+//! `TESTWORKER_GEN_DIR`: a file `gen<N>` there holding `panic-from=K` makes
+//! generation N's workers panic on every message from their Kth on.
+//!
 //! `TESTWORKER_MODE` (or the file named by `TESTWORKER_MODE_FILE`): `badversion` (answers Hello with version 99),
 //! `noready` (never answers), `crash` (exits 2 before Hello),
 //! `garbage-once=PATH` (the first process to create PATH answers Ready and
@@ -22,7 +25,13 @@ use bytes::BytesMut;
 use hotsock_protocol::{Decoder, PROTOCOL_VERSION, Ready, ToServer, ToWorker};
 use hotsock_worker::{App, Close, Ctx, Decision, Handshake, Message, Open};
 
-struct Test;
+/// `panic-from=N` for this generation: every message from the worker's Nth
+/// on panics (read at start from `TESTWORKER_GEN_DIR/gen<generation>`).
+#[derive(Default)]
+struct Test {
+    panic_from: std::sync::OnceLock<usize>,
+    messages: std::sync::atomic::AtomicUsize,
+}
 
 fn log(line: String) {
     if let Ok(path) = std::env::var("TESTWORKER_LOG")
@@ -37,6 +46,12 @@ impl App for Test {
 
     async fn on_worker_start(&self, ctx: &Ctx) {
         log(format!("start slot={} gen={} pid={}", ctx.slot(), ctx.generation(), std::process::id()));
+        if let Ok(dir) = std::env::var("TESTWORKER_GEN_DIR")
+            && let Ok(mode) = std::fs::read_to_string(format!("{dir}/gen{}", ctx.generation()))
+            && let Some(n) = mode.trim().strip_prefix("panic-from=").and_then(|n| n.parse().ok())
+        {
+            let _ = self.panic_from.set(n);
+        }
     }
 
     async fn on_worker_stop(&self, ctx: &Ctx) {
@@ -68,6 +83,10 @@ impl App for Test {
 
     async fn on_message(&self, ctx: &Ctx, message: Message) {
         let conn = message.conn;
+        let seen = self.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if self.panic_from.get().is_some_and(|n| seen >= *n) {
+            panic!("panic-from mode: message {seen} of this worker");
+        }
         let Some(text) = message.text() else {
             ctx.push(conn, message.data.clone());
             return;
@@ -208,7 +227,7 @@ fn main() {
     if let Some(mode) = mode() {
         let _ = raw_mode(&mode);
     }
-    if let Err(error) = hotsock_worker::run(Test) {
+    if let Err(error) = hotsock_worker::run(Test::default()) {
         eprintln!("testworker: {error}");
         std::process::exit(1);
     }
