@@ -133,6 +133,10 @@ pub struct WorkersConfig {
     /// connection's events always run one at a time).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
+    /// Replace a worker (same generation, zero-loss switch) after it handled
+    /// this many events; 0 never does. The guard against slow leaks.
+    #[serde(default)]
+    pub max_requests: u64,
     /// Times an event is redelivered after the worker holding it died; one
     /// more death drops it and closes its connection with 1011.
     #[serde(default = "default_max_redeliveries")]

@@ -371,6 +371,11 @@ impl Hub {
         Ok(panics)
     }
 
+    /// Events `worker` has acknowledged (for `workers.max_requests`).
+    pub(crate) fn acked_by(&self, slot_index: usize, worker: WorkerId) -> u64 {
+        self.lock().slots[slot_index].slot.acked_by(worker)
+    }
+
     /// Queues a message for a client, counting its bytes; past the cap the
     /// client is a slow reader and is closed instead.
     fn send(&self, entry: &ConnEntry, out: Outgoing) {

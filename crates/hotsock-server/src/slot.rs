@@ -43,11 +43,13 @@ pub(crate) struct Attached {
     /// Gets no new events; told to stop once it holds none.
     draining: bool,
     stop_sent: bool,
+    /// Events it acknowledged, for `workers.max_requests`.
+    acked: u64,
 }
 
 impl Attached {
     pub(crate) fn new(id: WorkerId, link: mpsc::UnboundedSender<ToWorker>, generation: u64, pid: Option<u32>) -> Self {
-        Attached { id, link, generation, pid, held: 0, draining: false, stop_sent: false }
+        Attached { id, link, generation, pid, held: 0, draining: false, stop_sent: false, acked: 0 }
     }
 }
 
@@ -207,10 +209,16 @@ impl Slot {
         }
         if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker) {
             w.held -= 1;
+            w.acked += 1;
         }
         self.release(conn);
         self.stop_if_drained(worker);
         Some(conn)
+    }
+
+    /// Events `worker` has acknowledged so far.
+    pub(crate) fn acked_by(&self, worker: WorkerId) -> u64 {
+        self.workers.iter().find(|w| w.id == worker).map_or(0, |w| w.acked)
     }
 
     /// Registers a worker that said Ready. It gets events only once it is

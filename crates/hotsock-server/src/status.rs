@@ -49,6 +49,8 @@ pub struct SlotStatus {
     pub crashes: u64,
     /// Handler panics the workers of this slot caught and reported.
     pub panics: u64,
+    /// Workers replaced after `workers.max_requests` events.
+    pub recycled: u64,
     /// The slot crashed `crash_loop_count` times within the window and is
     /// restarting at the slowest back-off.
     pub crash_loop: bool,
@@ -74,6 +76,7 @@ impl SlotStatus {
             dropped: 0,
             crashes: 0,
             panics: 0,
+            recycled: 0,
             crash_loop: false,
             rss_kib: None,
             last_exit: None,

@@ -241,6 +241,7 @@ impl Supervisor {
             };
             match msg {
                 Some(Msg::Worker(WorkerEvent::Ready { slot, worker })) => self.on_ready(slot, worker),
+                Some(Msg::Worker(WorkerEvent::Recycle { slot, worker })) => self.recycle(slot, worker),
                 Some(Msg::Worker(WorkerEvent::Panicked { slot, generation, count })) => {
                     self.on_failure(slot, generation, count, &format!("{count} handler panic(s)"))
                 }
@@ -390,6 +391,23 @@ impl Supervisor {
         if was_ready {
             self.on_failure(slot, generation, 1, &format!("crash ({description})"));
         }
+    }
+
+    /// Replaces a worker that handled `workers.max_requests` events with a
+    /// fresh process of the same generation, through the same switch as a
+    /// reload (start, Ready, switch, drain). A job working on the slot
+    /// replaces it anyway, so recycling waits for none.
+    fn recycle(&mut self, slot: usize, worker: WorkerId) {
+        let job_has_slot = self.job.as_ref().is_some_and(|j| j.starting.contains_key(&slot) || j.todo.contains(&slot));
+        let state = &self.slots[slot];
+        if self.retiring || job_has_slot || state.current != Some(worker) || state.starting.is_some() {
+            return;
+        }
+        tracing::info!(slot, "recycling the worker after workers.max_requests events");
+        let target = state.target;
+        let replacement = self.launch(slot, target);
+        self.slots[slot].starting = Some(replacement);
+        self.shared.hub.update_status(slot, |s| s.recycled += 1);
     }
 
     /// A worker of `generation` crashed or reported handler panics: fails a

@@ -75,6 +75,11 @@ pub(crate) enum WorkerEvent {
         slot: usize,
         worker: WorkerId,
     },
+    /// It handled `workers.max_requests` events: replace it.
+    Recycle {
+        slot: usize,
+        worker: WorkerId,
+    },
     /// Handlers panicked (caught by the SDK; the worker lives on).
     Panicked {
         slot: usize,
@@ -242,6 +247,8 @@ impl WorkerTask {
         let Launch { slot, worker, generation, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
         let mut deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let max_requests = self.shared.config.workers.max_requests;
+        let mut recycle_asked = false;
         loop {
             let mut batch = Vec::new();
             let mut fault = None;
@@ -266,6 +273,10 @@ impl WorkerTask {
                 let panics = self.shared.hub.apply(slot, worker, batch).map_err(|e| e.0)?;
                 if panics > 0 {
                     let _ = self.events.send(WorkerEvent::Panicked { slot, generation, count: panics });
+                }
+                if max_requests > 0 && !recycle_asked && self.shared.hub.acked_by(slot, worker) >= max_requests {
+                    recycle_asked = true;
+                    let _ = self.events.send(WorkerEvent::Recycle { slot, worker });
                 }
             }
             if let Some(fault) = fault {

@@ -463,3 +463,22 @@ async fn a_healthy_canary_completes_the_reload() {
         task.await.expect("client");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_are_recycled_after_max_requests_without_loss() {
+    let echo = start_echo("max_requests = 200\n");
+    let soak = Soak::start(&echo.server, 10, Duration::from_millis(5), |c, n| format!("{c}:{n}")).await;
+    wait_for("several recycles", || {
+        let status = echo.server.try_status()?;
+        let recycled: u64 = status["workers"].as_array()?.iter().filter_map(|w| w["recycled"].as_u64()).sum();
+        (recycled >= 4).then_some(())
+    });
+    let results = soak.finish().await;
+    assert!(results.iter().all(|r| r.replies.iter().all(|x| !x.redelivered)));
+    let status = echo.server.status();
+    assert_eq!(status["generation"], 1, "recycling keeps the generation");
+    assert_eq!(status["connections"], 10);
+    for worker in status["workers"].as_array().expect("workers") {
+        assert_eq!(worker["crashes"], 0, "{status}");
+    }
+}
