@@ -54,6 +54,8 @@ pub struct Hello {
     pub role: Role,
     /// How many events the worker may run at once, across connections.
     pub max_concurrency: u32,
+    /// State the slot's previous worker handed over (`Handoff`), if any.
+    pub handoff: Option<Bytes>,
 }
 
 /// Worker → server, answer to [`Hello`].
@@ -209,6 +211,8 @@ impl Hello {
         dst.put_u64_le(self.generation);
         dst.put_u8(self.role.to_u8());
         dst.put_u32_le(self.max_concurrency);
+        dst.put_u8(u8::from(self.handoff.is_some()));
+        put_bytes(dst, self.handoff.as_deref().unwrap_or_default());
     }
 
     /// Decodes a Hello body. The version comes first and is checked by the
@@ -222,7 +226,9 @@ impl Hello {
         let role =
             Role::from_u8(r.u8()?).ok_or(ProtocolError::BadBody { kind: Kind::Hello, reason: "unknown role" })?;
         let max_concurrency = r.u32()?;
-        Ok(Hello { protocol_version, slot, generation, role, max_concurrency })
+        let has_handoff = r.u8()? != 0;
+        let handoff = Bytes::copy_from_slice(r.bytes()?);
+        Ok(Hello { protocol_version, slot, generation, role, max_concurrency, handoff: has_handoff.then_some(handoff) })
     }
 }
 

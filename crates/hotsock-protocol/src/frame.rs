@@ -46,6 +46,10 @@ pub enum Kind {
     Reply = 0x06,
     /// Graceful stop: finish in-flight events, run `on_worker_stop`, exit.
     Stop = 0x07,
+    /// State handoff: the worker gets no new events; once idle it runs
+    /// `on_worker_stop` and answers with `Handoff`. It may receive events
+    /// again afterwards (its successor failed to start) or `Stop`.
+    Snapshot = 0x08,
     /// The worker's answer to Hello: its version and capabilities.
     Ready = 0x41,
     /// Acknowledges handled events; the body is a list of event ids.
@@ -69,6 +73,9 @@ pub enum Kind {
     /// A handler panicked (the SDK caught it); `id` is the event id and the
     /// payload the panic message. Counts toward canary and auto-rollback.
     Panicked = 0x4b,
+    /// Answer to `Snapshot`: the state for the slot's next worker (empty
+    /// payload: no state).
+    Handoff = 0x4c,
 }
 
 impl Kind {
@@ -82,6 +89,7 @@ impl Kind {
             0x05 => Kind::Close,
             0x06 => Kind::Reply,
             0x07 => Kind::Stop,
+            0x08 => Kind::Snapshot,
             0x41 => Kind::Ready,
             0x42 => Kind::Ack,
             0x43 => Kind::Push,
@@ -93,6 +101,7 @@ impl Kind {
             0x49 => Kind::ConnList,
             0x4a => Kind::HandshakeReply,
             0x4b => Kind::Panicked,
+            0x4c => Kind::Handoff,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -42,6 +42,9 @@ pub mod capabilities {
     /// whether to accept it (`on_handshake`). Without it the server accepts
     /// every well-formed upgrade by itself.
     pub const HANDSHAKE: u32 = 1 << 0;
+    /// The worker hands state to its successor: before the successor starts,
+    /// the server suspends this worker and asks for its state (`Snapshot`).
+    pub const HANDOFF: u32 = 1 << 1;
 }
 
 /// Everything that can be wrong with bytes received from the other side.

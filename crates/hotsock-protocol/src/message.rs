@@ -71,6 +71,8 @@ pub enum ToWorker {
     },
     /// Finish in-flight events, run `on_worker_stop`, then exit.
     Stop,
+    /// Once idle, run `on_worker_stop` and answer with `Handoff`.
+    Snapshot,
 }
 
 /// A message from a worker to the server.
@@ -140,6 +142,8 @@ pub enum ToServer {
         /// The decision.
         reply: HandshakeReply,
     },
+    /// The answer to `Snapshot`: state for the slot's next worker.
+    Handoff(Option<Bytes>),
     /// A handler panicked; the worker caught it and keeps serving.
     Panicked {
         /// The connection whose event it was handling.
@@ -226,6 +230,7 @@ impl ToWorker {
                 put_raw(dst, Kind::Reply, flags, 0, *id, body)
             }
             ToWorker::Stop => put_raw(dst, Kind::Stop, 0, 0, 0, &[]),
+            ToWorker::Snapshot => put_raw(dst, Kind::Snapshot, 0, 0, 0, &[]),
         }
     }
 
@@ -255,6 +260,10 @@ impl ToWorker {
             Kind::Stop => {
                 expect_empty(&frame)?;
                 ToWorker::Stop
+            }
+            Kind::Snapshot => {
+                expect_empty(&frame)?;
+                ToWorker::Snapshot
             }
             other => return Err(ProtocolError::WrongDirection(other)),
         })
@@ -293,6 +302,7 @@ impl ToServer {
             ToServer::HandshakeReply { conn, reply } => {
                 encode_with(dst, Kind::HandshakeReply, 0, *conn, 0, |b| reply.encode_body(b))
             }
+            ToServer::Handoff(state) => put_raw(dst, Kind::Handoff, 0, 0, 0, state.as_deref().unwrap_or_default()),
             ToServer::Panicked { conn, event, message } => {
                 put_raw(dst, Kind::Panicked, 0, *conn, *event, message.as_bytes())
             }
@@ -330,6 +340,7 @@ impl ToServer {
             Kind::HandshakeReply => {
                 ToServer::HandshakeReply { conn, reply: HandshakeReply::decode_body(&frame.payload)? }
             }
+            Kind::Handoff => ToServer::Handoff((!frame.payload.is_empty()).then_some(frame.payload)),
             Kind::Panicked => {
                 ToServer::Panicked { conn, event: id, message: String::from_utf8_lossy(&frame.payload).into_owned() }
             }

@@ -27,17 +27,19 @@ fn arb_headers() -> impl Strategy<Value = Vec<(String, Bytes)>> {
 
 fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>()).prop_map(
-            |(slot, generation, task, max_concurrency)| {
+        (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>(), proptest::option::of(arb_bytes())).prop_map(
+            |(slot, generation, task, max_concurrency, handoff)| {
                 ToWorker::Hello(Hello {
                     protocol_version: PROTOCOL_VERSION,
                     slot,
                     generation,
                     role: if task { Role::Task } else { Role::Event },
                     max_concurrency,
+                    handoff,
                 })
             }
         ),
+        Just(ToWorker::Snapshot),
         (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,30}", ".{0,60}", arb_headers()).prop_map(
             |(conn, id, redelivered, peer, path, headers)| ToWorker::Handshake {
                 conn,
@@ -87,6 +89,7 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
         (any::<u64>(), any::<u64>()).prop_map(|(conn, uid)| ToServer::Bind { conn, uid }),
         (any::<u64>(), arb_bytes()).prop_map(|(uid, data)| ToServer::SendToUid { uid, binary: true, data }),
         arb_bytes().prop_map(|data| ToServer::Broadcast { binary: true, data }),
+        proptest::option::of(arb_bytes().prop_filter("non-empty", |b| !b.is_empty())).prop_map(ToServer::Handoff),
         (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnInfo { conn, request }),
         any::<u64>().prop_map(|request| ToServer::ConnList { request }),
         (any::<u64>(), any::<u64>(), ".{0,60}").prop_map(|(conn, event, message)| ToServer::Panicked {

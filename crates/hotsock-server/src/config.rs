@@ -231,6 +231,10 @@ pub struct ReloadConfig {
     /// With `--canary K`: how long the first K switched slots are watched
     /// before the rest follow. Any crash or handler panic there rolls back.
     pub canary_ms: u64,
+    /// Largest state a worker may hand to its successor (`App::HANDOFF`);
+    /// larger state is dropped with an error and the successor starts
+    /// without it.
+    pub handoff_max_bytes: usize,
     /// After a reload: how long the new generation is watched.
     pub rollback_window_ms: u64,
     /// Crashes plus handler panics of the new generation within
@@ -248,6 +252,7 @@ impl Default for ReloadConfig {
             keep_generations: 3,
             ready_timeout_ms: 5_000,
             canary_ms: 5_000,
+            handoff_max_bytes: 1 << 20,
             rollback_window_ms: 10_000,
             rollback_failures: 3,
             max_wait_ms: 3_000,

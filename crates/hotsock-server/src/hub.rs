@@ -103,6 +103,15 @@ struct HubState {
     worker_handshakes: bool,
 }
 
+/// What a batch from a worker reported, beyond its effects.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Handler panics it reported.
+    pub(crate) panics: u32,
+    /// It handed over its state (answer to Snapshot).
+    pub(crate) handed_off: bool,
+}
+
 /// A worker's misbehaviour that makes its output untrustworthy; the
 /// supervisor kills it.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +126,7 @@ pub(crate) struct Hub {
     max_inflight_per_conn: u32,
     output_buffer_bytes: usize,
     max_redeliveries: u32,
+    handoff_max_bytes: usize,
     next_conn: AtomicU64,
 }
 
@@ -127,6 +137,7 @@ impl Hub {
         max_inflight_per_conn: u32,
         output_buffer_bytes: usize,
         max_redeliveries: u32,
+        handoff_max_bytes: usize,
     ) -> Hub {
         let slots = (0..slots).map(|slot| SlotEntry { slot: Slot::default(), status: SlotStatus::new(slot) }).collect();
         Hub {
@@ -143,6 +154,7 @@ impl Hub {
             max_inflight_per_conn,
             output_buffer_bytes,
             max_redeliveries,
+            handoff_max_bytes,
             next_conn: AtomicU64::new(1),
         }
     }
@@ -286,8 +298,8 @@ impl Hub {
         slot_index: usize,
         worker: WorkerId,
         messages: Vec<ToServer>,
-    ) -> Result<u32, WorkerFault> {
-        let mut panics = 0;
+    ) -> Result<Applied, WorkerFault> {
+        let mut applied = Applied::default();
         let mut guard = self.lock();
         let state = &mut *guard;
         for message in messages {
@@ -364,11 +376,42 @@ impl Hub {
                 ToServer::Panicked { conn, event, message } => {
                     tracing::warn!(slot = slot_index, conn, event, "handler panicked in the worker: {message}");
                     state.slots[slot_index].status.panics += 1;
-                    panics += 1;
+                    applied.panics += 1;
+                }
+                ToServer::Handoff(handoff) => {
+                    let handoff = match handoff {
+                        Some(bytes) if bytes.len() > self.handoff_max_bytes => {
+                            tracing::error!(
+                                slot = slot_index,
+                                bytes = bytes.len(),
+                                "handoff state over reload.handoff_max_bytes = {}; the successor starts without it",
+                                self.handoff_max_bytes
+                            );
+                            None
+                        }
+                        other => other,
+                    };
+                    applied.handed_off |= state.slots[slot_index].slot.store_handoff(worker, handoff);
                 }
             }
         }
-        Ok(panics)
+        Ok(applied)
+    }
+
+    /// Starts a state handoff in `slot_index` if its current worker supports
+    /// one (see `Slot::suspend`).
+    pub(crate) fn suspend(&self, slot_index: usize) -> bool {
+        self.lock().slots[slot_index].slot.suspend()
+    }
+
+    /// Ends a suspension whose successor failed.
+    pub(crate) fn resume(&self, slot_index: usize) {
+        self.lock().slots[slot_index].slot.resume();
+    }
+
+    /// The state the slot's last suspended worker handed over.
+    pub(crate) fn handoff_state(&self, slot_index: usize) -> Option<Bytes> {
+        self.lock().slots[slot_index].slot.handoff_state()
     }
 
     /// Events `worker` has acknowledged (for `workers.max_requests`).

@@ -172,6 +172,7 @@ impl Server {
             config.limits.max_inflight_per_conn,
             config.limits.output_buffer_bytes,
             config.workers.max_redeliveries,
+            config.reload.handoff_max_bytes,
         );
         let shared = Arc::new(Shared {
             conn_permits: Arc::new(Semaphore::new(config.server.max_connections)),

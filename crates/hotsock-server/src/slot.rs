@@ -45,11 +45,19 @@ pub(crate) struct Attached {
     stop_sent: bool,
     /// Events it acknowledged, for `workers.max_requests`.
     acked: u64,
+    /// It hands state to its successor (capability `HANDOFF`).
+    handoff: bool,
 }
 
 impl Attached {
-    pub(crate) fn new(id: WorkerId, link: mpsc::UnboundedSender<ToWorker>, generation: u64, pid: Option<u32>) -> Self {
-        Attached { id, link, generation, pid, held: 0, draining: false, stop_sent: false, acked: 0 }
+    pub(crate) fn new(
+        id: WorkerId,
+        link: mpsc::UnboundedSender<ToWorker>,
+        generation: u64,
+        pid: Option<u32>,
+        handoff: bool,
+    ) -> Self {
+        Attached { id, link, generation, pid, held: 0, draining: false, stop_sent: false, acked: 0, handoff }
     }
 }
 
@@ -117,6 +125,12 @@ pub(crate) struct Slot {
     unacked: HashMap<u64, Pending>,
     lanes: HashMap<u64, Lane>,
     pub(crate) counters: SlotCounters,
+    /// The current worker gets no new events: its state is being taken for
+    /// its successor (they wait in their lanes).
+    suspended: bool,
+    snapshot_sent: bool,
+    /// State handed over by the last suspended worker, for its successor.
+    handoff: Option<bytes::Bytes>,
 }
 
 impl Slot {
@@ -162,6 +176,9 @@ impl Slot {
     /// Sends `conn`'s unsent events to the current worker, if its held
     /// prefix is empty or already the current worker's.
     fn release(&mut self, conn: u64) {
+        if self.suspended {
+            return;
+        }
         let Some(current) = self.current else { return };
         let Some(lane) = self.lanes.get_mut(&conn) else { return };
         if lane.sent > 0 && lane.holder != Some(current) {
@@ -213,7 +230,59 @@ impl Slot {
         }
         self.release(conn);
         self.stop_if_drained(worker);
+        self.snapshot_if_idle();
         Some(conn)
+    }
+
+    /// Starts a state handoff if the current worker supports it: it gets no
+    /// new events and, once idle, is asked for its state. Returns whether a
+    /// handoff started.
+    pub(crate) fn suspend(&mut self) -> bool {
+        if !self.current().is_some_and(|w| w.handoff) {
+            return false;
+        }
+        self.suspended = true;
+        self.snapshot_sent = false;
+        self.handoff = None;
+        self.snapshot_if_idle();
+        true
+    }
+
+    /// Ends a suspension (the successor failed): the current worker gets its
+    /// waiting events.
+    pub(crate) fn resume(&mut self) {
+        if self.suspended {
+            self.suspended = false;
+            self.snapshot_sent = false;
+            self.release_all();
+        }
+    }
+
+    fn snapshot_if_idle(&mut self) {
+        if !self.suspended || self.snapshot_sent {
+            return;
+        }
+        if let Some(current) = self.current()
+            && current.held == 0
+        {
+            let _ = current.link.send(ToWorker::Snapshot);
+            self.snapshot_sent = true;
+        }
+    }
+
+    /// Keeps the state `worker` handed over, if it is the suspended current
+    /// worker. Returns whether it was accepted.
+    pub(crate) fn store_handoff(&mut self, worker: WorkerId, state: Option<bytes::Bytes>) -> bool {
+        if !self.suspended || self.current != Some(worker) {
+            return false;
+        }
+        self.handoff = state;
+        true
+    }
+
+    /// The state for the slot's next worker.
+    pub(crate) fn handoff_state(&self) -> Option<bytes::Bytes> {
+        self.handoff.clone()
     }
 
     /// Events `worker` has acknowledged so far.
@@ -230,6 +299,9 @@ impl Slot {
     /// Makes `worker` the current one: it receives new events, and the
     /// previous current worker starts draining. Returns the previous one.
     pub(crate) fn make_current(&mut self, worker: WorkerId) -> Option<WorkerId> {
+        self.suspended = false;
+        self.snapshot_sent = false;
+        self.handoff = None;
         let previous = self.current.replace(worker);
         if let Some(previous) = previous.filter(|p| *p != worker) {
             self.drain(previous);
@@ -267,6 +339,8 @@ impl Slot {
         self.workers.retain(|w| w.id != worker);
         if self.current == Some(worker) {
             self.current = None;
+            self.suspended = false;
+            self.snapshot_sent = false;
         }
         let mut poisoned = Vec::new();
         let unacked = &mut self.unacked;
@@ -322,7 +396,7 @@ mod tests {
 
     fn worker(slot: &mut Slot, id: WorkerId) -> Worker {
         let (link, rx) = mpsc::unbounded_channel();
-        slot.attach(Attached::new(id, link, id, None));
+        slot.attach(Attached::new(id, link, id, None, true));
         Worker { id, rx }
     }
 
@@ -415,5 +489,24 @@ mod tests {
         }
         assert_eq!(slot.unacked_len(), 0);
         assert_eq!(slot.counters.dropped, 2);
+    }
+
+    #[test]
+    fn a_suspended_worker_finishes_what_it_holds_then_is_asked_for_its_state() {
+        let mut slot = Slot::default();
+        let mut old = worker(&mut slot, 1);
+        slot.make_current(old.id);
+        slot.push(1, message(7));
+        assert_eq!(old.received().len(), 1);
+        assert!(slot.suspend());
+        slot.push(2, message(8));
+        assert!(old.received().is_empty(), "suspended: nothing new");
+        assert_eq!(slot.ack(old.id, 1), Some(7));
+        assert!(matches!(old.rx.try_recv(), Ok(ToWorker::Snapshot)));
+        assert!(slot.store_handoff(old.id, Some(bytes::Bytes::from_static(b"state"))));
+        assert_eq!(slot.handoff_state().as_deref(), Some(&b"state"[..]));
+        // The successor failed: the old worker is resumed and gets event 2.
+        slot.resume();
+        assert_eq!(old.received(), vec![(8, 2, false)]);
     }
 }

@@ -114,6 +114,16 @@ struct SlotSup {
     consecutive: u32,
     restart_at: Instant,
     ready_since: Option<Instant>,
+    /// The current worker is suspended for a state handoff: who waits for
+    /// the state, and until when (then the successor starts without it).
+    handoff_wait: Option<(Successor, Instant)>,
+}
+
+/// Who starts a slot's next worker once its state is handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Successor {
+    Job,
+    Recycle,
 }
 
 #[derive(Debug)]
@@ -145,6 +155,8 @@ struct Job {
     starting: HashMap<usize, WorkerId>,
     ready: Vec<(usize, WorkerId)>,
     switched: Vec<usize>,
+    /// Slots whose current worker is handing over its state first.
+    handoff: Vec<usize>,
     /// Slots to switch and watch before the others.
     canary: Option<usize>,
     /// While the canary slots are watched: until when.
@@ -176,6 +188,7 @@ pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (Superviso
             consecutive: 0,
             restart_at: now,
             ready_since: None,
+            handoff_wait: None,
         })
         .collect();
     let (events, mut events_rx) = mpsc::unbounded_channel();
@@ -230,11 +243,13 @@ impl Supervisor {
                 return;
             }
             let canary_until = self.job.as_ref().and_then(|j| j.canary_until);
-            let wake = [self.next_restart(), canary_until].into_iter().flatten().min();
+            let handoff_until = self.slots.iter().filter_map(|s| s.handoff_wait.map(|(_, until)| until)).min();
+            let wake = [self.next_restart(), canary_until, handoff_until].into_iter().flatten().min();
             let msg = tokio::select! {
                 msg = rx.recv() => msg,
                 () = sleep_until_opt(wake) => {
                     self.check_canary();
+                    self.check_handoffs();
                     self.publish();
                     continue;
                 }
@@ -242,6 +257,11 @@ impl Supervisor {
             match msg {
                 Some(Msg::Worker(WorkerEvent::Ready { slot, worker })) => self.on_ready(slot, worker),
                 Some(Msg::Worker(WorkerEvent::Recycle { slot, worker })) => self.recycle(slot, worker),
+                Some(Msg::Worker(WorkerEvent::HandedOff { slot })) => {
+                    if let Some((successor, _)) = self.slots[slot].handoff_wait.take() {
+                        self.start_successor(slot, successor);
+                    }
+                }
                 Some(Msg::Worker(WorkerEvent::Panicked { slot, generation, count })) => {
                     self.on_failure(slot, generation, count, &format!("{count} handler panic(s)"))
                 }
@@ -305,7 +325,13 @@ impl Supervisor {
         for slot in 0..self.slots.len() {
             let state = &self.slots[slot];
             let job_starting = self.job.as_ref().is_some_and(|j| j.starting.contains_key(&slot));
-            if state.current.is_none() && state.starting.is_none() && !job_starting && now >= state.restart_at {
+            let waiting = state.handoff_wait.is_some();
+            if state.current.is_none()
+                && state.starting.is_none()
+                && !job_starting
+                && !waiting
+                && now >= state.restart_at
+            {
                 let target = state.target;
                 let worker = self.launch(slot, target);
                 self.slots[slot].starting = Some(worker);
@@ -370,6 +396,14 @@ impl Supervisor {
         }
         if was_restart {
             state.starting = None;
+            // A failed recycle successor: the suspended old worker goes on.
+            if state.current.is_some() {
+                self.shared.hub.resume(slot);
+            }
+        }
+        if was_current && let Some((successor, _)) = self.slots[slot].handoff_wait.take() {
+            // It died while handing over: its successor starts without state.
+            self.start_successor(slot, successor);
         }
         if !(was_current || was_restart) {
             // A draining worker of an older generation.
@@ -398,16 +432,68 @@ impl Supervisor {
     /// reload (start, Ready, switch, drain). A job working on the slot
     /// replaces it anyway, so recycling waits for none.
     fn recycle(&mut self, slot: usize, worker: WorkerId) {
-        let job_has_slot = self.job.as_ref().is_some_and(|j| j.starting.contains_key(&slot) || j.todo.contains(&slot));
+        let job_has_slot = self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.starting.contains_key(&slot) || j.todo.contains(&slot) || j.handoff.contains(&slot));
         let state = &self.slots[slot];
         if self.retiring || job_has_slot || state.current != Some(worker) || state.starting.is_some() {
             return;
         }
+        if state.handoff_wait.is_some() {
+            return;
+        }
         tracing::info!(slot, "recycling the worker after workers.max_requests events");
-        let target = state.target;
-        let replacement = self.launch(slot, target);
-        self.slots[slot].starting = Some(replacement);
         self.shared.hub.update_status(slot, |s| s.recycled += 1);
+        if self.shared.hub.suspend(slot) {
+            self.wait_for_handoff(slot, Successor::Recycle);
+        } else {
+            self.start_successor(slot, Successor::Recycle);
+        }
+    }
+
+    fn wait_for_handoff(&mut self, slot: usize, successor: Successor) {
+        let until = Instant::now() + Duration::from_millis(self.shared.config.reload.max_wait_ms);
+        self.slots[slot].handoff_wait = Some((successor, until));
+    }
+
+    /// Handoffs that did not come in time: start the successors anyway.
+    fn check_handoffs(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            if let Some((successor, until)) = self.slots[slot].handoff_wait
+                && now >= until
+            {
+                tracing::warn!(slot, "no handoff state within reload.max_wait_ms; starting the successor without it");
+                self.slots[slot].handoff_wait = None;
+                self.start_successor(slot, successor);
+            }
+        }
+    }
+
+    /// Launches the next worker of `slot` (its state, if handed over, is in
+    /// the hub and goes into Hello).
+    fn start_successor(&mut self, slot: usize, successor: Successor) {
+        match successor {
+            Successor::Recycle => {
+                let target = self.slots[slot].target;
+                let worker = self.launch(slot, target);
+                self.slots[slot].starting = Some(worker);
+            }
+            Successor::Job => {
+                let Some(job) = &mut self.job else { return };
+                let Some(position) = job.handoff.iter().position(|s| *s == slot) else { return };
+                job.handoff.remove(position);
+                let to = job.to;
+                if let Some(restart) = self.slots[slot].starting.take() {
+                    self.control(restart, Control::Kill("superseded by a reload".into()));
+                }
+                let worker = self.launch(slot, to);
+                if let Some(job) = &mut self.job {
+                    job.starting.insert(slot, worker);
+                }
+            }
+        }
     }
 
     /// A worker of `generation` crashed or reported handler panics: fails a
@@ -550,6 +636,7 @@ impl Supervisor {
             starting: HashMap::new(),
             ready: Vec::new(),
             switched: Vec::new(),
+            handoff: Vec::new(),
             canary,
             canary_until: None,
             reason,
@@ -581,6 +668,7 @@ impl Supervisor {
         match strategy {
             ReloadStrategy::Rolling => {
                 if job.starting.is_empty()
+                    && job.handoff.is_empty()
                     && let Some(slot) = job.todo.pop_front()
                 {
                     launch.push(slot);
@@ -598,30 +686,37 @@ impl Supervisor {
             self.switch(slot, worker, to);
         }
         for slot in launch {
-            // A restart racing with the job would put the old generation
-            // back; the job's worker covers the slot instead.
-            if let Some(restart) = self.slots[slot].starting.take() {
-                self.control(restart, Control::Kill("superseded by a reload".into()));
-            }
-            let worker = self.launch(slot, to);
+            // A current worker that hands over state is suspended first; its
+            // successor starts once the state is in (`start_successor`).
             if let Some(job) = &mut self.job {
-                job.starting.insert(slot, worker);
+                job.handoff.push(slot);
+            }
+            if self.shared.hub.suspend(slot) {
+                self.wait_for_handoff(slot, Successor::Job);
+            } else {
+                self.start_successor(slot, Successor::Job);
             }
         }
         let Some(job) = &self.job else { return };
-        if job.starting.is_empty() && job.todo.is_empty() && job.ready.is_empty() {
+        if job.starting.is_empty() && job.todo.is_empty() && job.ready.is_empty() && job.handoff.is_empty() {
             self.finish_job();
         }
     }
 
     fn fail_job(&mut self, why: String) {
         let Some(mut job) = self.job.take() else { return };
-        for (_, worker) in job.starting.drain() {
+        for (slot, worker) in job.starting.drain() {
             self.control(worker, Control::Kill("reload aborted".into()));
+            self.shared.hub.resume(slot);
         }
         for (slot, worker) in job.ready.drain(..) {
             self.shared.hub.drain(slot, worker);
             self.control(worker, Control::Drain { deadline: Instant::now() });
+            self.shared.hub.resume(slot);
+        }
+        for slot in job.handoff.drain(..) {
+            self.slots[slot].handoff_wait = None;
+            self.shared.hub.resume(slot);
         }
         job.todo.clear();
         match &job.phase {

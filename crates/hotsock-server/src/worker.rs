@@ -75,6 +75,10 @@ pub(crate) enum WorkerEvent {
         slot: usize,
         worker: WorkerId,
     },
+    /// The suspended current worker of `slot` handed over its state.
+    HandedOff {
+        slot: usize,
+    },
     /// It handled `workers.max_requests` events: replace it.
     Recycle {
         slot: usize,
@@ -178,6 +182,7 @@ impl WorkerTask {
             generation,
             role: Role::Event,
             max_concurrency: config.workers.max_concurrency,
+            handoff: shared.hub.handoff_state(slot),
         };
         let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
         let ready = tokio::select! {
@@ -194,8 +199,8 @@ impl WorkerTask {
                 return kill(child, Ended::NotReady(why)).await;
             }
         };
-        let handles_handshakes = match ready {
-            Ok(Ok(caps)) => caps & capabilities::HANDSHAKE != 0,
+        let caps = match ready {
+            Ok(Ok(caps)) => caps,
             Ok(Err(why)) => {
                 // A worker that dies during start-up closes its socket first;
                 // its exit status says more than the EOF does.
@@ -211,7 +216,12 @@ impl WorkerTask {
             }
         };
         let (link, outbox) = mpsc::unbounded_channel();
-        shared.hub.attach(slot, Attached::new(worker, link, generation, pid), handles_handshakes);
+        let handoff = caps & capabilities::HANDOFF != 0;
+        shared.hub.attach(
+            slot,
+            Attached::new(worker, link, generation, pid, handoff),
+            caps & capabilities::HANDSHAKE != 0,
+        );
         self.was_ready = true;
         let _ = events.send(WorkerEvent::Ready { slot, worker });
         tracing::info!(slot, pid, generation, "worker ready");
@@ -270,9 +280,12 @@ impl WorkerTask {
             }
             // Apply what was valid before a fault: its acks and pushes are real.
             if !batch.is_empty() {
-                let panics = self.shared.hub.apply(slot, worker, batch).map_err(|e| e.0)?;
-                if panics > 0 {
-                    let _ = self.events.send(WorkerEvent::Panicked { slot, generation, count: panics });
+                let applied = self.shared.hub.apply(slot, worker, batch).map_err(|e| e.0)?;
+                if applied.panics > 0 {
+                    let _ = self.events.send(WorkerEvent::Panicked { slot, generation, count: applied.panics });
+                }
+                if applied.handed_off {
+                    let _ = self.events.send(WorkerEvent::HandedOff { slot });
                 }
                 if max_requests > 0 && !recycle_asked && self.shared.hub.acked_by(slot, worker) >= max_requests {
                     recycle_asked = true;

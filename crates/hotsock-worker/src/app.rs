@@ -16,18 +16,30 @@ pub trait App: Send + Sync + 'static {
     /// server accepts every well-formed upgrade without asking the worker.
     const HANDLES_HANDSHAKE: bool = false;
 
+    /// Set to `true` when [`App::on_worker_stop`] returns state for the next
+    /// worker of the same slot (the next generation after a reload, or the
+    /// replacement after recycling). The server then stops sending this
+    /// worker events, lets it finish, takes its state, and starts the
+    /// successor with it; events of that slot wait meanwhile. If the
+    /// successor fails to start, this worker simply receives events again.
+    const HANDOFF: bool = false;
+
     /// Runs once when the worker starts, before it tells the server it is
     /// ready: load configuration and code-dependent state here. A worker
-    /// that panics here never receives an event.
-    fn on_worker_start(&self, ctx: &Ctx) -> impl Future<Output = ()> + Send {
-        let _ = ctx;
+    /// that panics here never receives an event (and a reload to its code
+    /// is aborted). `handoff` is what the slot's previous worker returned
+    /// from `on_worker_stop`, when both have [`App::HANDOFF`].
+    fn on_worker_start(&self, ctx: &Ctx, handoff: Option<Bytes>) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, handoff);
         async {}
     }
 
-    /// Runs once when the server stops the worker, after its last event.
-    fn on_worker_stop(&self, ctx: &Ctx) -> impl Future<Output = ()> + Send {
+    /// Runs once when the worker is being replaced or stopped, after its
+    /// last event. With [`App::HANDOFF`] the returned state (at most
+    /// `reload.handoff_max_bytes`) goes to the next worker of the slot.
+    fn on_worker_stop(&self, ctx: &Ctx) -> impl Future<Output = Option<Bytes>> + Send {
         let _ = ctx;
-        async {}
+        async { None }
     }
 
     /// Decides on an upgrade request (only when `HANDLES_HANDSHAKE`).

@@ -79,6 +79,10 @@ impl Ctx {
         self.send(ToServer::Panicked { conn, event, message });
     }
 
+    pub(crate) fn send_handoff(&self, state: Option<Bytes>) {
+        self.send(ToServer::Handoff(state));
+    }
+
     pub(crate) fn reply_handshake(&self, conn: u64, reply: HandshakeReply) {
         self.send(ToServer::HandshakeReply { conn, reply });
     }

@@ -34,6 +34,7 @@ mod ctx;
 mod runtime;
 
 pub use app::{App, Close, Decision, Handshake, Message, Open, Payload};
+pub use bytes::Bytes;
 pub use ctx::Ctx;
 pub use hotsock_protocol::{ConnInfo, HandshakeRequest, Role};
 pub use runtime::run;

@@ -93,11 +93,14 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream) -> Result<(), Error> 
     let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role);
     // Ready means "this code started": on_worker_start runs first, and a
     // panic in it keeps the worker from ever taking traffic.
-    if let Err(panic) = AssertUnwindSafe(app.on_worker_start(&ctx)).catch_unwind().await {
+    if let Err(panic) = AssertUnwindSafe(app.on_worker_start(&ctx, hello.handoff.clone())).catch_unwind().await {
         tracing::error!("on_worker_start panicked: {}", panic_message(&*panic));
         std::process::exit(1);
     }
-    let caps = if A::HANDLES_HANDSHAKE { capabilities::HANDSHAKE } else { 0 };
+    let mut caps = if A::HANDLES_HANDSHAKE { capabilities::HANDSHAKE } else { 0 };
+    if A::HANDOFF {
+        caps |= capabilities::HANDOFF;
+    }
     write_ready(&mut wr, caps).await?;
     let writer = tokio::spawn(write_loop(wr, outbox));
     let runner = Arc::new(Runner {
@@ -107,31 +110,51 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream) -> Result<(), Error> 
         permits: Semaphore::new(hello.max_concurrency.max(1) as usize),
         active: AtomicUsize::new(0),
         idle: Notify::new(),
+        stopped: std::sync::atomic::AtomicBool::new(false),
     });
+    // Stop and Snapshot wait for running handlers in their own task, so
+    // this loop keeps reading (handlers may be awaiting query replies).
+    let (stopped_tx, mut stopped) = mpsc::channel::<()>(1);
     loop {
         while let Some(frame) = decoder.decode(&mut buf)? {
             match ToWorker::from_frame(frame)? {
                 ToWorker::Reply { id, not_found, body } => ctx.resolve(id, not_found, body),
+                ToWorker::Snapshot => {
+                    let runner = runner.clone();
+                    tokio::spawn(async move {
+                        runner.wait_idle().await;
+                        let state = runner.stop_once(true).await;
+                        runner.ctx.send_handoff(state);
+                    });
+                }
                 ToWorker::Stop => {
-                    runner.wait_idle().await;
-                    if let Err(panic) = AssertUnwindSafe(app.on_worker_stop(&ctx)).catch_unwind().await {
-                        tracing::error!("on_worker_stop panicked: {}", panic_message(&*panic));
-                    }
-                    let (done, flushed) = oneshot::channel();
-                    let _ = out.send(Out::Flush(done));
-                    let _ = flushed.await;
-                    writer.abort();
-                    return Ok(());
+                    let (runner, out, stopped_tx) = (runner.clone(), out.clone(), stopped_tx.clone());
+                    tokio::spawn(async move {
+                        runner.wait_idle().await;
+                        runner.stop_once(false).await;
+                        let (done, flushed) = oneshot::channel();
+                        let _ = out.send(Out::Flush(done));
+                        let _ = flushed.await;
+                        let _ = stopped_tx.send(()).await;
+                    });
                 }
                 ToWorker::Hello(_) => return Err(Error::NoHello("a second Hello".into())),
                 event => runner.submit(event),
             }
         }
         buf.reserve(READ_CHUNK_BYTES);
-        if rd.read_buf(&mut buf).await? == 0 {
-            // The server is gone; nothing we compute can reach anyone.
-            ctx.fail_all();
-            return Ok(());
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => {
+                if read? == 0 {
+                    // The server is gone; nothing we compute can reach anyone.
+                    ctx.fail_all();
+                    return Ok(());
+                }
+            }
+            _ = stopped.recv() => {
+                writer.abort();
+                return Ok(());
+            }
         }
     }
 }
@@ -178,11 +201,15 @@ struct Runner<A> {
     /// Events received and not yet acknowledged.
     active: AtomicUsize,
     idle: Notify,
+    /// `on_worker_stop` ran (for a Snapshot) and no event came since: Stop
+    /// does not run it again. An event (the worker was resumed) clears it.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl<A: App> Runner<A> {
     fn submit(self: &Arc<Self>, event: ToWorker) {
         let Some((conn, _)) = event.event() else { return };
+        self.stopped.store(false, Ordering::Release);
         self.active.fetch_add(1, Ordering::AcqRel);
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(queue) = lanes.get_mut(&conn) {
@@ -244,6 +271,21 @@ impl<A: App> Runner<A> {
             }
         }
         ctx.ack(id);
+    }
+
+    /// Runs `on_worker_stop` (for Stop: unless a Snapshot already ran it
+    /// and no event came since); returns its state.
+    async fn stop_once(&self, snapshot: bool) -> Option<bytes::Bytes> {
+        if self.stopped.swap(true, Ordering::AcqRel) && !snapshot {
+            return None;
+        }
+        match AssertUnwindSafe(self.app.on_worker_stop(&self.ctx)).catch_unwind().await {
+            Ok(state) => state,
+            Err(panic) => {
+                tracing::error!("on_worker_stop panicked: {}", panic_message(&*panic));
+                None
+            }
+        }
     }
 
     async fn wait_idle(&self) {

@@ -482,3 +482,34 @@ async fn workers_are_recycled_after_max_requests_without_loss() {
         assert_eq!(worker["crashes"], 0, "{status}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_is_handed_to_the_next_generation_of_the_same_slot() {
+    let dir = TempDir::new("handoff");
+    let log = dir.path().join("worker.log");
+    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n", bin("hotsock-testworker").display());
+    let server = TestServer::start_with_env(&config, &[("TESTWORKER_LOG", log.to_str().expect("utf8"))]);
+    let mut a = connect(&server.url("/")).await;
+    assert!(recv(&mut a).await.starts_with("open "));
+    send(&mut a, "remember:apple").await;
+    assert_eq!(recv(&mut a).await, "remembered");
+    // Traffic on other connections while the slots hand over.
+    let (stop, tasks) = traffic(&server, 4).await;
+    let output = server.cli(&["reload", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    send(&mut a, "recall").await;
+    assert_eq!(recv(&mut a).await, "memory=apple", "generation 2 of the slot got generation 1's state");
+    // And again through recycling-free rollback: the state keeps moving.
+    send(&mut a, "remember:pear").await;
+    assert_eq!(recv(&mut a).await, "remembered");
+    let output = server.cli(&["rollback", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    send(&mut a, "recall").await;
+    assert_eq!(recv(&mut a).await, "memory=apple,pear");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("gen=2") && text.contains("handoff=apple"), "{text}");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("client");
+    }
+}

@@ -13,7 +13,7 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
-use hotsock_worker::{App, Ctx, Decision, Handshake, Message};
+use hotsock_worker::{App, Bytes, Ctx, Decision, Handshake, Message};
 
 /// Longest sleep a client may ask for, so a typo cannot park a handler for
 /// hours.
@@ -26,7 +26,7 @@ struct Echo {
 impl App for Echo {
     const HANDLES_HANDSHAKE: bool = true;
 
-    async fn on_worker_start(&self, _ctx: &Ctx) {
+    async fn on_worker_start(&self, _ctx: &Ctx, _handoff: Option<Bytes>) {
         let prefix = match std::env::var("ECHO_PREFIX_FILE") {
             Ok(path) => match std::fs::read_to_string(&path) {
                 Ok(text) => text.trim_end_matches(['\n', '\r']).to_owned(),

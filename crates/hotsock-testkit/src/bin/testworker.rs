@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hotsock_protocol::{Decoder, PROTOCOL_VERSION, Ready, ToServer, ToWorker};
-use hotsock_worker::{App, Close, Ctx, Decision, Handshake, Message, Open};
+use hotsock_worker::{App, Bytes, Close, Ctx, Decision, Handshake, Message, Open};
 
 /// `panic-from=N` for this generation: every message from the worker's Nth
 /// on panics (read at start from `TESTWORKER_GEN_DIR/gen<generation>`).
@@ -31,6 +31,8 @@ use hotsock_worker::{App, Close, Ctx, Decision, Handshake, Message, Open};
 struct Test {
     panic_from: std::sync::OnceLock<usize>,
     messages: std::sync::atomic::AtomicUsize,
+    /// `remember:X` appends here; it is handed to the slot's next worker.
+    memory: std::sync::Mutex<Vec<String>>,
 }
 
 fn log(line: String) {
@@ -43,9 +45,21 @@ fn log(line: String) {
 
 impl App for Test {
     const HANDLES_HANDSHAKE: bool = true;
+    const HANDOFF: bool = true;
 
-    async fn on_worker_start(&self, ctx: &Ctx) {
-        log(format!("start slot={} gen={} pid={}", ctx.slot(), ctx.generation(), std::process::id()));
+    async fn on_worker_start(&self, ctx: &Ctx, handoff: Option<Bytes>) {
+        let handoff = handoff.map(|state| String::from_utf8_lossy(&state).into_owned());
+        log(format!(
+            "start slot={} gen={} pid={} handoff={}",
+            ctx.slot(),
+            ctx.generation(),
+            std::process::id(),
+            handoff.as_deref().unwrap_or("-")
+        ));
+        if let Some(state) = handoff {
+            *self.memory.lock().unwrap_or_else(|p| p.into_inner()) =
+                state.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        }
         if let Ok(dir) = std::env::var("TESTWORKER_GEN_DIR")
             && let Ok(mode) = std::fs::read_to_string(format!("{dir}/gen{}", ctx.generation()))
             && let Some(n) = mode.trim().strip_prefix("panic-from=").and_then(|n| n.parse().ok())
@@ -54,8 +68,10 @@ impl App for Test {
         }
     }
 
-    async fn on_worker_stop(&self, ctx: &Ctx) {
+    async fn on_worker_stop(&self, ctx: &Ctx) -> Option<Bytes> {
         log(format!("stop slot={} pid={}", ctx.slot(), std::process::id()));
+        let memory = self.memory.lock().unwrap_or_else(|p| p.into_inner()).join(",");
+        Some(Bytes::from(memory))
     }
 
     async fn on_handshake(&self, _ctx: &Ctx, handshake: Handshake) -> Decision {
@@ -95,6 +111,14 @@ impl App for Test {
         let mark = if message.redelivered { "[redelivered]" } else { "" };
         match command {
             "echo" => ctx.push(conn, format!("{mark}{arg}")),
+            "remember" => {
+                self.memory.lock().unwrap_or_else(|p| p.into_inner()).push(arg.to_owned());
+                ctx.push(conn, "remembered");
+            }
+            "recall" => {
+                let memory = self.memory.lock().unwrap_or_else(|p| p.into_inner()).join(",");
+                ctx.push(conn, format!("memory={memory}"));
+            }
             "seq" => ctx.push(conn, format!("{mark}seq:{arg}:slot={}", ctx.slot())),
             "bind" => {
                 ctx.bind(conn, arg.parse().unwrap_or(0));
