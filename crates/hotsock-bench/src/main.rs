@@ -13,6 +13,7 @@
 mod baseline;
 mod load;
 mod procfs;
+mod reload;
 mod report;
 
 use std::path::PathBuf;
@@ -49,6 +50,29 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Reload soak: numbered messages while the server reloads; counts
+    /// lost/duplicated/reordered/dropped, reload duration, p99 inside vs
+    /// outside reload windows.
+    Reload {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Event worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Reloads during the run.
+        #[arg(long, default_value_t = 10)]
+        reloads: usize,
+        /// Milliseconds between two messages of one connection.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Length of the run in seconds.
+        #[arg(long, default_value_t = 12)]
+        seconds: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// (internal) Run the baseline echo server on 127.0.0.1:PORT.
     BaselineServer {
         /// Port to listen on.
@@ -60,6 +84,9 @@ enum Scenario {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Scenario::BaselineServer { port } => baseline::serve(port),
+        Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
+            reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
+        }
         Scenario::Echo { connections, seconds, size, idle, out } => {
             let params = load::Params { connections, seconds, size };
             echo(&params, idle, &out)
@@ -160,7 +187,7 @@ fn echo(params: &load::Params, idle: usize, out: &PathBuf) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let text = report::markdown(params, &results);
-    std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    report::write_section(out, "echo", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())
 }

@@ -9,7 +9,7 @@ pub(crate) struct TargetResult {
     pub(crate) memory: Memory,
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -18,7 +18,7 @@ fn machine() -> String {
     format!("{cores} cores, {:.0} GiB RAM", mem_kib as f64 / (1024.0 * 1024.0))
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -27,13 +27,31 @@ fn today() -> String {
         .unwrap_or_else(|| "unknown date".into())
 }
 
+const HEADER: &str = "# Benchmarks\n\nEvery figure below comes from one run of the command shown under it, on a \
+shared machine; absolute numbers move from run to run, the ratios measured side by side in the same run are \
+what to read. Each section is rewritten by its own scenario (`hotsock-bench <scenario>`).\n";
+
+/// Replaces (or appends) one scenario's section of the report file,
+/// leaving the others as they are.
+pub(crate) fn write_section(path: &std::path::Path, scenario: &str, body: &str) -> std::io::Result<()> {
+    let begin = format!("<!-- scenario:{scenario} -->");
+    let end = format!("<!-- /scenario:{scenario} -->");
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!("{begin}\n{body}{end}\n");
+    let text = match (existing.find(&begin), existing.find(&end)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{section}{}", &existing[..a], existing[b + end.len()..].trim_start_matches('\n'))
+        }
+        _ if existing.starts_with("# Benchmarks") && existing.contains("<!-- scenario:") => {
+            format!("{}\n{section}", existing.trim_end())
+        }
+        _ => format!("{HEADER}\n{section}"),
+    };
+    std::fs::write(path, text)
+}
+
 pub(crate) fn markdown(params: &Params, results: &[TargetResult]) -> String {
     let mut out = String::new();
-    out.push_str("# Benchmarks\n\n");
-    out.push_str(
-        "Every figure below comes from one run of the command shown, on a shared machine; \
-         absolute numbers move from run to run, the ratios measured side by side are what to read.\n\n",
-    );
     out.push_str(&format!(
         "- Machine: {}\n- Date: {}\n- Command: `cargo build --release -p hotsock -p echo -p hotsock-bench && target/release/hotsock-bench echo --connections {} --seconds {} --size {} --idle {}`\n- Load generator, servers and workers share the machine's cores; all traffic on 127.0.0.1.\n\n",
         machine(),
@@ -43,10 +61,13 @@ pub(crate) fn markdown(params: &Params, results: &[TargetResult]) -> String {
         params.size,
         results.first().map(|r| r.memory.connections).unwrap_or(0),
     ));
-    out.push_str(&format!(
-        "## echo: {} connections ping-pong, {} B text messages, {} s measured\n\n",
-        params.connections, params.size, params.seconds
-    ));
+    out.insert_str(
+        0,
+        &format!(
+            "## echo: {} connections ping-pong, {} B text messages, {} s measured\n\n",
+            params.connections, params.size, params.seconds
+        ),
+    );
     out.push_str(
         "| target | msg/s | p50 µs | p99 µs | server CPU (cores) | load generator CPU (cores) | idle KiB/conn |\n",
     );

@@ -7,6 +7,28 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// One generation's executable, to copy.
+#[derive(Debug, Clone)]
+pub(crate) struct GenerationCopy {
+    generation: u64,
+    source: PathBuf,
+    target: Option<PathBuf>,
+}
+
+impl GenerationCopy {
+    /// Copies the executable (blocking).
+    pub(crate) fn run(&self) -> io::Result<()> {
+        let Some(target) = &self.target else { return Ok(()) };
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&self.source, target).map_err(|e| {
+            io::Error::new(e.kind(), format!("copying {} into the generation store: {e}", self.source.display()))
+        })?;
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755))
+    }
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct Generations {
@@ -32,21 +54,26 @@ impl Generations {
     }
 
     /// Copies the current build output into a new generation and returns its
-    /// number. A bare program name (found in `PATH`) is not copied: there is
-    /// no file of ours to freeze, so every generation runs it as named.
+    /// number (blocking: call it off the async threads, see `next_copy`).
     pub(crate) fn create(&mut self) -> io::Result<u64> {
+        let copy = self.next_copy();
+        copy.run()?;
+        Ok(self.commit(copy))
+    }
+
+    /// What creating the next generation takes: a copy that can run on a
+    /// blocking thread, then `commit`. A bare program name (found in `PATH`)
+    /// is not copied: there is no file of ours to freeze.
+    pub(crate) fn next_copy(&self) -> GenerationCopy {
         let generation = self.latest + 1;
-        if self.copies() {
-            let dir = self.dir.join(generation.to_string());
-            std::fs::create_dir_all(&dir)?;
-            let target = dir.join(&self.file_name);
-            std::fs::copy(&self.source, &target).map_err(|e| {
-                io::Error::new(e.kind(), format!("copying {} into the generation store: {e}", self.source.display()))
-            })?;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
-        }
-        self.latest = generation;
-        Ok(generation)
+        let target = self.copies().then(|| self.dir.join(generation.to_string()).join(&self.file_name));
+        GenerationCopy { generation, source: self.source.clone(), target }
+    }
+
+    /// Records a copied generation as the newest.
+    pub(crate) fn commit(&mut self, copy: GenerationCopy) -> u64 {
+        self.latest = self.latest.max(copy.generation);
+        copy.generation
     }
 
     fn copies(&self) -> bool {

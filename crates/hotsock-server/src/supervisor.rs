@@ -239,6 +239,7 @@ impl Supervisor {
         self.publish();
         loop {
             self.reconcile();
+            self.start_next_job().await;
             if self.retiring && self.live.is_empty() {
                 return;
             }
@@ -268,10 +269,7 @@ impl Supervisor {
                 Some(Msg::Worker(WorkerEvent::Gone { slot, worker, generation, ended, was_ready })) => {
                     self.on_gone(slot, worker, generation, ended, was_ready)
                 }
-                Some(Msg::Reload(request)) => {
-                    self.queue.push_back(request);
-                    self.start_next_job();
-                }
+                Some(Msg::Reload(request)) => self.queue.push_back(request),
                 Some(Msg::Retire) => self.retire(),
                 None => return,
             }
@@ -529,7 +527,6 @@ impl Supervisor {
             reply: None,
             reason: Some(reason),
         });
-        self.start_next_job();
     }
 
     /// Ends a canary watch that ran its time without failures: the other
@@ -577,8 +574,15 @@ impl Supervisor {
     }
 
     /// Takes the next waiting request and every waiting request of the same
-    /// kind into one job.
-    fn start_next_job(&mut self) {
+    /// kind into one job. Runs at the top of the loop, the only place that
+    /// awaits: copying the executable happens on a blocking thread.
+    async fn start_next_job(&mut self) {
+        while self.job.is_none() && !self.retiring && !self.queue.is_empty() {
+            self.start_job().await;
+        }
+    }
+
+    async fn start_job(&mut self) {
         if self.job.is_some() || self.retiring {
             return;
         }
@@ -610,7 +614,15 @@ impl Supervisor {
                     "no task workers are configured; nothing to reload".into(),
                 );
             }
-            ReloadKind::Workers => self.generations.create().map_err(|e| format!("cannot create generation: {e}")),
+            ReloadKind::Workers => {
+                let copy = self.generations.next_copy();
+                let task = copy.clone();
+                match tokio::task::spawn_blocking(move || task.run()).await {
+                    Ok(Ok(())) => Ok(self.generations.commit(copy)),
+                    Ok(Err(e)) => Err(format!("cannot create generation: {e}")),
+                    Err(e) => Err(format!("cannot create generation: {e}")),
+                }
+            }
             ReloadKind::Rollback => match self.previous {
                 Some(previous) if self.generations.exists(previous) => Ok(previous),
                 _ => Err("no previous generation to roll back to".to_owned()),
@@ -801,7 +813,6 @@ impl Supervisor {
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
         }
-        self.start_next_job();
     }
 
     fn retire(&mut self) {
