@@ -278,6 +278,7 @@ fn markdown(
                  start (exec, runtime, Ready) and {workers} old ones finish and exit, on {cores} cores shared with \
                  the load generator and the server: the slowest 1% of the few messages sent in those windows wait \
                  for a core. Nothing waits on a lock or a queue of hotsock's (p50 inside stays near p50 outside).\n\n",
+                workers = params.workers,
                 cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
             )
         } else {
