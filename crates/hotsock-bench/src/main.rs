@@ -169,7 +169,7 @@ fn start_baseline() -> Result<Target> {
     Ok(target)
 }
 
-fn echo(params: &load::Params, idle: usize, out: &PathBuf) -> Result<()> {
+fn echo(params: &load::Params, idle: usize, out: &std::path::Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut results = Vec::new();
     for start in [start_baseline as fn() -> Result<Target>, start_hotsock] {
