@@ -513,3 +513,25 @@ async fn state_is_handed_to_the_next_generation_of_the_same_slot() {
         task.await.expect("client");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handoff_state_over_the_limit_is_dropped_and_reported() {
+    let config = format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 1\n[reload]\nhandoff_max_bytes = 16\n",
+        bin("hotsock-testworker").display()
+    );
+    let server = TestServer::start(&config);
+    let mut a = connect(&server.url("/")).await;
+    assert!(recv(&mut a).await.starts_with("open "));
+    send(&mut a, "remember:exactly-16-bytes").await; // 16 bytes: at the limit
+    assert_eq!(recv(&mut a).await, "remembered");
+    assert!(server.cli(&["reload", "--wait"]).status.success());
+    send(&mut a, "recall").await;
+    assert_eq!(recv(&mut a).await, "memory=exactly-16-bytes", "state at the limit is handed over");
+    send(&mut a, "remember:x").await; // now 18 bytes
+    assert_eq!(recv(&mut a).await, "remembered");
+    assert!(server.cli(&["reload", "--wait"]).status.success(), "the reload itself still succeeds");
+    send(&mut a, "recall").await;
+    assert_eq!(recv(&mut a).await, "memory=", "state over the limit is dropped");
+    assert!(server.log().contains("handoff state over reload.handoff_max_bytes = 16"), "{}", server.log());
+}
