@@ -243,6 +243,53 @@ pub struct ReloadConfig {
     /// A draining or stopping worker gets this long to finish its events
     /// before it is killed (its unacknowledged events are then redelivered).
     pub max_wait_ms: u64,
+    /// `[reload.watch]`: rebuild and reload when source files change.
+    pub watch: Option<WatchConfig>,
+}
+
+/// `[reload.watch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Watch without `hotsock start --watch`.
+    pub enabled: bool,
+    /// Directories to watch, recursively, relative to the config file.
+    /// Directories, not files, so editors that save by writing a temporary
+    /// file and renaming it are seen.
+    pub paths: Vec<PathBuf>,
+    /// Extra glob patterns of paths to ignore (relative to a watched
+    /// directory), on top of the defaults (`target/`, `.git/`, editor swap,
+    /// backup and temporary files).
+    pub ignore: Vec<String>,
+    /// A build starts once no relevant change came for this long: a burst of
+    /// saves is one build.
+    pub debounce_ms: u64,
+    /// The build command (argv, run in the config file's directory). Empty:
+    /// a change reloads directly (workers that read code at start).
+    pub build: Vec<String>,
+    /// A build still running after this is killed and counts as failed.
+    pub build_timeout_ms: u64,
+    /// Poll for changes instead of inotify (Docker/NFS/WSL-style mounts
+    /// where inotify never fires). Polling reads every file under `paths`
+    /// each interval: watch source directories, not a whole project.
+    pub poll: bool,
+    /// How often polling looks.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            enabled: false,
+            paths: Vec::new(),
+            ignore: Vec::new(),
+            debounce_ms: 150,
+            build: Vec::new(),
+            build_timeout_ms: 300_000,
+            poll: false,
+            poll_interval_ms: 500,
+        }
+    }
 }
 
 impl Default for ReloadConfig {
@@ -252,6 +299,7 @@ impl Default for ReloadConfig {
             keep_generations: 3,
             ready_timeout_ms: 5_000,
             canary_ms: 5_000,
+            watch: None,
             handoff_max_bytes: 1 << 20,
             rollback_window_ms: 10_000,
             rollback_failures: 3,
@@ -330,6 +378,32 @@ impl Config {
         if self.reload.ready_timeout_ms == 0 {
             return Err(invalid("reload.ready_timeout_ms", "must be at least 1".into()));
         }
+        if let Some(watch) = &self.reload.watch {
+            if watch.paths.is_empty() {
+                return Err(invalid("reload.watch.paths", "must name at least one directory to watch".into()));
+            }
+            for path in &watch.paths {
+                let full = self.base_dir.join(path);
+                if !full.is_dir() {
+                    let problem = format!("names {}, which is not a directory", full.display());
+                    return Err(invalid("reload.watch.paths", problem));
+                }
+            }
+            for pattern in &watch.ignore {
+                if let Err(error) = globset::Glob::new(pattern) {
+                    return Err(invalid("reload.watch.ignore", format!("has a bad glob {pattern:?}: {error}")));
+                }
+            }
+            if watch.debounce_ms < 10 {
+                return Err(invalid("reload.watch.debounce_ms", "must be at least 10".into()));
+            }
+            if watch.poll_interval_ms < 10 {
+                return Err(invalid("reload.watch.poll_interval_ms", "must be at least 10".into()));
+            }
+            if watch.build_timeout_ms == 0 {
+                return Err(invalid("reload.watch.build_timeout_ms", "must be at least 1".into()));
+            }
+        }
         Ok(())
     }
 
@@ -354,7 +428,7 @@ impl Config {
 /// validation error can point at it. Good enough for the flat files hotsock
 /// uses; `None` when the key is absent (its default was rejected).
 fn find_line(text: &str, dotted: &str) -> Option<usize> {
-    let (section, key) = dotted.split_once('.')?;
+    let (section, key) = dotted.rsplit_once('.')?;
     let mut in_section = false;
     for (index, line) in text.lines().enumerate() {
         let trimmed = line.trim();

@@ -11,6 +11,7 @@
 //! - `supervisor`: restarts and reloads (one decision loop).
 //! - `worker`, `spawn`, `generations`: one worker process; forking;
 //!   the per-generation executable store.
+//! - `watch`: file watching, debounced single-flight builds, reload on success.
 //! - `admin` and `status`: the admin socket and what it reports.
 #![deny(missing_docs)]
 
@@ -25,12 +26,15 @@ mod slot;
 mod spawn;
 mod status;
 mod supervisor;
+mod watch;
 mod worker;
 
 pub use admin::{ADMIN_SOCKET, AdminError, AdminRequest, AdminResponse, PID_FILE, request as admin_request};
 pub use config::{
-    Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ServerConfig, WorkersConfig,
+    Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ReloadStrategy, ServerConfig,
+    WatchConfig, WorkersConfig,
 };
 pub use server::{Server, ServerError};
 pub use status::{ClientStatus, DrainingStatus, ServerStatus, SlotStatus, WorkerState};
 pub use supervisor::{ReloadKind, ReloadOutcome};
+pub use watch::{BuildOutcome, WatchStatus};

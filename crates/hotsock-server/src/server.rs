@@ -26,6 +26,7 @@ use crate::hub::Hub;
 use crate::spawn::Spawner;
 use crate::status::{ServerStatus, rss_kib};
 use crate::supervisor::{self, ReloadKind, ReloadOutcome, ReloadRequest, SupervisorHandle};
+use crate::watch::{WatchCell, WatchStatus};
 
 /// Polling step while waiting for workers or connections during start and
 /// stop; short enough to be invisible, long enough to cost nothing.
@@ -70,6 +71,7 @@ pub(crate) struct Shared {
     stopping: watch::Sender<bool>,
     supervisor: OnceLock<SupervisorHandle>,
     generation_info: Mutex<GenerationInfo>,
+    watch_status: WatchCell,
     started: Instant,
     listen: SocketAddr,
 }
@@ -101,6 +103,16 @@ impl Shared {
         info.queued = queued;
     }
 
+    pub(crate) fn set_watch_status(&self, status: WatchStatus) {
+        *self.watch_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    pub(crate) fn update_watch_status(&self, update: impl FnOnce(&mut WatchStatus)) {
+        if let Some(status) = self.watch_status.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            update(status);
+        }
+    }
+
     pub(crate) fn set_last_reload(&self, outcome: ReloadOutcome) {
         self.generation_info.lock().unwrap_or_else(|p| p.into_inner()).last_reload = Some(outcome);
     }
@@ -122,6 +134,7 @@ impl Shared {
             reloading: info.reloading,
             reloads_queued: info.queued,
             last_reload: info.last_reload,
+            watch: self.watch_status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             listen: self.listen.to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             connections: self.hub.connection_count(),
@@ -184,6 +197,7 @@ impl Server {
             stopping: watch::Sender::new(false),
             supervisor: OnceLock::new(),
             generation_info: Mutex::new(GenerationInfo { serving: 1, ..GenerationInfo::default() }),
+            watch_status: Mutex::new(None),
             started: Instant::now(),
             listen,
         });
@@ -220,6 +234,13 @@ impl Server {
         }
         tracing::info!(listen = %shared.listen, workers = shared.config.workers.count, "hotsock is serving");
         let accept_task = tokio::spawn(accept_loop(shared.clone(), listener));
+        let watch_task = shared
+            .config
+            .reload
+            .watch
+            .clone()
+            .filter(|watch| watch.enabled)
+            .map(|watch| tokio::spawn(crate::watch::run(shared.clone(), supervisor.clone(), watch)));
         let mut stop = shared.stop_signal();
         tokio::select! {
             () = &mut shutdown => tracing::info!("stop requested by signal"),
@@ -227,6 +248,9 @@ impl Server {
         }
         shared.request_stop();
         let _ = accept_task.await;
+        if let Some(task) = watch_task {
+            task.abort();
+        }
         graceful_stop(&shared, &supervisor, &mut supervise).await;
         admin_task.abort();
         signal_task.abort();
@@ -327,6 +351,14 @@ async fn graceful_stop(shared: &Shared, supervisor: &SupervisorHandle, supervise
 /// watch guard so callers' futures stay `Send`.
 pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|raised| *raised).await;
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Polls `done` until it holds or `budget` passes; returns whether it held.

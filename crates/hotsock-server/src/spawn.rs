@@ -25,7 +25,7 @@ use tokio::process::{Child, ChildStderr};
 use tokio::sync::oneshot;
 
 /// Lines of a worker's stderr kept for error reports.
-const STDERR_TAIL_LINES: usize = 10;
+const STDERR_TAIL_LINES: usize = 20;
 /// Longest stderr line kept or forwarded; longer ones are cut.
 const STDERR_LINE_MAX_BYTES: u64 = 4096;
 
@@ -36,9 +36,14 @@ pub(crate) struct SpawnSpec {
     pub(crate) args: Vec<String>,
     /// `argv[0]`, which `ps` shows: role, slot and generation.
     pub(crate) title: String,
+    /// A worker gets its socket as stdin; a command (a build) gets none and
+    /// has its stdout piped as well.
+    pub(crate) worker: bool,
+    /// Working directory (default: the server's).
+    pub(crate) cwd: Option<PathBuf>,
 }
 
-/// The last lines a worker wrote to stderr.
+/// The last lines a child wrote.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StderrTail(Arc<Mutex<VecDeque<String>>>);
 
@@ -51,10 +56,16 @@ impl StderrTail {
         lines.push_back(line);
     }
 
-    /// The kept lines joined with ` | `, or empty.
-    pub(crate) fn joined(&self) -> String {
+    /// The kept lines, oldest first.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// The last `n` kept lines joined with ` | `, or empty.
+    pub(crate) fn joined_last(&self, n: usize) -> String {
         let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().map(String::as_str).collect::<Vec<_>>().join(" | ")
+        let skip = lines.len().saturating_sub(n);
+        lines.iter().skip(skip).map(String::as_str).collect::<Vec<_>>().join(" | ")
     }
 }
 
@@ -62,7 +73,9 @@ impl StderrTail {
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) child: Child,
-    pub(crate) socket: StdUnixStream,
+    /// The server's end of a worker's socket.
+    pub(crate) socket: Option<StdUnixStream>,
+    pub(crate) stdout: Option<tokio::process::ChildStdout>,
     pub(crate) stderr: Option<ChildStderr>,
 }
 
@@ -100,14 +113,24 @@ impl Spawner {
 }
 
 fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
-    let (ours, theirs) = StdUnixStream::pair()?;
     let mut command = tokio::process::Command::new(&spec.program);
+    let mut ours = None;
+    if spec.worker {
+        let (server_end, worker_end) = StdUnixStream::pair()?;
+        ours = Some(server_end);
+        command
+            .arg0(&spec.title)
+            .env(ENV_WORKER_FD, "0")
+            .env(ENV_SERVER_PID, std::process::id().to_string())
+            .stdin(Stdio::from(OwnedFd::from(worker_end)));
+    } else {
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
+    }
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
     command
         .args(&spec.args)
-        .arg0(&spec.title)
-        .env(ENV_WORKER_FD, "0")
-        .env(ENV_SERVER_PID, std::process::id().to_string())
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stderr(Stdio::piped())
         // Own process group: a Ctrl-C in the terminal reaches the server,
         // which stops workers gracefully, instead of killing them mid-event.
@@ -118,13 +141,13 @@ fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
     let child = command.spawn().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", spec.program.display())));
     drop(command);
     let mut child = child?;
-    let stderr = child.stderr.take();
-    Ok(Spawned { child, socket: ours, stderr })
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    Ok(Spawned { child, socket: ours, stdout, stderr })
 }
 
-/// Forwards a worker's stderr to ours, line by line with a prefix, keeping
-/// the tail. Ends at the worker's EOF.
-pub(crate) async fn forward_stderr(stderr: ChildStderr, prefix: String, tail: StderrTail) {
+/// Forwards a child's output to our stderr, line by line with a prefix,
+/// keeping the tail. Ends at the child's EOF.
+pub(crate) async fn forward_stderr(stderr: impl tokio::io::AsyncRead + Unpin, prefix: String, tail: StderrTail) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     loop {

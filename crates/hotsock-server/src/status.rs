@@ -129,6 +129,8 @@ pub struct ServerStatus {
     pub reloads_queued: usize,
     /// How the last reload ended.
     pub last_reload: Option<crate::ReloadOutcome>,
+    /// Watching and building, when `[reload.watch]` is on.
+    pub watch: Option<crate::WatchStatus>,
     /// The address clients connect to.
     pub listen: String,
     /// Seconds since start.

@@ -248,7 +248,7 @@ impl Supervisor {
             let wake = [self.next_restart(), canary_until, handoff_until].into_iter().flatten().min();
             let msg = tokio::select! {
                 msg = rx.recv() => msg,
-                () = sleep_until_opt(wake) => {
+                () = crate::server::sleep_until_opt(wake) => {
                     self.check_canary();
                     self.check_handoffs();
                     self.publish();
@@ -865,12 +865,5 @@ impl Supervisor {
             Phase::Undo { .. } => format!("undoing {:?}: back to {}", job.kind, job.to),
         });
         self.shared.set_generation_info(self.serving, self.previous, reloading, self.queue.len());
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

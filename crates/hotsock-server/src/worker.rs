@@ -35,6 +35,8 @@ const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// How long a worker that closed its socket gets to exit before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Lines of a failed worker's stderr put in its report.
+const WORKER_TAIL_LINES: usize = 10;
 /// How long to wait for the rest of a dead worker's stderr for its report.
 const STDERR_GRACE: Duration = Duration::from_millis(200);
 
@@ -149,6 +151,8 @@ impl WorkerTask {
             program: self.launch.program.clone(),
             args: config.workers.command[1..].to_vec(),
             title: format!("hotsock-worker {} slot={slot} gen={generation}", Role::Event.name()),
+            worker: true,
+            cwd: None,
         };
         let spawned = match shared.spawner.spawn(spec).await {
             Ok(spawned) => spawned,
@@ -165,12 +169,15 @@ impl WorkerTask {
             if let Some(task) = stderr_task {
                 let _ = timeout(STDERR_GRACE, task).await;
             }
-            match tail.joined() {
+            match tail.joined_last(WORKER_TAIL_LINES) {
                 empty if empty.is_empty() => why,
                 lines => format!("{why}; stderr: {lines}"),
             }
         };
-        let stream = match spawned.socket.set_nonblocking(true).and_then(|()| UnixStream::from_std(spawned.socket)) {
+        let Some(socket) = spawned.socket else {
+            return kill(child, Ended::NotReady("worker spawned without a socket".into())).await;
+        };
+        let stream = match socket.set_nonblocking(true).and_then(|()| UnixStream::from_std(socket)) {
             Ok(stream) => stream,
             Err(error) => return kill(child, Ended::NotReady(format!("worker socket: {error}"))).await,
         };

@@ -27,6 +27,9 @@ enum Command {
         /// The config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Watch the [reload.watch] paths: rebuild and reload on every change.
+        #[arg(long)]
+        watch: bool,
     },
     /// Stop a running server gracefully and wait until it has exited.
     Stop {
@@ -89,7 +92,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Start { config } => start(&config),
+        Command::Start { config, watch } => start(&config, watch),
         Command::Check { config } => check(&config),
         Command::Stop { config } => with_admin(&config, stop),
         Command::Reload { config, tasks, wait, canary } => {
@@ -116,8 +119,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
-fn start(path: &Path) -> Result<()> {
-    let config = Config::load(path)?;
+fn start(path: &Path, watch: bool) -> Result<()> {
+    let mut config = Config::load(path)?;
+    if watch {
+        match config.reload.watch.as_mut() {
+            Some(section) => section.enabled = true,
+            None => bail!("--watch needs a [reload.watch] section in {} (paths, build, ...)", path.display()),
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -251,6 +260,32 @@ fn status(config: &Config, json: bool) -> Result<()> {
         "{:<5} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  LAST EXIT",
         "SLOT", "PID", "GEN", "STATE", "INFLIGHT", "DISPATCHED", "ACKED", "REDELIVERED", "CRASHES", "RSS KiB"
     );
+    if let Some(watch) = &status.watch {
+        println!(
+            "watching {} ({}{}): {} changes, {} builds, {} failed{}",
+            watch.paths.join(", "),
+            watch.backend,
+            watch.fallback_reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default(),
+            watch.changes,
+            watch.builds,
+            watch.builds_failed,
+            if watch.building { ", building now" } else { "" }
+        );
+        if let Some(build) = &watch.last_build {
+            println!(
+                "last build: {} ({}) in {} ms after a change to {}",
+                if build.ok { "ok" } else { "FAILED" },
+                build.exit,
+                build.duration_ms,
+                build.trigger
+            );
+            if !build.ok {
+                for line in &build.output_tail {
+                    println!("  | {line}");
+                }
+            }
+        }
+    }
     if let Some(last) = &status.last_reload {
         println!(
             "last reload: {} {} -> {} in {} ms: {}",
