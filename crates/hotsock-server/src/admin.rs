@@ -62,7 +62,7 @@ pub enum AdminRequest {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum AdminResponse {
     /// Answer to `Status`.
-    Status(ServerStatus),
+    Status(Box<ServerStatus>),
     /// Answer to `Clients`.
     Clients {
         /// One entry per open connection.
@@ -201,7 +201,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                 return;
             }
             let response = match serde_json::from_str::<AdminRequest>(&line) {
-                Ok(AdminRequest::Status) => AdminResponse::Status(shared.status()),
+                Ok(AdminRequest::Status) => AdminResponse::Status(Box::new(shared.status())),
                 Ok(AdminRequest::Clients) => AdminResponse::Clients { clients: shared.hub.clients() },
                 Ok(AdminRequest::Stop) => {
                     shared.request_stop();
