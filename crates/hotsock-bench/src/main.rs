@@ -11,6 +11,7 @@
 //! time and stops by itself.
 
 mod baseline;
+mod edit;
 mod load;
 mod procfs;
 mod reload;
@@ -73,6 +74,16 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Edit-to-live latency of the watch-and-build loop: detection, build,
+    /// switch.
+    Edit {
+        /// Edits to measure.
+        #[arg(long, default_value_t = 5)]
+        edits: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// (internal) Run the baseline echo server on 127.0.0.1:PORT.
     BaselineServer {
         /// Port to listen on.
@@ -84,6 +95,7 @@ enum Scenario {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Scenario::BaselineServer { port } => baseline::serve(port),
+        Scenario::Edit { edits, out } => edit::run(edits, &out),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
         }
