@@ -5,7 +5,7 @@
 //! (the cargo build itself) and switch (build end → first new reply).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use hotsock_server::{AdminRequest, AdminResponse, admin_request};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Target, free_port, load, report, sibling};
+use crate::{Target, report, spawn_hotsock};
 
 /// How long one edit may take to go live before the run fails.
 const GO_LIVE_MAX: Duration = Duration::from_secs(120);
@@ -58,26 +58,12 @@ pub(crate) fn run(edits: usize, out: &Path) -> Result<()> {
     if !status.success() {
         bail!("the first build of the temp copy failed");
     }
-    let port = free_port()?;
-    let config = dir.join("hotsock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[workers]\ncommand = [\"{}\"]\ncount = 2\n[reload.watch]\nenabled = true\npaths = [\"{}\"]\nbuild = {build:?}\n",
-            target.join("debug/echo-live").display(),
-            project.join("src").display(),
-        ),
-    )?;
-    let child = Command::new(sibling("hotsock")?)
-        .args(["start", "-c"])
-        .arg(&config)
-        .env("HOTSOCK_LOG", "warn")
-        .env("CARGO_TARGET_DIR", &target)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let target_process = Target { name: "hotsock", child, port, _dir: Some(dir.clone()) };
-    load::wait_listening(port)?;
+    let config = format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 2\n[reload.watch]\nenabled = true\npaths = [\"{}\"]\nbuild = {build:?}\n",
+        target.join("debug/echo-live").display(),
+        project.join("src").display(),
+    );
+    let target_process = spawn_hotsock("hotsock", dir.clone(), &config, &[("CARGO_TARGET_DIR", target.as_os_str())])?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let samples = runtime.block_on(measure(&target_process, &project, &dir.join("run"), edits))?;
     let text = markdown(edits, &samples);

@@ -147,27 +147,33 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_hotsock() -> Result<Target> {
+/// Writes `config` (with `listen` on a free port put first) into `dir` and
+/// starts `hotsock start` on it, with `env` added; returns once it listens.
+pub(crate) fn spawn_hotsock(
+    name: &'static str,
+    dir: PathBuf,
+    config: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<Target> {
     let port = free_port()?;
-    let dir = std::env::temp_dir().join(format!("hotsock-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("hotsock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 20000\n[workers]\ncommand = [\"{}\"]\ncount = 2\n",
-            sibling("echo")?.display()
-        ),
-    )?;
-    let child = Command::new(sibling("hotsock")?)
-        .args(["start", "-c"])
-        .arg(&config)
-        .env("HOTSOCK_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()?;
-    let target = Target { name: "hotsock (server + 2 echo workers)", child, port, _dir: Some(dir) };
+    let path = dir.join("hotsock.toml");
+    std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{config}"))?;
+    let mut command = Command::new(sibling("hotsock")?);
+    command.args(["start", "-c"]).arg(&path).env("HOTSOCK_LOG", "warn").stdout(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let target = Target { name, child: command.spawn()?, port, _dir: Some(dir) };
     load::wait_listening(port)?;
     Ok(target)
+}
+
+fn start_hotsock() -> Result<Target> {
+    let dir = std::env::temp_dir().join(format!("hotsock-bench-{}", std::process::id()));
+    let config =
+        format!("max_connections = 20000\n[workers]\ncommand = [\"{}\"]\ncount = 2\n", sibling("echo")?.display());
+    spawn_hotsock("hotsock (server + 2 echo workers)", dir, &config, &[])
 }
 
 fn start_baseline() -> Result<Target> {

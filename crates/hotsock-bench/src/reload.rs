@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use hotsock_server::{AdminRequest, AdminResponse, admin_request};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Target, free_port, load, report, sibling};
+use crate::{Target, report, sibling, spawn_hotsock};
 
 pub(crate) struct Params {
     pub(crate) connections: usize,
@@ -58,30 +57,13 @@ struct Hotsock {
 }
 
 fn start(params: &Params) -> Result<Hotsock> {
-    let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("hotsock-bench-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("hotsock.toml");
     let prefix = dir.join("prefix");
     std::fs::write(&prefix, "g0:")?;
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[workers]\ncommand = [\"{}\"]\ncount = {}\n",
-            sibling("echo")?.display(),
-            params.workers
-        ),
-    )?;
-    let child = Command::new(sibling("hotsock")?)
-        .args(["start", "-c"])
-        .arg(&config)
-        .env("HOTSOCK_LOG", "warn")
-        .env("ECHO_PREFIX_FILE", &prefix)
-        .stdout(Stdio::null())
-        .spawn()?;
-    let target = Target { name: "hotsock", child, port, _dir: Some(dir) };
-    load::wait_listening(port)?;
-    Ok(Hotsock { target, config, prefix })
+    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = {}\n", sibling("echo")?.display(), params.workers);
+    let target = spawn_hotsock("hotsock", dir.clone(), &config, &[("ECHO_PREFIX_FILE", prefix.as_os_str())])?;
+    Ok(Hotsock { target, config: dir.join("hotsock.toml"), prefix })
 }
 
 /// Reloads over the admin socket (as `hotsock reload --wait` does, without

@@ -245,6 +245,21 @@ pub async fn next(client: &mut Client) -> Option<Message> {
     }
 }
 
+/// The next text message on the read half of a split client; panics if the
+/// connection ends or nothing arrives within [`WAIT`].
+pub async fn next_text(stream: &mut futures_util::stream::SplitStream<Client>) -> String {
+    loop {
+        let message = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("timed out waiting for a text message")
+            .expect("connection closed while waiting for a text message")
+            .expect("connection error while waiting for a text message");
+        if let Message::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}
+
 /// Reads until the server closes; returns the close code (None if the
 /// stream ended without a close frame).
 pub async fn close_code(client: &mut Client) -> Option<u16> {

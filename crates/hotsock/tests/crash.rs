@@ -4,27 +4,13 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hotsock_testkit::{TempDir, TestServer, bin, close_code, connect, recv, send, wait_for};
+use hotsock_testkit::{TempDir, TestServer, bin, close_code, connect, next_text, recv, send, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_tungstenite::tungstenite::Message;
 
 fn config(program: &str, extra: &str) -> String {
     format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{extra}", bin(program).display())
-}
-
-/// The next text message on a split client stream; panics if it ends.
-async fn next_text(stream: &mut futures_util::stream::SplitStream<hotsock_testkit::Client>) -> String {
-    loop {
-        let message = tokio::time::timeout(hotsock_testkit::WAIT, stream.next())
-            .await
-            .expect("reply timed out")
-            .expect("connection closed")
-            .expect("connection error");
-        if let Message::Text(text) = message {
-            return text.to_string();
-        }
-    }
 }
 
 fn sigkill(pid: u32) {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hotsock_testkit::{Client, TempDir, TestServer, bin, connect, recv, send, wait_for};
+use hotsock_testkit::{Client, TempDir, TestServer, bin, connect, next_text, recv, send, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::task::JoinHandle;
@@ -116,12 +116,7 @@ async fn run_conn(
     });
     let mut replies = Vec::new();
     loop {
-        let message = tokio::time::timeout(hotsock_testkit::WAIT, stream.next())
-            .await
-            .expect("reply timed out")
-            .expect("connection closed during the soak")
-            .expect("connection error during the soak");
-        let Message::Text(text) = message else { continue };
+        let text = next_text(&mut stream).await;
         let (redelivered, text) = match text.strip_prefix("[redelivered]") {
             Some(rest) => (true, rest.to_owned()),
             None => (false, text.to_string()),
