@@ -5,7 +5,8 @@
 //!
 //! Theory of operation.
 //! - The segment is an array of 64-bit atomic words (`segment.rs` says why;
-//!   it holds the crate's only `unsafe`): a header, then `slots` rows.
+//!   it and `fdpass.rs`, which receives segments from another process,
+//!   hold the crate's only `unsafe`): a header, then `slots` rows.
 //! - Rows are found by open addressing: FNV-1a of the key, then linear
 //!   probing. There are at least twice as many slots as rows, so probes stay
 //!   short; the capacity is exact (`TableFull` after `rows` live keys).
@@ -20,6 +21,7 @@
 //! - Every error is typed: a full table, a key or string too long, an
 //!   unknown column, a wrong type. Nothing is truncated; nothing panics.
 
+mod fdpass;
 mod schema;
 mod segment;
 
@@ -27,6 +29,7 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
+pub use fdpass::{FILES_MAX, receive_files, send_files};
 pub use schema::{Column, ColumnType, KEY_MAX_BYTES, ROWS_MAX, STRING_MAX_BYTES, Schema};
 use schema::{Fnv, KEY, KEY_WORDS, LOCK, Layout, SEQ, STATE};
 use segment::Segment;

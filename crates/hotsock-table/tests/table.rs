@@ -204,3 +204,20 @@ fn a_writer_killed_mid_write_leaves_every_row_readable_and_unlocked() {
         }
     }
 }
+
+#[test]
+fn segments_pass_over_a_unix_socket() {
+    let a = Table::create("a", &schema(4)).expect("create");
+    let b = Table::create("b", &schema(8)).expect("create");
+    a.incr("k", "n", 7).expect("incr");
+    let (server, worker) = std::os::unix::net::UnixStream::pair().expect("pair");
+    hotsock_table::send_files(&server, &[a.file(), b.file()]).expect("send");
+    let files = hotsock_table::receive_files(&worker).expect("receive");
+    assert_eq!(files.len(), 2);
+    let mut files = files.into_iter();
+    let seen = Table::open("a", files.next().expect("a"), &schema(4), Owner::this_process()).expect("open a");
+    assert_eq!(seen.get("k").expect("get").expect("row").int("n"), Some(7));
+    assert!(Table::open("b", files.next().expect("b"), &schema(4), Owner::this_process()).is_err(), "b has 8 rows");
+    hotsock_table::send_files(&server, &[]).expect("send none");
+    assert!(hotsock_table::receive_files(&worker).expect("receive none").is_empty());
+}
