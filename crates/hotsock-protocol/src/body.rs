@@ -56,6 +56,20 @@ pub struct Hello {
     pub max_concurrency: u32,
     /// State the slot's previous worker handed over (`Handoff`), if any.
     pub handoff: Option<Bytes>,
+    /// The shared tables, in the order of the file descriptors the server
+    /// passed before Hello.
+    pub tables: Vec<TableSpec>,
+}
+
+/// A shared table's declaration, as the worker needs it to map the segment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableSpec {
+    /// The table's name (`[tables.NAME]`).
+    pub name: String,
+    /// Its capacity in rows.
+    pub rows: u32,
+    /// Column names and types (`i64`, `f64`, `str:N`), in order.
+    pub columns: Vec<(String, String)>,
 }
 
 /// Worker → server, answer to [`Hello`].
@@ -213,6 +227,16 @@ impl Hello {
         dst.put_u32_le(self.max_concurrency);
         dst.put_u8(u8::from(self.handoff.is_some()));
         put_bytes(dst, self.handoff.as_deref().unwrap_or_default());
+        dst.put_u16_le(u16::try_from(self.tables.len()).unwrap_or(u16::MAX));
+        for table in &self.tables {
+            put_bytes(dst, table.name.as_bytes());
+            dst.put_u32_le(table.rows);
+            dst.put_u16_le(u16::try_from(table.columns.len()).unwrap_or(u16::MAX));
+            for (name, ty) in &table.columns {
+                put_bytes(dst, name.as_bytes());
+                put_bytes(dst, ty.as_bytes());
+            }
+        }
     }
 
     /// Decodes a Hello body. The version comes first and is checked by the
@@ -228,7 +252,27 @@ impl Hello {
         let max_concurrency = r.u32()?;
         let has_handoff = r.u8()? != 0;
         let handoff = Bytes::copy_from_slice(r.bytes()?);
-        Ok(Hello { protocol_version, slot, generation, role, max_concurrency, handoff: has_handoff.then_some(handoff) })
+        let count = r.u16()? as usize;
+        let mut tables = Vec::with_capacity(count.min(64));
+        for _ in 0..count {
+            let name = r.string()?;
+            let rows = r.u32()?;
+            let columns = r.u16()? as usize;
+            let mut spec = TableSpec { name, rows, columns: Vec::with_capacity(columns.min(256)) };
+            for _ in 0..columns {
+                spec.columns.push((r.string()?, r.string()?));
+            }
+            tables.push(spec);
+        }
+        Ok(Hello {
+            protocol_version,
+            slot,
+            generation,
+            role,
+            max_concurrency,
+            handoff: has_handoff.then_some(handoff),
+            tables,
+        })
     }
 }
 

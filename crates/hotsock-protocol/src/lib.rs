@@ -16,7 +16,7 @@ mod body;
 mod frame;
 mod message;
 
-pub use body::{ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role};
+pub use body::{ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role, TableSpec};
 pub use frame::{Decoder, Frame, HEADER_LEN, Kind, PAYLOAD_MAX_BYTES, flags};
 pub use message::{ToServer, ToWorker, decode_conn_list, encode_conn_list};
 

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use hotsock_protocol::{
     ConnInfo, Decoder, Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, PROTOCOL_VERSION,
-    ProtocolError, Ready, Role, ToServer, ToWorker, decode_conn_list, encode_conn_list,
+    ProtocolError, Ready, Role, TableSpec, ToServer, ToWorker, decode_conn_list, encode_conn_list,
 };
 use proptest::prelude::*;
 
@@ -27,8 +27,19 @@ fn arb_headers() -> impl Strategy<Value = Vec<(String, Bytes)>> {
 
 fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>(), proptest::option::of(arb_bytes())).prop_map(
-            |(slot, generation, task, max_concurrency, handoff)| {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<u32>(),
+            proptest::option::of(arb_bytes()),
+            proptest::collection::vec(
+                ("[a-z]{1,8}", any::<u32>(), proptest::collection::vec(("[a-z]{1,8}", "i64|f64|str:[0-9]{1,3}"), 0..4))
+                    .prop_map(|(name, rows, columns)| TableSpec { name, rows, columns }),
+                0..3
+            )
+        )
+            .prop_map(|(slot, generation, task, max_concurrency, handoff, tables)| {
                 ToWorker::Hello(Hello {
                     protocol_version: PROTOCOL_VERSION,
                     slot,
@@ -36,9 +47,9 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
                     role: if task { Role::Task } else { Role::Event },
                     max_concurrency,
                     handoff,
+                    tables,
                 })
-            }
-        ),
+            }),
         Just(ToWorker::Snapshot),
         (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,30}", ".{0,60}", arb_headers()).prop_map(
             |(conn, id, redelivered, peer, path, headers)| ToWorker::Handshake {

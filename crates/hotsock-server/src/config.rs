@@ -41,7 +41,7 @@ pub enum ConfigError {
         /// The line of the key, when found.
         line: Option<usize>,
         /// The full key, e.g. `workers.count`.
-        key: &'static str,
+        key: String,
         /// What is wrong with the value.
         problem: String,
     },
@@ -62,6 +62,9 @@ pub struct Config {
     /// `[reload]`: timeouts for starting and stopping workers.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// `[tables.NAME]`: shared-memory tables every worker maps.
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, TableConfig>,
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -114,6 +117,32 @@ pub enum DispatchMode {
     RoundRobin,
     /// The slot with the fewest unacknowledged events.
     LeastBusy,
+}
+
+/// `[tables.NAME]`: a shared table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Exact capacity in rows.
+    pub rows: u32,
+    /// Column names and types: `i64`, `f64` or `str:N` (N bytes).
+    pub columns: std::collections::BTreeMap<String, String>,
+}
+
+impl TableConfig {
+    /// The table crate's schema for this declaration.
+    pub fn schema(&self) -> Result<hotsock_table::Schema, String> {
+        let columns = self
+            .columns
+            .iter()
+            .map(|(name, ty)| {
+                hotsock_table::ColumnType::parse(ty)
+                    .map(|ty| hotsock_table::Column { name: name.clone(), ty })
+                    .map_err(|e| format!("column {name:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(hotsock_table::Schema { rows: self.rows, columns })
+    }
 }
 
 /// `[workers]`.
@@ -330,10 +359,10 @@ impl Config {
     }
 
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
             line: find_line(text, key),
-            key,
+            key: key.to_owned(),
             problem,
         };
         let w = &self.workers;
@@ -377,6 +406,23 @@ impl Config {
         }
         if self.reload.ready_timeout_ms == 0 {
             return Err(invalid("reload.ready_timeout_ms", "must be at least 1".into()));
+        }
+        if self.tables.len() > hotsock_table::FILES_MAX {
+            let problem =
+                format!("declares {} tables; at most {} are allowed", self.tables.len(), hotsock_table::FILES_MAX);
+            return Err(invalid("tables", problem));
+        }
+        for (name, table) in &self.tables {
+            if !(1..=hotsock_table::ROWS_MAX).contains(&table.rows) {
+                let problem = format!("is {}; it must be between 1 and {}", table.rows, hotsock_table::ROWS_MAX);
+                return Err(invalid(&format!("tables.{name}.rows"), problem));
+            }
+            if table.columns.is_empty() {
+                return Err(invalid(&format!("tables.{name}.columns"), "must declare at least one column".into()));
+            }
+            if let Err(problem) = table.schema() {
+                return Err(invalid(&format!("tables.{name}.columns"), problem));
+            }
         }
         if let Some(watch) = &self.reload.watch {
             if watch.paths.is_empty() {

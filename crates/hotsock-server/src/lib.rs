@@ -32,9 +32,9 @@ mod worker;
 pub use admin::{ADMIN_SOCKET, AdminError, AdminRequest, AdminResponse, PID_FILE, request as admin_request};
 pub use config::{
     Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ReloadStrategy, ServerConfig,
-    WatchConfig, WorkersConfig,
+    TableConfig, WatchConfig, WorkersConfig,
 };
 pub use server::{Server, ServerError};
-pub use status::{ClientStatus, DrainingStatus, ServerStatus, SlotStatus, WorkerState};
+pub use status::{ClientStatus, DrainingStatus, ServerStatus, SlotStatus, TableStatus, WorkerState};
 pub use supervisor::{ReloadKind, ReloadOutcome};
 pub use watch::{BuildOutcome, WatchStatus};

@@ -24,9 +24,11 @@ use crate::config::Config;
 use crate::generations::Generations;
 use crate::hub::Hub;
 use crate::spawn::Spawner;
-use crate::status::{ServerStatus, rss_kib};
+use crate::status::{ServerStatus, TableStatus, rss_kib};
 use crate::supervisor::{self, ReloadKind, ReloadOutcome, ReloadRequest, SupervisorHandle};
 use crate::watch::{WatchCell, WatchStatus};
+use hotsock_protocol::TableSpec;
+use hotsock_table::Table;
 
 /// Polling step while waiting for workers or connections during start and
 /// stop; short enough to be invisible, long enough to cost nothing.
@@ -48,6 +50,9 @@ pub enum ServerError {
     /// Another server is using the same run directory.
     #[error("a hotsock server is already running with this run_dir (admin socket {0} answers); stop it first")]
     AlreadyRunning(PathBuf),
+    /// A shared table could not be created.
+    #[error("{0}")]
+    Table(String),
     /// Workers did not all become ready in time at start.
     #[error("workers did not become ready: {0}")]
     WorkersNotReady(String),
@@ -64,6 +69,9 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) hub: Hub,
     pub(crate) spawner: Spawner,
+    /// The shared tables, created before any worker, living as long as the
+    /// server: each worker maps them, reloads and crashes leave them be.
+    pub(crate) tables: Vec<(TableSpec, Table)>,
     /// One permit per connection, open or mid-handshake.
     pub(crate) conn_permits: Arc<Semaphore>,
     pub(crate) accepted_total: AtomicU64,
@@ -135,6 +143,15 @@ impl Shared {
             reloads_queued: info.queued,
             last_reload: info.last_reload,
             watch: self.watch_status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            tables: self
+                .tables
+                .iter()
+                .map(|(spec, table)| TableStatus {
+                    name: spec.name.clone(),
+                    rows: table.len(),
+                    capacity: table.capacity(),
+                })
+                .collect(),
             listen: self.listen.to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             connections: self.hub.connection_count(),
@@ -179,6 +196,7 @@ impl Server {
                 .map_err(io_error("cannot prepare the generation store"))?;
         generations.create().map_err(io_error("cannot store generation 1"))?;
         let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(io_error("starting the spawner"))?;
+        let tables = create_tables(&config)?;
         let hub = Hub::new(
             config.workers.count,
             config.workers.dispatch,
@@ -192,6 +210,7 @@ impl Server {
             config,
             hub,
             spawner,
+            tables,
             accepted_total: AtomicU64::new(0),
             rejected_total: AtomicU64::new(0),
             stopping: watch::Sender::new(false),
@@ -276,6 +295,22 @@ async fn reload_signals(supervisor: SupervisorHandle) {
         tracing::info!(?kind, "reload requested by signal");
         supervisor.reload(ReloadRequest { kind, canary: None, reply: None, reason: None });
     }
+}
+
+/// Creates every `[tables.NAME]` segment.
+fn create_tables(config: &Config) -> Result<Vec<(TableSpec, Table)>, ServerError> {
+    let mut tables = Vec::new();
+    for (name, table) in &config.tables {
+        let schema = table.schema().map_err(|e| ServerError::Table(format!("tables.{name}: {e}")))?;
+        let created = Table::create(name, &schema).map_err(|e| ServerError::Table(format!("tables.{name}: {e}")))?;
+        let spec = TableSpec {
+            name: name.clone(),
+            rows: table.rows,
+            columns: table.columns.iter().map(|(n, t)| (n.clone(), t.clone())).collect(),
+        };
+        tables.push((spec, created));
+    }
+    Ok(tables)
 }
 
 fn bind_listener(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServerError> {

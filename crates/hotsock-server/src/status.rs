@@ -84,6 +84,17 @@ impl SlotStatus {
     }
 }
 
+/// One shared table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableStatus {
+    /// Its name.
+    pub name: String,
+    /// Rows in use.
+    pub rows: usize,
+    /// Its capacity.
+    pub capacity: u32,
+}
+
 /// A worker of an older generation that is finishing its events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrainingStatus {
@@ -131,6 +142,8 @@ pub struct ServerStatus {
     pub last_reload: Option<crate::ReloadOutcome>,
     /// Watching and building, when `[reload.watch]` is on.
     pub watch: Option<crate::WatchStatus>,
+    /// The shared tables.
+    pub tables: Vec<TableStatus>,
     /// The address clients connect to.
     pub listen: String,
     /// Seconds since start.

@@ -177,6 +177,12 @@ impl WorkerTask {
         let Some(socket) = spawned.socket else {
             return kill(child, Ended::NotReady("worker spawned without a socket".into())).await;
         };
+        // The table segments go first, as one byte with SCM_RIGHTS (the
+        // socket is still blocking here; the byte fits its buffer).
+        let files: Vec<&std::fs::File> = shared.tables.iter().map(|(_, table)| table.file()).collect();
+        if let Err(error) = hotsock_table::send_files(&socket, &files) {
+            return kill(child, Ended::NotReady(format!("cannot hand over the tables: {error}"))).await;
+        }
         let stream = match socket.set_nonblocking(true).and_then(|()| UnixStream::from_std(socket)) {
             Ok(stream) => stream,
             Err(error) => return kill(child, Ended::NotReady(format!("worker socket: {error}"))).await,
@@ -190,6 +196,7 @@ impl WorkerTask {
             role: Role::Event,
             max_concurrency: config.workers.max_concurrency,
             handoff: shared.hub.handoff_state(slot),
+            tables: shared.tables.iter().map(|(spec, _)| spec.clone()).collect(),
         };
         let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
         let ready = tokio::select! {
@@ -236,6 +243,32 @@ impl WorkerTask {
         let read = self.read_loop(rd, buf).await;
         shared.hub.detach(slot, worker);
         writer.abort();
+        let ended = self.finish(child, read, stderr_task, &with_tail).await;
+        // Whatever table rows it had locked when it ended are released.
+        if let Some(pid) = pid {
+            for (spec, table) in &shared.tables {
+                let released = table.repair(pid);
+                if released > 0 {
+                    tracing::warn!(slot, pid, table = %spec.name, released, "released table locks of an ended worker");
+                }
+            }
+        }
+        ended
+    }
+
+    async fn finish<F, Fut>(
+        &self,
+        mut child: Child,
+        read: Result<(), String>,
+        stderr_task: Option<tokio::task::JoinHandle<()>>,
+        with_tail: &F,
+    ) -> Ended
+    where
+        F: Fn(String, Option<tokio::task::JoinHandle<()>>) -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        let Launch { slot, generation, .. } = self.launch;
+        let pid = child.id();
         match read {
             Err(fault) => {
                 tracing::error!(slot, pid, generation, "killing worker: {fault}");

@@ -11,6 +11,7 @@ use hotsock_protocol::{ConnInfo, HandshakeReply, Role, ToServer, decode_conn_lis
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Error, Payload};
+use hotsock_table::Table;
 
 /// An item for the writer task.
 #[derive(Debug)]
@@ -42,10 +43,17 @@ struct Inner {
     slot: u32,
     generation: u64,
     role: Role,
+    tables: Vec<Table>,
 }
 
 impl Ctx {
-    pub(crate) fn new(out: mpsc::UnboundedSender<Out>, slot: u32, generation: u64, role: Role) -> Ctx {
+    pub(crate) fn new(
+        out: mpsc::UnboundedSender<Out>,
+        slot: u32,
+        generation: u64,
+        role: Role,
+        tables: Vec<Table>,
+    ) -> Ctx {
         Ctx {
             inner: Arc::new(Inner {
                 out,
@@ -54,6 +62,7 @@ impl Ctx {
                 slot,
                 generation,
                 role,
+                tables,
             }),
         }
     }
@@ -98,6 +107,12 @@ impl Ctx {
     /// Fails every waiting query (the server is gone).
     pub(crate) fn fail_all(&self) {
         self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// A shared table declared in the config (`[tables.NAME]`): the same
+    /// rows in every worker, kept across reloads and crashes.
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.inner.tables.iter().find(|t| t.name() == name)
     }
 
     /// This worker's slot (0-based).

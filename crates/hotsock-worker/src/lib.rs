@@ -37,6 +37,7 @@ pub use app::{App, Close, Decision, Handshake, Message, Open, Payload};
 pub use bytes::Bytes;
 pub use ctx::Ctx;
 pub use hotsock_protocol::{ConnInfo, HandshakeRequest, Role};
+pub use hotsock_table::{Row, Table, TableError, Value};
 pub use runtime::run;
 
 /// Why a worker could not run.
@@ -67,4 +68,7 @@ pub enum Error {
     /// The server closed the socket before a request was answered.
     #[error("the server is gone")]
     Disconnected,
+    /// The shared tables could not be mapped.
+    #[error("shared tables: {0}")]
+    Tables(String),
 }

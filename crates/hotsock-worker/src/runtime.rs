@@ -59,9 +59,12 @@ pub fn run<A: App>(app: A) -> Result<(), Error> {
         let _ = nix::unistd::dup2_stdin(&null);
     }
     let socket = StdUnixStream::from(socket);
+    // First byte: the shared tables' segments (SCM_RIGHTS), read while the
+    // socket still blocks and before any plain read could discard them.
+    let files = hotsock_table::receive_files(&socket)?;
     socket.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = runtime.block_on(serve(Arc::new(app), socket));
+    let result = runtime.block_on(serve(Arc::new(app), socket, files));
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
 }
@@ -77,7 +80,7 @@ fn watch_parent() -> Result<(), Error> {
     }
 }
 
-async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream) -> Result<(), Error> {
+async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::File>) -> Result<(), Error> {
     let (mut rd, mut wr) = UnixStream::from_std(socket)?.into_split();
     let decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -89,8 +92,9 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream) -> Result<(), Error> 
         return Err(Error::VersionMismatch { server: hello.protocol_version, sdk: PROTOCOL_VERSION });
     }
     set_process_name(&hello);
+    let tables = open_tables(&hello, files)?;
     let (out, outbox) = mpsc::unbounded_channel();
-    let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role);
+    let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role, tables);
     // Ready means "this code started": on_worker_start runs first, and a
     // panic in it keeps the worker from ever taking traffic.
     if let Err(panic) = AssertUnwindSafe(app.on_worker_start(&ctx, hello.handoff.clone())).catch_unwind().await {
@@ -157,6 +161,37 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream) -> Result<(), Error> 
             }
         }
     }
+}
+
+/// Maps the tables Hello declares, from the segments received before it.
+fn open_tables(hello: &Hello, files: Vec<std::fs::File>) -> Result<Vec<hotsock_table::Table>, Error> {
+    if files.len() != hello.tables.len() {
+        return Err(Error::Tables(format!("{} segments for {} declared tables", files.len(), hello.tables.len())));
+    }
+    let owner = hotsock_table::Owner {
+        pid: std::process::id(),
+        slot: u16::try_from(hello.slot).unwrap_or(u16::MAX - 1),
+        generation: hello.generation as u16,
+    };
+    hello
+        .tables
+        .iter()
+        .zip(files)
+        .map(|(spec, file)| {
+            let columns = spec
+                .columns
+                .iter()
+                .map(|(name, ty)| {
+                    hotsock_table::ColumnType::parse(ty)
+                        .map(|ty| hotsock_table::Column { name: name.clone(), ty })
+                        .map_err(|e| Error::Tables(format!("table {}: {e}", spec.name)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let schema = hotsock_table::Schema { rows: spec.rows, columns };
+            hotsock_table::Table::open(&spec.name, file, &schema, owner)
+                .map_err(|e| Error::Tables(format!("table {}: {e}", spec.name)))
+        })
+        .collect()
 }
 
 async fn read_hello(rd: &mut OwnedReadHalf, buf: &mut BytesMut, decoder: &Decoder) -> Result<Hello, Error> {

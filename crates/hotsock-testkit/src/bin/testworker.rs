@@ -1,7 +1,8 @@
 //! A worker for tests: every SDK callback and command behind a text command,
 //! plus raw-protocol modes that misbehave on purpose.
 //!
-//! Text commands (`on_message`): `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
+//! Text commands (`on_message`): `tincr:KEY` / `tget:KEY` (table
+//! `counters`, column `n`), `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
 //! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
 //! `push_close:X`, `panic`, `exit`, `sleep:MS:X`, `flood:N:SIZE`, `binary:X`.
 //! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays.
@@ -111,6 +112,18 @@ impl App for Test {
         let mark = if message.redelivered { "[redelivered]" } else { "" };
         match command {
             "echo" => ctx.push(conn, format!("{mark}{arg}")),
+            "tincr" | "tget" => {
+                let Some(table) = ctx.table("counters") else {
+                    ctx.push(conn, "error: no table counters");
+                    return;
+                };
+                let result = if command == "tincr" {
+                    table.incr(arg, "n", 1).map(|n| n.to_string())
+                } else {
+                    table.get(arg).map(|row| row.and_then(|r| r.int("n")).map_or("none".into(), |n| n.to_string()))
+                };
+                ctx.push(conn, result.unwrap_or_else(|e| format!("error: {e}")));
+            }
             "remember" => {
                 self.memory.lock().unwrap_or_else(|p| p.into_inner()).push(arg.to_owned());
                 ctx.push(conn, "remembered");
@@ -215,6 +228,8 @@ fn raw_mode(mode: &str) -> bool {
         }
     }
     let mut socket = raw_socket();
+    // The table descriptors come first, before Hello.
+    let _ = hotsock_table::receive_files(&socket);
     let mut buf = BytesMut::new();
     let Some(ToWorker::Hello(_)) = read_frame(&mut socket, &mut buf) else { std::process::exit(1) };
     match mode {
