@@ -16,6 +16,7 @@ mod load;
 mod procfs;
 mod reload;
 mod report;
+mod table;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -84,6 +85,23 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Shared-table operations per second from 1 and 4 processes, against a
+    /// Mutex<HashMap> in one process.
+    Table {
+        /// Operations per process and per kind.
+        #[arg(long, default_value_t = 2_000_000)]
+        ops: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// (internal) One process of the 4-process table runs.
+    TableChild {
+        /// get, set or incr.
+        op: String,
+        /// How many.
+        ops: usize,
+    },
     /// (internal) Run the baseline echo server on 127.0.0.1:PORT.
     BaselineServer {
         /// Port to listen on.
@@ -96,6 +114,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Scenario::BaselineServer { port } => baseline::serve(port),
         Scenario::Edit { edits, out } => edit::run(edits, &out),
+        Scenario::Table { ops, out } => table::run(ops, &out),
+        Scenario::TableChild { op, ops } => table::child(&op, ops),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
         }

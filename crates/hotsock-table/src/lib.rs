@@ -26,6 +26,7 @@ mod schema;
 mod segment;
 
 use std::fs::File;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
@@ -153,7 +154,8 @@ pub enum Value {
 /// A copy of one row's values, in column order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    names: Vec<String>,
+    /// Shared with the table: a read copies values, not column names.
+    names: Arc<[String]>,
     values: Vec<Value>,
 }
 
@@ -233,6 +235,7 @@ pub struct Table {
     file: File,
     segment: Segment,
     layout: Layout,
+    names: Arc<[String]>,
     owner: u64,
 }
 
@@ -253,7 +256,8 @@ impl Table {
         let header = segment.words();
         header[H_HASH].store(layout.hash, Ordering::Relaxed);
         header[H_MAGIC].store(MAGIC, Ordering::Release);
-        Ok(Table { name: name.to_owned(), file, segment, layout, owner: Owner::this_process().encode() })
+        let names = layout.columns.iter().map(|(c, _)| c.name.clone()).collect();
+        Ok(Table { name: name.to_owned(), file, segment, layout, names, owner: Owner::this_process().encode() })
     }
 
     /// Maps a table another process created, checking it was made for the
@@ -269,7 +273,8 @@ impl Table {
         if header[H_HASH].load(Ordering::Relaxed) != layout.hash {
             return Err(TableError::SchemaMismatch(format!("table {name:?} was created with different columns")));
         }
-        Ok(Table { name: name.to_owned(), file, segment, layout, owner: owner.encode() })
+        let names = layout.columns.iter().map(|(c, _)| c.name.clone()).collect();
+        Ok(Table { name: name.to_owned(), file, segment, layout, names, owner: owner.encode() })
     }
 
     /// The table's name.
@@ -361,7 +366,7 @@ impl Table {
     }
 
     fn row_of(&self, values: Vec<Value>) -> Row {
-        Row { names: self.layout.columns.iter().map(|(c, _)| c.name.clone()).collect(), values }
+        Row { names: self.names.clone(), values }
     }
 
     fn values(&self, row: &[AtomicU64]) -> Vec<Value> {
