@@ -22,8 +22,14 @@ pub mod flags {
     /// Any event: the event was sent to a worker before, which died or was
     /// killed before acknowledging it. The handler may have run already.
     pub const REDELIVERED: u8 = 1 << 1;
-    /// Reply: the connection asked about does not exist (any more).
+    /// Reply: the connection asked about does not exist (any more), or the
+    /// task was refused (the body says why).
     pub const NOT_FOUND: u8 = 1 << 2;
+    /// Finish: the worker that dispatched the task is gone; this is its
+    /// slot's current worker.
+    pub const ORPHANED: u8 = 1 << 3;
+    /// TaskDone/Finish: the task handler failed (panicked).
+    pub const FAILED: u8 = 1 << 4;
 }
 
 /// The frame kinds. Values below 0x40 travel server → worker, values from
@@ -50,6 +56,10 @@ pub enum Kind {
     /// `on_worker_stop` and answers with `Handoff`. It may receive events
     /// again afterwards (its successor failed to start) or `Stop`.
     Snapshot = 0x08,
+    /// Event for a task worker: run a task (`conn` is the task id).
+    Task = 0x09,
+    /// A task's result, to the worker that dispatched it (`conn`: task id).
+    Finish = 0x0a,
     /// The worker's answer to Hello: its version and capabilities.
     Ready = 0x41,
     /// Acknowledges handled events; the body is a list of event ids.
@@ -76,6 +86,10 @@ pub enum Kind {
     /// Answer to `Snapshot`: the state for the slot's next worker (empty
     /// payload: no state).
     Handoff = 0x4c,
+    /// Dispatch a task; answered by `Reply` with the task id (or refused).
+    DispatchTask = 0x4d,
+    /// A task worker's result for task `conn`.
+    TaskDone = 0x4e,
 }
 
 impl Kind {
@@ -90,6 +104,8 @@ impl Kind {
             0x06 => Kind::Reply,
             0x07 => Kind::Stop,
             0x08 => Kind::Snapshot,
+            0x09 => Kind::Task,
+            0x0a => Kind::Finish,
             0x41 => Kind::Ready,
             0x42 => Kind::Ack,
             0x43 => Kind::Push,
@@ -102,6 +118,8 @@ impl Kind {
             0x4a => Kind::HandshakeReply,
             0x4b => Kind::Panicked,
             0x4c => Kind::Handoff,
+            0x4d => Kind::DispatchTask,
+            0x4e => Kind::TaskDone,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

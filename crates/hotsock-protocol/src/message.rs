@@ -73,6 +73,29 @@ pub enum ToWorker {
     Stop,
     /// Once idle, run `on_worker_stop` and answer with `Handoff`.
     Snapshot,
+    /// Event (task workers): run task `task`.
+    Task {
+        /// Task id.
+        task: u64,
+        /// Event id, to acknowledge.
+        id: u64,
+        /// A task worker died holding it before.
+        redelivered: bool,
+        /// The task's payload.
+        payload: Bytes,
+    },
+    /// A task's result.
+    Finish {
+        /// Task id.
+        task: u64,
+        /// Delivered to the slot's current worker because the dispatcher is
+        /// gone.
+        orphaned: bool,
+        /// The task handler failed.
+        failed: bool,
+        /// The result.
+        payload: Bytes,
+    },
 }
 
 /// A message from a worker to the server.
@@ -144,6 +167,23 @@ pub enum ToServer {
     },
     /// The answer to `Snapshot`: state for the slot's next worker.
     Handoff(Option<Bytes>),
+    /// Dispatch a task; the server answers with a `Reply` to `request`
+    /// carrying the task id (8 bytes), or refuses (`NOT_FOUND`, reason).
+    DispatchTask {
+        /// Request id echoed in the reply.
+        request: u64,
+        /// The task's payload.
+        payload: Bytes,
+    },
+    /// A task worker's result.
+    TaskDone {
+        /// Task id.
+        task: u64,
+        /// The handler failed.
+        failed: bool,
+        /// The result.
+        payload: Bytes,
+    },
     /// A handler panicked; the worker caught it and keeps serving.
     Panicked {
         /// The connection whose event it was handling.
@@ -231,6 +271,13 @@ impl ToWorker {
             }
             ToWorker::Stop => put_raw(dst, Kind::Stop, 0, 0, 0, &[]),
             ToWorker::Snapshot => put_raw(dst, Kind::Snapshot, 0, 0, 0, &[]),
+            ToWorker::Task { task, id, redelivered, payload } => {
+                put_raw(dst, Kind::Task, event_flags(*redelivered), *task, *id, payload)
+            }
+            ToWorker::Finish { task, orphaned, failed, payload } => {
+                let flags = (if *orphaned { flags::ORPHANED } else { 0 }) | (if *failed { flags::FAILED } else { 0 });
+                put_raw(dst, Kind::Finish, flags, *task, 0, payload)
+            }
         }
     }
 
@@ -265,6 +312,13 @@ impl ToWorker {
                 expect_empty(&frame)?;
                 ToWorker::Snapshot
             }
+            Kind::Task => ToWorker::Task { task: conn, id, redelivered, payload: frame.payload },
+            Kind::Finish => ToWorker::Finish {
+                task: conn,
+                orphaned: frame.flags & flags::ORPHANED != 0,
+                failed: frame.flags & flags::FAILED != 0,
+                payload: frame.payload,
+            },
             other => return Err(ProtocolError::WrongDirection(other)),
         })
     }
@@ -275,7 +329,8 @@ impl ToWorker {
             ToWorker::Handshake { conn, id, .. }
             | ToWorker::Open { conn, id, .. }
             | ToWorker::Message { conn, id, .. }
-            | ToWorker::Close { conn, id, .. } => Some((*conn, *id)),
+            | ToWorker::Close { conn, id, .. }
+            | ToWorker::Task { task: conn, id, .. } => Some((*conn, *id)),
             _ => None,
         }
     }
@@ -301,6 +356,10 @@ impl ToServer {
             ToServer::ConnList { request } => put_raw(dst, Kind::ConnList, 0, 0, *request, &[]),
             ToServer::HandshakeReply { conn, reply } => {
                 encode_with(dst, Kind::HandshakeReply, 0, *conn, 0, |b| reply.encode_body(b))
+            }
+            ToServer::DispatchTask { request, payload } => put_raw(dst, Kind::DispatchTask, 0, 0, *request, payload),
+            ToServer::TaskDone { task, failed, payload } => {
+                put_raw(dst, Kind::TaskDone, if *failed { flags::FAILED } else { 0 }, *task, 0, payload)
             }
             ToServer::Handoff(state) => put_raw(dst, Kind::Handoff, 0, 0, 0, state.as_deref().unwrap_or_default()),
             ToServer::Panicked { conn, event, message } => {
@@ -339,6 +398,10 @@ impl ToServer {
             }
             Kind::HandshakeReply => {
                 ToServer::HandshakeReply { conn, reply: HandshakeReply::decode_body(&frame.payload)? }
+            }
+            Kind::DispatchTask => ToServer::DispatchTask { request: id, payload: frame.payload },
+            Kind::TaskDone => {
+                ToServer::TaskDone { task: conn, failed: frame.flags & flags::FAILED != 0, payload: frame.payload }
             }
             Kind::Handoff => ToServer::Handoff((!frame.payload.is_empty()).then_some(frame.payload)),
             Kind::Panicked => {

@@ -51,6 +51,10 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
                 })
             }),
         Just(ToWorker::Snapshot),
+        (any::<u64>(), any::<u64>(), any::<bool>(), arb_bytes())
+            .prop_map(|(task, id, redelivered, payload)| { ToWorker::Task { task, id, redelivered, payload } }),
+        (any::<u64>(), any::<bool>(), any::<bool>(), arb_bytes())
+            .prop_map(|(task, orphaned, failed, payload)| { ToWorker::Finish { task, orphaned, failed, payload } }),
         (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,30}", ".{0,60}", arb_headers()).prop_map(
             |(conn, id, redelivered, peer, path, headers)| ToWorker::Handshake {
                 conn,
@@ -100,6 +104,12 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
         (any::<u64>(), any::<u64>()).prop_map(|(conn, uid)| ToServer::Bind { conn, uid }),
         (any::<u64>(), arb_bytes()).prop_map(|(uid, data)| ToServer::SendToUid { uid, binary: true, data }),
         arb_bytes().prop_map(|data| ToServer::Broadcast { binary: true, data }),
+        (any::<u64>(), arb_bytes()).prop_map(|(request, payload)| ToServer::DispatchTask { request, payload }),
+        (any::<u64>(), any::<bool>(), arb_bytes()).prop_map(|(task, failed, payload)| ToServer::TaskDone {
+            task,
+            failed,
+            payload
+        }),
         proptest::option::of(arb_bytes().prop_filter("non-empty", |b| !b.is_empty())).prop_map(ToServer::Handoff),
         (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnInfo { conn, request }),
         any::<u64>().prop_map(|request| ToServer::ConnList { request }),

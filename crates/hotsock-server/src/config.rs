@@ -162,6 +162,15 @@ pub struct WorkersConfig {
     /// connection's events always run one at a time).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
+    /// Task worker processes (same binary, `on_task`); 0: none.
+    #[serde(default)]
+    pub task_count: usize,
+    /// Tasks waiting or running before `ctx.task()` is refused.
+    #[serde(default = "default_task_queue_max")]
+    pub task_queue_max: usize,
+    /// Replace a task worker after this many tasks; 0 never does.
+    #[serde(default)]
+    pub task_max_requests: u64,
     /// Replace a worker (same generation, zero-loss switch) after it handled
     /// this many events; 0 never does. The guard against slow leaks.
     #[serde(default)]
@@ -189,6 +198,9 @@ fn default_dispatch() -> DispatchMode {
 }
 fn default_max_concurrency() -> u32 {
     256
+}
+fn default_task_queue_max() -> usize {
+    1024
 }
 fn default_max_redeliveries() -> u32 {
     3
@@ -371,6 +383,12 @@ impl Config {
         }
         if !(1..=256).contains(&w.count) {
             return Err(invalid("workers.count", format!("is {}; it must be between 1 and 256", w.count)));
+        }
+        if w.task_count > 256 {
+            return Err(invalid("workers.task_count", format!("is {}; it must be at most 256", w.task_count)));
+        }
+        if w.task_queue_max == 0 {
+            return Err(invalid("workers.task_queue_max", "must be at least 1".into()));
         }
         if w.max_concurrency == 0 {
             return Err(invalid("workers.max_concurrency", "must be at least 1".into()));

@@ -24,7 +24,7 @@ use hotsock_protocol::{ConnInfo, HandshakeReply, HandshakeRequest, ToServer, ToW
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::config::DispatchMode;
+use crate::config::{Config, DispatchMode};
 use crate::slot::{Attached, Pending, Poisoned, Slot, WorkerId};
 use crate::status::{ClientStatus, DrainingStatus, SlotStatus, WorkerState};
 
@@ -59,8 +59,16 @@ pub(crate) struct ConnShared {
 pub(crate) enum EventBody {
     Handshake(HandshakeRequest),
     Open,
-    Message { binary: bool, data: Bytes },
-    Close { code: u16, reason: String },
+    Message {
+        binary: bool,
+        data: Bytes,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
+    /// A task, for a task slot (the pending's `conn` is the task id).
+    Task(Bytes),
 }
 
 /// Connection facts fixed at accept time.
@@ -97,6 +105,10 @@ struct HubState {
     uids: HashMap<u64, Vec<u64>>,
     slots: Vec<SlotEntry>,
     handshakes: HashMap<u64, oneshot::Sender<HandshakeReply>>,
+    /// Tasks whose result has not come back: who dispatched them.
+    tasks: HashMap<u64, TaskOrigin>,
+    next_task: u64,
+    task_counters: TaskCounters,
     next_event: u64,
     round_robin: usize,
     /// From the workers' Ready: they want to decide on upgrades.
@@ -110,6 +122,26 @@ pub(crate) struct Applied {
     pub(crate) panics: u32,
     /// It handed over its state (answer to Snapshot).
     pub(crate) handed_off: bool,
+}
+
+/// Who dispatched a task, to send its result back to.
+#[derive(Debug, Clone, Copy)]
+struct TaskOrigin {
+    slot: usize,
+    worker: WorkerId,
+}
+
+/// Task totals for `status`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct TaskCounters {
+    /// Tasks dispatched and not yet finished (waiting or running).
+    pub queued: usize,
+    /// Tasks finished with a result.
+    pub completed: u64,
+    /// Tasks whose handler failed.
+    pub failed: u64,
+    /// Dispatches refused (queue full, no task workers).
+    pub refused: u64,
 }
 
 /// A worker's misbehaviour that makes its output untrustworthy; the
@@ -127,25 +159,42 @@ pub(crate) struct Hub {
     output_buffer_bytes: usize,
     max_redeliveries: u32,
     handoff_max_bytes: usize,
+    /// Slots `0..event_slots` take connection events; the rest run tasks.
+    event_slots: usize,
+    task_queue_max: usize,
     next_conn: AtomicU64,
 }
 
 impl Hub {
-    pub(crate) fn new(
-        slots: usize,
-        dispatch: DispatchMode,
-        max_inflight_per_conn: u32,
-        output_buffer_bytes: usize,
-        max_redeliveries: u32,
-        handoff_max_bytes: usize,
-    ) -> Hub {
-        let slots = (0..slots).map(|slot| SlotEntry { slot: Slot::default(), status: SlotStatus::new(slot) }).collect();
+    pub(crate) fn new(config: &Config) -> Hub {
+        let (workers, limits) = (&config.workers, &config.limits);
+        let dispatch = workers.dispatch;
+        let max_inflight_per_conn = limits.max_inflight_per_conn;
+        let output_buffer_bytes = limits.output_buffer_bytes;
+        let max_redeliveries = workers.max_redeliveries;
+        let handoff_max_bytes = config.reload.handoff_max_bytes;
+        let task_queue_max = workers.task_queue_max;
+        let (slots, task_slots) = (workers.count, workers.task_count);
+        let event_slots = slots;
+        let slots = slots + task_slots;
+        let slots = (0..slots)
+            .map(|slot| {
+                let mut status = SlotStatus::new(slot);
+                if slot >= event_slots {
+                    status.role = "task".into();
+                }
+                SlotEntry { slot: Slot::default(), status }
+            })
+            .collect();
         Hub {
             state: Mutex::new(HubState {
                 conns: HashMap::new(),
                 uids: HashMap::new(),
                 slots,
                 handshakes: HashMap::new(),
+                tasks: HashMap::new(),
+                next_task: 1,
+                task_counters: TaskCounters::default(),
                 next_event: 1,
                 round_robin: 0,
                 worker_handshakes: false,
@@ -155,6 +204,8 @@ impl Hub {
             output_buffer_bytes,
             max_redeliveries,
             handoff_max_bytes,
+            event_slots,
+            task_queue_max,
             next_conn: AtomicU64::new(1),
         }
     }
@@ -225,7 +276,7 @@ impl Hub {
     pub(crate) fn dispatch(&self, conn: u64, bodies: impl IntoIterator<Item = EventBody>) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let slot_count = state.slots.len();
+        let slot_count = self.event_slots;
         let Some(entry) = state.conns.get_mut(&conn) else { return };
         for body in bodies {
             let inflight = entry.shared.inflight.load(Ordering::Relaxed);
@@ -239,7 +290,7 @@ impl Hub {
                         state.round_robin = (state.round_robin + 1) % slot_count;
                         state.round_robin
                     }
-                    DispatchMode::LeastBusy => least_busy(&state.slots),
+                    DispatchMode::LeastBusy => least_busy(&state.slots[..slot_count]),
                 };
             }
             entry.shared.inflight.store(inflight + 1, Ordering::Relaxed);
@@ -283,6 +334,12 @@ impl Hub {
                 event = id,
                 "dropping an event that crashed {deaths} workers (workers.max_redeliveries); closing its connection with 1011"
             );
+            if slot_index >= self.event_slots {
+                // A task that kills every task worker: its dispatcher gets
+                // a failure instead of waiting forever.
+                self.finish_task(state, conn, true, Bytes::from("the task crashed every task worker that ran it"));
+                continue;
+            }
             if let Some(entry) = state.conns.get(&conn) {
                 entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
                 let _ = entry.out.send(Outgoing::Close(1011, "an event of this connection crashed the worker".into()));
@@ -307,9 +364,11 @@ impl Hub {
                 ToServer::Ready(_) => return Err(WorkerFault("sent Ready twice".into())),
                 ToServer::Ack(ids) => {
                     let slot = &mut state.slots[slot_index].slot;
+                    // In a task slot a lane is a task, not a connection.
+                    let conns = slot_index < self.event_slots;
                     for id in ids {
                         let Some(conn) = slot.ack(worker, id) else { continue };
-                        if let Some(entry) = state.conns.get(&conn) {
+                        if let Some(entry) = state.conns.get(&conn).filter(|_| conns) {
                             let before = entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
                             if before == self.max_inflight_per_conn {
                                 entry.shared.wake.notify_one();
@@ -373,6 +432,22 @@ impl Hub {
                         let _ = waiter.send(reply);
                     }
                 }
+                ToServer::DispatchTask { request, payload } => {
+                    let reply = self.dispatch_task(state, slot_index, worker, payload);
+                    let reply = match reply {
+                        Ok(task) => ToWorker::Reply {
+                            id: request,
+                            not_found: false,
+                            body: Bytes::copy_from_slice(&task.to_le_bytes()),
+                        },
+                        Err(why) => {
+                            state.task_counters.refused += 1;
+                            ToWorker::Reply { id: request, not_found: true, body: Bytes::from(why) }
+                        }
+                    };
+                    state.slots[slot_index].slot.send_to(worker, reply);
+                }
+                ToServer::TaskDone { task, failed, payload } => self.finish_task(state, task, failed, payload),
                 ToServer::Panicked { conn, event, message } => {
                     tracing::warn!(slot = slot_index, conn, event, "handler panicked in the worker: {message}");
                     state.slots[slot_index].status.panics += 1;
@@ -396,6 +471,56 @@ impl Hub {
             }
         }
         Ok(applied)
+    }
+
+    /// Queues a task on the least busy task slot; returns its id, or why it
+    /// was refused.
+    fn dispatch_task(
+        &self,
+        state: &mut HubState,
+        slot: usize,
+        worker: WorkerId,
+        payload: Bytes,
+    ) -> Result<u64, String> {
+        let task_slots = &state.slots[self.event_slots..];
+        if task_slots.is_empty() {
+            return Err("no task workers are configured (workers.task_count = 0)".into());
+        }
+        let queued: usize = task_slots.iter().map(|s| s.slot.unacked_len()).sum();
+        if queued >= self.task_queue_max {
+            return Err(format!("task queue full (workers.task_queue_max = {})", self.task_queue_max));
+        }
+        let target = self.event_slots + least_busy(task_slots);
+        let task = state.next_task;
+        state.next_task += 1;
+        let id = state.next_event;
+        state.next_event += 1;
+        state.tasks.insert(task, TaskOrigin { slot, worker });
+        state.slots[slot].slot.task_started(worker);
+        state.slots[target].slot.push(id, Pending::new(task, EventBody::Task(payload)));
+        Ok(task)
+    }
+
+    /// Sends a task's result to the worker that dispatched it while it is
+    /// attached (draining included), else to its slot's current worker as
+    /// an orphan. A second result for the same task (it ran again after a
+    /// task worker died) is dropped: each task's result is delivered once.
+    fn finish_task(&self, state: &mut HubState, task: u64, failed: bool, payload: Bytes) {
+        let Some(origin) = state.tasks.remove(&task) else { return };
+        if failed {
+            state.task_counters.failed += 1;
+        } else {
+            state.task_counters.completed += 1;
+        }
+        state.slots[origin.slot].slot.finish_task(origin.worker, task, failed, payload);
+    }
+
+    /// Task totals for `status`.
+    pub(crate) fn task_counters(&self) -> TaskCounters {
+        let state = self.lock();
+        let mut counters = state.task_counters;
+        counters.queued = state.tasks.len();
+        counters
     }
 
     /// Starts a state handoff in `slot_index` if its current worker supports

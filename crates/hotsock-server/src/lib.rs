@@ -34,6 +34,7 @@ pub use config::{
     Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ReloadStrategy, ServerConfig,
     TableConfig, WatchConfig, WorkersConfig,
 };
+pub use hub::TaskCounters;
 pub use server::{Server, ServerError};
 pub use status::{ClientStatus, DrainingStatus, ServerStatus, SlotStatus, TableStatus, WorkerState};
 pub use supervisor::{ReloadKind, ReloadOutcome};

@@ -143,6 +143,7 @@ impl Shared {
             reloads_queued: info.queued,
             last_reload: info.last_reload,
             watch: self.watch_status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            tasks: self.hub.task_counters(),
             tables: self
                 .tables
                 .iter()
@@ -197,14 +198,7 @@ impl Server {
         generations.create().map_err(io_error("cannot store generation 1"))?;
         let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(io_error("starting the spawner"))?;
         let tables = create_tables(&config)?;
-        let hub = Hub::new(
-            config.workers.count,
-            config.workers.dispatch,
-            config.limits.max_inflight_per_conn,
-            config.limits.output_buffer_bytes,
-            config.workers.max_redeliveries,
-            config.reload.handoff_max_bytes,
-        );
+        let hub = Hub::new(&config);
         let shared = Arc::new(Shared {
             conn_permits: Arc::new(Semaphore::new(config.server.max_connections)),
             config,

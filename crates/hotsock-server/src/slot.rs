@@ -47,6 +47,9 @@ pub(crate) struct Attached {
     acked: u64,
     /// It hands state to its successor (capability `HANDOFF`).
     handoff: bool,
+    /// Tasks it dispatched whose results have not come back: it is not
+    /// told to stop while any are out, so it receives them.
+    tasks_out: usize,
 }
 
 impl Attached {
@@ -57,7 +60,18 @@ impl Attached {
         pid: Option<u32>,
         handoff: bool,
     ) -> Self {
-        Attached { id, link, generation, pid, held: 0, draining: false, stop_sent: false, acked: 0, handoff }
+        Attached {
+            id,
+            link,
+            generation,
+            pid,
+            held: 0,
+            draining: false,
+            stop_sent: false,
+            acked: 0,
+            handoff,
+            tasks_out: 0,
+        }
     }
 }
 
@@ -88,6 +102,7 @@ impl Pending {
             EventBody::Close { code, reason } => {
                 ToWorker::Close { conn, id, redelivered, code: *code, reason: reason.clone() }
             }
+            EventBody::Task(payload) => ToWorker::Task { task: conn, id, redelivered, payload: payload.clone() },
         }
     }
 }
@@ -131,6 +146,8 @@ pub(crate) struct Slot {
     snapshot_sent: bool,
     /// State handed over by the last suspended worker, for its successor.
     handoff: Option<bytes::Bytes>,
+    /// Task results whose dispatcher is gone, waiting for a current worker.
+    orphans: Vec<ToWorker>,
 }
 
 impl Slot {
@@ -285,6 +302,31 @@ impl Slot {
         self.handoff.clone()
     }
 
+    /// `worker` dispatched a task.
+    pub(crate) fn task_started(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker) {
+            w.tasks_out += 1;
+        }
+    }
+
+    /// Delivers a task's result: to the worker that dispatched it if it is
+    /// still here, else to the current worker (orphaned), else later.
+    pub(crate) fn finish_task(&mut self, worker: WorkerId, task: u64, failed: bool, payload: bytes::Bytes) {
+        if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker) {
+            w.tasks_out = w.tasks_out.saturating_sub(1);
+            let _ = w.link.send(ToWorker::Finish { task, orphaned: false, failed, payload });
+            self.stop_if_drained(worker);
+            return;
+        }
+        let orphan = ToWorker::Finish { task, orphaned: true, failed, payload };
+        match self.current() {
+            Some(current) => {
+                let _ = current.link.send(orphan);
+            }
+            None => self.orphans.push(orphan),
+        }
+    }
+
     /// Events `worker` has acknowledged so far.
     pub(crate) fn acked_by(&self, worker: WorkerId) -> u64 {
         self.workers.iter().find(|w| w.id == worker).map_or(0, |w| w.acked)
@@ -303,6 +345,11 @@ impl Slot {
         self.snapshot_sent = false;
         self.handoff = None;
         let previous = self.current.replace(worker);
+        if let Some(current) = self.workers.iter().find(|w| w.id == worker) {
+            for orphan in self.orphans.drain(..) {
+                let _ = current.link.send(orphan);
+            }
+        }
         if let Some(previous) = previous.filter(|p| *p != worker) {
             self.drain(previous);
         }
@@ -325,6 +372,7 @@ impl Slot {
         if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker)
             && w.draining
             && w.held == 0
+            && w.tasks_out == 0
             && !w.stop_sent
         {
             w.stop_sent = true;

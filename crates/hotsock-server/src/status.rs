@@ -24,6 +24,8 @@ pub enum WorkerState {
 pub struct SlotStatus {
     /// Slot index.
     pub slot: usize,
+    /// `event` or `task`.
+    pub role: String,
     /// Current lifecycle state.
     pub state: WorkerState,
     /// Process id of the current (or last) worker.
@@ -64,6 +66,7 @@ impl SlotStatus {
     pub(crate) fn new(slot: usize) -> SlotStatus {
         SlotStatus {
             slot,
+            role: "event".into(),
             state: WorkerState::Starting,
             pid: None,
             generation: 1,
@@ -142,6 +145,8 @@ pub struct ServerStatus {
     pub last_reload: Option<crate::ReloadOutcome>,
     /// Watching and building, when `[reload.watch]` is on.
     pub watch: Option<crate::WatchStatus>,
+    /// Task queue and totals.
+    pub tasks: crate::TaskCounters,
     /// The shared tables.
     pub tables: Vec<TableStatus>,
     /// The address clients connect to.

@@ -179,7 +179,7 @@ pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (Superviso
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = SupervisorHandle { tx: tx.clone() };
     let now = Instant::now();
-    let slots = (0..shared.config.workers.count)
+    let slots = (0..shared.config.workers.count + shared.config.workers.task_count)
         .map(|_| SlotSup {
             target: 1,
             current: None,
@@ -573,6 +573,17 @@ impl Supervisor {
         self.shared.hub.update_status(slot, |s| s.crash_loop = looping);
     }
 
+    /// Copies the executable into a new generation, on a blocking thread.
+    async fn new_generation(&mut self) -> Result<u64, String> {
+        let copy = self.generations.next_copy();
+        let task = copy.clone();
+        match tokio::task::spawn_blocking(move || task.run()).await {
+            Ok(Ok(())) => Ok(self.generations.commit(copy)),
+            Ok(Err(e)) => Err(format!("cannot create generation: {e}")),
+            Err(e) => Err(format!("cannot create generation: {e}")),
+        }
+    }
+
     /// Takes the next waiting request and every waiting request of the same
     /// kind into one job. Runs at the top of the loop, the only place that
     /// awaits: copying the executable happens on a blocking thread.
@@ -601,28 +612,12 @@ impl Supervisor {
         let began = Instant::now();
         let from = self.serving;
         let target = match kind {
-            ReloadKind::Tasks => {
+            ReloadKind::Tasks if self.shared.config.workers.task_count == 0 => {
                 tracing::info!("task-worker reload requested, but no task workers are configured: nothing to do");
-                return self.answer(
-                    waiters,
-                    requests,
-                    kind,
-                    began,
-                    from,
-                    from,
-                    true,
-                    "no task workers are configured; nothing to reload".into(),
-                );
+                let message = "no task workers are configured; nothing to reload".to_owned();
+                return self.answer(waiters, requests, kind, began, from, from, true, message);
             }
-            ReloadKind::Workers => {
-                let copy = self.generations.next_copy();
-                let task = copy.clone();
-                match tokio::task::spawn_blocking(move || task.run()).await {
-                    Ok(Ok(())) => Ok(self.generations.commit(copy)),
-                    Ok(Err(e)) => Err(format!("cannot create generation: {e}")),
-                    Err(e) => Err(format!("cannot create generation: {e}")),
-                }
-            }
+            ReloadKind::Tasks | ReloadKind::Workers => self.new_generation().await,
             ReloadKind::Rollback => match self.previous {
                 Some(previous) if self.generations.exists(previous) => Ok(previous),
                 _ => Err("no previous generation to roll back to".to_owned()),
@@ -634,7 +629,13 @@ impl Supervisor {
         };
         let canary = canary.filter(|k| *k > 0 && *k < self.slots.len());
         tracing::info!(?kind, from, to, "reload started");
-        let slots = self.slots.len();
+        let events = self.shared.config.workers.count;
+        // Event reloads and rollbacks switch the event slots, task reloads
+        // the task slots.
+        let todo: VecDeque<usize> = match kind {
+            ReloadKind::Tasks => (events..self.slots.len()).collect(),
+            ReloadKind::Workers | ReloadKind::Rollback => (0..events).collect(),
+        };
         self.job = Some(Job {
             kind,
             waiters,
@@ -644,7 +645,7 @@ impl Supervisor {
             to,
             strategy: self.shared.config.reload.strategy,
             phase: Phase::Forward,
-            todo: (0..slots).collect(),
+            todo,
             starting: HashMap::new(),
             ready: Vec::new(),
             switched: Vec::new(),
@@ -757,6 +758,10 @@ impl Supervisor {
     fn finish_job(&mut self) {
         let Some(job) = self.job.take() else { return };
         match job.phase {
+            Phase::Forward if job.kind == ReloadKind::Tasks => {
+                let message = format!("task workers on generation {}", job.to);
+                self.answer(job.waiters, job.requests, job.kind, job.began, job.from, job.to, true, message);
+            }
             Phase::Forward => {
                 self.previous = Some(job.from);
                 self.serving = job.to;

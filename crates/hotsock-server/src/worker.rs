@@ -147,10 +147,11 @@ impl WorkerTask {
         let shared = self.shared.clone();
         let config = &shared.config;
         let Launch { slot, generation, worker, .. } = self.launch;
+        let role = if slot < config.workers.count { Role::Event } else { Role::Task };
         let spec = SpawnSpec {
             program: self.launch.program.clone(),
             args: config.workers.command[1..].to_vec(),
-            title: format!("hotsock-worker {} slot={slot} gen={generation}", Role::Event.name()),
+            title: format!("hotsock-worker {} slot={slot} gen={generation}", role.name()),
             worker: true,
             cwd: None,
         };
@@ -193,7 +194,7 @@ impl WorkerTask {
             protocol_version: PROTOCOL_VERSION,
             slot: slot as u32,
             generation,
-            role: Role::Event,
+            role,
             max_concurrency: config.workers.max_concurrency,
             handoff: shared.hub.handoff_state(slot),
             tables: shared.tables.iter().map(|(spec, _)| spec.clone()).collect(),
@@ -297,7 +298,8 @@ impl WorkerTask {
         let Launch { slot, worker, generation, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
         let mut deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let max_requests = self.shared.config.workers.max_requests;
+        let workers = &self.shared.config.workers;
+        let max_requests = if slot < workers.count { workers.max_requests } else { workers.task_max_requests };
         let mut recycle_asked = false;
         loop {
             let mut batch = Vec::new();

@@ -65,6 +65,47 @@ pub trait App: Send + Sync + 'static {
         let _ = (ctx, close);
         async {}
     }
+
+    /// Task workers (`workers.task_count`) run tasks here; the returned
+    /// bytes go back to the worker that called [`Ctx::task`]. A task may run
+    /// again (`redelivered`) if its task worker died; its result is
+    /// delivered once.
+    fn on_task(&self, ctx: &Ctx, task: Task) -> impl Future<Output = Bytes> + Send {
+        let _ = (ctx, task);
+        async { Bytes::new() }
+    }
+
+    /// The result of a task nobody awaits: its [`TaskHandle`](crate::TaskHandle)
+    /// was dropped, or the worker that dispatched it is gone (`orphaned`:
+    /// this worker got it as its slot's successor).
+    fn on_finish(&self, ctx: &Ctx, finish: Finish) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, finish);
+        async {}
+    }
+}
+
+/// A task to run (task workers).
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Task id, as `ctx.task()` returned it.
+    pub id: u64,
+    /// A task worker died running it before.
+    pub redelivered: bool,
+    /// What the dispatcher sent.
+    pub payload: Bytes,
+}
+
+/// A task's result, for [`App::on_finish`].
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// Task id.
+    pub task: u64,
+    /// The dispatcher is gone; this worker is its slot's successor.
+    pub orphaned: bool,
+    /// The task handler failed (the payload is its panic message).
+    pub failed: bool,
+    /// The result.
+    pub payload: Bytes,
 }
 
 /// An upgrade request to decide on.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hotsock_protocol::{ConnInfo, HandshakeReply, Role, ToServer, decode_conn_list};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, Payload};
+use crate::{Error, Finish, Payload};
 use hotsock_table::Table;
 
 /// An item for the writer task.
@@ -27,6 +27,46 @@ pub(crate) enum Out {
 const PANIC_MESSAGE_MAX_BYTES: usize = 1024;
 
 type Waiters = Mutex<HashMap<u64, oneshot::Sender<(bool, Bytes)>>>;
+type TaskWaiters = Mutex<HashMap<u64, oneshot::Sender<Finish>>>;
+
+/// A dispatched task: its id, and its result when awaited.
+#[derive(Debug)]
+pub struct TaskHandle {
+    id: u64,
+    result: Option<oneshot::Receiver<Finish>>,
+    /// Where a result goes if the handle is dropped unread.
+    unclaimed: mpsc::UnboundedSender<Finish>,
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        // A result that arrived but was never read is not lost: it goes to
+        // `App::on_finish` like one that arrives after the drop.
+        if let Some(mut result) = self.result.take()
+            && let Ok(finish) = result.try_recv()
+        {
+            let _ = self.unclaimed.send(finish);
+        }
+    }
+}
+
+impl TaskHandle {
+    /// The task id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Waits for the task's result. Dropping the handle instead makes the
+    /// result go to `App::on_finish`.
+    pub async fn result(mut self) -> Result<Bytes, Error> {
+        let result = self.result.take().ok_or(Error::Disconnected)?;
+        let finish = result.await.map_err(|_| Error::Disconnected)?;
+        if finish.failed {
+            return Err(Error::TaskFailed(String::from_utf8_lossy(&finish.payload).into_owned()));
+        }
+        Ok(finish.payload)
+    }
+}
 
 /// A handle to the server, given to every callback. Cheap to clone; clones
 /// may be moved into spawned tasks.
@@ -39,6 +79,11 @@ pub struct Ctx {
 struct Inner {
     out: mpsc::UnboundedSender<Out>,
     waiters: Waiters,
+    /// Result senders of `task()` calls, by request id until the server
+    /// names the task, then by task id.
+    task_requests: TaskWaiters,
+    task_results: TaskWaiters,
+    unclaimed: mpsc::UnboundedSender<Finish>,
     next_request: AtomicU64,
     slot: u32,
     generation: u64,
@@ -53,11 +98,15 @@ impl Ctx {
         generation: u64,
         role: Role,
         tables: Vec<Table>,
+        unclaimed: mpsc::UnboundedSender<Finish>,
     ) -> Ctx {
         Ctx {
             inner: Arc::new(Inner {
                 out,
                 waiters: Mutex::new(HashMap::new()),
+                task_requests: Mutex::new(HashMap::new()),
+                task_results: Mutex::new(HashMap::new()),
+                unclaimed,
                 next_request: AtomicU64::new(1),
                 slot,
                 generation,
@@ -96,8 +145,17 @@ impl Ctx {
         self.send(ToServer::HandshakeReply { conn, reply });
     }
 
-    /// Delivers a reply to the query waiting for it.
+    /// Delivers a reply to the query waiting for it. For a task dispatch the
+    /// result waiter is filed under the task id right here, in the read
+    /// loop, before any later frame (the result) can be read.
     pub(crate) fn resolve(&self, request: u64, not_found: bool, body: Bytes) {
+        let sender = self.inner.task_requests.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+        if let Some(sender) = sender
+            && !not_found
+            && let Ok(id) = <[u8; 8]>::try_from(&body[..])
+        {
+            self.inner.task_results.lock().unwrap_or_else(|p| p.into_inner()).insert(u64::from_le_bytes(id), sender);
+        }
         let waiter = self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
         if let Some(waiter) = waiter {
             let _ = waiter.send((not_found, body));
@@ -107,6 +165,45 @@ impl Ctx {
     /// Fails every waiting query (the server is gone).
     pub(crate) fn fail_all(&self) {
         self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.inner.task_requests.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.inner.task_results.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Hands a task result to its waiter; returns it if nobody waits.
+    pub(crate) fn deliver(&self, finish: Finish) -> Option<Finish> {
+        let sender = self.inner.task_results.lock().unwrap_or_else(|p| p.into_inner()).remove(&finish.task);
+        match sender {
+            Some(sender) => sender.send(finish).err(),
+            None => Some(finish),
+        }
+    }
+
+    /// A result nobody waits for: to `App::on_finish`.
+    pub(crate) fn unclaimed(&self, finish: Finish) {
+        let _ = self.inner.unclaimed.send(finish);
+    }
+
+    pub(crate) fn task_done(&self, task: u64, failed: bool, payload: Bytes) {
+        self.send(ToServer::TaskDone { task, failed, payload });
+    }
+
+    /// Hands `payload` to a task worker. Returns once the server accepted it
+    /// (or refused it: queue full, no task workers); await
+    /// [`TaskHandle::result`] for the result, or drop the handle and get it
+    /// in `App::on_finish`.
+    pub async fn task(&self, payload: impl Into<Bytes>) -> Result<TaskHandle, Error> {
+        let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (result_tx, result) = oneshot::channel();
+        self.inner.task_requests.lock().unwrap_or_else(|p| p.into_inner()).insert(request, result_tx);
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        self.send(ToServer::DispatchTask { request, payload: payload.into() });
+        let (refused, body) = rx.await.map_err(|_| Error::Disconnected)?;
+        if refused {
+            return Err(Error::TaskRefused(String::from_utf8_lossy(&body).into_owned()));
+        }
+        let id = <[u8; 8]>::try_from(&body[..]).map(u64::from_le_bytes).map_err(|_| Error::Disconnected)?;
+        Ok(TaskHandle { id, result: Some(result), unclaimed: self.inner.unclaimed.clone() })
     }
 
     /// A shared table declared in the config (`[tables.NAME]`): the same

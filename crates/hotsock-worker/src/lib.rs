@@ -33,9 +33,9 @@ mod app;
 mod ctx;
 mod runtime;
 
-pub use app::{App, Close, Decision, Handshake, Message, Open, Payload};
+pub use app::{App, Close, Decision, Finish, Handshake, Message, Open, Payload, Task};
 pub use bytes::Bytes;
-pub use ctx::Ctx;
+pub use ctx::{Ctx, TaskHandle};
 pub use hotsock_protocol::{ConnInfo, HandshakeRequest, Role};
 pub use hotsock_table::{Row, Table, TableError, Value};
 pub use runtime::run;
@@ -68,6 +68,12 @@ pub enum Error {
     /// The server closed the socket before a request was answered.
     #[error("the server is gone")]
     Disconnected,
+    /// `ctx.task()` was refused (queue full, no task workers).
+    #[error("task refused: {0}")]
+    TaskRefused(String),
+    /// The task handler failed; the message is its panic.
+    #[error("task failed: {0}")]
+    TaskFailed(String),
     /// The shared tables could not be mapped.
     #[error("shared tables: {0}")]
     Tables(String),

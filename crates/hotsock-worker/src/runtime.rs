@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
-use crate::app::{Close, Decision, Handshake, Message, Open};
+use crate::app::{Close, Decision, Finish, Handshake, Message, Open, Task};
 use crate::ctx::{Ctx, Out};
 use crate::{App, Error};
 
@@ -94,7 +94,20 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
     set_process_name(&hello);
     let tables = open_tables(&hello, files)?;
     let (out, outbox) = mpsc::unbounded_channel();
-    let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role, tables);
+    let (unclaimed, mut unclaimed_rx) = mpsc::unbounded_channel::<Finish>();
+    let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role, tables, unclaimed);
+    {
+        // Results of dropped task handles go to on_finish.
+        let (app, ctx) = (app.clone(), ctx.clone());
+        tokio::spawn(async move {
+            while let Some(finish) = unclaimed_rx.recv().await {
+                let task = finish.task;
+                if let Err(panic) = AssertUnwindSafe(app.on_finish(&ctx, finish)).catch_unwind().await {
+                    tracing::error!(task, "on_finish panicked: {}", panic_message(&*panic));
+                }
+            }
+        });
+    }
     // Ready means "this code started": on_worker_start runs first, and a
     // panic in it keeps the worker from ever taking traffic.
     if let Err(panic) = AssertUnwindSafe(app.on_worker_start(&ctx, hello.handoff.clone())).catch_unwind().await {
@@ -141,6 +154,11 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
                         let _ = flushed.await;
                         let _ = stopped_tx.send(()).await;
                     });
+                }
+                ToWorker::Finish { task, orphaned, failed, payload } => {
+                    if let Some(finish) = ctx.deliver(Finish { task, orphaned, failed, payload }) {
+                        ctx.unclaimed(finish);
+                    }
                 }
                 ToWorker::Hello(_) => return Err(Error::NoHello("a second Hello".into())),
                 event => runner.submit(event),
@@ -281,6 +299,7 @@ impl<A: App> Runner<A> {
         let _permit = self.permits.acquire().await;
         let (app, ctx) = (&*self.app, &self.ctx);
         let is_handshake = matches!(event, ToWorker::Handshake { .. });
+        let is_task = matches!(event, ToWorker::Task { .. });
         let call = async move {
             match event {
                 ToWorker::Handshake { conn, redelivered, request, .. } => {
@@ -294,15 +313,23 @@ impl<A: App> Runner<A> {
                 ToWorker::Close { conn, redelivered, code, reason, .. } => {
                     app.on_close(ctx, Close { conn, redelivered, code, reason }).await
                 }
+                ToWorker::Task { task, redelivered, payload, .. } => {
+                    let result = app.on_task(ctx, Task { id: task, redelivered, payload }).await;
+                    ctx.task_done(task, false, result);
+                }
                 _ => {}
             }
         };
         if let Err(panic) = AssertUnwindSafe(call).catch_unwind().await {
             let message = panic_message(&*panic);
             tracing::error!(conn, event = id, "handler panicked: {message}");
-            ctx.report_panic(conn, id, message);
+            ctx.report_panic(conn, id, message.clone());
             if is_handshake {
                 ctx.reply_handshake(conn, Decision::reject(500, "handshake handler failed").0);
+            }
+            if is_task {
+                // The dispatcher gets the failure instead of waiting forever.
+                ctx.task_done(conn, true, bytes::Bytes::from(message));
             }
         }
         ctx.ack(id);

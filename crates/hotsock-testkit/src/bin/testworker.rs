@@ -1,7 +1,8 @@
 //! A worker for tests: every SDK callback and command behind a text command,
 //! plus raw-protocol modes that misbehave on purpose.
 //!
-//! Text commands (`on_message`): `tincr:KEY` / `tget:KEY` (table
+//! Text commands (`on_message`): `task:X` (awaits the result), `ftask:X`
+//! (fire and forget; `on_finish` reports), `tincr:KEY` / `tget:KEY` (table
 //! `counters`, column `n`), `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
 //! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
 //! `push_close:X`, `panic`, `exit`, `sleep:MS:X`, `flood:N:SIZE`, `binary:X`.
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hotsock_protocol::{Decoder, PROTOCOL_VERSION, Ready, ToServer, ToWorker};
-use hotsock_worker::{App, Bytes, Close, Ctx, Decision, Handshake, Message, Open};
+use hotsock_worker::{App, Bytes, Close, Ctx, Decision, Finish, Handshake, Message, Open, Task};
 
 /// `panic-from=N` for this generation: every message from the worker's Nth
 /// on panics (read at start from `TESTWORKER_GEN_DIR/gen<generation>`).
@@ -34,6 +35,8 @@ struct Test {
     messages: std::sync::atomic::AtomicUsize,
     /// `remember:X` appends here; it is handed to the slot's next worker.
     memory: std::sync::Mutex<Vec<String>>,
+    /// Fire-and-forget tasks: which connection to tell when they finish.
+    pending: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
 }
 
 fn log(line: String) {
@@ -94,6 +97,32 @@ impl App for Test {
         ctx.push(open.conn, format!("open {} slot={}", open.conn, ctx.slot()));
     }
 
+    async fn on_task(&self, _ctx: &Ctx, task: Task) -> Bytes {
+        let text = String::from_utf8_lossy(&task.payload).into_owned();
+        if text == "panic" {
+            panic!("task panic requested");
+        }
+        if let Some((ms, rest)) = text.strip_prefix("sleep:").and_then(|r| r.split_once(':')) {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            return Bytes::from(format!("did {rest}"));
+        }
+        Bytes::from(format!("did {text}"))
+    }
+
+    async fn on_finish(&self, ctx: &Ctx, finish: Finish) {
+        let conn = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&finish.task);
+        let text = format!(
+            "finished {} {} orphaned={}",
+            finish.task,
+            String::from_utf8_lossy(&finish.payload),
+            finish.orphaned
+        );
+        match conn {
+            Some(conn) => ctx.push(conn, text),
+            None => ctx.broadcast(text),
+        }
+    }
+
     async fn on_close(&self, ctx: &Ctx, close: Close) {
         log(format!("close conn={} code={} slot={}", close.conn, close.code, ctx.slot()));
     }
@@ -124,6 +153,23 @@ impl App for Test {
                 };
                 ctx.push(conn, result.unwrap_or_else(|e| format!("error: {e}")));
             }
+            "task" => {
+                let reply = match ctx.task(arg.to_owned()).await {
+                    Ok(handle) => match handle.result().await {
+                        Ok(result) => format!("{mark}done {}", String::from_utf8_lossy(&result)),
+                        Err(e) => format!("{mark}task error: {e}"),
+                    },
+                    Err(e) => format!("{mark}task error: {e}"),
+                };
+                ctx.push(conn, reply);
+            }
+            "ftask" => match ctx.task(arg.to_owned()).await {
+                Ok(handle) => {
+                    self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id(), conn);
+                    ctx.push(conn, format!("queued {}", handle.id()));
+                }
+                Err(e) => ctx.push(conn, format!("task error: {e}")),
+            },
             "remember" => {
                 self.memory.lock().unwrap_or_else(|p| p.into_inner()).push(arg.to_owned());
                 ctx.push(conn, "remembered");
