@@ -257,9 +257,21 @@ fn status(config: &Config, json: bool) -> Result<()> {
         status.rejected_total
     );
     println!(
-        "{:<5} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  LAST EXIT",
-        "SLOT", "PID", "GEN", "STATE", "INFLIGHT", "DISPATCHED", "ACKED", "REDELIVERED", "CRASHES", "RSS KiB"
+        "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  LAST EXIT",
+        "SLOT", "ROLE", "PID", "GEN", "STATE", "INFLIGHT", "DISPATCHED", "ACKED", "REDELIVERED", "CRASHES", "RSS KiB"
     );
+    let tasks = &status.tasks;
+    if tasks.queued + tasks.completed as usize + tasks.failed as usize + tasks.refused as usize > 0
+        || status.workers.iter().any(|w| w.role == "task")
+    {
+        println!(
+            "tasks: {} queued or running, {} completed, {} failed, {} refused",
+            tasks.queued, tasks.completed, tasks.failed, tasks.refused
+        );
+    }
+    for table in &status.tables {
+        println!("table {}: {} of {} rows", table.name, table.rows, table.capacity);
+    }
     if let Some(watch) = &status.watch {
         println!(
             "watching {} ({}{}): {} changes, {} builds, {} failed{}",
@@ -298,8 +310,9 @@ fn status(config: &Config, json: bool) -> Result<()> {
     }
     for w in &status.workers {
         println!(
-            "{:<5} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  {}{}",
+            "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  {}{}",
             w.slot,
+            w.role,
             w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             w.generation,
             format!("{:?}", w.state).to_lowercase(),
@@ -314,7 +327,8 @@ fn status(config: &Config, json: bool) -> Result<()> {
         );
         for d in &w.draining {
             println!(
-                "{:<5} {:<8} {:<4} {:<9} {:>8}",
+                "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8}",
+                "",
                 "",
                 d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 d.generation,

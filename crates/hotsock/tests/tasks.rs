@@ -159,3 +159,22 @@ async fn sigusr2_reloads_only_the_task_workers() {
     send(&mut a, "task:after").await;
     assert_eq!(recv(&mut a).await, "done did after");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_dispatcher_still_gets_its_results_and_a_dead_ones_go_to_its_successor() {
+    let server = start("");
+    let mut a = client(&server).await;
+    // Fire and forget, then reload the event workers while it runs: the old
+    // worker drains but stays until the result is back, and reports it.
+    send(&mut a, "ftask:sleep:800:kept").await;
+    let id = recv(&mut a).await.strip_prefix("queued ").expect("queued").to_owned();
+    assert!(server.cli(&["reload", "--wait"]).status.success());
+    assert_eq!(recv(&mut a).await, format!("finished {id} did kept orphaned=false"));
+    // Now kill the dispatcher while its task runs: the slot's next worker
+    // gets the result, flagged orphaned (it broadcasts what it cannot place).
+    send(&mut a, "ftask:sleep:800:orphan").await;
+    let id = recv(&mut a).await.strip_prefix("queued ").expect("queued").to_owned();
+    let slot = server.clients()[0]["slot"].as_u64().expect("slot") as usize;
+    kill(Pid::from_raw(server.worker_pid(slot) as i32), Signal::SIGKILL).expect("kill");
+    assert_eq!(recv(&mut a).await, format!("finished {id} did orphan orphaned=true"));
+}
