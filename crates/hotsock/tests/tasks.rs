@@ -178,3 +178,27 @@ async fn a_draining_dispatcher_still_gets_its_results_and_a_dead_ones_go_to_its_
     kill(Pid::from_raw(server.worker_pid(slot) as i32), Signal::SIGKILL).expect("kill");
     assert_eq!(recv(&mut a).await, format!("finished {id} did orphan orphaned=true"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tasks_example_reports_done_while_the_connection_keeps_answering() {
+    let server = TestServer::start(&format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 2\ntask_count = 2\n",
+        bin("tasks").display()
+    ));
+    let mut client = connect(&server.url("/")).await;
+    send(&mut client, r#"{"cmd":"report","args":{"seconds":1,"name":"sales"}}"#).await;
+    let accepted: serde_json::Value = serde_json::from_str(&recv(&mut client).await).expect("json");
+    assert_eq!(accepted["type"], "accepted");
+    // The report takes a second; the connection answers meanwhile.
+    for _ in 0..3 {
+        send(&mut client, r#"{"cmd":"ping"}"#).await;
+        assert_eq!(recv(&mut client).await, r#"{"type":"pong"}"#);
+    }
+    let done: serde_json::Value = serde_json::from_str(&recv(&mut client).await).expect("json");
+    assert_eq!(done["type"], "done", "{done}");
+    assert_eq!(done["task"], accepted["task"]);
+    assert_eq!(done["result"]["name"], "sales");
+    assert!(done["result"]["took_ms"].as_u64().expect("ms") >= 1000);
+    send(&mut client, "not json").await;
+    assert!(recv(&mut client).await.contains("send JSON text"));
+}
