@@ -17,6 +17,7 @@ mod procfs;
 mod reload;
 mod report;
 mod table;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -95,6 +96,19 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Task round-trip latency through the tasks example, next to a plain
+    /// request in the same run.
+    Tasks {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+        /// Seconds per kind of request.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// (internal) One process of the 4-process table runs.
     TableChild {
         /// get, set or incr.
@@ -115,6 +129,7 @@ fn main() -> Result<()> {
         Scenario::BaselineServer { port } => baseline::serve(port),
         Scenario::Edit { edits, out } => edit::run(edits, &out),
         Scenario::Table { ops, out } => table::run(ops, &out),
+        Scenario::Tasks { connections, seconds, out } => tasks::run(connections, seconds, &out),
         Scenario::TableChild { op, ops } => table::child(&op, ops),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)

@@ -202,3 +202,23 @@ async fn the_tasks_example_reports_done_while_the_connection_keeps_answering() {
     send(&mut client, "not json").await;
     assert!(recv(&mut client).await.contains("send JSON text"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_workers_are_recycled_after_task_max_requests_without_losing_a_task() {
+    let server = start("task_max_requests = 10\n");
+    let mut a = client(&server).await;
+    for n in 0..60 {
+        send(&mut a, &format!("task:t{n}")).await;
+        assert_eq!(recv(&mut a).await, format!("done did t{n}"));
+    }
+    let status = server.status();
+    let recycled: u64 = status["workers"]
+        .as_array()
+        .expect("w")
+        .iter()
+        .filter(|w| w["role"] == "task")
+        .filter_map(|w| w["recycled"].as_u64())
+        .sum();
+    assert!(recycled >= 2, "{status}");
+    assert_eq!(status["tasks"]["completed"], 60);
+}
