@@ -414,6 +414,36 @@ impl Table {
         })
     }
 
+    /// Creates a row with these values if `key` is new; returns `false`
+    /// (writing nothing) if it exists. Atomic: of two processes inserting
+    /// the same key at once, exactly one gets `true`.
+    pub fn insert(&self, key: &str, values: &[(&str, Value)]) -> Result<bool, TableError> {
+        let checked: Vec<(usize, ColumnType, &Value)> = values
+            .iter()
+            .map(|(name, value)| self.check(name, value).map(|(offset, ty)| (offset, ty, value)))
+            .collect::<Result<_, _>>()?;
+        let key = Key::new(key)?;
+        let header = self.segment.words();
+        self.lock(&header[H_LOCK], None)?;
+        let result = if self.find(&key).is_some() {
+            Ok(false)
+        } else {
+            self.insert_locked(&key).and_then(|index| {
+                let row = self.row(index);
+                self.lock(&row[LOCK], Some(row))?;
+                write_begin(row);
+                for (offset, ty, value) in &checked {
+                    write_value(row, *offset, *ty, value);
+                }
+                write_end(row);
+                self.unlock(&row[LOCK]);
+                Ok(true)
+            })
+        };
+        self.unlock(&header[H_LOCK]);
+        result
+    }
+
     /// Adds `delta` to an `i64` column (creating the row at 0) and returns
     /// the new value.
     pub fn incr(&self, key: &str, column: &str, delta: i64) -> Result<i64, TableError> {
@@ -515,7 +545,7 @@ impl Table {
         loop {
             let index = match self.find(key) {
                 Some(index) => index,
-                None => self.insert(key)?,
+                None => self.insert_empty(key)?,
             };
             let row = self.row(index);
             self.lock(&row[LOCK], Some(row))?;
@@ -533,7 +563,7 @@ impl Table {
     }
 
     /// Inserts an empty row for `key` under the table lock.
-    fn insert(&self, key: &Key) -> Result<usize, TableError> {
+    fn insert_empty(&self, key: &Key) -> Result<usize, TableError> {
         let header = self.segment.words();
         self.lock(&header[H_LOCK], None)?;
         let result = self.insert_locked(key);

@@ -40,6 +40,10 @@ fn set_get_incr_cas_delete_iterate() {
     let mut keys: Vec<String> = table.iter().into_iter().map(|(k, _)| k).collect();
     keys.sort();
     assert_eq!(keys, ["a", "b"]);
+    assert!(!table.insert("b", &[("n", Value::Int(100))]).expect("insert existing"));
+    assert_eq!(table.get("b").expect("get").expect("row").int("n"), Some(-2), "an existing row is left alone");
+    assert!(table.insert("c", &[("n", Value::Int(3))]).expect("insert new"));
+    assert!(table.delete("c").expect("delete"));
     assert!(table.delete("a").expect("delete"));
     assert!(!table.delete("a").expect("delete again"));
     assert!(table.get("a").expect("get").is_none());

@@ -1,0 +1,143 @@
+//! The matchmaker example through the real server: handshake auth, the
+//! matching rule, timeouts, leaving, and many players at once with no
+//! player matched twice.
+
+use std::collections::HashMap;
+
+use hmac::{Hmac, Mac};
+use hotsock_testkit::{TestServer, bin, close_code, next, raw_http, repo_root};
+use serde_json::Value;
+use sha2::Sha256;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "test-secret";
+
+fn token(uid: u64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(uid.to_string().as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn start(timeout_ms: u64) -> TestServer {
+    let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
+    let tables = &example[example.find("[tables.players]").expect("tables")..];
+    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{tables}", bin("matchmaker").display());
+    TestServer::start_with_env(&config, &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", &timeout_ms.to_string())])
+}
+
+fn url(server: &TestServer, uid: u64, gender: &str, game: &str) -> String {
+    server.url(&format!("/match?uid={uid}&gender={gender}&game={game}&name=p{uid}&token={}", token(uid)))
+}
+
+/// Reads the one JSON message a player gets, and the close code after it.
+async fn outcome(client: &mut hotsock_testkit::Client) -> (Value, Option<u16>) {
+    let message = loop {
+        match next(client).await {
+            Some(Message::Text(text)) => break serde_json::from_str::<Value>(&text).expect("json"),
+            Some(_) => {}
+            None => panic!("closed before a result"),
+        }
+    };
+    (message, close_code(client).await)
+}
+
+async fn status_of(server: &TestServer, request: &str) -> String {
+    let response = raw_http(server.addr, request.as_bytes()).await;
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+fn upgrade(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handshake_authenticates_players() {
+    let server = start(30_000);
+    let bad = upgrade(&format!("/match?uid=7&gender=m&game=chess&token={}", token(8)));
+    assert!(status_of(&server, &bad).await.starts_with("HTTP/1.1 401"));
+    let missing = upgrade(&format!("/match?uid=7&game=chess&token={}", token(7)));
+    let response = raw_http(server.addr, missing.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 400") && response.contains("missing gender"), "{response}");
+    let bad_gender = upgrade(&format!("/match?uid=7&gender=x&game=chess&token={}", token(7)));
+    assert!(status_of(&server, &bad_gender).await.starts_with("HTTP/1.1 400"));
+    assert!(status_of(&server, &upgrade("/other")).await.starts_with("HTTP/1.1 404"));
+    let (mut first, _) =
+        tokio_tungstenite::connect_async(url(&server, 7, "m", "chess")).await.expect("valid token accepted");
+    let again = upgrade(&format!("/match?uid=7&gender=m&game=chess&token={}", token(7)));
+    assert!(status_of(&server, &again).await.starts_with("HTTP/1.1 409"), "the same uid twice");
+    first.close(None).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_man_and_a_woman_of_the_same_game_are_matched_and_closed() {
+    let server = start(30_000);
+    let (mut a, _) = tokio_tungstenite::connect_async(url(&server, 1, "m", "chess")).await.expect("a");
+    let (_b, _) = tokio_tungstenite::connect_async(url(&server, 2, "m", "chess")).await.expect("b");
+    let (_c, _) = tokio_tungstenite::connect_async(url(&server, 3, "f", "go")).await.expect("c");
+    let (mut d, _) = tokio_tungstenite::connect_async(url(&server, 4, "f", "chess")).await.expect("d");
+    let (first, code) = outcome(&mut a).await;
+    assert_eq!(code, Some(1000));
+    assert_eq!(first["type"], "matched");
+    assert_eq!(first["peer"]["uid"], 4, "the longest-waiting compatible player: {first}");
+    assert_eq!(first["rules"], "opposite-gender");
+    let (second, _) = outcome(&mut d).await;
+    assert_eq!(second["peer"]["uid"], 1);
+    assert_eq!(second["room"], first["room"]);
+    // b (m, chess) and c (f, go) stay waiting: no compatible partner.
+    let status = server.status();
+    assert_eq!(status["tables"][0]["rows"], 3, "b, c and the lock row: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmatched_player_times_out_and_a_leaving_player_leaves_the_pool() {
+    let server = start(600);
+    let (mut lonely, _) = tokio_tungstenite::connect_async(url(&server, 10, "m", "chess")).await.expect("lonely");
+    let (message, code) = outcome(&mut lonely).await;
+    assert_eq!(message["type"], "timeout");
+    assert_eq!(code, Some(1000));
+    let server = start(30_000);
+    let (mut leaver, _) = tokio_tungstenite::connect_async(url(&server, 11, "f", "chess")).await.expect("leaver");
+    hotsock_testkit::wait_for("waiting", || (server.try_status()?["tables"][0]["rows"] == 2).then_some(()));
+    leaver.close(None).await.expect("close");
+    hotsock_testkit::wait_for("left the pool", || (server.try_status()?["tables"][0]["rows"] == 1).then_some(()));
+    // And nobody is matched with a player who left.
+    let (mut late, _) = tokio_tungstenite::connect_async(url(&server, 12, "m", "chess")).await.expect("late");
+    hotsock_testkit::wait_for("late waits", || (server.try_status()?["tables"][0]["rows"] == 2).then_some(()));
+    late.close(None).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_players_are_paired_correctly_and_never_twice() {
+    let server = start(30_000);
+    let games = ["chess", "go", "poker", "bridge"];
+    let mut tasks = Vec::new();
+    for uid in 1..=200u64 {
+        let gender = if uid % 2 == 0 { "m" } else { "f" };
+        let game = games[(uid as usize / 2) % games.len()];
+        let url = url(&server, uid, gender, game);
+        tasks.push(tokio::spawn(async move {
+            let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+            let (message, code) = outcome(&mut client).await;
+            (uid, gender, game, message, code)
+        }));
+    }
+    let mut peers: HashMap<u64, u64> = HashMap::new();
+    let mut info = HashMap::new();
+    for task in tasks {
+        let (uid, gender, game, message, code) = task.await.expect("player");
+        assert_eq!(message["type"], "matched", "uid {uid}: {message}");
+        assert_eq!(code, Some(1000));
+        let peer = &message["peer"];
+        assert_eq!(peer["game"], game, "same game");
+        assert_ne!(peer["gender"], gender, "opposite gender");
+        assert!(peers.insert(uid, peer["uid"].as_u64().expect("peer uid")).is_none());
+        info.insert(uid, message["room"].clone());
+    }
+    for (uid, peer) in &peers {
+        assert_eq!(peers.get(peer), Some(uid), "{uid} matched {peer} but {peer} matched someone else");
+        assert_eq!(info.get(uid), info.get(peer), "same room");
+    }
+    assert_eq!(server.status()["tables"][0]["rows"], 1, "only the lock row is left");
+}

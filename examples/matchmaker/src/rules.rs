@@ -1,0 +1,53 @@
+//! The matching rules: the code a game studio changes and hot-reloads.
+//! Edit `DEFAULT` (or write `opposite-gender` / `rating-window` into the
+//! file named by `MATCH_RULES_FILE`), rebuild, `hotsock reload`: waiting
+//! players stay in the pool and the next match follows the new rule.
+
+use crate::pool::Player;
+
+/// The rule set used when `MATCH_RULES_FILE` does not say otherwise.
+pub(crate) const DEFAULT: RuleSet = RuleSet::OppositeGender;
+
+/// How players are paired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RuleSet {
+    /// The original rule: same game, a man only with a woman.
+    OppositeGender,
+    /// Same game, ratings within a window that widens the longer the
+    /// players have waited (100 points, plus 50 per second of waiting).
+    RatingWindow,
+}
+
+impl RuleSet {
+    /// The rule set for this worker: read once, at worker start.
+    pub(crate) fn active() -> RuleSet {
+        let from_file = std::env::var("MATCH_RULES_FILE").ok().and_then(|path| std::fs::read_to_string(path).ok());
+        match from_file.as_deref().map(str::trim) {
+            Some("opposite-gender") => RuleSet::OppositeGender,
+            Some("rating-window") => RuleSet::RatingWindow,
+            _ => DEFAULT,
+        }
+    }
+
+    /// Its name in `matched` messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RuleSet::OppositeGender => "opposite-gender",
+            RuleSet::RatingWindow => "rating-window",
+        }
+    }
+
+    /// Whether `a` and `b` may be matched at `now_ms`.
+    pub(crate) fn compatible(self, a: &Player, b: &Player, now_ms: i64) -> bool {
+        if a.game != b.game {
+            return false;
+        }
+        match self {
+            RuleSet::OppositeGender => a.gender != b.gender,
+            RuleSet::RatingWindow => {
+                let waited_s = (now_ms - a.since.min(b.since)).max(0) / 1000;
+                (a.rating - b.rating).abs() <= 100 + 50 * waited_s
+            }
+        }
+    }
+}
