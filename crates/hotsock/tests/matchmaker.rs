@@ -141,3 +141,104 @@ async fn two_hundred_players_are_paired_correctly_and_never_twice() {
     }
     assert_eq!(server.status()["tables"][0]["rows"], 1, "only the lock row is left");
 }
+
+/// The acceptance run: 2,000 players (equal genders, 4 games) arrive over a
+/// few seconds while the server reloads three times and the rule switches
+/// to rating-window. Every player gets a valid `matched` (per the rule named
+/// in it) or a `timeout`, nobody is matched twice, nobody is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_players_through_three_reloads_and_a_rule_switch() {
+    let dir = hotsock_testkit::TempDir::new("rules");
+    let rules = dir.path().join("rules");
+    std::fs::write(&rules, "opposite-gender").expect("write");
+    let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
+    let tables = &example[example.find("[tables.players]").expect("tables")..];
+    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{tables}", bin("matchmaker").display());
+    let server = TestServer::start_with_env(
+        &config,
+        &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", "3000"), ("MATCH_RULES_FILE", rules.to_str().expect("utf8"))],
+    );
+    let games = ["chess", "go", "poker", "bridge"];
+    let mut tasks = Vec::new();
+    let mut reloads = 0;
+    for uid in 1..=2000u64 {
+        let gender = if uid % 2 == 0 { "m" } else { "f" };
+        let game = games[(uid as usize / 2) % games.len()];
+        let url = url(&server, uid, gender, game);
+        tasks.push(tokio::spawn(async move {
+            let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+            let (message, code) = outcome(&mut client).await;
+            (uid, gender, game, message, code)
+        }));
+        if uid % 50 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        }
+        if uid % 500 == 0 && reloads < 3 {
+            reloads += 1;
+            if reloads == 2 {
+                std::fs::write(&rules, "rating-window").expect("switch rules");
+            }
+            let output = server.cli(&["reload", "--wait"]);
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    let mut peers: HashMap<u64, u64> = HashMap::new();
+    let (mut matched, mut timeouts) = (0, 0);
+    let mut by_rule: HashMap<String, usize> = HashMap::new();
+    for task in tasks {
+        let (uid, gender, game, message, code) = task.await.expect("player");
+        assert_eq!(code, Some(1000), "uid {uid}: {message}");
+        match message["type"].as_str() {
+            Some("matched") => {
+                matched += 1;
+                let peer = &message["peer"];
+                assert_eq!(peer["game"], game, "same game");
+                let rule = message["rules"].as_str().expect("rules").to_owned();
+                if rule == "opposite-gender" {
+                    assert_ne!(peer["gender"], gender, "uid {uid}: {message}");
+                }
+                *by_rule.entry(rule).or_default() += 1;
+                assert!(peers.insert(uid, peer["uid"].as_u64().expect("peer")).is_none());
+            }
+            Some("timeout") => timeouts += 1,
+            _ => panic!("uid {uid}: {message}"),
+        }
+    }
+    for (uid, peer) in &peers {
+        assert_eq!(peers.get(peer), Some(uid), "{uid} and {peer} disagree: a double match");
+    }
+    assert_eq!(matched + timeouts, 2000);
+    assert!(matched >= 1900, "{matched} matched, {timeouts} timed out");
+    assert!(by_rule.len() == 2, "both rules were used: {by_rule:?}");
+    assert_eq!(server.status()["generation"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkilled_workers_lose_no_waiting_player() {
+    let server = start(30_000);
+    let mut waiting = Vec::new();
+    for uid in 1..=20u64 {
+        let (client, _) = tokio_tungstenite::connect_async(url(&server, uid, "m", "chess")).await.expect("connect");
+        waiting.push(client);
+    }
+    hotsock_testkit::wait_for("20 waiting", || (server.try_status()?["tables"][0]["rows"] == 21).then_some(()));
+    for slot in 0..2 {
+        let pid = server.worker_pid(slot);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("kill");
+        hotsock_testkit::wait_for("replacement", || {
+            let worker = server.try_status()?["workers"][slot].clone();
+            (worker["crashes"] == 1 && worker["state"] == "ready").then_some(())
+        });
+    }
+    let mut partners = Vec::new();
+    for uid in 101..=120u64 {
+        let (client, _) = tokio_tungstenite::connect_async(url(&server, uid, "f", "chess")).await.expect("connect");
+        partners.push(client);
+    }
+    for client in waiting.iter_mut().chain(partners.iter_mut()) {
+        let (message, code) = outcome(client).await;
+        assert_eq!(message["type"], "matched", "{message}");
+        assert_eq!(code, Some(1000));
+    }
+}
