@@ -90,6 +90,9 @@ pub struct ServerConfig {
     /// Time a client has to answer our close frame before the socket is
     /// dropped.
     pub close_timeout_ms: u64,
+    /// Serve plain HTTP GET requests from this directory (relative to the
+    /// config file): a page for the service. Without it, plain HTTP gets 426.
+    pub static_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +104,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             handshake_timeout_ms: 5_000,
             close_timeout_ms: 1_000,
+            static_dir: None,
         }
     }
 }
@@ -399,6 +403,12 @@ impl Config {
         let s = &self.server;
         if s.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        if let Some(dir) = &s.static_dir
+            && !self.base_dir.join(dir).is_dir()
+        {
+            let problem = format!("names {}, which is not a directory", self.base_dir.join(dir).display());
+            return Err(invalid("server.static_dir", problem));
         }
         if s.handshake_timeout_ms == 0 {
             return Err(invalid("server.handshake_timeout_ms", "must be at least 1".into()));

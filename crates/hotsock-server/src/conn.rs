@@ -57,6 +57,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     .await
     {
         Err(_) | Ok(Ok(None)) => return,
+        Ok(Err(http::Refusal::Plain { method, path })) if config.server.static_dir.is_some() => {
+            let dir = config.base_dir.join(config.server.static_dir.as_deref().unwrap_or(std::path::Path::new(".")));
+            return answer(&shared, stream, http::static_file(&dir, &method, &path)).await;
+        }
         Ok(Err(refusal)) => return refuse(&shared, stream, refusal.response()).await,
         Ok(Ok(Some(upgrade))) => upgrade,
     };
@@ -131,8 +135,13 @@ impl Drop for Registered<'_> {
     }
 }
 
-async fn refuse(shared: &Shared, mut stream: TcpStream, response: Vec<u8>) {
+async fn refuse(shared: &Shared, stream: TcpStream, response: Vec<u8>) {
     shared.rejected_total.fetch_add(1, Ordering::Relaxed);
+    answer(shared, stream, response).await;
+}
+
+/// Writes a whole HTTP response and closes (bounded by close_timeout_ms).
+async fn answer(shared: &Shared, mut stream: TcpStream, response: Vec<u8>) {
     let close_timeout = Duration::from_millis(shared.config.server.close_timeout_ms);
     let _ = timeout(close_timeout, async {
         stream.write_all(&response).await?;

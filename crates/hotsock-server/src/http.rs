@@ -23,6 +23,14 @@ pub(crate) enum Refusal {
     /// 426: well-formed HTTP that is not a WebSocket upgrade (or a
     /// WebSocket version other than 13).
     UpgradeRequired,
+    /// A plain HTTP request (not an upgrade): served from
+    /// `server.static_dir` when one is configured, else 426.
+    Plain {
+        /// The method.
+        method: String,
+        /// The request target.
+        path: String,
+    },
     /// 431: the head is larger than `limits.max_request_head_bytes`.
     TooLarge,
 }
@@ -31,7 +39,7 @@ impl Refusal {
     pub(crate) fn response(&self) -> Vec<u8> {
         match self {
             Refusal::BadRequest(why) => response(400, "Bad Request", &[], format!("bad request: {why}\n").as_bytes()),
-            Refusal::UpgradeRequired => response(
+            Refusal::UpgradeRequired | Refusal::Plain { .. } => response(
                 426,
                 "Upgrade Required",
                 &[("Upgrade", b"websocket"), ("Sec-WebSocket-Version", b"13")],
@@ -94,7 +102,10 @@ pub(crate) fn parse(buf: &[u8], peer: &str) -> Result<Option<(Upgrade, usize)>, 
         })
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err(Refusal::UpgradeRequired);
+        return Err(Refusal::Plain {
+            method: req.method.unwrap_or("GET").to_owned(),
+            path: req.path.unwrap_or("/").to_owned(),
+        });
     }
     if req.method != Some("GET") {
         return Err(Refusal::BadRequest("a WebSocket upgrade must use GET"));
@@ -139,6 +150,50 @@ pub(crate) fn response(status: u16, reason: &str, headers: &[(&str, &[u8])], bod
     push_headers(&mut out, headers.iter().copied());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+    out
+}
+
+/// Largest file `server.static_dir` serves.
+pub(crate) const STATIC_FILE_MAX_BYTES: u64 = 4 << 20;
+
+/// Answers a plain GET/HEAD from `dir`: `/` is `index.html`; nothing
+/// outside `dir` (no `..`, no symlink escape); 404 for anything else.
+pub(crate) fn static_file(dir: &std::path::Path, method: &str, target: &str) -> Vec<u8> {
+    if method != "GET" && method != "HEAD" {
+        return response(405, "Method Not Allowed", &[("Allow", b"GET, HEAD")], b"only GET and HEAD\n");
+    }
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    let relative = if path.ends_with('/') { format!("{path}index.html") } else { path.to_owned() };
+    let not_found = || response(404, "Not Found", &[], b"not found\n");
+    if relative.split('/').any(|part| part == ".." || part.contains('\\')) {
+        return not_found();
+    }
+    let Ok(root) = dir.canonicalize() else { return not_found() };
+    let Ok(file) = root.join(relative.trim_start_matches('/')).canonicalize() else { return not_found() };
+    let Ok(meta) = std::fs::metadata(&file) else { return not_found() };
+    if !file.starts_with(&root) || !meta.is_file() || meta.len() > STATIC_FILE_MAX_BYTES {
+        return not_found();
+    }
+    let Ok(body) = std::fs::read(&file) else { return not_found() };
+    let content_type: &[u8] = match file.extension().and_then(|e| e.to_str()) {
+        Some("html") => b"text/html; charset=utf-8",
+        Some("js") => b"text/javascript; charset=utf-8",
+        Some("css") => b"text/css; charset=utf-8",
+        Some("json") => b"application/json",
+        Some("svg") => b"image/svg+xml",
+        Some("png") => b"image/png",
+        Some("ico") => b"image/x-icon",
+        _ => b"application/octet-stream",
+    };
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+        String::from_utf8_lossy(content_type),
+        body.len()
+    )
+    .into_bytes();
+    if method == "GET" {
+        out.extend_from_slice(&body);
+    }
     out
 }
 
@@ -193,8 +248,23 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_gets_426() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "p").err(), Some(Refusal::UpgradeRequired));
+    fn plain_http_is_reported_as_plain() {
+        let refusal = parse(b"GET /x?y HTTP/1.1\r\nHost: a\r\n\r\n", "p").err();
+        assert_eq!(refusal, Some(Refusal::Plain { method: "GET".into(), path: "/x?y".into() }));
+    }
+
+    #[test]
+    fn static_files_stay_inside_their_directory() {
+        let dir = std::env::temp_dir().join(format!("hotsock-static-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        std::fs::write(dir.join("index.html"), "<h1>hi</h1>").expect("write");
+        let ok = String::from_utf8(static_file(&dir, "GET", "/?a=1")).expect("utf8");
+        assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("text/html") && ok.ends_with("<h1>hi</h1>"));
+        for bad in ["/../etc/passwd", "/sub/../../x", "/missing.js", "/sub/"] {
+            assert!(static_file(&dir, "GET", bad).starts_with(b"HTTP/1.1 404"), "{bad}");
+        }
+        assert!(static_file(&dir, "POST", "/").starts_with(b"HTTP/1.1 405"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
