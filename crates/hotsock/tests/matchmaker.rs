@@ -242,3 +242,34 @@ async fn sigkilled_workers_lose_no_waiting_player() {
         assert_eq!(code, Some(1000));
     }
 }
+
+/// Two headless Chromium pages (Debian's chromium, driven by playwright-core
+/// from tests/node) load the example's page, press "Find match", and show
+/// each other's name.
+#[test]
+fn two_browser_pages_match_each_other() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing; .ci/run installs Debian's chromium package"
+    );
+    let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
+    let tables = &example[example.find("[tables.players]").expect("tables")..];
+    let config = format!(
+        "[server]\nstatic_dir = \"{}\"\n[workers]\ncommand = [\"{}\"]\ncount = 2\n{tables}",
+        repo_root().join("examples/matchmaker/www").display(),
+        bin("matchmaker").display()
+    );
+    let server = TestServer::start_with_env(&config, &[("MATCH_SECRET", "page-secret")]);
+    let node = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("node")).find(|p| p.exists()))
+        .expect("node on PATH");
+    let output = std::process::Command::new(node)
+        .arg(repo_root().join("tests/node/matchmaker_page.js"))
+        .arg(format!("http://{}/", server.addr))
+        .arg("page-secret")
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("Ada matched Bob, Bob matched Ada"), "{stdout}");
+}
