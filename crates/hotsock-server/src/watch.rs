@@ -248,7 +248,8 @@ fn relevant(event: notify::Result<Event>, roots: &[PathBuf], ignores: &GlobSet, 
     if !counts {
         return None;
     }
-    event.paths.into_iter().find(|path| !ignored(path, roots, ignores, run_dir)).map(|p| p.display().to_string())
+    // A rename lists (from, to): name the file saved, not the temporary one.
+    event.paths.into_iter().rev().find(|path| !ignored(path, roots, ignores, run_dir)).map(|p| p.display().to_string())
 }
 
 fn ignored(path: &Path, roots: &[PathBuf], ignores: &GlobSet, run_dir: &Path) -> bool {

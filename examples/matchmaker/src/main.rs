@@ -6,8 +6,8 @@
 //! hot-update), both get `{"type":"matched",...}` and are closed with 1000.
 //! A player waiting longer than `MATCH_TIMEOUT_MS` gets `{"type":"timeout"}`.
 //!
-//! Environment: `MATCH_SECRET` (required: the HMAC key shared with the game
-//! backend), `MATCH_TIMEOUT_MS` (default 30000), `MATCH_RULES_FILE`
+//! Environment: `MATCH_SECRET` (the HMAC key shared with the game backend;
+//! unset, a development secret is used with a warning), `MATCH_TIMEOUT_MS` (default 30000), `MATCH_RULES_FILE`
 //! (optional: `opposite-gender` or `rating-window`, read at worker start).
 
 mod auth;
@@ -24,6 +24,9 @@ use serde_json::json;
 use crate::pool::{DONE, MATCHED, Player, RESERVED, WAITING};
 use crate::rules::RuleSet;
 
+/// The secret used when `MATCH_SECRET` is unset, so the example runs on its
+/// defaults; the page's default matches it. Never for production.
+const DEV_SECRET: &str = "dev-secret";
 /// How often each worker looks for timed-out players and for pairs a
 /// time-widening rule now allows.
 const JANITOR_EVERY: Duration = Duration::from_millis(200);
@@ -217,17 +220,21 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `matchmaker token UID`: what a game backend would issue for UID.
     if args.get(1).map(String::as_str) == Some("token") {
-        let (Ok(secret), Some(uid)) = (std::env::var("MATCH_SECRET"), args.get(2).and_then(|u| u.parse().ok())) else {
-            eprintln!("usage: MATCH_SECRET=... matchmaker token UID");
+        let Some(uid) = args.get(2).and_then(|u| u.parse().ok()) else {
+            eprintln!("usage: [MATCH_SECRET=...] matchmaker token UID");
             std::process::exit(2);
         };
+        let secret = std::env::var("MATCH_SECRET").unwrap_or_else(|_| DEV_SECRET.to_owned());
         println!("{}", auth::token(secret.as_bytes(), uid));
         return;
     }
-    let Ok(secret) = std::env::var("MATCH_SECRET") else {
-        eprintln!("matchmaker: set MATCH_SECRET (the HMAC key the game backend signs uids with)");
-        std::process::exit(2);
-    };
+    let secret = std::env::var("MATCH_SECRET").unwrap_or_else(|_| {
+        eprintln!(
+            "matchmaker: MATCH_SECRET is not set; using the development secret \"{DEV_SECRET}\". \
+             Anyone can sign tokens with it: set MATCH_SECRET in production."
+        );
+        DEV_SECRET.to_owned()
+    });
     let timeout_ms = std::env::var("MATCH_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
     let app = Matchmaker {
         secret: secret.into_bytes(),
