@@ -13,6 +13,7 @@
 mod baseline;
 mod edit;
 mod load;
+mod matchmaker;
 mod procfs;
 mod reload;
 mod report;
@@ -109,6 +110,21 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// The matchmaker under simulated players, without and with reloads.
+    Matchmaker {
+        /// Players per run.
+        #[arg(long, default_value_t = 2000)]
+        players: usize,
+        /// Arrivals per second.
+        #[arg(long, default_value_t = 400)]
+        rate: u64,
+        /// Seconds between reloads in the second run.
+        #[arg(long, default_value_t = 1)]
+        reload_every: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// (internal) One process of the 4-process table runs.
     TableChild {
         /// get, set or incr.
@@ -129,6 +145,9 @@ fn main() -> Result<()> {
         Scenario::BaselineServer { port } => baseline::serve(port),
         Scenario::Edit { edits, out } => edit::run(edits, &out),
         Scenario::Table { ops, out } => table::run(ops, &out),
+        Scenario::Matchmaker { players, rate, reload_every, out } => {
+            matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
+        }
         Scenario::Tasks { connections, seconds, out } => tasks::run(connections, seconds, &out),
         Scenario::TableChild { op, ops } => table::child(&op, ops),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
