@@ -30,8 +30,12 @@ const DEV_SECRET: &str = "dev-secret";
 /// How often each worker looks for timed-out players and for pairs a
 /// time-widening rule now allows.
 const JANITOR_EVERY: Duration = Duration::from_millis(200);
-/// A handshake that never became an open connection is forgotten after this.
-const RESERVED_MAX_MS: i64 = 10_000;
+/// A result still not followed by its connection's close after this is sent
+/// again.
+const RESEND_AFTER_MS: i64 = 1_000;
+/// A handshake that never became an open connection (the client left during
+/// the upgrade) is forgotten after this: far longer than any Open can lag.
+const RESERVED_MAX_MS: i64 = 120_000;
 
 struct Matchmaker {
     secret: Vec<u8>,
@@ -50,56 +54,118 @@ fn players(ctx: &Ctx) -> Option<&Table> {
     ctx.table("players")
 }
 
+/// A message to send once the pool lock is released: the player's result,
+/// then a close.
+struct Delivery {
+    conn: u64,
+    message: String,
+    reason: &'static str,
+}
+
+impl Delivery {
+    fn send(self, ctx: &Ctx) {
+        ctx.push(self.conn, self.message);
+        ctx.close(self.conn, 1000, self.reason);
+    }
+
+    fn of(player: &Player) -> Delivery {
+        let reason = if player.state == MATCHED { "matched" } else { "no match in time" };
+        Delivery { conn: player.conn, message: player.result.clone(), reason }
+    }
+}
+
 impl Matchmaker {
-    /// Pushes the result to both players and closes both connections.
-    fn announce(&self, ctx: &Ctx, a: &Player, b: &Player) {
+    /// With the lock held: records the match in both rows (state, result)
+    /// and returns what to send. A row is deleted only when its player's
+    /// connection closes, so until then the result can be sent again.
+    fn settle_pair(&self, table: &Table, a: &Player, b: &Player, now: i64) -> Result<Vec<Delivery>, TableError> {
         let (low, high) = if a.uid <= b.uid { (a, b) } else { (b, a) };
         let room = format!("room-{}-{}", low.uid, high.uid);
+        let mut deliveries = Vec::new();
         for (me, peer) in [(a, b), (b, a)] {
-            let message = json!({"type": "matched", "peer": peer.to_json(), "room": room, "rules": self.rules.name()});
-            ctx.push(me.conn, message.to_string());
-            ctx.close(me.conn, 1000, "matched");
+            let message = json!({"type": "matched", "peer": peer.to_json(), "room": room, "rules": self.rules.name()})
+                .to_string();
+            table.set(
+                &me.uid,
+                &[
+                    ("state", Value::Int(MATCHED)),
+                    ("result", Value::Str(message.clone())),
+                    ("changed", Value::Int(now)),
+                ],
+            )?;
+            deliveries.push(Delivery { conn: me.conn, message, reason: "matched" });
         }
+        Ok(deliveries)
     }
 
     async fn arrive(&self, ctx: &Ctx, table: &Table, uid: &str, conn: u64) -> Result<(), TableError> {
         let lock = pool::lock(table).await?;
-        let Some(row) = table.get(uid)? else { return Ok(()) };
+        let Some(row) = table.get(uid)? else {
+            // Never silent: a player without a reservation is told so.
+            drop(lock);
+            let message = json!({"type": "error", "message": "no reservation for this player; reconnect"});
+            ctx.push(conn, message.to_string());
+            ctx.close(conn, 1011, "no reservation");
+            return Ok(());
+        };
         let mut me = Player::from_row(uid, &row);
         me.conn = conn;
-        if me.state != RESERVED {
-            return Ok(()); // a redelivered Open: already in the pool
-        }
-        table.set(uid, &[("conn", Value::Int(conn as i64)), ("state", Value::Int(WAITING))])?;
-        me.state = WAITING;
-        if let Some(partner) = pool::claim_partner(&lock, table, self.rules, &me, now_ms())? {
-            drop(lock);
-            self.announce(ctx, &me, &partner);
-            let _ = table.delete(&me.uid);
-            let _ = table.delete(&partner.uid);
+        let deliveries = match me.state {
+            RESERVED => {
+                table.set(uid, &[("conn", Value::Int(conn as i64)), ("state", Value::Int(WAITING))])?;
+                me.state = WAITING;
+                let now = now_ms();
+                match pool::claim_partner(&lock, table, self.rules, &me, now)? {
+                    Some(partner) => self.settle_pair(table, &me, &partner, now)?,
+                    None => Vec::new(),
+                }
+            }
+            // A redelivered Open (the worker that first ran it was killed):
+            // send the result again; the first may have died with it.
+            MATCHED | DONE => vec![Delivery::of(&me)],
+            _ => Vec::new(),
+        };
+        drop(lock);
+        for delivery in deliveries {
+            delivery.send(ctx);
         }
         Ok(())
     }
 
-    /// Times players out and retries pairs (for rules that widen with
-    /// waiting time). Any worker's janitor serves every player, so a
-    /// crashed worker's players are still looked after.
-    async fn janitor(&self, ctx: &Ctx, table: &Table) -> Result<(), TableError> {
+    /// Times players out, retries pairs (for rules that widen with waiting
+    /// time), and re-sends results whose connection is still open after a
+    /// second (the worker that sent them may have been killed first). Any
+    /// worker's janitor serves every player.
+    async fn janitor(&self, table: &Table) -> Result<Vec<Delivery>, TableError> {
         let lock = pool::lock(table).await?;
         let now = now_ms();
-        let mut pairs = Vec::new();
-        let mut expired = Vec::new();
+        let mut deliveries = Vec::new();
         for player in pool::players(table) {
+            // Read again: this pass may have changed it already.
+            let Some(current) = table.get(&player.uid)? else { continue };
+            let player = Player::from_row(&player.uid, &current);
             let waited = now - player.since;
             match player.state {
                 WAITING if waited >= self.timeout_ms => {
-                    table.set(&player.uid, &[("state", Value::Int(DONE))])?;
-                    expired.push(player);
+                    let message = json!({"type": "timeout", "waited_ms": waited}).to_string();
+                    table.set(
+                        &player.uid,
+                        &[
+                            ("state", Value::Int(DONE)),
+                            ("result", Value::Str(message.clone())),
+                            ("changed", Value::Int(now)),
+                        ],
+                    )?;
+                    deliveries.push(Delivery { conn: player.conn, message, reason: "no match in time" });
                 }
                 WAITING if self.rules == RuleSet::RatingWindow => {
                     if let Some(partner) = pool::claim_partner(&lock, table, self.rules, &player, now)? {
-                        pairs.push((player, partner));
+                        deliveries.extend(self.settle_pair(table, &player, &partner, now)?);
                     }
+                }
+                MATCHED | DONE if now - player.changed >= RESEND_AFTER_MS => {
+                    table.set(&player.uid, &[("changed", Value::Int(now))])?;
+                    deliveries.push(Delivery::of(&player));
                 }
                 RESERVED if waited >= RESERVED_MAX_MS => {
                     table.delete(&player.uid)?;
@@ -108,17 +174,7 @@ impl Matchmaker {
             }
         }
         drop(lock);
-        for player in expired {
-            ctx.push(player.conn, json!({"type": "timeout", "waited_ms": now - player.since}).to_string());
-            ctx.close(player.conn, 1000, "no match in time");
-            let _ = table.delete(&player.uid);
-        }
-        for (a, b) in pairs {
-            self.announce(ctx, &a, &b);
-            let _ = table.delete(&a.uid);
-            let _ = table.delete(&b.uid);
-        }
-        Ok(())
+        Ok(deliveries)
     }
 }
 
@@ -134,8 +190,9 @@ impl App for Matchmaker {
             let Some(table) = players(&ctx) else { return };
             loop {
                 tokio::time::sleep(JANITOR_EVERY).await;
-                if let Err(error) = app.janitor(&ctx, table).await {
-                    eprintln!("matchmaker janitor: {error}");
+                match app.janitor(table).await {
+                    Ok(deliveries) => deliveries.into_iter().for_each(|d| d.send(&ctx)),
+                    Err(error) => eprintln!("matchmaker janitor: {error}"),
                 }
             }
         });
@@ -193,10 +250,10 @@ impl App for Matchmaker {
         let uid = uid.or_else(|| pool::players(table).into_iter().find(|p| p.conn == close.conn).map(|p| p.uid));
         let Some(uid) = uid else { return };
         let Ok(lock) = pool::lock(table).await else { return };
-        // A player who leaves while waiting leaves the pool at once; a
-        // matched one was already removed.
+        // The connection is gone, whatever the state: a waiting player
+        // leaves the pool at once, a finished one's result is no longer
+        // needed. This is the only place rows of open players are deleted.
         if let Ok(Some(row)) = table.get(&uid)
-            && row.int("state") != Some(MATCHED)
             && row.int("conn") == Some(close.conn as i64)
         {
             let _ = table.delete(&uid);

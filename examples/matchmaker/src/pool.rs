@@ -32,6 +32,10 @@ pub(crate) struct Player {
     pub(crate) gender: String,
     pub(crate) game: String,
     pub(crate) name: String,
+    /// The message sent when it finished (matched or timeout).
+    pub(crate) result: String,
+    /// When the state last changed, or the result was last sent.
+    pub(crate) changed: i64,
 }
 
 impl Player {
@@ -45,6 +49,8 @@ impl Player {
             gender: row.str("gender").unwrap_or_default().to_owned(),
             game: row.str("game").unwrap_or_default().to_owned(),
             name: row.str("name").unwrap_or_default().to_owned(),
+            result: row.str("result").unwrap_or_default().to_owned(),
+            changed: row.int("changed").unwrap_or(0),
         }
     }
 
@@ -104,8 +110,8 @@ pub(crate) fn players(table: &Table) -> Vec<Player> {
         .collect()
 }
 
-/// With the lock held: a waiting player compatible with `me`, marked
-/// matched together with `me`.
+/// With the lock held: the longest-waiting player compatible with `me`.
+/// The caller records the match (`settle_pair`) before releasing the lock.
 pub(crate) fn claim_partner(
     _lock: &PoolLock<'_>,
     table: &Table,
@@ -118,8 +124,5 @@ pub(crate) fn claim_partner(
         players(table).into_iter().filter(|p| p.uid != me.uid && p.state == WAITING).collect();
     waiting.sort_by_key(|p| p.since);
     let partner = waiting.into_iter().find(|p| rules.compatible(me, p, now_ms));
-    let Some(partner) = partner else { return Ok(None) };
-    table.set(&partner.uid, &[("state", Value::Int(MATCHED))])?;
-    table.set(&me.uid, &[("state", Value::Int(MATCHED))])?;
-    Ok(Some(partner))
+    Ok(partner)
 }
