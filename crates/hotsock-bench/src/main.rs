@@ -12,6 +12,7 @@
 
 mod baseline;
 mod edit;
+mod idle;
 mod load;
 mod matchmaker;
 mod procfs;
@@ -110,6 +111,25 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Every scenario, one after the other, into one report.
+    All {
+        /// Shorter runs (under 2 minutes) for local checks.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// Server memory per idle connection at several counts, hotsock and the
+    /// Node.js ws peer.
+    Idle {
+        /// Connection counts (comma-separated, ascending, at most 19000).
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 15000])]
+        counts: Vec<usize>,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// The matchmaker under simulated players, without and with reloads.
     Matchmaker {
         /// Players per run.
@@ -145,6 +165,8 @@ fn main() -> Result<()> {
         Scenario::BaselineServer { port } => baseline::serve(port),
         Scenario::Edit { edits, out } => edit::run(edits, &out),
         Scenario::Table { ops, out } => table::run(ops, &out),
+        Scenario::Idle { counts, out } => idle::run(&counts, &out),
+        Scenario::All { quick, out } => all(quick, &out),
         Scenario::Matchmaker { players, rate, reload_every, out } => {
             matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
         }
@@ -158,6 +180,30 @@ fn main() -> Result<()> {
             echo(&params, idle, &out)
         }
     }
+}
+
+/// Runs every scenario; `quick` shortens each so the whole stays under two
+/// minutes (the full run takes a few minutes on 2 cores).
+fn all(quick: bool, out: &std::path::Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let scale = |full: u64, short: u64| if quick { short } else { full };
+    echo(&load::Params { connections: 100, seconds: scale(5, 2), size: 64 }, scale(2000, 1000) as usize, out)?;
+    let counts: Vec<usize> = if quick { vec![1000, 5000] } else { vec![1000, 5000, 15000] };
+    idle::run(&counts, out)?;
+    let reloads = reload::Params {
+        connections: 50,
+        workers: 4,
+        reloads: scale(10, 4) as usize,
+        interval_ms: 10,
+        seconds: scale(12, 6),
+    };
+    reload::run(&reloads, out)?;
+    tasks::run(20, scale(5, 2), out)?;
+    table::run(scale(2_000_000, 300_000) as usize, out)?;
+    matchmaker::run(&matchmaker::Params { players: scale(2000, 600) as usize, rate: 400, reload_every_s: 1 }, out)?;
+    edit::run(scale(5, 2) as usize, out)?;
+    eprintln!("== all scenarios done in {:?}", started.elapsed());
+    Ok(())
 }
 
 /// A server process under test, killed on drop.
@@ -223,7 +269,7 @@ pub(crate) fn spawn_hotsock(
     Ok(target)
 }
 
-fn start_hotsock() -> Result<Target> {
+pub(crate) fn start_hotsock() -> Result<Target> {
     let dir = std::env::temp_dir().join(format!("hotsock-bench-{}", std::process::id()));
     let config =
         format!("max_connections = 20000\n[workers]\ncommand = [\"{}\"]\ncount = 2\n", sibling("echo")?.display());
@@ -241,10 +287,33 @@ fn start_baseline() -> Result<Target> {
     Ok(target)
 }
 
+/// The peer: Node.js `ws` (tests/node/echo_server.js), installed with
+/// `npm ci` if needed.
+pub(crate) fn start_node_peer() -> Result<Target> {
+    let node_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
+    if !node_dir.join("node_modules/ws").exists() {
+        eprintln!("== installing the Node ws peer (npm ci in tests/node)");
+        let status = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&node_dir).status()?;
+        if !status.success() {
+            bail!("npm ci in {} failed", node_dir.display());
+        }
+    }
+    let port = free_port()?;
+    let child = Command::new("node")
+        .arg(node_dir.join("echo_server.js"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting node (is Node.js installed?)")?;
+    let target = Target { name: "Node.js ws (peer)", child, port, _dir: None };
+    load::wait_listening(port)?;
+    Ok(target)
+}
+
 fn echo(params: &load::Params, idle: usize, out: &std::path::Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut results = Vec::new();
-    for start in [start_baseline as fn() -> Result<Target>, start_hotsock] {
+    for start in [start_baseline as fn() -> Result<Target>, start_hotsock, start_node_peer] {
         let target = start()?;
         eprintln!(
             "== {}: {} connections x {} s, {} B messages",

@@ -79,7 +79,15 @@ pub(crate) fn markdown(params: &Params, results: &[TargetResult]) -> String {
             r.name, t.msgs_per_s, t.p50_us, t.p99_us, t.server_cores, t.client_cores, r.memory.kib_per_conn
         ));
     }
-    if let [ceiling, hotsock] = results {
+    if let [_, hotsock, peer] = results {
+        let over_peer = hotsock.throughput.msgs_per_s / peer.throughput.msgs_per_s.max(1.0);
+        out.push_str(&format!(
+            "\n**hotsock / Node.js ws throughput: {over_peer:.2}** (target: above 1). Idle memory: {:.1} KiB per connection \
+             in hotsock, {:.1} KiB in Node.js ws.\n",
+            hotsock.memory.kib_per_conn, peer.memory.kib_per_conn
+        ));
+    }
+    if let [ceiling, hotsock, ..] = results {
         let ratio = hotsock.throughput.msgs_per_s / ceiling.throughput.msgs_per_s.max(1.0);
         out.push_str(&format!(
             "\n**hotsock / ceiling throughput: {ratio:.2}** (target: at least 0.6 at 100 connections). \
