@@ -122,6 +122,45 @@ pub(crate) async fn ping_pong(port: u16, params: &Params, server_pids: &[u32]) -
     })
 }
 
+/// Each connection keeps `depth` messages in flight (a reply frees a slot
+/// for the next message) for `seconds`; returns messages per second. Shows
+/// what batching does: many frames per write and per read.
+pub(crate) async fn pipelined(port: u16, connections: usize, depth: usize, seconds: u64) -> Result<f64> {
+    let clients = connect_many(port, connections).await?;
+    let start = Instant::now() + WARMUP;
+    let end = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for client in clients {
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = client.split();
+            for _ in 0..depth {
+                sink.feed(Message::text("x".repeat(64))).await?;
+            }
+            sink.flush().await?;
+            let mut count = 0u64;
+            while let Some(message) = stream.next().await {
+                if !matches!(message?, Message::Text(_)) {
+                    continue;
+                }
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                if now >= start {
+                    count += 1;
+                }
+                sink.send(Message::text("x".repeat(64))).await?;
+            }
+            Ok::<_, anyhow::Error>(count)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / seconds as f64)
+}
+
 pub(crate) async fn idle_memory(port: u16, count: usize, server_pids: &[u32]) -> Result<Memory> {
     tokio::time::sleep(SETTLE).await;
     let before = procfs::rss_kib(server_pids);

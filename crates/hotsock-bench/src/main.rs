@@ -111,6 +111,22 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Many messages in flight per connection (batched writes at work),
+    /// against the ceiling and the Node.js ws peer.
+    Pipelined {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Messages in flight per connection.
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+        /// Seconds measured per target.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// Every scenario, one after the other, into one report.
     All {
         /// Shorter runs (under 2 minutes) for local checks.
@@ -167,6 +183,7 @@ fn main() -> Result<()> {
         Scenario::Table { ops, out } => table::run(ops, &out),
         Scenario::Idle { counts, out } => idle::run(&counts, &out),
         Scenario::All { quick, out } => all(quick, &out),
+        Scenario::Pipelined { connections, depth, seconds, out } => pipelined(connections, depth, seconds, &out),
         Scenario::Matchmaker { players, rate, reload_every, out } => {
             matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
         }
@@ -188,6 +205,7 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
     let started = std::time::Instant::now();
     let scale = |full: u64, short: u64| if quick { short } else { full };
     echo(&load::Params { connections: 100, seconds: scale(5, 2), size: 64 }, scale(2000, 1000) as usize, out)?;
+    pipelined(50, 32, scale(5, 2), out)?;
     let counts: Vec<usize> = if quick { vec![1000, 5000] } else { vec![1000, 5000, 15000] };
     idle::run(&counts, out)?;
     let reloads = reload::Params {
@@ -203,6 +221,32 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
     matchmaker::run(&matchmaker::Params { players: scale(2000, 600) as usize, rate: 400, reload_every_s: 1 }, out)?;
     edit::run(scale(5, 2) as usize, out)?;
     eprintln!("== all scenarios done in {:?}", started.elapsed());
+    Ok(())
+}
+
+fn pipelined(connections: usize, depth: usize, seconds: u64, out: &std::path::Path) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rows = Vec::new();
+    for start in [start_baseline as fn() -> Result<Target>, start_hotsock, start_node_peer] {
+        let target = start()?;
+        let rate = runtime.block_on(load::pipelined(target.port, connections, depth, seconds))?;
+        eprintln!("== pipelined {}: {rate:.0} msg/s", target.name);
+        rows.push((target.name, rate));
+    }
+    let ceiling = rows[0].1.max(1.0);
+    let mut text = format!(
+        "## pipelined: {connections} connections x {depth} messages in flight, 64 B, {seconds} s\n\n\
+         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench pipelined --connections {connections} --depth {depth} --seconds {seconds}`\n\n\
+         | target | msg/s | vs ceiling |\n|---|---:|---:|\n",
+        report::machine(),
+        report::today()
+    );
+    for (name, rate) in &rows {
+        text.push_str(&format!("| {name} | {rate:.0} | {:.2} |\n", rate / ceiling));
+    }
+    text.push_str("\nWith many messages in flight every hop writes many frames per syscall (batched writes).\n\n");
+    report::write_section(out, "pipelined", &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
     Ok(())
 }
 
