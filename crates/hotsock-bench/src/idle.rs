@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::chart::{self, Series};
 use crate::{Target, procfs, report, start_hotsock, start_node_peer};
 
 /// Connections opened at once.
@@ -102,6 +103,25 @@ pub(crate) fn run(counts: &[usize], out: &Path) -> Result<()> {
         }
         text.push_str(&format!(" **{:.1}** |\n", curve.slope()));
     }
+    let series: Vec<Series> = curves
+        .iter()
+        .map(|c| Series {
+            name: c.name.into(),
+            points: c.points.iter().map(|(n, rss)| (*n as f64, *rss as f64 / 1024.0)).collect(),
+        })
+        .collect();
+    let title = "Server RSS vs idle connections";
+    text.push('\n');
+    text.push_str(&chart::save(out, "idle-rss", title, &chart::lines(title, "idle connections", "RSS (MiB)", &series)));
+    chart::json(
+        "idle",
+        &serde_json::json!(
+            curves
+                .iter()
+                .map(|c| serde_json::json!({"target": c.name, "points": c.points, "slope_kib_per_conn": c.slope()}))
+                .collect::<Vec<_>>()
+        ),
+    );
     if let [hotsock, peer] = &curves[..] {
         text.push_str(&format!(
             "\n**hotsock slope / Node.js ws slope: {:.2}** (target for hotsock: at most 16 KiB per idle connection; \

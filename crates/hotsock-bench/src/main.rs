@@ -11,6 +11,7 @@
 //! time and stops by itself.
 
 mod baseline;
+mod chart;
 mod edit;
 mod idle;
 mod load;
@@ -245,6 +246,22 @@ fn pipelined(connections: usize, depth: usize, seconds: u64, out: &std::path::Pa
         text.push_str(&format!("| {name} | {rate:.0} | {:.2} |\n", rate / ceiling));
     }
     text.push_str("\nWith many messages in flight every hop writes many frames per syscall (batched writes).\n\n");
+    let labels = ["ceiling", "hotsock", "Node.js ws"];
+    let bars: Vec<(String, f64)> =
+        rows.iter().zip(labels).map(|((_, rate), label)| (label.to_owned(), *rate)).collect();
+    let title = format!("pipelined: msg/s, {depth} in flight x {connections} connections");
+    text.push_str(&chart::save(
+        out,
+        "pipelined-throughput",
+        &title,
+        &chart::bars(&title, "messages per second", &bars),
+    ));
+    chart::json(
+        "pipelined",
+        &serde_json::json!(
+            rows.iter().map(|(name, rate)| serde_json::json!({"target": name, "msgs_per_s": rate})).collect::<Vec<_>>()
+        ),
+    );
     report::write_section(out, "pipelined", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())
@@ -371,7 +388,26 @@ fn echo(params: &load::Params, idle: usize, out: &std::path::Path) -> Result<()>
         // Let the kernel tear the sockets down before the next target.
         std::thread::sleep(Duration::from_millis(500));
     }
-    let text = report::markdown(params, &results);
+    let mut text = report::markdown(params, &results);
+    let labels = ["ceiling", "hotsock", "Node.js ws"];
+    let bars: Vec<(String, f64)> =
+        results.iter().zip(labels).map(|(r, label)| (label.to_owned(), r.throughput.msgs_per_s)).collect();
+    let title = format!("echo: msg/s at {} connections", params.connections);
+    text.push('\n');
+    text.push_str(&chart::save(out, "echo-throughput", &title, &chart::bars(&title, "messages per second", &bars)));
+    chart::json(
+        "echo",
+        &serde_json::json!(
+            results
+                .iter()
+                .map(|r| serde_json::json!({
+                    "target": r.name, "msgs_per_s": r.throughput.msgs_per_s, "p50_us": r.throughput.p50_us,
+                    "p99_us": r.throughput.p99_us, "server_cores": r.throughput.server_cores,
+                    "client_cores": r.throughput.client_cores, "idle_kib_per_conn": r.memory.kib_per_conn,
+                }))
+                .collect::<Vec<_>>()
+        ),
+    );
     report::write_section(out, "echo", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())

@@ -1,0 +1,159 @@
+//! Small SVG charts for BENCHMARKS.md (line and bar), written by hand: a
+//! few dozen elements need no plotting library, and plain SVG text needs no
+//! font at build time. Also the per-run JSON next to them.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+const WIDTH: f64 = 640.0;
+const HEIGHT: f64 = 320.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 50.0;
+const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+/// One named line.
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) points: Vec<(f64, f64)>,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn frame(title: &str, x_label: &str, y_label: &str, y_max: f64) -> String {
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n\
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{}</text>\n",
+        WIDTH / 2.0,
+        escape(title),
+        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+        HEIGHT - 10.0,
+        escape(x_label),
+        TOP + (HEIGHT - TOP - BOTTOM) / 2.0,
+        TOP + (HEIGHT - TOP - BOTTOM) / 2.0,
+        escape(y_label),
+    );
+    for i in 0..=4 {
+        let value = y_max * i as f64 / 4.0;
+        let y = HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * i as f64 / 4.0;
+        let _ = write!(
+            svg,
+            "<line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            short(value)
+        );
+    }
+    svg
+}
+
+fn short(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{:.1}M", value / 1e6)
+    } else if value >= 1e3 {
+        format!("{:.0}k", value / 1e3)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// Lines of `series` over a shared x axis.
+pub(crate) fn lines(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    let x_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let y_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.1;
+    let mut svg = frame(title, x_label, y_label, y_max);
+    let x = |v: f64| LEFT + (WIDTH - LEFT - RIGHT) * v / x_max;
+    let y = |v: f64| HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * v / y_max;
+    for i in 0..=4 {
+        let value = x_max * i as f64 / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            x(value),
+            HEIGHT - BOTTOM + 16.0,
+            short(value)
+        );
+    }
+    for (index, line) in series.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let points: Vec<String> = line.points.iter().map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py))).collect();
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            points.join(" ")
+        );
+        for (px, py) in &line.points {
+            let _ = write!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n", x(*px), y(*py));
+        }
+        let _ = write!(
+            svg,
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            LEFT + 10.0,
+            TOP + 6.0 + 16.0 * index as f64,
+            LEFT + 26.0,
+            TOP + 15.0 + 16.0 * index as f64,
+            escape(&line.name)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// One bar per (label, value).
+pub(crate) fn bars(title: &str, y_label: &str, bars: &[(String, f64)]) -> String {
+    let y_max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.1;
+    let mut svg = frame(title, "", y_label, y_max);
+    let slot = (WIDTH - LEFT - RIGHT) / bars.len().max(1) as f64;
+    for (index, (label, value)) in bars.iter().enumerate() {
+        let height = (HEIGHT - TOP - BOTTOM) * value / y_max;
+        let x = LEFT + slot * index as f64 + slot * 0.2;
+        let _ = write!(
+            svg,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"{}\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+            HEIGHT - BOTTOM - height,
+            slot * 0.6,
+            COLORS[index % COLORS.len()],
+            x + slot * 0.3,
+            HEIGHT - BOTTOM + 16.0,
+            escape(label),
+            x + slot * 0.3,
+            HEIGHT - BOTTOM - height - 6.0,
+            short(*value)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Writes a chart next to the report (`<report dir>/docs/bench/<name>.svg`)
+/// and returns the markdown that embeds it.
+pub(crate) fn save(report: &Path, name: &str, title: &str, svg: &str) -> String {
+    let dir = report.parent().map(Path::to_path_buf).unwrap_or_default().join("docs/bench");
+    let path = dir.join(format!("{name}.svg"));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, svg)) {
+        Ok(()) => format!("![{title}](docs/bench/{name}.svg)\n\n"),
+        Err(error) => {
+            eprintln!("cannot write chart {}: {error}", path.display());
+            String::new()
+        }
+    }
+}
+
+/// Writes a run's figures as JSON under `target/bench/`.
+pub(crate) fn json(scenario: &str, value: &serde_json::Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let path = dir.join(format!("{scenario}.json"));
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    if let Err(error) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        eprintln!("cannot write {}: {error}", path.display());
+    }
+}
