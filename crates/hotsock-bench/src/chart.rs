@@ -42,9 +42,9 @@ fn frame(title: &str, x_label: &str, y_label: &str, y_max: f64) -> String {
     for i in 0..=4 {
         let value = y_max * i as f64 / 4.0;
         let y = HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * i as f64 / 4.0;
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            "<line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
+            "<line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
             WIDTH - RIGHT,
             LEFT - 6.0,
             y + 4.0,
@@ -73,9 +73,9 @@ pub(crate) fn lines(title: &str, x_label: &str, y_label: &str, series: &[Series]
     let y = |v: f64| HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * v / y_max;
     for i in 0..=4 {
         let value = x_max * i as f64 / 4.0;
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
             x(value),
             HEIGHT - BOTTOM + 16.0,
             short(value)
@@ -84,17 +84,17 @@ pub(crate) fn lines(title: &str, x_label: &str, y_label: &str, series: &[Series]
     for (index, line) in series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
         let points: Vec<String> = line.points.iter().map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py))).collect();
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
             points.join(" ")
         );
         for (px, py) in &line.points {
-            let _ = write!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n", x(*px), y(*py));
+            let _ = writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>", x(*px), y(*py));
         }
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
             LEFT + 10.0,
             TOP + 6.0 + 16.0 * index as f64,
             LEFT + 26.0,
@@ -114,11 +114,11 @@ pub(crate) fn bars(title: &str, y_label: &str, bars: &[(String, f64)]) -> String
     for (index, (label, value)) in bars.iter().enumerate() {
         let height = (HEIGHT - TOP - BOTTOM) * value / y_max;
         let x = LEFT + slot * index as f64 + slot * 0.2;
-        let _ = write!(
+        let _ = writeln!(
             svg,
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"{}\"/>\n\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
             HEIGHT - BOTTOM - height,
             slot * 0.6,
             COLORS[index % COLORS.len()],
