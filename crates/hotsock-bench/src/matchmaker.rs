@@ -63,7 +63,11 @@ async fn player(port: u16, uid: u64) -> Seen {
     let answer = tokio::time::timeout(ANSWER_MAX, async {
         while let Some(Ok(message)) = client.next().await {
             if let Message::Text(text) = message {
-                return serde_json::from_str::<serde_json::Value>(&text).ok();
+                let message = serde_json::from_str::<serde_json::Value>(&text).ok();
+                if message.as_ref().is_some_and(|m| m["type"] == "waiting") {
+                    continue;
+                }
+                return message;
             }
         }
         None

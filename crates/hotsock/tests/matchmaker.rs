@@ -29,16 +29,30 @@ fn url(server: &TestServer, uid: u64, gender: &str, game: &str) -> String {
     server.url(&format!("/match?uid={uid}&gender={gender}&game={game}&name=p{uid}&token={}", token(uid)))
 }
 
-/// Reads the one JSON message a player gets, and the close code after it.
+/// Reads the result a player gets (skipping `waiting`), and the close code
+/// after it.
 async fn outcome(client: &mut hotsock_testkit::Client) -> (Value, Option<u16>) {
     let message = loop {
         match next(client).await {
-            Some(Message::Text(text)) => break serde_json::from_str::<Value>(&text).expect("json"),
+            Some(Message::Text(text)) => {
+                let message = serde_json::from_str::<Value>(&text).expect("json");
+                if message["type"] != "waiting" {
+                    break message;
+                }
+            }
             Some(_) => {}
             None => panic!("closed before a result"),
         }
     };
     (message, close_code(client).await)
+}
+
+/// Waits until the player is in the pool (its `waiting` message).
+async fn waiting(client: &mut hotsock_testkit::Client) {
+    match next(client).await {
+        Some(Message::Text(text)) => assert!(text.contains("\"waiting\""), "{text}"),
+        other => panic!("expected waiting, got {other:?}"),
+    }
 }
 
 async fn status_of(server: &TestServer, request: &str) -> String {
@@ -73,9 +87,13 @@ async fn the_handshake_authenticates_players() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_man_and_a_woman_of_the_same_game_are_matched_and_closed() {
     let server = start(30_000);
+    // One at a time into the pool, so "longest waiting" is well defined.
     let (mut a, _) = tokio_tungstenite::connect_async(url(&server, 1, "m", "chess")).await.expect("a");
-    let (_b, _) = tokio_tungstenite::connect_async(url(&server, 2, "m", "chess")).await.expect("b");
-    let (_c, _) = tokio_tungstenite::connect_async(url(&server, 3, "f", "go")).await.expect("c");
+    waiting(&mut a).await;
+    let (mut b, _) = tokio_tungstenite::connect_async(url(&server, 2, "m", "chess")).await.expect("b");
+    waiting(&mut b).await;
+    let (mut c, _) = tokio_tungstenite::connect_async(url(&server, 3, "f", "go")).await.expect("c");
+    waiting(&mut c).await;
     let (mut d, _) = tokio_tungstenite::connect_async(url(&server, 4, "f", "chess")).await.expect("d");
     let (first, code) = outcome(&mut a).await;
     assert_eq!(code, Some(1000));
@@ -220,10 +238,10 @@ async fn two_thousand_players_through_three_reloads_and_a_rule_switch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkilled_workers_lose_no_waiting_player() {
     let server = start(30_000);
-    let mut waiting = Vec::new();
+    let mut waiting_players = Vec::new();
     for uid in 1..=20u64 {
         let (client, _) = tokio_tungstenite::connect_async(url(&server, uid, "m", "chess")).await.expect("connect");
-        waiting.push(client);
+        waiting_players.push(client);
     }
     hotsock_testkit::wait_for("20 waiting", || (server.try_status()?["tables"][0]["rows"] == 21).then_some(()));
     for slot in 0..2 {
@@ -240,7 +258,7 @@ async fn sigkilled_workers_lose_no_waiting_player() {
         let (client, _) = tokio_tungstenite::connect_async(url(&server, uid, "f", "chess")).await.expect("connect");
         partners.push(client);
     }
-    for client in waiting.iter_mut().chain(partners.iter_mut()) {
+    for client in waiting_players.iter_mut().chain(partners.iter_mut()) {
         let (message, code) = outcome(client).await;
         assert_eq!(message["type"], "matched", "{message}");
         assert_eq!(code, Some(1000));

@@ -4,7 +4,8 @@
 //! shared table `players` (so reloads and worker crashes lose nobody); when
 //! a compatible player is there (the rule lives in `rules.rs`, the code to
 //! hot-update), both get `{"type":"matched",...}` and are closed with 1000.
-//! A player waiting longer than `MATCH_TIMEOUT_MS` gets `{"type":"timeout"}`.
+//! A player waiting longer than `MATCH_TIMEOUT_MS` gets `{"type":"timeout"}`;
+//! one who enters the pool without a partner first gets `{"type":"waiting"}`.
 //!
 //! Environment: `MATCH_SECRET` (the HMAC key shared with the game backend;
 //! unset, a development secret is used with a warning), `MATCH_TIMEOUT_MS` (default 30000), `MATCH_RULES_FILE`
@@ -117,7 +118,13 @@ impl Matchmaker {
                 let now = now_ms();
                 match pool::claim_partner(&lock, table, self.rules, &me, now)? {
                     Some(partner) => self.settle_pair(table, &me, &partner, now)?,
-                    None => Vec::new(),
+                    None => {
+                        // In the pool: tell the player (not a result, so no close).
+                        let waiting = json!({"type": "waiting", "rules": self.rules.name()}).to_string();
+                        drop(lock);
+                        ctx.push(conn, waiting);
+                        return Ok(());
+                    }
                 }
             }
             // A redelivered Open (the worker that first ran it was killed):
