@@ -218,6 +218,19 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// Connects to a server running `hotsock-testworker` and reads its
+/// `open CONN slot=S` greeting; returns the client and its connection id.
+pub async fn open_testworker(server: &TestServer, path: &str) -> (Client, u64) {
+    let mut client = connect(&server.url(path)).await;
+    let greeting = recv(&mut client).await;
+    let conn = greeting
+        .strip_prefix("open ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|conn| conn.parse().ok())
+        .unwrap_or_else(|| panic!("expected the test worker's open greeting, got {greeting:?}"));
+    (client, conn)
+}
+
 /// Sends a text message.
 pub async fn send(client: &mut Client, text: &str) {
     client.send(Message::text(text)).await.expect("send");

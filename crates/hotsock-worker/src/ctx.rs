@@ -35,7 +35,7 @@ pub struct TaskHandle {
     id: u64,
     result: Option<oneshot::Receiver<Finish>>,
     /// Where a result goes if the handle is dropped unread.
-    unclaimed: mpsc::UnboundedSender<Finish>,
+    ctx: Ctx,
 }
 
 impl Drop for TaskHandle {
@@ -45,7 +45,7 @@ impl Drop for TaskHandle {
         if let Some(mut result) = self.result.take()
             && let Ok(finish) = result.try_recv()
         {
-            let _ = self.unclaimed.send(finish);
+            self.ctx.unclaimed(finish);
         }
     }
 }
@@ -84,6 +84,12 @@ struct Inner {
     task_requests: TaskWaiters,
     task_results: TaskWaiters,
     unclaimed: mpsc::UnboundedSender<Finish>,
+    /// Results handed to `on_finish` whose handler has not finished: a
+    /// stopping worker waits for them as for events, so a draining worker
+    /// does not exit between receiving its result and acting on it.
+    finishing: std::sync::atomic::AtomicUsize,
+    /// Woken when events or `on_finish` results run out.
+    idle: tokio::sync::Notify,
     next_request: AtomicU64,
     slot: u32,
     generation: u64,
@@ -107,6 +113,8 @@ impl Ctx {
                 task_requests: Mutex::new(HashMap::new()),
                 task_results: Mutex::new(HashMap::new()),
                 unclaimed,
+                finishing: std::sync::atomic::AtomicUsize::new(0),
+                idle: tokio::sync::Notify::new(),
                 next_request: AtomicU64::new(1),
                 slot,
                 generation,
@@ -180,7 +188,26 @@ impl Ctx {
 
     /// A result nobody waits for: to `App::on_finish`.
     pub(crate) fn unclaimed(&self, finish: Finish) {
-        let _ = self.inner.unclaimed.send(finish);
+        self.inner.finishing.fetch_add(1, Ordering::AcqRel);
+        if self.inner.unclaimed.send(finish).is_err() {
+            self.finished_one();
+        }
+    }
+
+    /// An `on_finish` handler returned.
+    pub(crate) fn finished_one(&self) {
+        if self.inner.finishing.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.idle.notify_waiters();
+        }
+    }
+
+    /// `on_finish` handlers pending or running.
+    pub(crate) fn finishing(&self) -> usize {
+        self.inner.finishing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn idle(&self) -> &tokio::sync::Notify {
+        &self.inner.idle
     }
 
     pub(crate) fn task_done(&self, task: u64, failed: bool, payload: Bytes) {
@@ -203,7 +230,7 @@ impl Ctx {
             return Err(Error::TaskRefused(String::from_utf8_lossy(&body).into_owned()));
         }
         let id = <[u8; 8]>::try_from(&body[..]).map(u64::from_le_bytes).map_err(|_| Error::Disconnected)?;
-        Ok(TaskHandle { id, result: Some(result), unclaimed: self.inner.unclaimed.clone() })
+        Ok(TaskHandle { id, result: Some(result), ctx: self.clone() })
     }
 
     /// A shared table declared in the config (`[tables.NAME]`): the same

@@ -23,7 +23,7 @@ use hotsock_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::app::{Close, Decision, Finish, Handshake, Message, Open, Task};
 use crate::ctx::{Ctx, Out};
@@ -105,6 +105,7 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
                 if let Err(panic) = AssertUnwindSafe(app.on_finish(&ctx, finish)).catch_unwind().await {
                     tracing::error!(task, "on_finish panicked: {}", panic_message(&*panic));
                 }
+                ctx.finished_one();
             }
         });
     }
@@ -126,7 +127,6 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
         lanes: Mutex::new(HashMap::new()),
         permits: Semaphore::new(hello.max_concurrency.max(1) as usize),
         active: AtomicUsize::new(0),
-        idle: Notify::new(),
         stopped: std::sync::atomic::AtomicBool::new(false),
     });
     // Stop and Snapshot wait for running handlers in their own task, so
@@ -253,7 +253,6 @@ struct Runner<A> {
     permits: Semaphore,
     /// Events received and not yet acknowledged.
     active: AtomicUsize,
-    idle: Notify,
     /// `on_worker_stop` ran (for a Snapshot) and no event came since: Stop
     /// does not run it again. An event (the worker was resumed) clears it.
     stopped: std::sync::atomic::AtomicBool,
@@ -280,7 +279,7 @@ impl<A: App> Runner<A> {
         loop {
             self.handle(event).await;
             if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.idle.notify_waiters();
+                self.ctx.idle().notify_waiters();
             }
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             match lanes.get_mut(&conn).and_then(VecDeque::pop_front) {
@@ -350,12 +349,13 @@ impl<A: App> Runner<A> {
         }
     }
 
+    /// Waits until no event handler and no `on_finish` is pending.
     async fn wait_idle(&self) {
         loop {
-            let idle = self.idle.notified();
+            let idle = self.ctx.idle().notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.active.load(Ordering::Acquire) == 0 {
+            if self.active.load(Ordering::Acquire) == 0 && self.ctx.finishing() == 0 {
                 return;
             }
             idle.await;

@@ -47,6 +47,23 @@ async fn outcome(client: &mut hotsock_testkit::Client) -> (Value, Option<u16>) {
     (message, close_code(client).await)
 }
 
+/// What a simulated player saw: uid, gender, game, result, close code.
+type Seen = (u64, &'static str, &'static str, Value, Option<u16>);
+
+/// Starts simulated player `uid` (gender by parity, one of 4 games) and
+/// collects its result.
+fn spawn_player(server: &TestServer, uid: u64) -> tokio::task::JoinHandle<Seen> {
+    let games = ["chess", "go", "poker", "bridge"];
+    let gender = if uid % 2 == 0 { "m" } else { "f" };
+    let game = games[(uid as usize / 2) % games.len()];
+    let url = url(server, uid, gender, game);
+    tokio::spawn(async move {
+        let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let (message, code) = outcome(&mut client).await;
+        (uid, gender, game, message, code)
+    })
+}
+
 /// Waits until the player is in the pool (its `waiting` message).
 async fn waiting(client: &mut hotsock_testkit::Client) {
     match next(client).await {
@@ -131,18 +148,7 @@ async fn an_unmatched_player_times_out_and_a_leaving_player_leaves_the_pool() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_players_are_paired_correctly_and_never_twice() {
     let server = start(30_000);
-    let games = ["chess", "go", "poker", "bridge"];
-    let mut tasks = Vec::new();
-    for uid in 1..=200u64 {
-        let gender = if uid % 2 == 0 { "m" } else { "f" };
-        let game = games[(uid as usize / 2) % games.len()];
-        let url = url(&server, uid, gender, game);
-        tasks.push(tokio::spawn(async move {
-            let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-            let (message, code) = outcome(&mut client).await;
-            (uid, gender, game, message, code)
-        }));
-    }
+    let tasks: Vec<_> = (1..=200u64).map(|uid| spawn_player(&server, uid)).collect();
     let mut peers: HashMap<u64, u64> = HashMap::new();
     let mut info = HashMap::new();
     for task in tasks {
@@ -180,18 +186,10 @@ async fn two_thousand_players_through_three_reloads_and_a_rule_switch() {
         &config,
         &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", "3000"), ("MATCH_RULES_FILE", rules.to_str().expect("utf8"))],
     );
-    let games = ["chess", "go", "poker", "bridge"];
     let mut tasks = Vec::new();
     let mut reloads = 0;
     for uid in 1..=2000u64 {
-        let gender = if uid % 2 == 0 { "m" } else { "f" };
-        let game = games[(uid as usize / 2) % games.len()];
-        let url = url(&server, uid, gender, game);
-        tasks.push(tokio::spawn(async move {
-            let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-            let (message, code) = outcome(&mut client).await;
-            (uid, gender, game, message, code)
-        }));
+        tasks.push(spawn_player(&server, uid));
         if uid % 50 == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         }

@@ -2,7 +2,7 @@
 //! binary and the test worker (`hotsock-testworker`).
 
 use futures_util::SinkExt;
-use hotsock_testkit::{Client, TempDir, TestServer, bin, close_code, connect, raw_http, recv, send, wait_for};
+use hotsock_testkit::{TempDir, TestServer, bin, close_code, raw_http, recv, send, wait_for};
 use serde_json::Value;
 
 struct Setup {
@@ -28,14 +28,7 @@ impl Setup {
     }
 }
 
-/// Connects and returns the client with its connection id (from the
-/// test worker's `open` push).
-async fn open(server: &TestServer, path: &str) -> (Client, u64) {
-    let mut client = connect(&server.url(path)).await;
-    let greeting = recv(&mut client).await;
-    let conn = greeting.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("open message");
-    (client, conn)
-}
+use hotsock_testkit::open_testworker as open;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn handshake_binds_uid_and_send_to_uid_reaches_every_connection_of_it() {

@@ -2,7 +2,7 @@
 //! which outlive reloads and crashes; limits come back as errors.
 
 use futures_util::{SinkExt, StreamExt};
-use hotsock_testkit::{TestServer, bin, connect, recv, send, wait_for};
+use hotsock_testkit::{TestServer, bin, recv, send, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 
 fn start(rows: u32) -> TestServer {
@@ -13,9 +13,7 @@ fn start(rows: u32) -> TestServer {
 }
 
 async fn client(server: &TestServer) -> hotsock_testkit::Client {
-    let mut client = connect(&server.url("/")).await;
-    assert!(recv(&mut client).await.starts_with("open "));
-    client
+    hotsock_testkit::open_testworker(server, "/").await.0
 }
 
 #[tokio::test(flavor = "multi_thread")]

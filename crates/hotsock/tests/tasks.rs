@@ -17,9 +17,7 @@ fn start(extra: &str) -> TestServer {
 }
 
 async fn client(server: &TestServer) -> hotsock_testkit::Client {
-    let mut client = connect(&server.url("/")).await;
-    assert!(recv(&mut client).await.starts_with("open "));
-    client
+    hotsock_testkit::open_testworker(server, "/").await.0
 }
 
 /// The acceptance scenario: 1,000 tasks from 10 connections while the task
