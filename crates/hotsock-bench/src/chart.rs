@@ -64,23 +64,79 @@ fn short(value: f64) -> String {
     }
 }
 
+/// How a line chart is drawn.
+pub(crate) struct Axes<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) x_label: &'a str,
+    pub(crate) y_label: &'a str,
+    /// A logarithmic x axis, ticked at the data's own x values (for
+    /// connection counts like 10, 100, 1000).
+    pub(crate) log_x: bool,
+    /// Shaded x ranges with their legend name (reload windows).
+    pub(crate) bands: &'a [(f64, f64)],
+    pub(crate) band_name: &'a str,
+}
+
+impl<'a> Axes<'a> {
+    /// Linear axes, no bands.
+    pub(crate) fn new(title: &'a str, x_label: &'a str, y_label: &'a str) -> Self {
+        Axes { title, x_label, y_label, log_x: false, bands: &[], band_name: "" }
+    }
+}
+
 /// Lines of `series` over a shared x axis.
-pub(crate) fn lines(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
-    let x_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0, f64::max);
+pub(crate) fn lines(axes: &Axes<'_>, series: &[Series]) -> String {
+    let xs = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let scale = |v: f64| if axes.log_x { v.max(1.0).log10() } else { v };
+    let x_min = if axes.log_x { xs().map(scale).fold(f64::INFINITY, f64::min) } else { 0.0 };
+    let x_min = if x_min.is_finite() { x_min } else { 0.0 };
+    let x_max = xs().map(scale).fold(x_min + 1e-9, f64::max);
     let y_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.1;
-    let mut svg = frame(title, x_label, y_label, y_max);
-    let x = |v: f64| LEFT + (WIDTH - LEFT - RIGHT) * v / x_max;
+    let mut svg = frame(axes.title, axes.x_label, axes.y_label, y_max);
+    let plot_width = WIDTH - LEFT - RIGHT;
+    // A log axis keeps a margin so the end points are not on the frame.
+    let (pad, span) = if axes.log_x { (0.06, 0.88) } else { (0.0, 1.0) };
+    let x = |v: f64| LEFT + plot_width * (pad + span * (scale(v) - x_min) / (x_max - x_min));
     let y = |v: f64| HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * v / y_max;
-    for i in 0..=4 {
-        let value = x_max * i as f64 / 4.0;
+    for (start, end) in axes.bands {
         let _ = writeln!(
             svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            "<rect x=\"{:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{}\" fill=\"#f5c26b\" fill-opacity=\"0.45\"/>",
+            x(*start),
+            (x(*end) - x(*start)).max(1.5),
+            HEIGHT - TOP - BOTTOM
+        );
+    }
+    let ticks: Vec<f64> = if axes.log_x {
+        let mut values: Vec<f64> = xs().collect();
+        values.sort_by(f64::total_cmp);
+        values.dedup();
+        values
+    } else {
+        (0..=4).map(|i| x_max * i as f64 / 4.0).collect()
+    };
+    for value in ticks {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
             x(value),
             HEIGHT - BOTTOM + 16.0,
             short(value)
         );
     }
+    let mut legend = 0;
+    let mut legend_entry = |svg: &mut String, color: &str, name: &str| {
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            LEFT + 10.0,
+            TOP + 6.0 + 16.0 * legend as f64,
+            LEFT + 26.0,
+            TOP + 15.0 + 16.0 * legend as f64,
+            escape(name)
+        );
+        legend += 1;
+    };
     for (index, line) in series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
         let points: Vec<String> = line.points.iter().map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py))).collect();
@@ -89,18 +145,16 @@ pub(crate) fn lines(title: &str, x_label: &str, y_label: &str, series: &[Series]
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
             points.join(" ")
         );
-        for (px, py) in &line.points {
-            let _ = writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>", x(*px), y(*py));
+        // Dots only where there are few points; a timeline is a line.
+        if line.points.len() <= 20 {
+            for (px, py) in &line.points {
+                let _ = writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>", x(*px), y(*py));
+            }
         }
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            LEFT + 10.0,
-            TOP + 6.0 + 16.0 * index as f64,
-            LEFT + 26.0,
-            TOP + 15.0 + 16.0 * index as f64,
-            escape(&line.name)
-        );
+        legend_entry(&mut svg, color, &line.name);
+    }
+    if !axes.bands.is_empty() {
+        legend_entry(&mut svg, "#f5c26b", axes.band_name);
     }
     svg.push_str("</svg>\n");
     svg

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::chart::{self, Series};
+use crate::chart::{self, Axes, Series};
 use crate::{Target, procfs, report, start_hotsock, start_node_peer};
 
 /// Connections opened at once.
@@ -112,7 +112,12 @@ pub(crate) fn run(counts: &[usize], out: &Path) -> Result<()> {
         .collect();
     let title = "Server RSS vs idle connections";
     text.push('\n');
-    text.push_str(&chart::save(out, "idle-rss", title, &chart::lines(title, "idle connections", "RSS (MiB)", &series)));
+    text.push_str(&chart::save(
+        out,
+        "idle-rss",
+        title,
+        &chart::lines(&Axes::new(title, "idle connections", "RSS (MiB)"), &series),
+    ));
     chart::json(
         "idle",
         &serde_json::json!(

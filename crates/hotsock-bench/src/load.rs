@@ -1,5 +1,5 @@
-//! The load generator: ping-pong connections with latency histograms, and
-//! idle connections for memory. Loopback only, bounded in time.
+//! The load generator: ping-pong and pipelined connections with latency
+//! histograms and CPU use. Loopback only, bounded in time.
 
 use std::time::{Duration, Instant};
 
@@ -8,17 +8,15 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::procfs;
+use crate::procfs::{CpuMeter, CpuUse};
 
 /// Warm-up before measuring, so connection setup and lazy allocation are
 /// not counted.
-const WARMUP: Duration = Duration::from_secs(1);
+const WARMUP: Duration = Duration::from_millis(500);
 /// Connections opened at once while setting up.
 const CONNECT_BATCH: usize = 100;
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// Settling time before reading memory after opening idle connections.
-const SETTLE: Duration = Duration::from_millis(500);
 
 pub(crate) struct Params {
     pub(crate) connections: usize,
@@ -30,15 +28,19 @@ pub(crate) struct Throughput {
     pub(crate) msgs_per_s: f64,
     pub(crate) p50_us: u64,
     pub(crate) p99_us: u64,
-    /// CPU used by the server processes, in cores (1.0 = one core busy).
-    pub(crate) server_cores: f64,
-    /// CPU used by this load generator, in cores.
-    pub(crate) client_cores: f64,
+    /// CPU of the server and of this load generator while measuring.
+    pub(crate) cpu: CpuUse,
 }
 
-pub(crate) struct Memory {
-    pub(crate) connections: usize,
-    pub(crate) kib_per_conn: f64,
+impl Throughput {
+    fn new(count: u64, seconds: u64, latency: &Histogram<u64>, cpu: CpuUse) -> Self {
+        Throughput {
+            msgs_per_s: count as f64 / seconds.max(1) as f64,
+            p50_us: latency.value_at_quantile(0.5),
+            p99_us: latency.value_at_quantile(0.99),
+            cpu,
+        }
+    }
 }
 
 pub(crate) fn wait_listening(port: u16) -> Result<()> {
@@ -67,7 +69,7 @@ async fn connect_many(port: u16, count: usize) -> Result<Vec<Client>> {
     Ok(clients)
 }
 
-pub(crate) async fn ping_pong(port: u16, params: &Params, server_pids: &[u32]) -> Result<Throughput> {
+pub(crate) async fn ping_pong(port: u16, params: &Params, server_pid: u32) -> Result<Throughput> {
     let clients = connect_many(port, params.connections).await?;
     let payload = "x".repeat(params.size);
     let start = Instant::now();
@@ -101,10 +103,7 @@ pub(crate) async fn ping_pong(port: u16, params: &Params, server_pids: &[u32]) -
             Ok::<_, anyhow::Error>((count, histogram))
         }));
     }
-    tokio::time::sleep_until(measure_from.into()).await;
-    let (server_cpu0, client_cpu0) = (procfs::cpu_seconds(server_pids), procfs::cpu_seconds(&[std::process::id()]));
-    tokio::time::sleep_until(end.into()).await;
-    let (server_cpu1, client_cpu1) = (procfs::cpu_seconds(server_pids), procfs::cpu_seconds(&[std::process::id()]));
+    let cpu = measure_cpu(server_pid, measure_from, end).await;
     let mut total = Histogram::<u64>::new(3)?;
     let mut count = 0;
     for task in tasks {
@@ -112,20 +111,28 @@ pub(crate) async fn ping_pong(port: u16, params: &Params, server_pids: &[u32]) -
         count += n;
         total.add(histogram)?;
     }
-    let seconds = params.seconds as f64;
-    Ok(Throughput {
-        msgs_per_s: count as f64 / seconds,
-        p50_us: total.value_at_quantile(0.5),
-        p99_us: total.value_at_quantile(0.99),
-        server_cores: (server_cpu1 - server_cpu0) / seconds,
-        client_cores: (client_cpu1 - client_cpu0) / seconds,
-    })
+    Ok(Throughput::new(count, params.seconds, &total, cpu))
+}
+
+/// CPU use between `from` and `to`.
+async fn measure_cpu(server_pid: u32, from: Instant, to: Instant) -> CpuUse {
+    tokio::time::sleep_until(from.into()).await;
+    let meter = CpuMeter::start(server_pid);
+    tokio::time::sleep_until(to.into()).await;
+    meter.stop()
 }
 
 /// Each connection keeps `depth` messages in flight (a reply frees a slot
-/// for the next message) for `seconds`; returns messages per second. Shows
-/// what batching does: many frames per write and per read.
-pub(crate) async fn pipelined(port: u16, connections: usize, depth: usize, seconds: u64) -> Result<f64> {
+/// for the next message) for `seconds`. Shows what batching does: many
+/// frames per write and per read. Latency is each message's time from send
+/// to its echo (replies come back in order).
+pub(crate) async fn pipelined(
+    port: u16,
+    connections: usize,
+    depth: usize,
+    seconds: u64,
+    server_pid: u32,
+) -> Result<Throughput> {
     let clients = connect_many(port, connections).await?;
     let start = Instant::now() + WARMUP;
     let end = start + Duration::from_secs(seconds);
@@ -133,40 +140,40 @@ pub(crate) async fn pipelined(port: u16, connections: usize, depth: usize, secon
     for client in clients {
         tasks.push(tokio::spawn(async move {
             let (mut sink, mut stream) = client.split();
+            let mut in_flight = std::collections::VecDeque::with_capacity(depth);
             for _ in 0..depth {
+                in_flight.push_back(Instant::now());
                 sink.feed(Message::text("x".repeat(64))).await?;
             }
             sink.flush().await?;
+            let mut histogram = Histogram::<u64>::new(3).context("histogram")?;
             let mut count = 0u64;
             while let Some(message) = stream.next().await {
                 if !matches!(message?, Message::Text(_)) {
                     continue;
                 }
+                let sent = in_flight.pop_front().context("a reply to a message never sent")?;
                 let now = Instant::now();
                 if now >= end {
                     break;
                 }
                 if now >= start {
                     count += 1;
+                    histogram.record(now.duration_since(sent).as_micros() as u64)?;
                 }
+                in_flight.push_back(Instant::now());
                 sink.send(Message::text("x".repeat(64))).await?;
             }
-            Ok::<_, anyhow::Error>(count)
+            Ok::<_, anyhow::Error>((count, histogram))
         }));
     }
-    let mut total = 0;
+    let cpu = measure_cpu(server_pid, start, end).await;
+    let mut total = Histogram::<u64>::new(3)?;
+    let mut count = 0;
     for task in tasks {
-        total += task.await??;
+        let (n, histogram) = task.await??;
+        count += n;
+        total.add(histogram)?;
     }
-    Ok(total as f64 / seconds as f64)
-}
-
-pub(crate) async fn idle_memory(port: u16, count: usize, server_pids: &[u32]) -> Result<Memory> {
-    tokio::time::sleep(SETTLE).await;
-    let before = procfs::rss_kib(server_pids);
-    let clients = connect_many(port, count).await?;
-    tokio::time::sleep(SETTLE).await;
-    let after = procfs::rss_kib(server_pids);
-    drop(clients);
-    Ok(Memory { connections: count, kib_per_conn: after.saturating_sub(before) as f64 / count as f64 })
+    Ok(Throughput::new(count, seconds, &total, cpu))
 }

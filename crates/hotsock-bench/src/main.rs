@@ -12,6 +12,7 @@
 
 mod baseline;
 mod chart;
+mod echo;
 mod edit;
 mod idle;
 mod load;
@@ -24,7 +25,6 @@ mod tasks;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -38,20 +38,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// Ping-pong through hotsock vs the in-process ceiling, plus idle memory.
+    /// Ping-pong through hotsock, the in-process ceiling and the Node.js ws
+    /// peer, at several connection counts.
     Echo {
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 100)]
-        connections: usize,
-        /// Seconds of measured load per target (after a 1 s warm-up).
-        #[arg(long, default_value_t = 5)]
+        /// Concurrent connections (comma-separated; one run per count).
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1000])]
+        connections: Vec<usize>,
+        /// Seconds of measured load per run (after a 0.5 s warm-up).
+        #[arg(long, default_value_t = 3)]
         seconds: u64,
         /// Message size in bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
-        /// Idle connections held for the memory measurement.
-        #[arg(long, default_value_t = 2000)]
-        idle: usize,
+        /// Rounds in which the targets take turns; figures are the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -184,7 +185,7 @@ fn main() -> Result<()> {
         Scenario::Table { ops, out } => table::run(ops, &out),
         Scenario::Idle { counts, out } => idle::run(&counts, &out),
         Scenario::All { quick, out } => all(quick, &out),
-        Scenario::Pipelined { connections, depth, seconds, out } => pipelined(connections, depth, seconds, &out),
+        Scenario::Pipelined { connections, depth, seconds, out } => echo::pipelined(connections, depth, seconds, &out),
         Scenario::Matchmaker { players, rate, reload_every, out } => {
             matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
         }
@@ -193,9 +194,8 @@ fn main() -> Result<()> {
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
         }
-        Scenario::Echo { connections, seconds, size, idle, out } => {
-            let params = load::Params { connections, seconds, size };
-            echo(&params, idle, &out)
+        Scenario::Echo { connections, seconds, size, rounds, out } => {
+            echo::run(&echo::Params { connections, seconds, size, rounds: rounds.max(1) }, &out)
         }
     }
 }
@@ -205,8 +205,8 @@ fn main() -> Result<()> {
 fn all(quick: bool, out: &std::path::Path) -> Result<()> {
     let started = std::time::Instant::now();
     let scale = |full: u64, short: u64| if quick { short } else { full };
-    echo(&load::Params { connections: 100, seconds: scale(5, 2), size: 64 }, scale(2000, 1000) as usize, out)?;
-    pipelined(50, 32, scale(5, 2), out)?;
+    echo::run(&echo::Params { connections: vec![10, 100, 1000], seconds: scale(3, 1), size: 64, rounds: 3 }, out)?;
+    echo::pipelined(50, 32, scale(5, 2), out)?;
     let counts: Vec<usize> = if quick { vec![1000, 5000] } else { vec![1000, 5000, 15000] };
     idle::run(&counts, out)?;
     let reloads = reload::Params {
@@ -225,51 +225,11 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn pipelined(connections: usize, depth: usize, seconds: u64, out: &std::path::Path) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut rows = Vec::new();
-    for start in [start_baseline as fn() -> Result<Target>, start_hotsock, start_node_peer] {
-        let target = start()?;
-        let rate = runtime.block_on(load::pipelined(target.port, connections, depth, seconds))?;
-        eprintln!("== pipelined {}: {rate:.0} msg/s", target.name);
-        rows.push((target.name, rate));
-    }
-    let ceiling = rows[0].1.max(1.0);
-    let mut text = format!(
-        "## pipelined: {connections} connections x {depth} messages in flight, 64 B, {seconds} s\n\n\
-         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench pipelined --connections {connections} --depth {depth} --seconds {seconds}`\n\n\
-         | target | msg/s | vs ceiling |\n|---|---:|---:|\n",
-        report::machine(),
-        report::today()
-    );
-    for (name, rate) in &rows {
-        text.push_str(&format!("| {name} | {rate:.0} | {:.2} |\n", rate / ceiling));
-    }
-    text.push_str("\nWith many messages in flight every hop writes many frames per syscall (batched writes).\n\n");
-    let labels = ["ceiling", "hotsock", "Node.js ws"];
-    let bars: Vec<(String, f64)> =
-        rows.iter().zip(labels).map(|((_, rate), label)| (label.to_owned(), *rate)).collect();
-    let title = format!("pipelined: msg/s, {depth} in flight x {connections} connections");
-    text.push_str(&chart::save(
-        out,
-        "pipelined-throughput",
-        &title,
-        &chart::bars(&title, "messages per second", &bars),
-    ));
-    chart::json(
-        "pipelined",
-        &serde_json::json!(
-            rows.iter().map(|(name, rate)| serde_json::json!({"target": name, "msgs_per_s": rate})).collect::<Vec<_>>()
-        ),
-    );
-    report::write_section(out, "pipelined", &text).with_context(|| format!("writing {}", out.display()))?;
-    println!("{text}");
-    Ok(())
-}
-
 /// A server process under test, killed on drop.
 struct Target {
     name: &'static str,
+    /// A short name for chart legends.
+    label: &'static str,
     child: Child,
     port: u16,
     /// Extra processes whose CPU and memory count as the server's (workers).
@@ -325,7 +285,7 @@ pub(crate) fn spawn_hotsock(
     for (key, value) in env {
         command.env(key, value);
     }
-    let target = Target { name, child: command.spawn()?, port, _dir: Some(dir) };
+    let target = Target { name, label: "hotsock", child: command.spawn()?, port, _dir: Some(dir) };
     load::wait_listening(port)?;
     Ok(target)
 }
@@ -337,13 +297,14 @@ pub(crate) fn start_hotsock() -> Result<Target> {
     spawn_hotsock("hotsock (server + 2 echo workers)", dir, &config, &[])
 }
 
-fn start_baseline() -> Result<Target> {
+pub(crate) fn start_baseline() -> Result<Target> {
     let port = free_port()?;
     let child = Command::new(std::env::current_exe()?)
         .args(["baseline-server", "--port", &port.to_string()])
         .stdout(Stdio::null())
         .spawn()?;
-    let target = Target { name: "in-process echo (same library, no workers)", child, port, _dir: None };
+    let target =
+        Target { name: "in-process echo (same library, no workers)", label: "ceiling", child, port, _dir: None };
     load::wait_listening(port)?;
     Ok(target)
 }
@@ -366,49 +327,7 @@ pub(crate) fn start_node_peer() -> Result<Target> {
         .stdout(Stdio::null())
         .spawn()
         .context("starting node (is Node.js installed?)")?;
-    let target = Target { name: "Node.js ws (peer)", child, port, _dir: None };
+    let target = Target { name: "Node.js ws (peer)", label: "Node.js ws", child, port, _dir: None };
     load::wait_listening(port)?;
     Ok(target)
-}
-
-fn echo(params: &load::Params, idle: usize, out: &std::path::Path) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut results = Vec::new();
-    for start in [start_baseline as fn() -> Result<Target>, start_hotsock, start_node_peer] {
-        let target = start()?;
-        eprintln!(
-            "== {}: {} connections x {} s, {} B messages",
-            target.name, params.connections, params.seconds, params.size
-        );
-        let throughput = runtime.block_on(load::ping_pong(target.port, params, &target.pids()))?;
-        eprintln!("   {:.0} msg/s, p50 {} us, p99 {} us", throughput.msgs_per_s, throughput.p50_us, throughput.p99_us);
-        let memory = runtime.block_on(load::idle_memory(target.port, idle, &target.pids()))?;
-        eprintln!("   idle: {:.1} KiB per connection over {} connections", memory.kib_per_conn, memory.connections);
-        results.push(report::TargetResult { name: target.name, throughput, memory });
-        // Let the kernel tear the sockets down before the next target.
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let mut text = report::markdown(params, &results);
-    let labels = ["ceiling", "hotsock", "Node.js ws"];
-    let bars: Vec<(String, f64)> =
-        results.iter().zip(labels).map(|(r, label)| (label.to_owned(), r.throughput.msgs_per_s)).collect();
-    let title = format!("echo: msg/s at {} connections", params.connections);
-    text.push('\n');
-    text.push_str(&chart::save(out, "echo-throughput", &title, &chart::bars(&title, "messages per second", &bars)));
-    chart::json(
-        "echo",
-        &serde_json::json!(
-            results
-                .iter()
-                .map(|r| serde_json::json!({
-                    "target": r.name, "msgs_per_s": r.throughput.msgs_per_s, "p50_us": r.throughput.p50_us,
-                    "p99_us": r.throughput.p99_us, "server_cores": r.throughput.server_cores,
-                    "client_cores": r.throughput.client_cores, "idle_kib_per_conn": r.memory.kib_per_conn,
-                }))
-                .collect::<Vec<_>>()
-        ),
-    );
-    report::write_section(out, "echo", &text).with_context(|| format!("writing {}", out.display()))?;
-    println!("{text}");
-    Ok(())
 }

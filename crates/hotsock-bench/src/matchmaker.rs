@@ -16,6 +16,7 @@ use hotsock_server::{AdminRequest, AdminResponse, admin_request};
 use sha2::Sha256;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::procfs::{CpuMeter, CpuUse};
 use crate::{report, sibling, spawn_hotsock};
 
 const SECRET: &str = "bench-secret";
@@ -45,6 +46,7 @@ struct Outcome {
     reloads: u64,
     seconds: f64,
     time_to_match: Option<Histogram<u64>>,
+    cpu: CpuUse,
 }
 
 /// What one simulated player saw.
@@ -108,6 +110,7 @@ fn run_once(params: &Params, reload_every_s: u64, uid_base: u64) -> Result<Outco
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let port = target.port;
+    let meter = CpuMeter::start(target.child.id());
     let started = Instant::now();
     let (seen, reloads) = runtime.block_on(async {
         let run_dir = dir.join("run");
@@ -148,7 +151,8 @@ fn run_once(params: &Params, reload_every_s: u64, uid_base: u64) -> Result<Outco
         reloader.abort();
         (seen, reloads.load(std::sync::atomic::Ordering::Relaxed))
     });
-    let mut outcome = Outcome { reloads, seconds: started.elapsed().as_secs_f64(), ..Outcome::default() };
+    let mut outcome =
+        Outcome { reloads, seconds: started.elapsed().as_secs_f64(), cpu: meter.stop(), ..Outcome::default() };
     let mut histogram = Histogram::<u64>::new(3)?;
     for (uid, player) in &seen {
         match player {
@@ -193,7 +197,7 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
         )
     };
     let p99 = |o: &Outcome| o.time_to_match.as_ref().map_or(0, |h| h.value_at_quantile(0.99)) as f64;
-    let text = format!(
+    let mut text = format!(
         "## matchmaker: {} simulated players arriving at {}/s (equal genders, 4 games)\n\n\
          - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench matchmaker --players {} --rate {} --reload-every {}` (release builds of hotsock and examples/matchmaker, 2 workers; the rule switches between opposite-gender and rating-window at every reload)\n\n\
          | run | reloads | matches/s | time to match p50 ms | p99 ms | matched players | timeouts | wrong | double | never answered |\n\
@@ -210,6 +214,9 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
         row(&format!("reload every {} s", params.reload_every_s), &reloading),
         p99(&reloading) / p99(&base).max(1.0),
     );
+    text.push_str(&base.cpu.markdown("the run without reloads"));
+    text.push_str(&reloading.cpu.markdown("the run with reloads"));
+    text.push('\n');
     report::write_section(out, "matchmaker", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())

@@ -18,6 +18,8 @@ use hotsock_server::{AdminRequest, AdminResponse, admin_request};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::chart::{self, Axes, Series};
+use crate::procfs::CpuMeter;
 use crate::{Target, report, sibling, spawn_hotsock};
 
 pub(crate) struct Params {
@@ -84,7 +86,9 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let windows = Arc::new(Windows::default());
     let stop_at = Instant::now() + Duration::from_secs(params.seconds);
-    let clients = runtime.block_on(start_clients(hotsock.target.port, params, windows.clone(), stop_at))?;
+    let started = Instant::now();
+    let clients = runtime.block_on(start_clients(hotsock.target.port, params, windows.clone(), started, stop_at))?;
+    let meter = CpuMeter::start(hotsock.target.child.id());
     // Reloads evenly spread over the run, leaving a quiet second at each end.
     let span = Duration::from_secs(params.seconds.saturating_sub(2).max(1));
     let gap = span / params.reloads.max(1) as u32;
@@ -100,8 +104,31 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
         durations.push(duration);
         std::thread::sleep(gap.saturating_sub(Duration::from_millis(duration)));
     }
-    let (counts, inside, outside) = runtime.block_on(finish_clients(clients))?;
-    let text = markdown(params, &counts, &durations, &inside, &outside);
+    let ClientResult { counts, inside, outside, mut samples } = runtime.block_on(finish_clients(clients))?;
+    let cpu = meter.stop();
+    let bands: Vec<(f64, f64)> = windows
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(a, b)| {
+            let second = |at: Instant| at.saturating_duration_since(started).as_secs_f64();
+            (second(*a), b.map_or(second(*a), second))
+        })
+        .collect();
+    let mut text = markdown(params, &counts, &durations, &inside, &outside);
+    text.push_str(&cpu.markdown("the run"));
+    text.push('\n');
+    text.push_str(&timeline(out, &mut samples, &bands));
+    chart::json(
+        "reload",
+        &serde_json::json!({
+            "sent": counts.sent, "answered": counts.answered, "lost": counts.lost, "duplicated": counts.duplicated,
+            "reordered": counts.reordered, "dropped": counts.dropped, "reload_ms": durations,
+            "p99_inside_us": inside.value_at_quantile(0.99), "p99_outside_us": outside.value_at_quantile(0.99),
+            "windows_s": bands, "cpu": cpu,
+        }),
+    );
     report::write_section(out, "reload", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     if counts.lost + counts.duplicated + counts.reordered + counts.dropped > 0 {
@@ -110,9 +137,27 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     Ok(())
 }
 
-type ClientTask = tokio::task::JoinHandle<Result<(Counts, Histogram<u64>, Histogram<u64>)>>;
+/// One answered message: when it was sent (ms since the run started) and
+/// its round trip (µs), for the timeline.
+type Sample = (u32, u32);
 
-async fn start_clients(port: u16, params: &Params, windows: Arc<Windows>, stop_at: Instant) -> Result<Vec<ClientTask>> {
+/// What one connection saw.
+struct ClientResult {
+    counts: Counts,
+    inside: Histogram<u64>,
+    outside: Histogram<u64>,
+    samples: Vec<Sample>,
+}
+
+type ClientTask = tokio::task::JoinHandle<Result<ClientResult>>;
+
+async fn start_clients(
+    port: u16,
+    params: &Params,
+    windows: Arc<Windows>,
+    started: Instant,
+    stop_at: Instant,
+) -> Result<Vec<ClientTask>> {
     let url = format!("ws://127.0.0.1:{port}/reload");
     let mut tasks = Vec::new();
     for c in 0..params.connections {
@@ -139,6 +184,7 @@ async fn start_clients(port: u16, params: &Params, windows: Arc<Windows>, stop_a
             let mut inside = Histogram::<u64>::new(3)?;
             let mut outside = Histogram::<u64>::new(3)?;
             let mut counts = Counts::default();
+            let mut samples = Vec::new();
             let mut sent_at = Vec::new();
             let mut seen = HashSet::new();
             let mut next = 0u64;
@@ -177,25 +223,34 @@ async fn start_clients(port: u16, params: &Params, windows: Arc<Windows>, stop_a
                 next = n + 1;
                 if let Some(at) = sent_at.get(n as usize) {
                     let micros = at.elapsed().as_micros() as u64;
-                    if windows.contains(*at) { inside.record(micros)? } else { outside.record(micros)? }
+                    if windows.contains(*at) {
+                        inside.record(micros)?
+                    } else {
+                        outside.record(micros)?
+                    }
+                    let offset = at.saturating_duration_since(started).as_millis();
+                    samples
+                        .push((u32::try_from(offset).unwrap_or(u32::MAX), u32::try_from(micros).unwrap_or(u32::MAX)));
                 }
             }
             let (_sink, sent, dropped) = sender.await?;
             counts.sent = sent;
             counts.lost = sent.saturating_sub(seen.len() as u64);
             counts.dropped += u64::from(dropped);
-            Ok((counts, inside, outside))
+            Ok(ClientResult { counts, inside, outside, samples })
         }));
     }
     Ok(tasks)
 }
 
-async fn finish_clients(tasks: Vec<ClientTask>) -> Result<(Counts, Histogram<u64>, Histogram<u64>)> {
+async fn finish_clients(tasks: Vec<ClientTask>) -> Result<ClientResult> {
     let mut total = Counts::default();
     let mut inside = Histogram::<u64>::new(3)?;
     let mut outside = Histogram::<u64>::new(3)?;
+    let mut samples = Vec::new();
     for task in tasks {
-        let (counts, i, o) = task.await??;
+        let ClientResult { counts, inside: i, outside: o, samples: s } = task.await??;
+        samples.extend(s);
         total.sent += counts.sent;
         total.answered += counts.answered;
         total.lost += counts.lost;
@@ -205,7 +260,34 @@ async fn finish_clients(tasks: Vec<ClientTask>) -> Result<(Counts, Histogram<u64
         inside.add(i)?;
         outside.add(o)?;
     }
-    Ok((total, inside, outside))
+    Ok(ClientResult { counts: total, inside, outside, samples })
+}
+
+/// Width of one timeline point.
+const BIN_MS: u32 = 100;
+
+/// p50 and p99 round trip per `BIN_MS` of send time, with the reload
+/// windows shaded: what a client sees across each reload.
+fn timeline(out: &Path, samples: &mut [Sample], windows: &[(f64, f64)]) -> String {
+    samples.sort_unstable();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    for bin in samples.chunk_by(|a, b| a.0 / BIN_MS == b.0 / BIN_MS) {
+        let mut micros: Vec<u32> = bin.iter().map(|s| s.1).collect();
+        micros.sort_unstable();
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        let second = f64::from(bin[0].0 / BIN_MS * BIN_MS) / 1000.0;
+        p50.push((second, at(0.5)));
+        p99.push((second, at(0.99)));
+    }
+    let series = [Series { name: "p50".into(), points: p50 }, Series { name: "p99".into(), points: p99 }];
+    let title = "reload: round trip across reloads (per 100 ms of send time)";
+    let axes = Axes {
+        bands: windows,
+        band_name: "reload window",
+        ..Axes::new(title, "seconds into the run", "round trip (ms)")
+    };
+    chart::save(out, "reload-timeline", title, &chart::lines(&axes, &series))
 }
 
 fn markdown(

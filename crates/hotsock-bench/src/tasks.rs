@@ -10,6 +10,8 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::chart;
+use crate::procfs::{CpuMeter, CpuUse};
 use crate::{report, sibling, spawn_hotsock};
 
 /// Round trips of one kind for `seconds` from `conns` connections, each
@@ -20,12 +22,17 @@ async fn measure(
     seconds: u64,
     request: &'static str,
     last: &'static str,
-) -> Result<Histogram<u64>> {
+    server_pid: u32,
+) -> Result<(Histogram<u64>, CpuUse)> {
     let url = format!("ws://127.0.0.1:{port}/bench");
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        clients.push(tokio_tungstenite::connect_async(url.clone()).await.context("connect")?.0);
+    }
+    let meter = CpuMeter::start(server_pid);
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (mut client, _) = tokio_tungstenite::connect_async(url.clone()).await.context("connect")?;
+    for mut client in clients {
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3)?;
             while Instant::now() < end {
@@ -48,7 +55,7 @@ async fn measure(
     for task in tasks {
         total.add(task.await??)?;
     }
-    Ok(total)
+    Ok((total, meter.stop()))
 }
 
 pub(crate) fn run(conns: usize, seconds: u64, out: &Path) -> Result<()> {
@@ -59,15 +66,17 @@ pub(crate) fn run(conns: usize, seconds: u64, out: &Path) -> Result<()> {
     );
     let target = spawn_hotsock("hotsock (2 event + 2 task workers)", dir, &config, &[])?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let ping = runtime.block_on(measure(target.port, conns, seconds, r#"{"cmd":"ping"}"#, "pong"))?;
-    let report_rt = runtime.block_on(measure(
+    let pid = target.child.id();
+    let (ping, ping_cpu) = runtime.block_on(measure(target.port, conns, seconds, r#"{"cmd":"ping"}"#, "pong", pid))?;
+    let (report_rt, report_cpu) = runtime.block_on(measure(
         target.port,
         conns,
         seconds,
         r#"{"cmd":"report","args":{"seconds":0,"name":"bench"}}"#,
         "\"done\"",
+        pid,
     ))?;
-    let text = format!(
+    let mut text = format!(
         "## tasks: round trip through a task worker, {conns} connections, {seconds} s each\n\n\
          - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench tasks --connections {conns} --seconds {seconds}` (examples/tasks, 2 event + 2 task workers; a zero-second report)\n\n\
          | request | round trips/s | p50 µs | p99 µs |\n|---|---:|---:|---:|\n\
@@ -84,6 +93,16 @@ pub(crate) fn run(conns: usize, seconds: u64, out: &Path) -> Result<()> {
         report_rt.value_at_quantile(0.5),
         report_rt.value_at_quantile(0.99),
         report_rt.value_at_quantile(0.5) as f64 / ping.value_at_quantile(0.5).max(1) as f64,
+    );
+    text.push_str(&ping_cpu.markdown("the ping runs"));
+    text.push_str(&report_cpu.markdown("the report runs"));
+    text.push('\n');
+    chart::json(
+        "tasks",
+        &serde_json::json!({
+            "ping": {"p50_us": ping.value_at_quantile(0.5), "p99_us": ping.value_at_quantile(0.99), "cpu": ping_cpu},
+            "task": {"p50_us": report_rt.value_at_quantile(0.5), "p99_us": report_rt.value_at_quantile(0.99), "cpu": report_cpu},
+        }),
     );
     report::write_section(out, "tasks", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");

@@ -36,6 +36,12 @@ pub const ENV_WORKER_FD: &str = "HOTSOCK_WORKER_FD";
 /// died before it could ask, and exits.
 pub const ENV_SERVER_PID: &str = "HOTSOCK_SERVER_PID";
 
+/// Environment variable with the number of threads the worker's async
+/// runtime should use (`workers.threads`). `1`, the default, means a
+/// single-threaded runtime: a worker is one event loop, as in Swoole, and
+/// scales by adding workers; every handoff between threads costs a wakeup.
+pub const ENV_WORKER_THREADS: &str = "HOTSOCK_WORKER_THREADS";
+
 /// Bits of [`Ready::capabilities`].
 pub mod capabilities {
     /// The worker wants to see each WebSocket upgrade request and decide

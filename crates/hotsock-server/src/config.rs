@@ -166,6 +166,11 @@ pub struct WorkersConfig {
     /// connection's events always run one at a time).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
+    /// Threads of each worker's async runtime. 1 (default): a single event
+    /// loop per worker, the cheapest per message; scale with `count`. More
+    /// suits handlers that compute for long between awaits.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
     /// Task worker processes (same binary, `on_task`); 0: none.
     #[serde(default)]
     pub task_count: usize,
@@ -199,6 +204,9 @@ fn default_count() -> usize {
 }
 fn default_dispatch() -> DispatchMode {
     DispatchMode::Fd
+}
+fn default_threads() -> usize {
+    1
 }
 fn default_max_concurrency() -> u32 {
     256
@@ -388,6 +396,9 @@ impl Config {
         if !(1..=256).contains(&w.count) {
             return Err(invalid("workers.count", format!("is {}; it must be between 1 and 256", w.count)));
         }
+        if !(1..=64).contains(&w.threads) {
+            return Err(invalid("workers.threads", format!("is {}; it must be between 1 and 64", w.threads)));
+        }
         if w.task_count > 256 {
             return Err(invalid("workers.task_count", format!("is {}; it must be at most 256", w.task_count)));
         }
@@ -548,6 +559,22 @@ mod tests {
     fn bad_value_names_the_key_and_line() {
         let err = parse("[workers]\ncommand = [\"./w\"]\ncount = 0\n").expect_err("zero").to_string();
         assert!(err.contains("dir/hotsock.toml:3: `workers.count` is 0"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_and_are_bounded() {
+        let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
+        assert_eq!(config.workers.threads, 1);
+        for (value, ok) in [(1, true), (64, true), (0, false), (65, false)] {
+            let result = parse(&format!("[workers]\ncommand = [\"w\"]\nthreads = {value}\n"));
+            match result {
+                Ok(config) => assert!(ok && config.workers.threads == value),
+                Err(err) => {
+                    let err = err.to_string();
+                    assert!(!ok && err.contains("dir/hotsock.toml:3: `workers.threads`"), "{err}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub(crate) struct SpawnSpec {
     pub(crate) worker: bool,
     /// Working directory (default: the server's).
     pub(crate) cwd: Option<PathBuf>,
+    /// Extra environment variables.
+    pub(crate) env: Vec<(&'static str, String)>,
 }
 
 /// The last lines a child wrote.
@@ -130,6 +132,7 @@ fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
         command.current_dir(cwd);
     }
     command
+        .envs(spec.env.iter().map(|(key, value)| (key, value)))
         .args(&spec.args)
         .stderr(Stdio::piped())
         // Own process group: a Ctrl-C in the terminal reaches the server,

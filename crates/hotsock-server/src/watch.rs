@@ -307,6 +307,7 @@ async fn build(shared: Arc<Shared>, config: WatchConfig, trigger: String) -> Bui
         title: config.build[0].clone(),
         worker: false,
         cwd: Some(shared.config.base_dir.clone()),
+        env: Vec::new(),
     };
     let mut spawned = match shared.spawner.spawn(spec).await {
         Ok(spawned) => spawned,

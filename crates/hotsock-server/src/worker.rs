@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hotsock_protocol::{Decoder, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, ToServer, ToWorker, capabilities};
+use hotsock_protocol::{
+    Decoder, ENV_WORKER_THREADS, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, ToServer, ToWorker, capabilities,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -154,6 +156,7 @@ impl WorkerTask {
             title: format!("hotsock-worker {} slot={slot} gen={generation}", role.name()),
             worker: true,
             cwd: None,
+            env: vec![(ENV_WORKER_THREADS, config.workers.threads.to_string())],
         };
         let spawned = match shared.spawner.spawn(spec).await {
             Ok(spawned) => spawned,

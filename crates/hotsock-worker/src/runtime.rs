@@ -18,7 +18,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use hotsock_protocol::{
-    Decoder, ENV_SERVER_PID, ENV_WORKER_FD, Hello, PROTOCOL_VERSION, Ready, ToServer, ToWorker, capabilities,
+    Decoder, ENV_SERVER_PID, ENV_WORKER_FD, ENV_WORKER_THREADS, Hello, PROTOCOL_VERSION, Ready, ToServer, ToWorker,
+    capabilities,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -63,10 +64,19 @@ pub fn run<A: App>(app: A) -> Result<(), Error> {
     // socket still blocks and before any plain read could discard them.
     let files = hotsock_table::receive_files(&socket)?;
     socket.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = match worker_threads() {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        threads => tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?,
+    };
     let result = runtime.block_on(serve(Arc::new(app), socket, files));
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
+}
+
+/// `workers.threads`, as the server passes it (1 when absent or unreadable:
+/// one event loop).
+fn worker_threads() -> usize {
+    std::env::var(ENV_WORKER_THREADS).ok().and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= 1).unwrap_or(1)
 }
 
 /// Asks the kernel to kill us when the server dies, then checks the server

@@ -209,3 +209,22 @@ async fn round_robin_spreads_one_connection_over_slots_when_idle() {
     }
     assert_eq!(slots.len(), 2, "an idle connection's events rotate over both slots");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_threads_sets_the_worker_runtime_size() {
+    // Default: one event loop, so the worker process is a single thread.
+    let single = start("", "");
+    let (mut client, _) = open(&single.server, "/").await;
+    send(&mut client, "threads").await;
+    assert_eq!(recv(&mut client).await, "threads 1");
+    // threads = 3: the main thread plus three runtime threads, and handlers
+    // still run and answer.
+    let multi = start("threads = 3", "");
+    let (mut client, _) = open(&multi.server, "/").await;
+    send(&mut client, "threads").await;
+    let reply = recv(&mut client).await;
+    let threads: usize = reply.strip_prefix("threads ").and_then(|n| n.parse().ok()).expect("a thread count");
+    assert!(threads >= 4, "{reply}");
+    send(&mut client, "echo:still serving").await;
+    assert_eq!(recv(&mut client).await, "still serving");
+}

@@ -170,6 +170,11 @@ impl App for Test {
                 }
                 Err(e) => ctx.push(conn, format!("task error: {e}")),
             },
+            // How many threads this worker process runs (workers.threads).
+            "threads" => {
+                let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+                ctx.push(conn, format!("threads {threads}"));
+            }
             "remember" => {
                 self.memory.lock().unwrap_or_else(|p| p.into_inner()).push(arg.to_owned());
                 ctx.push(conn, "remembered");

@@ -1,0 +1,244 @@
+//! `echo` and `pipelined`: throughput and latency through hotsock (server +
+//! echo worker processes), next to the in-process ceiling (same WebSocket
+//! library and settings, no worker hop) and the Node.js `ws` peer, all
+//! started and measured in the same invocation.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::chart::{self, Axes, Series};
+use crate::load::{self, Throughput};
+use crate::{Target, report, start_baseline, start_hotsock, start_node_peer};
+
+/// The connection count the targets in the issue are stated at.
+const HEADLINE_CONNECTIONS: usize = 100;
+
+/// The three targets, in report order: ceiling, hotsock, peer.
+const TARGETS: [fn() -> Result<Target>; 3] = [start_baseline, start_hotsock, start_node_peer];
+
+struct Row {
+    target: &'static str,
+    label: &'static str,
+    connections: usize,
+    result: Throughput,
+}
+
+pub(crate) struct Params {
+    pub(crate) connections: Vec<usize>,
+    /// Measured seconds of each run.
+    pub(crate) seconds: u64,
+    pub(crate) size: usize,
+    /// Rounds over all targets and counts; each figure is the median round.
+    pub(crate) rounds: usize,
+}
+
+/// Ping-pong at each connection count through each target. The targets
+/// take turns, round after round, and each figure is the median round: a
+/// burst of noise from elsewhere on a shared machine then hits one round of
+/// one target, not all of one target's runs.
+pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let targets = TARGETS.iter().map(|start| start()).collect::<Result<Vec<_>>>()?;
+    let mut runs: Vec<Vec<Throughput>> = Vec::new();
+    for round in 0..params.rounds {
+        for (index, &connections) in params.connections.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                let load = load::Params { connections, seconds: params.seconds, size: params.size };
+                let result = runtime.block_on(load::ping_pong(target.port, &load, target.child.id()))?;
+                eprintln!(
+                    "== echo round {round}: {} at {connections} connections: {:.0} msg/s, p50 {} us, p99 {} us",
+                    target.name, result.msgs_per_s, result.p50_us, result.p99_us
+                );
+                let key = t * params.connections.len() + index;
+                if runs.len() <= key {
+                    runs.resize_with(key + 1, Vec::new);
+                }
+                runs[key].push(result);
+                // Let the kernel tear the sockets down before the next run.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        for (index, &connections) in params.connections.iter().enumerate() {
+            let mut results = std::mem::take(&mut runs[t * params.connections.len() + index]);
+            results.sort_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
+            let result = results.swap_remove(results.len() / 2);
+            rows.push(Row { target: target.name, label: target.label, connections, result });
+        }
+    }
+    drop(targets);
+    let counts = params.connections.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    let mut text = format!(
+        "## echo: ping-pong at {counts} connections, {} B text messages\n\n\
+         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench echo --connections {counts} --seconds {} --size {} --rounds {}`\n\
+         - Each figure is the median of {} rounds of {} s measured (after a warm-up) in which the three targets take turns; \
+         load generator, servers and workers share the machine's cores; all traffic on 127.0.0.1.\n\n",
+        params.size,
+        report::machine(),
+        report::today(),
+        params.seconds,
+        params.size,
+        params.rounds,
+        params.rounds,
+        params.seconds,
+    );
+    text.push_str(&table(&rows));
+    text.push_str(&headline(&rows));
+    text.push_str(
+        "\nThe ceiling has no worker hop: each message crosses one process; through hotsock it crosses the server, \
+         a Unix socket, a worker and back.\n\n",
+    );
+    text.push_str(&charts(out, "echo", &rows));
+    json("echo", &rows);
+    report::write_section(out, "echo", &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Many messages in flight per connection through each target.
+pub(crate) fn pipelined(connections: usize, depth: usize, seconds: u64, out: &Path) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rows = Vec::new();
+    for start in TARGETS {
+        let target = start()?;
+        let result = runtime.block_on(load::pipelined(target.port, connections, depth, seconds, target.child.id()))?;
+        eprintln!("== pipelined {}: {:.0} msg/s", target.name, result.msgs_per_s);
+        rows.push(Row { target: target.name, label: target.label, connections, result });
+    }
+    let mut text = format!(
+        "## pipelined: {connections} connections x {depth} messages in flight, 64 B, {seconds} s\n\n\
+         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench pipelined --connections {connections} --depth {depth} --seconds {seconds}`\n\n",
+        report::machine(),
+        report::today()
+    );
+    text.push_str(&table(&rows));
+    if let [ceiling, hotsock, peer] = &rows[..] {
+        text.push_str(&format!(
+            "\n**hotsock / Node.js ws: {:.2}**, hotsock / ceiling: {:.2}. With many messages in flight every hop \
+             writes many frames per syscall (batched writes).\n\n",
+            hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
+            hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
+        ));
+    }
+    let bars: Vec<(String, f64)> = rows.iter().map(|r| (r.label.to_owned(), r.result.msgs_per_s)).collect();
+    let title = format!("pipelined: msg/s, {depth} in flight x {connections} connections");
+    text.push_str(&chart::save(
+        out,
+        "pipelined-throughput",
+        &title,
+        &chart::bars(&title, "messages per second", &bars),
+    ));
+    json("pipelined", &rows);
+    report::write_section(out, "pipelined", &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// The msg/s of the ceiling run at the same connection count as `row`.
+fn ceiling_of(rows: &[Row], row: &Row) -> f64 {
+    rows.first()
+        .map(|first| first.target)
+        .and_then(|ceiling| rows.iter().find(|r| r.target == ceiling && r.connections == row.connections))
+        .map_or(1.0, |r| r.result.msgs_per_s.max(1.0))
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut text = String::from(
+        "| target | connections | msg/s | vs ceiling | p50 µs | p99 µs | server CPU (cores) | load generator CPU \
+         (cores) | busiest load thread | load generator saturated |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for row in rows {
+        let r = &row.result;
+        text.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} | {:.0}% | {} |\n",
+            row.target,
+            row.connections,
+            r.msgs_per_s,
+            r.msgs_per_s / ceiling_of(rows, row),
+            r.p50_us,
+            r.p99_us,
+            r.cpu.server_cores,
+            r.cpu.client_cores,
+            r.cpu.client_busiest_thread * 100.0,
+            if r.cpu.client_saturated() { "**yes**" } else { "no" },
+        ));
+    }
+    text
+}
+
+/// The ratios the targets are stated in, at 100 connections (or the
+/// nearest count run).
+fn headline(rows: &[Row]) -> String {
+    let Some(count) = rows.iter().map(|r| r.connections).min_by_key(|c| c.abs_diff(HEADLINE_CONNECTIONS)) else {
+        return String::new();
+    };
+    let at: Vec<&Row> = rows.iter().filter(|r| r.connections == count).collect();
+    let [ceiling, hotsock, peer] = at[..] else { return String::new() };
+    let mut text = format!(
+        "\nAt {count} connections: **hotsock / ceiling: {:.2}** (target: at least 0.6), **hotsock / Node.js ws: \
+         {:.2}** (target: above 1).\n",
+        hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
+        hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
+    );
+    if at.iter().any(|r| r.result.cpu.client_saturated()) {
+        text.push_str(
+            "\nA load-generator thread saturated a core in at least one of these runs (see the table): on a \
+             machine this size the client competes with the server for the same cores.\n",
+        );
+    }
+    text
+}
+
+/// Throughput and p99 against connections, one line per target.
+fn charts(out: &Path, scenario: &str, rows: &[Row]) -> String {
+    let mut labels: Vec<&'static str> = rows.iter().map(|r| r.label).collect();
+    labels.dedup();
+    let series = |value: fn(&Throughput) -> f64| -> Vec<Series> {
+        labels
+            .iter()
+            .map(|label| Series {
+                name: (*label).to_owned(),
+                points: rows
+                    .iter()
+                    .filter(|r| r.label == *label)
+                    .map(|r| (r.connections as f64, value(&r.result)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let axes = |title, y_label| Axes { log_x: true, ..Axes::new(title, "connections", y_label) };
+    let title = format!("{scenario}: throughput vs connections");
+    let mut text = chart::save(
+        out,
+        &format!("{scenario}-throughput"),
+        &title,
+        &chart::lines(&axes(&title, "messages per second"), &series(|t| t.msgs_per_s)),
+    );
+    let title = format!("{scenario}: p99 latency vs connections");
+    text.push_str(&chart::save(
+        out,
+        &format!("{scenario}-p99"),
+        &title,
+        &chart::lines(&axes(&title, "p99 round trip (µs)"), &series(|t| t.p99_us as f64)),
+    ));
+    text
+}
+
+fn json(scenario: &str, rows: &[Row]) {
+    chart::json(
+        scenario,
+        &serde_json::json!(
+            rows.iter()
+                .map(|r| serde_json::json!({
+                    "target": r.target, "connections": r.connections, "msgs_per_s": r.result.msgs_per_s,
+                    "p50_us": r.result.p50_us, "p99_us": r.result.p99_us, "cpu": r.result.cpu,
+                }))
+                .collect::<Vec<_>>()
+        ),
+    );
+}
