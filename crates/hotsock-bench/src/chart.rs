@@ -124,14 +124,20 @@ pub(crate) fn lines(axes: &Axes<'_>, series: &[Series]) -> String {
             short(value)
         );
     }
+    // The legend goes in the top corner the lines leave emptier.
+    let plot_x = |v: f64| (x(v) - LEFT) / plot_width;
+    let highest = |side: &dyn Fn(f64) -> bool| {
+        series.iter().flat_map(|s| s.points.iter()).filter(|p| side(plot_x(p.0))).map(|p| p.1).fold(0.0, f64::max)
+    };
+    let legend_x = if highest(&|f| f < 0.35) <= highest(&|f| f > 0.65) { LEFT + 10.0 } else { WIDTH - RIGHT - 150.0 };
     let mut legend = 0;
     let mut legend_entry = |svg: &mut String, color: &str, name: &str| {
         let _ = writeln!(
             svg,
             "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            LEFT + 10.0,
+            legend_x,
             TOP + 6.0 + 16.0 * legend as f64,
-            LEFT + 26.0,
+            legend_x + 16.0,
             TOP + 15.0 + 16.0 * legend as f64,
             escape(name)
         );

@@ -90,7 +90,9 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     text.push_str(&headline(&rows));
     text.push_str(
         "\nThe ceiling has no worker hop: each message crosses one process; through hotsock it crosses the server, \
-         a Unix socket, a worker and back.\n\n",
+         a Unix socket, a worker and back. hotsock runs one echo worker process here: on 2 cores shared with the \
+         load generator a second one only adds context switches (about 5-15% less throughput when measured), and \
+         the peer is a single process as well. Server CPU counts the server and its workers.\n\n",
     );
     text.push_str(&charts(out, "echo", &rows));
     json("echo", &rows);

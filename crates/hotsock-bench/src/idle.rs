@@ -83,7 +83,7 @@ pub(crate) fn run(counts: &[usize], out: &Path) -> Result<()> {
     }
     let mut text = format!(
         "## idle: server memory per idle connection\n\n\
-         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench idle --counts {}` (hotsock: server + 2 echo workers; peer: Node.js ws; RSS from /proc)\n\n\
+         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench idle --counts {}` (hotsock: server + 1 echo worker; peer: Node.js ws; RSS from /proc)\n\n\
          | target |",
         report::machine(),
         report::today(),

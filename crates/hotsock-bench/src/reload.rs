@@ -276,7 +276,8 @@ fn timeline(out: &Path, samples: &mut [Sample], windows: &[(f64, f64)]) -> Strin
         let mut micros: Vec<u32> = bin.iter().map(|s| s.1).collect();
         micros.sort_unstable();
         let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
-        let second = f64::from(bin[0].0 / BIN_MS * BIN_MS) / 1000.0;
+        // Plotted at the middle of its bin.
+        let second = f64::from(bin[0].0 / BIN_MS * BIN_MS + BIN_MS / 2) / 1000.0;
         p50.push((second, at(0.5)));
         p99.push((second, at(0.99)));
     }
