@@ -578,7 +578,7 @@ impl Supervisor {
         let copy = self.generations.next_copy();
         let task = copy.clone();
         match tokio::task::spawn_blocking(move || task.run()).await {
-            Ok(Ok(())) => Ok(self.generations.commit(copy)),
+            Ok(Ok(stored)) => Ok(self.generations.commit(copy, stored)),
             Ok(Err(e)) => Err(format!("cannot create generation: {e}")),
             Err(e) => Err(format!("cannot create generation: {e}")),
         }

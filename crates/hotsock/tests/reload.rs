@@ -292,8 +292,11 @@ async fn a_generation_that_never_says_ready_is_aborted_and_undone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_reloads_are_coalesced_and_all_answered() {
-    let echo = start_echo("");
-    let config = echo.server.config.clone();
+    // Each worker takes 300 ms to start, so the five requests (separate CLI
+    // processes started together) arrive while the first reload runs.
+    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n", bin("hotsock-testworker").display());
+    let server = TestServer::start_with_env(&config, &[("TESTWORKER_MODE", "slowstart=300")]);
+    let config = server.config.clone();
     let callers: Vec<_> = (0..5)
         .map(|_| {
             let config = config.clone();
@@ -311,7 +314,7 @@ async fn concurrent_reloads_are_coalesced_and_all_answered() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok: generation"));
     }
-    let generation = echo.generation();
+    let generation = server.status()["generation"].as_u64().expect("generation");
     assert!((2..=3).contains(&generation), "five requests, at most two reloads: generation {generation}");
 }
 

@@ -16,7 +16,8 @@
 //! `TESTWORKER_MODE` (or the file named by `TESTWORKER_MODE_FILE`): `badversion` (answers Hello with version 99),
 //! `noready` (never answers), `crash` (exits 2 before Hello),
 //! `garbage-once=PATH` (the first process to create PATH answers Ready and
-//! then writes a malformed frame on its first event; later ones are normal).
+//! then writes a malformed frame on its first event; later ones are normal),
+//! `slowstart=MS` (sleeps MS before starting normally: a slow reload).
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -271,6 +272,10 @@ fn send(socket: &mut UnixStream, message: ToServer) {
 fn raw_mode(mode: &str) -> bool {
     if mode == "crash" {
         std::process::exit(2);
+    }
+    if let Some(ms) = mode.strip_prefix("slowstart=") {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+        return false;
     }
     if let Some(path) = mode.strip_prefix("garbage-once=") {
         // Only the first process to create the marker misbehaves.
