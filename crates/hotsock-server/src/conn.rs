@@ -100,9 +100,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         return;
     }
     shared.accepted_total.fetch_add(1, Ordering::Relaxed);
-    let ws =
-        WebSocketStream::from_partially_read(stream, upgrade.rest.to_vec(), Role::Server, Some(ws_config(&shared)))
-            .await;
+    let early = upgrade.rest.to_vec();
+    // The request head (its buffer, headers, path) is not needed any more;
+    // free it rather than keep it for the connection's lifetime.
+    drop(upgrade);
+    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config(&shared))).await;
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
@@ -168,10 +170,38 @@ enum Written {
     Failed,
 }
 
+/// Why a connection's read/write loop ended.
+enum Ending {
+    /// Close with this code and reason.
+    Close(u16, String),
+    Overflow,
+    Read(ReadEnd),
+    /// The socket failed: nothing more can be sent.
+    Abnormal,
+}
+
 impl Connection<'_> {
     /// Runs until the connection is closed; returns the code and reason to
     /// report in the Close event.
     async fn run(mut self) -> (u16, String) {
+        let ending = self.pump().await;
+        // The ways out are rare and their futures large: boxed, so that the
+        // task of every idle connection stays small (it is allocated at the
+        // size of its largest state).
+        Box::pin(self.end(ending)).await
+    }
+
+    async fn end(self, ending: Ending) -> (u16, String) {
+        match ending {
+            Ending::Close(code, reason) => self.close(code, &reason).await,
+            Ending::Overflow => self.overflow().await,
+            Ending::Read(end) => self.finish(end).await,
+            Ending::Abnormal => (ABNORMAL.0, ABNORMAL.1.into()),
+        }
+    }
+
+    /// Moves messages both ways until one side ends.
+    async fn pump(&mut self) -> Ending {
         let cap = self.hub.max_inflight_per_conn();
         loop {
             // Stop reading while this connection has too many events in
@@ -180,23 +210,23 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 out = self.out.recv() => {
-                    let Some(first) = out else { return self.close(1011, "internal error").await };
+                    let Some(first) = out else { return Ending::Close(1011, "internal error".into()) };
                     match self.write_batch(first).await {
                         Written::Ok => {}
-                        Written::Close(code, reason) => return self.close(code, &reason).await,
-                        Written::Overflow => return self.overflow().await,
-                        Written::Failed => return (ABNORMAL.0, ABNORMAL.1.into()),
+                        Written::Close(code, reason) => return Ending::Close(code, reason),
+                        Written::Overflow => return Ending::Overflow,
+                        Written::Failed => return Ending::Abnormal,
                     }
                 }
                 () = self.shared.wake.notified() => {
                     if self.shared.overflowed.load(Ordering::Relaxed) {
-                        return self.overflow().await;
+                        return Ending::Overflow;
                     }
                 }
                 read = self.ws.next(), if room => {
                     match self.read_batch(read, cap) {
                         Ok(()) => {}
-                        Err(end) => return self.finish(end).await,
+                        Err(end) => return Ending::Read(end),
                     }
                 }
             }
