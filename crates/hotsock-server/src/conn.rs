@@ -16,7 +16,6 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -72,10 +71,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     }
     let hub = &shared.hub;
     let conn = hub.next_conn_id();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let conn_shared = Arc::new(ConnShared::default());
     let meta = ConnMeta { peer: peer.clone(), path: upgrade.request.path.clone(), connected_at_unix_ms: unix_ms() };
-    hub.register(conn, meta, out_tx, conn_shared.clone());
+    hub.register(conn, meta, conn_shared.clone());
     let _registered = Registered { hub, conn };
 
     let (uid, extra_headers) = if hub.worker_handshakes() {
@@ -108,7 +106,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
-    let (code, reason) = Connection { ws, out: out_rx, shared: &conn_shared, hub, conn, close_timeout }.run().await;
+    let (code, reason) = Connection { ws, shared: &conn_shared, hub, conn, close_timeout }.run().await;
     hub.dispatch(conn, [EventBody::Close { code, reason }]);
 }
 
@@ -154,7 +152,6 @@ async fn answer(shared: &Shared, mut stream: TcpStream, response: Vec<u8>) {
 
 struct Connection<'a> {
     ws: Ws,
-    out: mpsc::UnboundedReceiver<Outgoing>,
     shared: &'a ConnShared,
     hub: &'a Hub,
     conn: u64,
@@ -209,8 +206,7 @@ impl Connection<'_> {
             let room = self.shared.inflight.load(Ordering::Relaxed) < cap;
             tokio::select! {
                 biased;
-                out = self.out.recv() => {
-                    let Some(first) = out else { return Ending::Close(1011, "internal error".into()) };
+                first = self.shared.next_out() => {
                     match self.write_batch(first).await {
                         Written::Ok => {}
                         Written::Close(code, reason) => return Ending::Close(code, reason),
@@ -269,7 +265,6 @@ impl Connection<'_> {
     async fn write_batch(&mut self, first: Outgoing) -> Written {
         let shared = self.shared;
         let ws = &mut self.ws;
-        let out = &mut self.out;
         let write = async {
             let mut next = Some(first);
             let mut bytes = 0;
@@ -291,7 +286,7 @@ impl Connection<'_> {
                     }
                 }
                 if bytes < WRITE_BATCH_BYTES {
-                    next = out.try_recv().ok();
+                    next = shared.try_pop();
                 }
             }
             if ws.flush().await.is_err() {

@@ -12,16 +12,17 @@
 //!
 //! The hub never blocks and never awaits: every method takes the lock, does
 //! a bounded amount of work, and returns. Messages to clients go through
-//! unbounded per-connection outboxes whose size is capped by byte counting
-//! (`limits.output_buffer_bytes`), so a slow client can never stall a worker.
+//! per-connection outboxes (a queue in `ConnShared`, allocated on first use)
+//! whose size is capped by byte counting (`limits.output_buffer_bytes`), so
+//! a slow client can never stall a worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use hotsock_protocol::{ConnInfo, HandshakeReply, HandshakeRequest, ToServer, ToWorker, encode_conn_list};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::config::{Config, DispatchMode};
@@ -52,6 +53,38 @@ pub(crate) struct ConnShared {
     pub(crate) overflowed: AtomicBool,
     /// Wakes the task: an acknowledgement freed room, or it overflowed.
     pub(crate) wake: Notify,
+    /// Messages for the client, in order, taken by the connection task. A
+    /// queue rather than a channel: it allocates on first use, where a
+    /// channel allocates a block of slots up front for every idle client.
+    outbox: Mutex<VecDeque<Outgoing>>,
+    /// Wakes the task when the outbox gets something.
+    outbox_ready: Notify,
+}
+
+impl ConnShared {
+    /// Queues for the connection task (the hub counts the bytes).
+    fn push(&self, out: Outgoing) {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push_back(out);
+        self.outbox_ready.notify_one();
+    }
+
+    /// The next queued item, if any.
+    pub(crate) fn try_pop(&self) -> Option<Outgoing> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    /// Waits for the next queued item. Cancel-safe: an item is taken only
+    /// in the poll that returns it.
+    pub(crate) async fn next_out(&self) -> Outgoing {
+        loop {
+            if let Some(out) = self.try_pop() {
+                return out;
+            }
+            // A push between the check and here leaves a permit, so the
+            // wait cannot miss it.
+            self.outbox_ready.notified().await;
+        }
+    }
 }
 
 /// The body of an event, kept until it is acknowledged.
@@ -82,7 +115,6 @@ pub(crate) struct ConnMeta {
 #[derive(Debug)]
 struct ConnEntry {
     meta: ConnMeta,
-    out: mpsc::UnboundedSender<Outgoing>,
     shared: Arc<ConnShared>,
     uid: Option<u64>,
     /// The slot holding this connection's unacknowledged events.
@@ -231,15 +263,9 @@ impl Hub {
     }
 
     /// Adds a connection that is mid-handshake.
-    pub(crate) fn register(
-        &self,
-        conn: u64,
-        meta: ConnMeta,
-        out: mpsc::UnboundedSender<Outgoing>,
-        shared: Arc<ConnShared>,
-    ) {
+    pub(crate) fn register(&self, conn: u64, meta: ConnMeta, shared: Arc<ConnShared>) {
         let mut state = self.lock();
-        state.conns.insert(conn, ConnEntry { meta, out, shared, uid: None, slot: 0, open: false });
+        state.conns.insert(conn, ConnEntry { meta, shared, uid: None, slot: 0, open: false });
     }
 
     /// Marks the upgrade as done, binding the uid the handshake chose.
@@ -342,7 +368,7 @@ impl Hub {
             }
             if let Some(entry) = state.conns.get(&conn) {
                 entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
-                let _ = entry.out.send(Outgoing::Close(1011, "an event of this connection crashed the worker".into()));
+                entry.shared.push(Outgoing::Close(1011, "an event of this connection crashed the worker".into()));
             }
         }
     }
@@ -562,14 +588,14 @@ impl Hub {
             shared.wake.notify_one();
             return;
         }
-        let _ = entry.out.send(out);
+        shared.push(out);
     }
 
     /// Asks every connection to close (graceful stop).
     pub(crate) fn close_all(&self, code: u16, reason: &str) {
         let state = self.lock();
         for entry in state.conns.values() {
-            let _ = entry.out.send(Outgoing::Close(code, reason.to_owned()));
+            entry.shared.push(Outgoing::Close(code, reason.to_owned()));
         }
     }
 
