@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::chart::{self, Axes, Series};
+use crate::procfs::{CpuMeter, CpuUse};
 use crate::{Target, procfs, report, start_hotsock, start_node_peer};
 
 /// Connections opened at once.
@@ -24,6 +25,8 @@ struct Curve {
     name: &'static str,
     /// (connections, server RSS KiB)
     points: Vec<(usize, u64)>,
+    /// CPU while the connections were opened and held.
+    cpu: CpuUse,
 }
 
 impl Curve {
@@ -56,9 +59,10 @@ fn measure(target: &Target, counts: &[usize]) -> Result<Curve> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let pids = target.pids();
     let mut points = Vec::new();
-    runtime.block_on(async {
+    let cpu = runtime.block_on(async {
         tokio::time::sleep(SETTLE).await;
         points.push((0, procfs::rss_kib(&pids)));
+        let meter = CpuMeter::start(target.child.id());
         let mut clients = Vec::new();
         for &count in counts {
             open(target.port, &mut clients, count).await?;
@@ -67,10 +71,11 @@ fn measure(target: &Target, counts: &[usize]) -> Result<Curve> {
             eprintln!("   {}: {count} idle connections, server RSS {rss} KiB", target.name);
             points.push((count, rss));
         }
+        let cpu = meter.stop();
         drop(clients);
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>(cpu)
     })?;
-    Ok(Curve { name: target.name, points })
+    Ok(Curve { name: target.name, points, cpu })
 }
 
 pub(crate) fn run(counts: &[usize], out: &Path) -> Result<()> {
@@ -135,6 +140,10 @@ pub(crate) fn run(counts: &[usize], out: &Path) -> Result<()> {
             counts.last().copied().unwrap_or(0)
         ));
     }
+    for curve in &curves {
+        text.push_str(&curve.cpu.markdown(&format!("opening and holding the connections, {}", curve.name)));
+    }
+    text.push('\n');
     report::write_section(out, "idle", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())

@@ -141,7 +141,7 @@ impl CpuUse {
             "the load generator did not saturate a core"
         };
         format!(
-            "- CPU during {what}: server (with its workers) {:.2} cores, load generator {:.2} cores (busiest \
+            "- CPU during {what}: server (including any worker processes) {:.2} cores, load generator {:.2} cores (busiest \
              thread {:.0}% of a core); {verdict}.\n",
             self.server_cores,
             self.client_cores,

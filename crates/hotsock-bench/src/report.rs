@@ -22,8 +22,11 @@ const HEADER: &str = "# Benchmarks\n\nEvery figure below comes from one run of t
 shared machine; absolute numbers move from run to run, the ratios measured side by side in the same run are \
 what to read. Each section is rewritten by its own scenario (`hotsock-bench <scenario>`).\n";
 
-/// Replaces (or appends) one scenario's section of the report file,
-/// leaving the others as they are.
+/// The order of the sections in the report (that of `hotsock-bench all`).
+const ORDER: [&str; 8] = ["echo", "pipelined", "idle", "reload", "tasks", "table", "matchmaker", "edit"];
+
+/// Replaces one scenario's section of the report file, or inserts it in
+/// its place in `ORDER`, leaving the others as they are.
 pub(crate) fn write_section(path: &std::path::Path, scenario: &str, body: &str) -> std::io::Result<()> {
     let begin = format!("<!-- scenario:{scenario} -->");
     let end = format!("<!-- /scenario:{scenario} -->");
@@ -34,9 +37,38 @@ pub(crate) fn write_section(path: &std::path::Path, scenario: &str, body: &str) 
             format!("{}{section}{}", &existing[..a], existing[b + end.len()..].trim_start_matches('\n'))
         }
         _ if existing.starts_with("# Benchmarks") && existing.contains("<!-- scenario:") => {
-            format!("{}\n{section}", existing.trim_end())
+            let later = ORDER.iter().skip_while(|s| **s != scenario).skip(1);
+            match later.filter_map(|s| existing.find(&format!("<!-- scenario:{s} -->"))).min() {
+                Some(at) => format!("{}{section}{}", &existing[..at], &existing[at..]),
+                None => format!("{}\n{section}", existing.trim_end()),
+            }
         }
         _ => format!("{HEADER}\n{section}"),
     };
     std::fs::write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_replaced_in_place_and_inserted_in_order() {
+        let path = std::env::temp_dir().join(format!("hotsock-bench-report-{}.md", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        write_section(&path, "reload", "reload 1\n").expect("write");
+        write_section(&path, "echo", "echo 1\n").expect("write");
+        write_section(&path, "edit", "edit 1\n").expect("write");
+        write_section(&path, "idle", "idle 1\n").expect("write");
+        write_section(&path, "reload", "reload 2\n").expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle} missing: {text}"));
+        assert!(text.starts_with("# Benchmarks"));
+        assert!(
+            at("echo 1") < at("idle 1") && at("idle 1") < at("reload 2") && at("reload 2") < at("edit 1"),
+            "{text}"
+        );
+        assert!(!text.contains("reload 1"), "{text}");
+        let _ = std::fs::remove_file(&path);
+    }
 }
