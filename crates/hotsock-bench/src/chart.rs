@@ -23,7 +23,12 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-fn frame(title: &str, x_label: &str, y_label: &str, y_max: f64) -> String {
+/// Linear y ticks: five from 0 to `y_max`, as (fraction of the height, value).
+fn linear_ticks(y_max: f64) -> Vec<(f64, f64)> {
+    (0..=4).map(|i| (i as f64 / 4.0, y_max * i as f64 / 4.0)).collect()
+}
+
+fn frame(title: &str, x_label: &str, y_label: &str, y_ticks: &[(f64, f64)]) -> String {
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -39,16 +44,15 @@ fn frame(title: &str, x_label: &str, y_label: &str, y_max: f64) -> String {
         TOP + (HEIGHT - TOP - BOTTOM) / 2.0,
         escape(y_label),
     );
-    for i in 0..=4 {
-        let value = y_max * i as f64 / 4.0;
-        let y = HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * i as f64 / 4.0;
+    for (fraction, value) in y_ticks {
+        let y = HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * fraction;
         let _ = writeln!(
             svg,
             "<line x1=\"{LEFT}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
             WIDTH - RIGHT,
             LEFT - 6.0,
             y + 4.0,
-            short(value)
+            short(*value)
         );
     }
     svg
@@ -72,6 +76,9 @@ pub(crate) struct Axes<'a> {
     /// A logarithmic x axis, ticked at the data's own x values (for
     /// connection counts like 10, 100, 1000).
     pub(crate) log_x: bool,
+    /// A logarithmic y axis, ticked at powers of ten (for latencies that
+    /// span orders of magnitude).
+    pub(crate) log_y: bool,
     /// Shaded x ranges with their legend name (reload windows).
     pub(crate) bands: &'a [(f64, f64)],
     pub(crate) band_name: &'a str,
@@ -80,7 +87,7 @@ pub(crate) struct Axes<'a> {
 impl<'a> Axes<'a> {
     /// Linear axes, no bands.
     pub(crate) fn new(title: &'a str, x_label: &'a str, y_label: &'a str) -> Self {
-        Axes { title, x_label, y_label, log_x: false, bands: &[], band_name: "" }
+        Axes { title, x_label, y_label, log_x: false, log_y: false, bands: &[], band_name: "" }
     }
 }
 
@@ -91,13 +98,27 @@ pub(crate) fn lines(axes: &Axes<'_>, series: &[Series]) -> String {
     let x_min = if axes.log_x { xs().map(scale).fold(f64::INFINITY, f64::min) } else { 0.0 };
     let x_min = if x_min.is_finite() { x_min } else { 0.0 };
     let x_max = xs().map(scale).fold(x_min + 1e-9, f64::max);
-    let y_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.1;
-    let mut svg = frame(axes.title, axes.x_label, axes.y_label, y_max);
+    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    // Log axis: whole decades around the data; linear: 0 to 110% of the top.
+    let (y_low, y_high, y_ticks) = if axes.log_y {
+        let low = ys().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+        let low = if low.is_finite() { low.log10().floor() } else { 0.0 };
+        let high = ys().fold(1.0, f64::max).log10().ceil().max(low + 1.0);
+        let decades = (high - low) as i32;
+        let ticks =
+            (0..=decades).map(|d| (f64::from(d) / f64::from(decades), 10f64.powf(low + f64::from(d)))).collect();
+        (low, high, ticks)
+    } else {
+        let top = ys().fold(1.0, f64::max) * 1.1;
+        (0.0, top, linear_ticks(top))
+    };
+    let y_scale = |v: f64| if axes.log_y { v.max(10f64.powf(y_low)).log10() } else { v };
+    let mut svg = frame(axes.title, axes.x_label, axes.y_label, &y_ticks);
     let plot_width = WIDTH - LEFT - RIGHT;
     // A log axis keeps a margin so the end points are not on the frame.
     let (pad, span) = if axes.log_x { (0.06, 0.88) } else { (0.0, 1.0) };
     let x = |v: f64| LEFT + plot_width * (pad + span * (scale(v) - x_min) / (x_max - x_min));
-    let y = |v: f64| HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * v / y_max;
+    let y = |v: f64| HEIGHT - BOTTOM - (HEIGHT - TOP - BOTTOM) * (y_scale(v) - y_low) / (y_high - y_low);
     for (start, end) in axes.bands {
         let _ = writeln!(
             svg,
@@ -169,7 +190,7 @@ pub(crate) fn lines(axes: &Axes<'_>, series: &[Series]) -> String {
 /// One bar per (label, value).
 pub(crate) fn bars(title: &str, y_label: &str, bars: &[(String, f64)]) -> String {
     let y_max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.1;
-    let mut svg = frame(title, "", y_label, y_max);
+    let mut svg = frame(title, "", y_label, &linear_ticks(y_max));
     let slot = (WIDTH - LEFT - RIGHT) / bars.len().max(1) as f64;
     for (index, (label, value)) in bars.iter().enumerate() {
         let height = (HEIGHT - TOP - BOTTOM) * value / y_max;

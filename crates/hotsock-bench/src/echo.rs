@@ -213,20 +213,20 @@ fn charts(out: &Path, scenario: &str, rows: &[Row]) -> String {
             })
             .collect()
     };
-    let axes = |title, y_label| Axes { log_x: true, ..Axes::new(title, "connections", y_label) };
+    let axes = |title, y_label, log_y| Axes { log_x: true, log_y, ..Axes::new(title, "connections", y_label) };
     let title = format!("{scenario}: throughput vs connections");
     let mut text = chart::save(
         out,
         &format!("{scenario}-throughput"),
         &title,
-        &chart::lines(&axes(&title, "messages per second"), &series(|t| t.msgs_per_s)),
+        &chart::lines(&axes(&title, "messages per second", false), &series(|t| t.msgs_per_s)),
     );
     let title = format!("{scenario}: p99 latency vs connections");
     text.push_str(&chart::save(
         out,
         &format!("{scenario}-p99"),
         &title,
-        &chart::lines(&axes(&title, "p99 round trip (µs)"), &series(|t| t.p99_us as f64)),
+        &chart::lines(&axes(&title, "p99 round trip (µs, log scale)", true), &series(|t| t.p99_us as f64)),
     ));
     text
 }
