@@ -60,6 +60,10 @@ pub enum Kind {
     Task = 0x09,
     /// A task's result, to the worker that dispatched it (`conn`: task id).
     Finish = 0x0a,
+    /// Heartbeat: answer with `Pong` carrying the same `id`. Answered from
+    /// the worker's event loop, so a handler that blocks the loop stops
+    /// the answers and the server replaces the worker.
+    Ping = 0x0b,
     /// The worker's answer to Hello: its version and capabilities.
     Ready = 0x41,
     /// Acknowledges handled events; the body is a list of event ids.
@@ -90,6 +94,8 @@ pub enum Kind {
     DispatchTask = 0x4d,
     /// A task worker's result for task `conn`.
     TaskDone = 0x4e,
+    /// Answer to `Ping` (same `id`).
+    Pong = 0x4f,
 }
 
 impl Kind {
@@ -106,6 +112,7 @@ impl Kind {
             0x08 => Kind::Snapshot,
             0x09 => Kind::Task,
             0x0a => Kind::Finish,
+            0x0b => Kind::Ping,
             0x41 => Kind::Ready,
             0x42 => Kind::Ack,
             0x43 => Kind::Push,
@@ -120,6 +127,7 @@ impl Kind {
             0x4c => Kind::Handoff,
             0x4d => Kind::DispatchTask,
             0x4e => Kind::TaskDone,
+            0x4f => Kind::Pong,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -96,6 +96,11 @@ pub enum ToWorker {
         /// The result.
         payload: Bytes,
     },
+    /// Heartbeat; answer with `Pong` and the same sequence number.
+    Ping {
+        /// Sequence number.
+        seq: u64,
+    },
 }
 
 /// A message from a worker to the server.
@@ -193,6 +198,11 @@ pub enum ToServer {
         /// The panic message (UTF-8, possibly cut).
         message: String,
     },
+    /// Answer to `Ping`.
+    Pong {
+        /// The `Ping`'s sequence number.
+        seq: u64,
+    },
 }
 
 /// Encodes a frame whose body is written by `body`, patching the length into
@@ -278,6 +288,7 @@ impl ToWorker {
                 let flags = (if *orphaned { flags::ORPHANED } else { 0 }) | (if *failed { flags::FAILED } else { 0 });
                 put_raw(dst, Kind::Finish, flags, *task, 0, payload)
             }
+            ToWorker::Ping { seq } => put_raw(dst, Kind::Ping, 0, 0, *seq, &[]),
         }
     }
 
@@ -319,6 +330,10 @@ impl ToWorker {
                 failed: frame.flags & flags::FAILED != 0,
                 payload: frame.payload,
             },
+            Kind::Ping => {
+                expect_empty(&frame)?;
+                ToWorker::Ping { seq: id }
+            }
             other => return Err(ProtocolError::WrongDirection(other)),
         })
     }
@@ -365,6 +380,7 @@ impl ToServer {
             ToServer::Panicked { conn, event, message } => {
                 put_raw(dst, Kind::Panicked, 0, *conn, *event, message.as_bytes())
             }
+            ToServer::Pong { seq } => put_raw(dst, Kind::Pong, 0, 0, *seq, &[]),
         }
     }
 
@@ -406,6 +422,10 @@ impl ToServer {
             Kind::Handoff => ToServer::Handoff((!frame.payload.is_empty()).then_some(frame.payload)),
             Kind::Panicked => {
                 ToServer::Panicked { conn, event: id, message: String::from_utf8_lossy(&frame.payload).into_owned() }
+            }
+            Kind::Pong => {
+                expect_empty(&frame)?;
+                ToServer::Pong { seq: id }
             }
             other => return Err(ProtocolError::WrongDirection(other)),
         })

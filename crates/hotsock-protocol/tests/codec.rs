@@ -86,6 +86,7 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
             body
         }),
         Just(ToWorker::Stop),
+        any::<u64>().prop_map(|seq| ToWorker::Ping { seq }),
     ]
 }
 
@@ -113,6 +114,7 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
         proptest::option::of(arb_bytes().prop_filter("non-empty", |b| !b.is_empty())).prop_map(ToServer::Handoff),
         (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnInfo { conn, request }),
         any::<u64>().prop_map(|request| ToServer::ConnList { request }),
+        any::<u64>().prop_map(|seq| ToServer::Pong { seq }),
         (any::<u64>(), any::<u64>(), ".{0,60}").prop_map(|(conn, event, message)| ToServer::Panicked {
             conn,
             event,

@@ -171,6 +171,16 @@ pub struct WorkersConfig {
     /// suits handlers that compute for long between awaits.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Interval of heartbeat pings to each worker, answered from its event
+    /// loop; 0 turns heartbeats off.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// A worker that has not answered a heartbeat for this long has its
+    /// event loop blocked (a handler that never yields): it is killed and
+    /// replaced, and its events are redelivered (poison events end after
+    /// `max_redeliveries`). Must exceed `heartbeat_ms`.
+    #[serde(default = "default_unresponsive")]
+    pub unresponsive_ms: u64,
     /// Task worker processes (same binary, `on_task`); 0: none.
     #[serde(default)]
     pub task_count: usize,
@@ -204,6 +214,12 @@ fn default_count() -> usize {
 }
 fn default_dispatch() -> DispatchMode {
     DispatchMode::Fd
+}
+fn default_heartbeat() -> u64 {
+    1_000
+}
+fn default_unresponsive() -> u64 {
+    10_000
 }
 fn default_threads() -> usize {
     1
@@ -399,6 +415,12 @@ impl Config {
         if !(1..=64).contains(&w.threads) {
             return Err(invalid("workers.threads", format!("is {}; it must be between 1 and 64", w.threads)));
         }
+        if w.heartbeat_ms > 0 && w.unresponsive_ms <= w.heartbeat_ms {
+            return Err(invalid(
+                "workers.unresponsive_ms",
+                format!("is {}; it must exceed workers.heartbeat_ms ({})", w.unresponsive_ms, w.heartbeat_ms),
+            ));
+        }
         if w.task_count > 256 {
             return Err(invalid("workers.task_count", format!("is {}; it must be at most 256", w.task_count)));
         }
@@ -559,6 +581,18 @@ mod tests {
     fn bad_value_names_the_key_and_line() {
         let err = parse("[workers]\ncommand = [\"./w\"]\ncount = 0\n").expect_err("zero").to_string();
         assert!(err.contains("dir/hotsock.toml:3: `workers.count` is 0"), "{err}");
+    }
+
+    #[test]
+    fn unresponsive_ms_must_exceed_heartbeat_ms() {
+        let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
+        assert_eq!((config.workers.heartbeat_ms, config.workers.unresponsive_ms), (1000, 10_000));
+        let err = parse("[workers]\ncommand = [\"w\"]\nheartbeat_ms = 500\nunresponsive_ms = 500\n")
+            .expect_err("not above")
+            .to_string();
+        assert!(err.contains("dir/hotsock.toml:4: `workers.unresponsive_ms` is 500"), "{err}");
+        // Heartbeats off: unresponsive_ms is not checked.
+        parse("[workers]\ncommand = [\"w\"]\nheartbeat_ms = 0\nunresponsive_ms = 0\n").expect("off");
     }
 
     #[test]

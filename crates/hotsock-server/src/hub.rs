@@ -388,6 +388,8 @@ impl Hub {
         for message in messages {
             match message {
                 ToServer::Ready(_) => return Err(WorkerFault("sent Ready twice".into())),
+                // Heartbeats are the worker task's business (worker.rs).
+                ToServer::Pong { .. } => {}
                 ToServer::Ack(ids) => {
                     let slot = &mut state.slots[slot_index].slot;
                     // In a task slot a lane is a task, not a connection.

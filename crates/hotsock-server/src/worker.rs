@@ -234,6 +234,7 @@ impl WorkerTask {
             }
         };
         let (link, outbox) = mpsc::unbounded_channel();
+        let pinger = link.clone();
         let handoff = caps & capabilities::HANDOFF != 0;
         shared.hub.attach(
             slot,
@@ -244,7 +245,7 @@ impl WorkerTask {
         let _ = events.send(WorkerEvent::Ready { slot, worker });
         tracing::info!(slot, pid, generation, "worker ready");
         let writer = tokio::spawn(write_loop(wr, outbox));
-        let read = self.read_loop(rd, buf).await;
+        let read = self.read_loop(rd, buf, pinger).await;
         shared.hub.detach(slot, worker);
         writer.abort();
         let ended = self.finish(child, read, stderr_task, &with_tail).await;
@@ -296,7 +297,12 @@ impl WorkerTask {
 
     /// Reads frames until EOF, applying each batch to the hub. `Err` is a
     /// fault (or a deadline) that warrants killing the worker.
-    async fn read_loop(&mut self, mut rd: OwnedReadHalf, mut buf: BytesMut) -> Result<(), String> {
+    async fn read_loop(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut buf: BytesMut,
+        pinger: mpsc::UnboundedSender<ToWorker>,
+    ) -> Result<(), String> {
         let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
         let Launch { slot, worker, generation, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
@@ -304,12 +310,21 @@ impl WorkerTask {
         let workers = &self.shared.config.workers;
         let max_requests = if slot < workers.count { workers.max_requests } else { workers.task_max_requests };
         let mut recycle_asked = false;
+        // Heartbeats: a Ping every heartbeat_ms; no Pong for unresponsive_ms
+        // means the worker's event loop is blocked.
+        let heartbeat = Duration::from_millis(workers.heartbeat_ms);
+        let unresponsive = Duration::from_millis(workers.unresponsive_ms);
+        let mut ticker = tokio::time::interval(if heartbeat.is_zero() { Duration::from_secs(3600) } else { heartbeat });
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut answered = Instant::now();
+        let mut seq = 0u64;
         loop {
             let mut batch = Vec::new();
             let mut fault = None;
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(frame)) => match ToServer::from_frame(frame) {
+                        Ok(ToServer::Pong { .. }) => answered = Instant::now(),
                         Ok(message) => batch.push(message),
                         Err(e) => {
                             fault = Some(format!("malformed frame: {e}"));
@@ -356,6 +371,17 @@ impl WorkerTask {
                     // The supervisor is gone: the server is exiting.
                     None => return Err("server exiting".into()),
                 },
+                _ = ticker.tick(), if !heartbeat.is_zero() => {
+                    if answered.elapsed() > unresponsive {
+                        return Err(format!(
+                            "no heartbeat answer for {} ms (workers.unresponsive_ms): a handler is blocking its \
+                             event loop",
+                            answered.elapsed().as_millis()
+                        ));
+                    }
+                    seq += 1;
+                    let _ = pinger.send(ToWorker::Ping { seq });
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     return Err(format!(
                         "still running reload.max_wait_ms = {} after it was told to drain",

@@ -170,6 +170,11 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
                         ctx.unclaimed(finish);
                     }
                 }
+                // Answered here, in the loop handlers share: a handler that
+                // blocks the loop stops the answers, which is the point.
+                ToWorker::Ping { seq } => {
+                    let _ = out.send(Out::Frame(ToServer::Pong { seq }));
+                }
                 ToWorker::Hello(_) => return Err(Error::NoHello("a second Hello".into())),
                 event => runner.submit(event),
             }

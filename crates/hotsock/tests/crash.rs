@@ -245,3 +245,48 @@ async fn a_worker_killed_during_a_graceful_stop_is_replaced_until_its_events_are
         assert!(log.contains(&format!("close conn={conn} code=1001")), "on_close missing for {conn}:\n{log}");
     }
 }
+
+fn heartbeat_config() -> String {
+    config(
+        "hotsock-testworker",
+        "heartbeat_ms = 100\nunresponsive_ms = 500\nmax_redeliveries = 1\nrestart_backoff_max_ms = 200\n",
+    )
+    .replace("count = 2", "count = 1")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_blocks_its_event_loop_gets_the_worker_replaced() {
+    let server = TestServer::start(&heartbeat_config());
+    let mut victim = connect(&server.url("/")).await;
+    assert!(recv(&mut victim).await.starts_with("open "));
+    let mut bystander = connect(&server.url("/")).await;
+    assert!(recv(&mut bystander).await.starts_with("open "));
+    send(&mut bystander, "echo:before").await;
+    assert_eq!(recv(&mut bystander).await, "before");
+    let blocked_at = std::time::Instant::now();
+    // Never yields for a minute: the worker stops answering heartbeats, is
+    // killed and replaced; the event is redelivered once, blocks the
+    // replacement too, and is then dropped with 1011.
+    send(&mut victim, "block:60000").await;
+    assert_eq!(close_code(&mut victim).await, Some(1011));
+    assert!(blocked_at.elapsed() < Duration::from_secs(20), "took {:?}", blocked_at.elapsed());
+    let log = server.log();
+    assert!(log.contains("no heartbeat answer for") && log.contains("workers.unresponsive_ms"), "{log}");
+    assert_eq!(server.status()["workers"][0]["crashes"], 2, "{}", server.status());
+    // The other connection was never dropped and is served by the third worker.
+    wait_for("slot serving again", || (server.status()["workers"][0]["state"] == "ready").then_some(()));
+    send(&mut bystander, "echo:after").await;
+    assert_eq!(recv(&mut bystander).await, "after");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_await_longer_than_unresponsive_ms_is_not_a_blocked_loop() {
+    let server = TestServer::start(&heartbeat_config());
+    let mut client = connect(&server.url("/")).await;
+    assert!(recv(&mut client).await.starts_with("open "));
+    // An async wait three times unresponsive_ms: the loop keeps answering.
+    send(&mut client, "sleep:1500:slept").await;
+    assert_eq!(recv(&mut client).await, "slept");
+    assert_eq!(server.status()["workers"][0]["crashes"], 0, "{}", server.status());
+    assert!(!server.log().contains("no heartbeat answer"), "{}", server.log());
+}

@@ -224,6 +224,11 @@ impl App for Test {
             }
             "panic" => panic!("test panic requested by conn {conn}"),
             "exit" => std::process::exit(3),
+            // Blocks the worker's event loop (a handler that never yields).
+            "block" => {
+                std::thread::sleep(Duration::from_millis(arg.parse().unwrap_or(0)));
+                ctx.push(conn, "unblocked");
+            }
             "sleep" => {
                 let (ms, rest) = arg.split_once(':').unwrap_or((arg, ""));
                 tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
