@@ -616,4 +616,50 @@ mod tests {
         let err = parse("[workers]\ncommand = [\"w\"]\ndispatch = \"random\"\n").expect_err("bad").to_string();
         assert!(err.contains("random") && err.contains("line 3"), "{err}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::parse;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any text gets a config or an error, never a panic.
+            #[test]
+            fn any_text_gets_an_answer(text in "(\\PC|\n|\\[|\\]|=|\"){0,200}") {
+                let _ = parse(&text);
+            }
+
+            /// A misspelt key anywhere in a valid file is named, with the
+            /// line it is on.
+            #[test]
+            fn an_unknown_key_is_named_with_its_line(
+                section in 0usize..3,
+                key in "[a-z]{3,10}_x",
+                blank_lines in 0usize..4,
+            ) {
+                let sections = [
+                    "[server]\nlisten = \"127.0.0.1:1\"\n",
+                    "[workers]\ncommand = [\"w\"]\ncount = 1\n",
+                    "[limits]\nmax_message_bytes = 1024\n",
+                ];
+                let mut text = String::new();
+                let mut line = 0;
+                for (index, body) in sections.iter().enumerate() {
+                    text.push_str(&"\n".repeat(blank_lines));
+                    text.push_str(body);
+                    if index == section {
+                        line = text.lines().count() + 1;
+                        text.push_str(&format!("{key} = 1\n"));
+                    }
+                }
+                let err = parse(&text).expect_err("unknown key").to_string();
+                prop_assert!(err.contains(&key), "{}", err);
+                let at_line = format!("line {line}");
+                let colon_line = format!(":{line}:");
+                prop_assert!(err.contains(&at_line) || err.contains(&colon_line), "{} (expected line {})", err, line);
+            }
+        }
+    }
 }

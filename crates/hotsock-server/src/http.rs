@@ -280,4 +280,124 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
         assert!(!text.contains("Set-Cookie"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// The upgrade request's header lines, before shuffling.
+        const HEADERS: [(&str, &str); 5] = [
+            ("Host", "a"),
+            ("Upgrade", "websocket"),
+            ("Connection", "keep-alive, Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+
+        fn request(order: &[usize], upper: &[bool], path: &str, extra: &[u8]) -> Vec<u8> {
+            let mut text = format!("GET {path} HTTP/1.1\r\n");
+            for (&index, &up) in order.iter().zip(upper) {
+                let (name, value) = HEADERS[index];
+                let name = if up { name.to_ascii_uppercase() } else { name.to_ascii_lowercase() };
+                text.push_str(&format!("{name}: {value}\r\n"));
+            }
+            text.push_str("\r\n");
+            let mut bytes = text.into_bytes();
+            bytes.extend_from_slice(extra);
+            bytes
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever arrives before the handshake, parsing never panics,
+            /// and it answers "wait" only while no blank line ended a head.
+            /// Inputs mix random bytes with pieces of real requests, so
+            /// heads often complete.
+            #[test]
+            fn any_bytes_get_an_answer(
+                pieces in proptest::collection::vec(
+                    prop_oneof![
+                        proptest::collection::vec(any::<u8>(), 0..12),
+                        prop_oneof![
+                            Just("GET "), Just("/x "), Just("HTTP/1.1"), Just("\r\n"), Just("\r\n\r\n"),
+                            Just("Upgrade: websocket"), Just("Connection: Upgrade"), Just(":"), Just(" "),
+                            Just("Sec-WebSocket-Version: 13"), Just("Sec-WebSocket-Key: x"),
+                        ].prop_map(|s: &str| s.as_bytes().to_vec()),
+                    ],
+                    0..24,
+                ),
+            ) {
+                let bytes = pieces.concat();
+                let result = parse(&bytes, "peer");
+                if matches!(result, Ok(None)) {
+                    // Empty lines before the request line are skipped.
+                    let start = bytes.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(bytes.len());
+                    prop_assert!(
+                        !bytes[start..].windows(4).any(|w| w == b"\r\n\r\n"),
+                        "a complete head left waiting: {:?}", String::from_utf8_lossy(&bytes)
+                    );
+                }
+            }
+
+            /// A valid upgrade parses whatever the header order and case,
+            /// every strict prefix of its head waits, and bytes after the
+            /// head are kept for the WebSocket.
+            #[test]
+            fn valid_upgrades_parse_in_any_order_and_case(
+                order in Just(vec![0usize, 1, 2, 3, 4]).prop_shuffle(),
+                upper in proptest::collection::vec(any::<bool>(), 5),
+                path in "/[a-z0-9]{0,12}(\\?[a-z]=[0-9]{1,3})?",
+                extra in proptest::collection::vec(any::<u8>(), 0..20),
+                cut in 0usize..200,
+            ) {
+                let bytes = request(&order, &upper, &path, &extra);
+                let (upgrade, len) = parse(&bytes, "peer").expect("valid").expect("complete");
+                prop_assert_eq!(&upgrade.request.path, &path);
+                prop_assert_eq!(&bytes[len..], &extra[..]);
+                let cut = cut.min(len - 1);
+                prop_assert!(matches!(parse(&bytes[..cut], "peer"), Ok(None)));
+            }
+
+            /// Static files: whatever the request target, nothing outside
+            /// the directory is ever served.
+            #[test]
+            fn static_files_never_escape(
+                parts in proptest::collection::vec(
+                    prop_oneof![Just(".."), Just("."), Just("sub"), Just("index.html"), Just("secret.txt"),
+                                Just("%2e%2e"), Just(""), Just("link")],
+                    0..6,
+                ),
+                query in proptest::option::of("[a-z=&]{0,8}"),
+            ) {
+                let (root, dir) = static_tree();
+                let mut target = format!("/{}", parts.join("/"));
+                if let Some(query) = query {
+                    target.push('?');
+                    target.push_str(&query);
+                }
+                let out = static_file(&dir, "GET", &target);
+                let text = String::from_utf8_lossy(&out);
+                prop_assert!(!text.contains("SECRET"), "{target} served a file outside the directory");
+                prop_assert!(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 404"), "{}", text);
+                let _ = root;
+            }
+        }
+
+        /// `<tmp>/secret.txt` outside, `<tmp>/www/{index.html, sub/inner.txt,
+        /// link -> ..}` inside; made once per process.
+        fn static_tree() -> (std::path::PathBuf, std::path::PathBuf) {
+            let root = std::env::temp_dir().join(format!("hotsock-static-prop-{}", std::process::id()));
+            let dir = root.join("www");
+            if !dir.join("sub/inner.txt").exists() {
+                std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+                std::fs::write(root.join("secret.txt"), "SECRET").expect("write");
+                std::fs::write(dir.join("index.html"), "<h1>hi</h1>").expect("write");
+                std::fs::write(dir.join("sub/inner.txt"), "inner").expect("write");
+                let _ = std::os::unix::fs::symlink("..", dir.join("link"));
+            }
+            (root, dir)
+        }
+    }
 }
