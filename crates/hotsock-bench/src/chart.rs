@@ -229,11 +229,18 @@ pub(crate) fn save(report: &Path, name: &str, title: &str, svg: &str) -> String 
     }
 }
 
-/// Writes a run's figures as JSON under `target/bench/`.
+/// Writes a run's figures as JSON under `target/bench/<scenario>.json`,
+/// with the machine and the date.
 pub(crate) fn json(scenario: &str, value: &serde_json::Value) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     let path = dir.join(format!("{scenario}.json"));
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    let document = serde_json::json!({
+        "scenario": scenario,
+        "machine": crate::report::machine(),
+        "date": crate::report::today(),
+        "results": value,
+    });
+    let text = serde_json::to_string_pretty(&document).unwrap_or_default();
     if let Err(error) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
         eprintln!("cannot write {}: {error}", path.display());
     }

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use hotsock_server::{AdminRequest, AdminResponse, admin_request};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Target, report, spawn_hotsock};
+use crate::{Target, chart, report, spawn_hotsock};
 
 /// How long one edit may take to go live before the run fails.
 const GO_LIVE_MAX: Duration = Duration::from_secs(120);
@@ -67,6 +67,15 @@ pub(crate) fn run(edits: usize, out: &Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let samples = runtime.block_on(measure(&target_process, &project, &dir.join("run"), edits))?;
     let text = markdown(edits, &samples);
+    chart::json(
+        "edit",
+        &serde_json::json!(
+            samples
+                .iter()
+                .map(|s| serde_json::json!({"detection_ms": s.detection_ms, "build_ms": s.build_ms, "switch_ms": s.switch_ms}))
+                .collect::<Vec<_>>()
+        ),
+    );
     report::write_section(out, "edit", &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())

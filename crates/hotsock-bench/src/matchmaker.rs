@@ -197,6 +197,16 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
         )
     };
     let p99 = |o: &Outcome| o.time_to_match.as_ref().map_or(0, |h| h.value_at_quantile(0.99)) as f64;
+    let json = |o: &Outcome| {
+        let h = o.time_to_match.as_ref();
+        serde_json::json!({
+            "reloads": o.reloads, "seconds": o.seconds, "matched": o.matched, "timeouts": o.timeouts,
+            "wrong": o.wrong, "double": o.double, "never_answered": o.unanswered,
+            "p50_ms": h.map_or(0, |h| h.value_at_quantile(0.5)), "p99_ms": h.map_or(0, |h| h.value_at_quantile(0.99)),
+            "cpu": o.cpu,
+        })
+    };
+    crate::chart::json("matchmaker", &serde_json::json!({"baseline": json(&base), "reloading": json(&reloading)}));
     let mut text = format!(
         "## matchmaker: {} simulated players arriving at {}/s (equal genders, 4 games)\n\n\
          - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench matchmaker --players {} --rate {} --reload-every {}` (release builds of hotsock and examples/matchmaker, 2 workers; the rule switches between opposite-gender and rating-window at every reload)\n\n\

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use hotsock_table::{Column, ColumnType, Owner, Schema, Table, Value};
 
-use crate::report;
+use crate::{chart, report};
 
 /// Distinct keys the operations spread over.
 const KEYS: usize = 1000;
@@ -151,6 +151,17 @@ pub(crate) fn run(ops: usize, out: &Path) -> Result<()> {
         );
         rows.push((op, table_one, mutex_one, table_four, mutex_four));
     }
+    chart::json(
+        "table",
+        &serde_json::json!(
+            rows.iter()
+                .map(|(op, t1, m1, t4, m4)| serde_json::json!({
+                    "op": op.name(), "table_1_process": t1, "mutex_1_thread": m1,
+                    "table_4_processes": t4, "mutex_4_threads": m4,
+                }))
+                .collect::<Vec<_>>()
+        ),
+    );
     let mut text = format!(
         "## table: shared-table operations per second over {KEYS} keys, {ops} operations per process\n\n\
          - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench table --ops {ops}` (4 processes: this binary re-executed, mapping the same segment; baseline: `Mutex<HashMap<String, (i64, String)>>` in one process, 4 threads)\n\n\
