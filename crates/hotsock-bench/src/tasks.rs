@@ -82,8 +82,9 @@ pub(crate) fn run(conns: usize, seconds: u64, out: &Path) -> Result<()> {
          | request | round trips/s | p50 µs | p99 µs |\n|---|---:|---:|---:|\n\
          | ping (event worker only, baseline) | {:.0} | {} | {} |\n\
          | report (event → task worker → event) | {:.0} | {} | {} |\n\n\
-         **Task round trip p50 / ping p50: {:.2}**: the task hop costs one more process crossing each way plus the \
-         event worker's second handler.\n\n",
+         **Task round trip p50 / ping p50: {:.2}**: besides the plain request's path, a task takes three more \
+         round trips between processes (the event worker asks the server for a task id, the server runs the task \
+         on a task worker, the result comes back to the event worker), each through the server.\n\n",
         report::machine(),
         report::today(),
         ping.len() as f64 / seconds as f64,
