@@ -181,6 +181,10 @@ pub struct WorkersConfig {
     /// `max_redeliveries`). Must exceed `heartbeat_ms`.
     #[serde(default = "default_unresponsive")]
     pub unresponsive_ms: u64,
+    /// The same for task workers; 0 (default): never, since task workers
+    /// exist to run work that blocks.
+    #[serde(default)]
+    pub task_unresponsive_ms: u64,
     /// Task worker processes (same binary, `on_task`); 0: none.
     #[serde(default)]
     pub task_count: usize,
@@ -421,6 +425,15 @@ impl Config {
                 format!("is {}; it must exceed workers.heartbeat_ms ({})", w.unresponsive_ms, w.heartbeat_ms),
             ));
         }
+        if w.task_unresponsive_ms > 0 && (w.heartbeat_ms == 0 || w.task_unresponsive_ms <= w.heartbeat_ms) {
+            return Err(invalid(
+                "workers.task_unresponsive_ms",
+                format!(
+                    "is {}; it needs heartbeats (workers.heartbeat_ms > 0) and must exceed workers.heartbeat_ms ({})",
+                    w.task_unresponsive_ms, w.heartbeat_ms
+                ),
+            ));
+        }
         if w.task_count > 256 {
             return Err(invalid("workers.task_count", format!("is {}; it must be at most 256", w.task_count)));
         }
@@ -593,6 +606,12 @@ mod tests {
         assert!(err.contains("dir/hotsock.toml:4: `workers.unresponsive_ms` is 500"), "{err}");
         // Heartbeats off: unresponsive_ms is not checked.
         parse("[workers]\ncommand = [\"w\"]\nheartbeat_ms = 0\nunresponsive_ms = 0\n").expect("off");
+        // Task workers: off by default; when asked for, heartbeats must run.
+        assert_eq!(config.workers.task_unresponsive_ms, 0);
+        let err = parse("[workers]\ncommand = [\"w\"]\nheartbeat_ms = 0\ntask_unresponsive_ms = 5000\n")
+            .expect_err("no heartbeats")
+            .to_string();
+        assert!(err.contains(":4: `workers.task_unresponsive_ms` is 5000; it needs heartbeats"), "{err}");
     }
 
     #[test]

@@ -312,8 +312,13 @@ impl WorkerTask {
         let mut recycle_asked = false;
         // Heartbeats: a Ping every heartbeat_ms; no Pong for unresponsive_ms
         // means the worker's event loop is blocked.
-        let heartbeat = Duration::from_millis(workers.heartbeat_ms);
-        let unresponsive = Duration::from_millis(workers.unresponsive_ms);
+        let (unresponsive_ms, key) = if slot < workers.count {
+            (workers.unresponsive_ms, "workers.unresponsive_ms")
+        } else {
+            (workers.task_unresponsive_ms, "workers.task_unresponsive_ms")
+        };
+        let heartbeat = Duration::from_millis(if unresponsive_ms == 0 { 0 } else { workers.heartbeat_ms });
+        let unresponsive = Duration::from_millis(unresponsive_ms);
         let mut ticker = tokio::time::interval(if heartbeat.is_zero() { Duration::from_secs(3600) } else { heartbeat });
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut answered = Instant::now();
@@ -374,8 +379,7 @@ impl WorkerTask {
                 _ = ticker.tick(), if !heartbeat.is_zero() => {
                     if answered.elapsed() > unresponsive {
                         return Err(format!(
-                            "no heartbeat answer for {} ms (workers.unresponsive_ms): a handler is blocking its \
-                             event loop",
+                            "no heartbeat answer for {} ms ({key}): a handler is blocking its event loop",
                             answered.elapsed().as_millis()
                         ));
                     }

@@ -220,3 +220,25 @@ async fn task_workers_are_recycled_after_task_max_requests_without_losing_a_task
     assert!(recycled >= 2, "{status}");
     assert_eq!(status["tasks"]["completed"], 60);
 }
+
+/// Task workers exist for work that blocks: by default a task that holds
+/// its worker's loop longer than `unresponsive_ms` is not treated as a hung
+/// worker; `task_unresponsive_ms` opts in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocking_task_is_not_a_hung_task_worker_unless_asked() {
+    let server = start("heartbeat_ms = 100\nunresponsive_ms = 400\n");
+    let mut c = client(&server).await;
+    send(&mut c, "task:block:1200:long job").await;
+    assert_eq!(recv(&mut c).await, "done did long job");
+    let status = server.status();
+    let crashes: u64 =
+        status["workers"].as_array().expect("workers").iter().filter_map(|w| w["crashes"].as_u64()).sum();
+    assert_eq!(crashes, 0, "{status}");
+
+    let strict = start("heartbeat_ms = 100\nunresponsive_ms = 400\ntask_unresponsive_ms = 400\nmax_redeliveries = 0\n");
+    let mut c = client(&strict).await;
+    send(&mut c, "task:block:60000:stuck").await;
+    let reply = recv(&mut c).await;
+    assert!(reply.starts_with("task error") || reply.contains("crashed"), "{reply}");
+    assert!(strict.log().contains("workers.task_unresponsive_ms"), "{}", strict.log());
+}

@@ -103,6 +103,11 @@ impl App for Test {
         if text == "panic" {
             panic!("task panic requested");
         }
+        // Blocks the task worker's loop, as a synchronous job does.
+        if let Some((ms, rest)) = text.strip_prefix("block:").and_then(|r| r.split_once(':')) {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            return Bytes::from(format!("did {rest}"));
+        }
         if let Some((ms, rest)) = text.strip_prefix("sleep:").and_then(|r| r.split_once(':')) {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             return Bytes::from(format!("did {rest}"));
