@@ -129,6 +129,8 @@ struct ConnEntry {
 struct SlotEntry {
     slot: Slot,
     status: SlotStatus,
+    /// When the current worker last answered a heartbeat.
+    heartbeat: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -215,7 +217,7 @@ impl Hub {
                 if slot >= event_slots {
                     status.role = "task".into();
                 }
-                SlotEntry { slot: Slot::default(), status }
+                SlotEntry { slot: Slot::default(), status, heartbeat: None }
             })
             .collect();
         Hub {
@@ -612,6 +614,11 @@ impl Hub {
     }
 
     /// Updates a slot's lifecycle facts for `status`.
+    /// Records a heartbeat answer (or, at Ready, the start of the count).
+    pub(crate) fn heartbeat(&self, slot_index: usize) {
+        self.lock().slots[slot_index].heartbeat = Some(std::time::Instant::now());
+    }
+
     pub(crate) fn update_status(&self, slot_index: usize, update: impl FnOnce(&mut SlotStatus)) {
         update(&mut self.lock().slots[slot_index].status);
     }
@@ -629,6 +636,10 @@ impl Hub {
                     status.pid = current.pid;
                     status.generation = current.generation;
                 }
+                status.heartbeat_age_ms = match (slot.current(), entry.heartbeat) {
+                    (Some(_), Some(at)) => Some(at.elapsed().as_millis() as u64),
+                    _ => None,
+                };
                 status.inflight = slot.current_held();
                 status.queued = slot.unacked_len();
                 status.dispatched = slot.counters.dispatched;

@@ -58,6 +58,11 @@ pub struct SlotStatus {
     pub crash_loop: bool,
     /// Resident memory of the worker process, in KiB.
     pub rss_kib: Option<u64>,
+    /// Milliseconds since the current worker last answered a heartbeat
+    /// (or became ready); none when heartbeats are off for this slot. Near
+    /// `workers.unresponsive_ms`, its event loop is blocked.
+    #[serde(default)]
+    pub heartbeat_age_ms: Option<u64>,
     /// How the last worker of this slot ended, if one did.
     pub last_exit: Option<String>,
 }
@@ -82,6 +87,7 @@ impl SlotStatus {
             recycled: 0,
             crash_loop: false,
             rss_kib: None,
+            heartbeat_age_ms: None,
             last_exit: None,
         }
     }

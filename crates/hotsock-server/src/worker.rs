@@ -323,13 +323,19 @@ impl WorkerTask {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut answered = Instant::now();
         let mut seq = 0u64;
+        if !heartbeat.is_zero() {
+            self.shared.hub.heartbeat(slot);
+        }
         loop {
             let mut batch = Vec::new();
             let mut fault = None;
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(frame)) => match ToServer::from_frame(frame) {
-                        Ok(ToServer::Pong { .. }) => answered = Instant::now(),
+                        Ok(ToServer::Pong { .. }) => {
+                            answered = Instant::now();
+                            self.shared.hub.heartbeat(slot);
+                        }
                         Ok(message) => batch.push(message),
                         Err(e) => {
                             fault = Some(format!("malformed frame: {e}"));

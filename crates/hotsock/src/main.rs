@@ -257,8 +257,19 @@ fn status(config: &Config, json: bool) -> Result<()> {
         status.rejected_total
     );
     println!(
-        "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  LAST EXIT",
-        "SLOT", "ROLE", "PID", "GEN", "STATE", "INFLIGHT", "DISPATCHED", "ACKED", "REDELIVERED", "CRASHES", "RSS KiB"
+        "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9} {:>9}  LAST EXIT",
+        "SLOT",
+        "ROLE",
+        "PID",
+        "GEN",
+        "STATE",
+        "INFLIGHT",
+        "DISPATCHED",
+        "ACKED",
+        "REDELIVERED",
+        "CRASHES",
+        "RSS KiB",
+        "HEARTBEAT"
     );
     let tasks = &status.tasks;
     if tasks.queued + tasks.completed as usize + tasks.failed as usize + tasks.refused as usize > 0
@@ -310,7 +321,7 @@ fn status(config: &Config, json: bool) -> Result<()> {
     }
     for w in &status.workers {
         println!(
-            "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9}  {}{}",
+            "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9} {:>9}  {}{}",
             w.slot,
             w.role,
             w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -322,6 +333,7 @@ fn status(config: &Config, json: bool) -> Result<()> {
             w.redelivered,
             w.crashes,
             w.rss_kib.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            w.heartbeat_age_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
             w.last_exit.as_deref().unwrap_or("-"),
             if w.crash_loop { " (CRASH LOOP)" } else { "" }
         );

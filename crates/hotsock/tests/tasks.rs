@@ -234,6 +234,10 @@ async fn a_blocking_task_is_not_a_hung_task_worker_unless_asked() {
     let crashes: u64 =
         status["workers"].as_array().expect("workers").iter().filter_map(|w| w["crashes"].as_u64()).sum();
     assert_eq!(crashes, 0, "{status}");
+    // Heartbeats run for event slots only (status shows their age).
+    for worker in status["workers"].as_array().expect("workers") {
+        assert_eq!(worker["heartbeat_age_ms"].is_u64(), worker["role"] == "event", "{status}");
+    }
 
     let strict = start("heartbeat_ms = 100\nunresponsive_ms = 400\ntask_unresponsive_ms = 400\nmax_redeliveries = 0\n");
     let mut c = client(&strict).await;
