@@ -419,6 +419,12 @@ impl Config {
         if !(1..=64).contains(&w.threads) {
             return Err(invalid("workers.threads", format!("is {}; it must be between 1 and 64", w.threads)));
         }
+        if w.heartbeat_ms != 0 && !(10..=60_000).contains(&w.heartbeat_ms) {
+            return Err(invalid(
+                "workers.heartbeat_ms",
+                format!("is {}; it must be 0 (off) or between 10 and 60000", w.heartbeat_ms),
+            ));
+        }
         if w.heartbeat_ms > 0 && w.unresponsive_ms <= w.heartbeat_ms {
             return Err(invalid(
                 "workers.unresponsive_ms",
@@ -606,6 +612,8 @@ mod tests {
         assert!(err.contains("dir/hotsock.toml:4: `workers.unresponsive_ms` is 500"), "{err}");
         // Heartbeats off: unresponsive_ms is not checked.
         parse("[workers]\ncommand = [\"w\"]\nheartbeat_ms = 0\nunresponsive_ms = 0\n").expect("off");
+        let err = parse("[workers]\ncommand = [\"w\"]\nheartbeat_ms = 5\n").expect_err("too often").to_string();
+        assert!(err.contains(":3: `workers.heartbeat_ms` is 5; it must be 0 (off) or between 10 and 60000"), "{err}");
         // Task workers: off by default; when asked for, heartbeats must run.
         assert_eq!(config.workers.task_unresponsive_ms, 0);
         let err = parse("[workers]\ncommand = [\"w\"]\nheartbeat_ms = 0\ntask_unresponsive_ms = 5000\n")
