@@ -5,7 +5,9 @@
 //! (fire and forget; `on_finish` reports), `tincr:KEY` / `tget:KEY` (table
 //! `counters`, column `n`), `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
 //! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
-//! `push_close:X`, `panic`, `exit`, `sleep:MS:X`, `flood:N:SIZE`, `binary:X`.
+//! `push_close:X`, `panic`, `exit`, `sleep:MS:X` (awaits), `block:MS` (blocks
+//! the event loop), `threads` (thread count), `flood:N:SIZE`, `binary:X`.
+//! Tasks (`on_task`): `sleep:MS:X`, `block:MS:X`, `panic`, anything else.
 //! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays.
 //! `on_open` pushes `open CONN slot=S`; lifecycle events are appended to the
 //! file named by `TESTWORKER_LOG`.
