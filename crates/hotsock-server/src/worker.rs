@@ -383,7 +383,10 @@ impl WorkerTask {
                     None => return Err("server exiting".into()),
                 },
                 _ = ticker.tick(), if !heartbeat.is_zero() => {
-                    if answered.elapsed() > unresponsive {
+                    // Stale only if no answer is waiting unread either (this
+                    // loop itself may have been slow to read).
+                    let pending = matches!(rd.try_read_buf(&mut buf), Ok(n) if n > 0);
+                    if answered.elapsed() > unresponsive && !pending {
                         return Err(format!(
                             "no heartbeat answer for {} ms ({key}): a handler is blocking its event loop",
                             answered.elapsed().as_millis()
