@@ -187,6 +187,13 @@ fn headline(rows: &[Row]) -> String {
         hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
         hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
     );
+    if at.iter().all(|r| r.result.cpu.machine_saturated()) {
+        text.push_str(
+            "\nIn these runs the load generator and the target together kept the machine's cores busy: \
+             throughput is bounded by CPU, so the ratios compare CPU spent per message (the load generator's \
+             share is the same handicap for every target).\n",
+        );
+    }
     if at.iter().any(|r| r.result.cpu.client_saturated()) {
         text.push_str(
             "\nA load-generator thread saturated a core in at least one of these runs (see the table): on a \

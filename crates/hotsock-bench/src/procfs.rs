@@ -133,6 +133,14 @@ impl CpuUse {
         self.client_busiest_thread > SATURATED || self.client_cores > SATURATED * cores
     }
 
+    /// Whether the load generator and the server together kept (nearly)
+    /// every core busy: then throughput is bounded by CPU and compares CPU
+    /// per message, with the load generator's share taken from every target.
+    pub(crate) fn machine_saturated(&self) -> bool {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        self.client_cores + self.server_cores > SATURATED * cores
+    }
+
     /// One markdown line for a report.
     pub(crate) fn markdown(&self, what: &str) -> String {
         let verdict = if self.client_saturated() {
