@@ -104,14 +104,7 @@ pub(crate) async fn ping_pong(port: u16, params: &Params, server_pid: u32) -> Re
         }));
     }
     let cpu = measure_cpu(server_pid, measure_from, end).await;
-    let mut total = Histogram::<u64>::new(3)?;
-    let mut count = 0;
-    for task in tasks {
-        let (n, histogram) = task.await??;
-        count += n;
-        total.add(histogram)?;
-    }
-    Ok(Throughput::new(count, params.seconds, &total, cpu))
+    gather(tasks, params.seconds, cpu).await
 }
 
 /// CPU use between `from` and `to`.
@@ -168,6 +161,14 @@ pub(crate) async fn pipelined(
         }));
     }
     let cpu = measure_cpu(server_pid, start, end).await;
+    gather(tasks, seconds, cpu).await
+}
+
+/// One connection's measured messages and their latencies.
+type ConnTask = tokio::task::JoinHandle<Result<(u64, Histogram<u64>)>>;
+
+/// Adds up the connections' counts and histograms.
+async fn gather(tasks: Vec<ConnTask>, seconds: u64, cpu: CpuUse) -> Result<Throughput> {
     let mut total = Histogram::<u64>::new(3)?;
     let mut count = 0;
     for task in tasks {

@@ -7,6 +7,7 @@
 //! a worker without a deadline, and never let its queues grow past the
 //! configured limits.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -106,7 +107,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
-    let (code, reason) = Connection { ws, shared: &conn_shared, hub, conn, close_timeout }.run().await;
+    let (code, reason) =
+        Connection { ws, shared: &conn_shared, hub, conn, close_timeout, batch: VecDeque::new() }.run().await;
     hub.dispatch(conn, [EventBody::Close { code, reason }]);
 }
 
@@ -156,6 +158,9 @@ struct Connection<'a> {
     hub: &'a Hub,
     conn: u64,
     close_timeout: Duration,
+    /// Items taken from the outbox for the write under way (taken in one
+    /// lock per batch, not one per message; empty and unallocated at rest).
+    batch: VecDeque<Outgoing>,
 }
 
 /// How a write batch ended.
@@ -265,28 +270,34 @@ impl Connection<'_> {
     async fn write_batch(&mut self, first: Outgoing) -> Written {
         let shared = self.shared;
         let ws = &mut self.ws;
+        let batch = &mut self.batch;
+        batch.push_back(first);
         let write = async {
-            let mut next = Some(first);
             let mut bytes = 0;
             let mut close = None;
-            while let Some(item) = next.take() {
+            loop {
+                let Some(item) = batch.pop_front() else {
+                    if bytes >= WRITE_BATCH_BYTES {
+                        break;
+                    }
+                    shared.pop_batch(WRITE_BATCH_BYTES - bytes, batch);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    continue;
+                };
+                shared.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
+                bytes += item.len();
                 match item {
                     Outgoing::Msg(message) => {
-                        let len = message.len();
-                        shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                        bytes += len;
                         if ws.feed(message).await.is_err() {
                             return Written::Failed;
                         }
                     }
                     Outgoing::Close(code, reason) => {
-                        shared.queued_bytes.fetch_sub(reason.len(), Ordering::Relaxed);
                         close = Some((code, reason));
                         break;
                     }
-                }
-                if bytes < WRITE_BATCH_BYTES {
-                    next = shared.try_pop();
                 }
             }
             if ws.flush().await.is_err() {

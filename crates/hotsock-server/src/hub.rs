@@ -42,6 +42,16 @@ pub(crate) enum Outgoing {
     Close(u16, String),
 }
 
+impl Outgoing {
+    /// The bytes it counts against `limits.output_buffer_bytes`.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Outgoing::Msg(message) => message.len(),
+            Outgoing::Close(_, reason) => reason.len(),
+        }
+    }
+}
+
 /// State shared between a connection's task and the hub.
 #[derive(Debug, Default)]
 pub(crate) struct ConnShared {
@@ -69,8 +79,24 @@ impl ConnShared {
     }
 
     /// The next queued item, if any.
-    pub(crate) fn try_pop(&self) -> Option<Outgoing> {
+    fn try_pop(&self) -> Option<Outgoing> {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    /// Moves queued items, in order, into `into` under one lock: about
+    /// `budget` bytes of them, and nothing after a Close.
+    pub(crate) fn pop_batch(&self, budget: usize, into: &mut VecDeque<Outgoing>) {
+        let mut queue = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bytes = 0;
+        while bytes < budget {
+            let Some(item) = queue.pop_front() else { break };
+            bytes += item.len();
+            let close = matches!(item, Outgoing::Close(..));
+            into.push_back(item);
+            if close {
+                break;
+            }
+        }
     }
 
     /// Waits for the next queued item. Cancel-safe: an item is taken only
@@ -581,10 +607,7 @@ impl Hub {
         if shared.overflowed.load(Ordering::Relaxed) {
             return;
         }
-        let len = match &out {
-            Outgoing::Msg(message) => message.len(),
-            Outgoing::Close(_, reason) => reason.len(),
-        };
+        let len = out.len();
         let queued = shared.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
         if queued > self.output_buffer_bytes {
             shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);

@@ -228,3 +228,21 @@ async fn workers_threads_sets_the_worker_runtime_size() {
     send(&mut client, "echo:still serving").await;
     assert_eq!(recv(&mut client).await, "still serving");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_pushes_arrive_complete_and_in_order_across_write_batches() {
+    // 3,000 pushes of 200 bytes: about ten of the server's write batches.
+    let setup = start("", "");
+    let (mut client, _) = open(&setup.server, "/").await;
+    // Nothing else is sent until all have arrived: a push left behind in a
+    // batch would have nothing to push it out.
+    send(&mut client, "count:3000:200").await;
+    for i in 0..3000 {
+        let reply = recv(&mut client).await;
+        let n = reply.split_once(':').map(|(n, _)| n).unwrap_or("");
+        assert_eq!(n, i.to_string(), "push {i} out of order: {}", &reply[..reply.len().min(20)]);
+        assert_eq!(reply.len(), i.to_string().len() + 1 + 200);
+    }
+    send(&mut client, "echo:after").await;
+    assert_eq!(recv(&mut client).await, "after");
+}

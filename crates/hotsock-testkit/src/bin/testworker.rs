@@ -6,7 +6,7 @@
 //! `counters`, column `n`), `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
 //! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
 //! `push_close:X`, `panic`, `exit`, `sleep:MS:X` (awaits), `block:MS` (blocks
-//! the event loop), `threads` (thread count), `flood:N:SIZE`, `binary:X`.
+//! the event loop), `threads` (thread count), `count:N:SIZE` (numbered), `flood:N:SIZE`, `binary:X`.
 //! Tasks (`on_task`): `sleep:MS:X`, `block:MS:X`, `panic`, anything else.
 //! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays.
 //! `on_open` pushes `open CONN slot=S`; lifecycle events are appended to the
@@ -190,6 +190,14 @@ impl App for Test {
             "recall" => {
                 let memory = self.memory.lock().unwrap_or_else(|p| p.into_inner()).join(",");
                 ctx.push(conn, format!("memory={memory}"));
+            }
+            // N numbered pushes of SIZE bytes each: `count:N:SIZE`.
+            "count" => {
+                let (n, size) = arg.split_once(':').unwrap_or((arg, "0"));
+                let pad = "x".repeat(size.parse().unwrap_or(0));
+                for i in 0..n.parse::<usize>().unwrap_or(0) {
+                    ctx.push(conn, format!("{i}:{pad}"));
+                }
             }
             "seq" => ctx.push(conn, format!("{mark}seq:{arg}:slot={}", ctx.slot())),
             "bind" => {
