@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use hotsock_protocol::PAYLOAD_MAX_BYTES;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -118,9 +119,11 @@ pub(crate) fn ws_config(shared: &Shared) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
         // Frames accumulate in the write buffer until a flush or this size;
-        // we flush once per batch, so this only caps one batch's buffer.
+        // we flush once per batch. The outbox bounds what is queued (see
+        // `Hub::send`); this only caps one batch plus its largest message,
+        // which may be a worker's largest push.
         .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_write_buffer_size(WRITE_BATCH_BYTES + limits.output_buffer_bytes)
+        .max_write_buffer_size(WRITE_BATCH_BYTES + limits.output_buffer_bytes.max(PAYLOAD_MAX_BYTES as usize))
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes))
 }

@@ -26,12 +26,18 @@ use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::config::{Config, DispatchMode};
+use crate::exit::Exit;
 use crate::slot::{Attached, Pending, Poisoned, Slot, WorkerId};
-use crate::status::{ClientStatus, DrainingStatus, SlotStatus, WorkerState};
+use crate::status::{ClientStatus, DrainingStatus, EXITS_KEPT, ExitRecord, SlotStatus, WorkerState};
 
 /// Close code sent to a client whose output buffer overflowed (policy
 /// violation: it does not read what it asked for).
 pub(crate) const CLOSE_SLOW_READER: u16 = 1008;
+/// Close code for the connection of a poison event (internal error: its
+/// event crashed `workers.max_redeliveries` + 1 workers and was dropped).
+pub(crate) const CLOSE_POISON: u16 = 1011;
+/// The reason sent with [`CLOSE_POISON`].
+pub(crate) const CLOSE_POISON_REASON: &str = "an event of this connection crashed the worker";
 
 /// What a connection task is told to send.
 #[derive(Debug)]
@@ -217,7 +223,6 @@ pub(crate) struct Hub {
     dispatch: DispatchMode,
     max_inflight_per_conn: u32,
     output_buffer_bytes: usize,
-    max_redeliveries: u32,
     handoff_max_bytes: usize,
     /// Slots `0..event_slots` take connection events; the rest run tasks.
     event_slots: usize,
@@ -231,7 +236,6 @@ impl Hub {
         let dispatch = workers.dispatch;
         let max_inflight_per_conn = limits.max_inflight_per_conn;
         let output_buffer_bytes = limits.output_buffer_bytes;
-        let max_redeliveries = workers.max_redeliveries;
         let handoff_max_bytes = config.reload.handoff_max_bytes;
         let task_queue_max = workers.task_queue_max;
         let (slots, task_slots) = (workers.count, workers.task_count);
@@ -243,7 +247,7 @@ impl Hub {
                 if slot >= event_slots {
                     status.role = "task".into();
                 }
-                SlotEntry { slot: Slot::default(), status, heartbeat: None }
+                SlotEntry { slot: Slot::new(workers.max_redeliveries), status, heartbeat: None }
             })
             .collect();
         Hub {
@@ -262,7 +266,6 @@ impl Hub {
             dispatch,
             max_inflight_per_conn,
             output_buffer_bytes,
-            max_redeliveries,
             handoff_max_bytes,
             event_slots,
             task_queue_max,
@@ -372,21 +375,28 @@ impl Hub {
         self.lock().slots[slot_index].slot.drain(worker);
     }
 
+    /// Stops routing anything to a worker whose link is gone (see
+    /// `Slot::disconnect`).
+    pub(crate) fn disconnect(&self, slot_index: usize, worker: WorkerId) {
+        self.lock().slots[slot_index].slot.disconnect(worker);
+    }
+
     /// Removes a worker whose process is gone: what it had not acknowledged
-    /// becomes redelivered work for the slot's current worker. An event that
-    /// has now been held by more than `max_redeliveries` + 1 dying workers is
-    /// a poison pill: it is dropped and its connection closed with 1011, so
-    /// one bad message cannot keep a slot crashing forever.
-    pub(crate) fn detach(&self, slot_index: usize, worker: WorkerId) {
+    /// becomes redelivered work for the slot's current worker. When the
+    /// worker failed (`blame`), the events it was running get a strike; an
+    /// event with more than `max_redeliveries` strikes is a poison pill: it
+    /// is dropped and its connection closed with 1011, so one bad message
+    /// cannot keep a slot crashing forever. Events queued behind it go on.
+    pub(crate) fn detach(&self, slot_index: usize, worker: WorkerId, blame: bool) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let poisoned = state.slots[slot_index].slot.detach(worker, self.max_redeliveries);
-        for Poisoned { conn, id, deaths } in poisoned {
+        let poisoned = state.slots[slot_index].slot.detach(worker, blame);
+        for Poisoned { conn, id, strikes } in poisoned {
             tracing::error!(
                 slot = slot_index,
                 conn,
                 event = id,
-                "dropping an event that crashed {deaths} workers (workers.max_redeliveries); closing its connection with 1011"
+                "dropping an event that crashed {strikes} workers (workers.max_redeliveries); closing its connection with 1011"
             );
             if slot_index >= self.event_slots {
                 // A task that kills every task worker: its dispatcher gets
@@ -396,7 +406,7 @@ impl Hub {
             }
             if let Some(entry) = state.conns.get(&conn) {
                 entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
-                entry.shared.push(Outgoing::Close(1011, "an event of this connection crashed the worker".into()));
+                entry.shared.push(Outgoing::Close(CLOSE_POISON, CLOSE_POISON_REASON.into()));
             }
         }
     }
@@ -600,16 +610,20 @@ impl Hub {
         self.lock().slots[slot_index].slot.acked_by(worker)
     }
 
-    /// Queues a message for a client, counting its bytes; past the cap the
-    /// client is a slow reader and is closed instead.
+    /// Queues a message for a client, counting its bytes. The limit bounds
+    /// what waits behind a reader that does not read, not the size of one
+    /// message: a message larger than `limits.output_buffer_bytes` is queued
+    /// when nothing waits ahead of it, so a connection's queued output never
+    /// exceeds the larger of the limit and one message. Past that the client
+    /// is a slow reader and is closed instead.
     fn send(&self, entry: &ConnEntry, out: Outgoing) {
         let shared = &entry.shared;
         if shared.overflowed.load(Ordering::Relaxed) {
             return;
         }
         let len = out.len();
-        let queued = shared.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > self.output_buffer_bytes {
+        let ahead = shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if ahead > 0 && ahead + len > self.output_buffer_bytes {
             shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             shared.overflowed.store(true, Ordering::Relaxed);
             shared.wake.notify_one();
@@ -640,6 +654,21 @@ impl Hub {
     /// Records a heartbeat answer (or, at Ready, the start of the count).
     pub(crate) fn heartbeat(&self, slot_index: usize) {
         self.lock().slots[slot_index].heartbeat = Some(std::time::Instant::now());
+    }
+
+    /// Records how a worker of the slot ended, for `status`.
+    pub(crate) fn record_exit(&self, slot_index: usize, pid: Option<u32>, generation: u64, exit: &Exit) {
+        let detail = exit.describe();
+        let at_unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let record = ExitRecord { pid, generation, cause: exit.cause, detail: detail.clone(), at_unix_ms };
+        self.update_status(slot_index, |status| {
+            status.last_exit = Some(detail);
+            if status.exits.len() == EXITS_KEPT {
+                status.exits.remove(0);
+            }
+            status.exits.push(record);
+        });
     }
 
     pub(crate) fn update_status(&self, slot_index: usize, update: impl FnOnce(&mut SlotStatus)) {

@@ -18,6 +18,7 @@
 mod admin;
 mod config;
 mod conn;
+mod exit;
 mod generations;
 mod http;
 mod hub;
@@ -34,8 +35,11 @@ pub use config::{
     Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ReloadStrategy, ServerConfig,
     TableConfig, WatchConfig, WorkersConfig,
 };
+pub use exit::{ExitCause, KillReason};
 pub use hub::TaskCounters;
 pub use server::{Server, ServerError};
-pub use status::{ClientStatus, DrainingStatus, ServerStatus, SlotStatus, TableStatus, WorkerState};
+pub use status::{
+    ClientStatus, DrainingStatus, EXITS_KEPT, ExitRecord, ServerStatus, SlotStatus, TableStatus, WorkerState,
+};
 pub use supervisor::{ReloadKind, ReloadOutcome};
 pub use watch::{BuildOutcome, WatchStatus};

@@ -20,6 +20,19 @@
 //! its prefix becomes unsent again, flagged redelivered, and goes to the next
 //! current worker before anything newer. A lane never holds events of two
 //! workers at once, which is what makes the rule enough.
+//!
+//! Blame. When a worker dies of a failure (a crash, a blocked event loop:
+//! `ExitCause::blames_running_events`), the head of each lane it held (the
+//! event that was running, or next to run) gets a strike; the events queued
+//! behind a head cannot have been running and get none, nor does anything
+//! when the server itself ended the worker (drain deadline, recycle, stop).
+//! A head is not certainly guilty: the worker may have been running several
+//! connections' events at once. So an event whose strikes reach
+//! `max_redeliveries` gets its last chance *alone* (isolated): the slot sends
+//! nothing else to the current worker until that worker holds nothing, sends
+//! the event by itself, and waits for its ack. Only a failure during that
+//! solo run drops it as a poison event (and closes its connection with
+//! 1011). An innocent bystander of a crash loop is late, never dropped.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -82,13 +95,14 @@ pub(crate) struct Pending {
     pub(crate) body: EventBody,
     /// Held by a worker that died before acknowledging it.
     pub(crate) redelivered: bool,
-    /// How many workers died holding it.
-    pub(crate) deaths: u32,
+    /// Strikes: workers that died of a failure while it was running (at the
+    /// head of its lane). Deaths the server ordered strike nothing.
+    pub(crate) strikes: u32,
 }
 
 impl Pending {
     pub(crate) fn new(conn: u64, body: EventBody) -> Pending {
-        Pending { conn, body, redelivered: false, deaths: 0 }
+        Pending { conn, body, redelivered: false, strikes: 0 }
     }
 
     fn to_worker(&self, id: u64) -> ToWorker {
@@ -115,12 +129,12 @@ struct Lane {
     holder: Option<WorkerId>,
 }
 
-/// An event dropped because it was held by too many dying workers.
+/// An event dropped because it was running in too many workers that died.
 #[derive(Debug)]
 pub(crate) struct Poisoned {
     pub(crate) conn: u64,
     pub(crate) id: u64,
-    pub(crate) deaths: u32,
+    pub(crate) strikes: u32,
 }
 
 /// Counters for `status`.
@@ -135,6 +149,12 @@ pub(crate) struct SlotCounters {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
+    /// `workers.max_redeliveries`: strikes an event may have and still run.
+    max_redeliveries: u32,
+    /// Lanes (connections) whose head waits for its solo last chance.
+    isolation: VecDeque<u64>,
+    /// The event running alone in the current worker, if one is.
+    isolated: Option<u64>,
     current: Option<WorkerId>,
     workers: Vec<Attached>,
     unacked: HashMap<u64, Pending>,
@@ -151,6 +171,12 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// An empty slot whose events may be redelivered `max_redeliveries`
+    /// times after failures.
+    pub(crate) fn new(max_redeliveries: u32) -> Slot {
+        Slot { max_redeliveries, ..Slot::default() }
+    }
+
     /// Events in this slot not yet acknowledged (sent or waiting).
     pub(crate) fn unacked_len(&self) -> usize {
         self.unacked.len()
@@ -191,9 +217,10 @@ impl Slot {
     }
 
     /// Sends `conn`'s unsent events to the current worker, if its held
-    /// prefix is empty or already the current worker's.
+    /// prefix is empty or already the current worker's, and no event is
+    /// waiting for or running its solo last chance.
     fn release(&mut self, conn: u64) {
-        if self.suspended {
+        if self.suspended || self.isolated.is_some() || !self.isolation.is_empty() {
             return;
         }
         let Some(current) = self.current else { return };
@@ -216,9 +243,35 @@ impl Slot {
     }
 
     fn release_all(&mut self) {
+        self.run_isolated();
         let conns: Vec<u64> = self.lanes.keys().copied().collect();
         for conn in conns {
             self.release(conn);
+        }
+    }
+
+    /// Sends the next event waiting for its last chance, alone, once the
+    /// current worker holds nothing else.
+    fn run_isolated(&mut self) {
+        if self.suspended || self.isolated.is_some() {
+            return;
+        }
+        let Some(current) = self.current else { return };
+        let Some(worker) = self.workers.iter_mut().find(|w| w.id == current) else { return };
+        if worker.held > 0 {
+            return;
+        }
+        while let Some(conn) = self.isolation.pop_front() {
+            let Some(lane) = self.lanes.get_mut(&conn) else { continue };
+            // The lane may have moved on (its head dropped) since it queued.
+            let Some(id) = lane.ids.front().copied().filter(|_| lane.sent == 0) else { continue };
+            let Some(pending) = self.unacked.get(&id) else { continue };
+            let _ = worker.link.send(pending.to_worker(id));
+            lane.sent = 1;
+            lane.holder = Some(current);
+            worker.held += 1;
+            self.isolated = Some(id);
+            return;
         }
     }
 
@@ -245,7 +298,16 @@ impl Slot {
             w.held -= 1;
             w.acked += 1;
         }
-        self.release(conn);
+        if self.isolated == Some(id) {
+            // It ran alone and finished: innocent. The slot flows again.
+            self.isolated = None;
+            self.release_all();
+        } else if self.isolation.is_empty() {
+            self.release(conn);
+        } else {
+            // The worker drains towards an isolated run.
+            self.run_isolated();
+        }
         self.stop_if_drained(worker);
         self.snapshot_if_idle();
         Some(conn)
@@ -380,43 +442,80 @@ impl Slot {
         }
     }
 
-    /// Removes a worker whose process is gone. What it held becomes
-    /// redelivered work, except events that have now been held by more than
-    /// `max_redeliveries` + 1 dying workers, which are dropped and returned.
-    pub(crate) fn detach(&mut self, worker: WorkerId, max_redeliveries: u32) -> Vec<Poisoned> {
+    /// Sends nothing more to a worker whose link is gone (its process is
+    /// ending). What it holds stays held, so nothing newer of those
+    /// connections overtakes it, until `detach` knows whether it is to blame.
+    pub(crate) fn disconnect(&mut self, worker: WorkerId) {
         self.workers.retain(|w| w.id != worker);
         if self.current == Some(worker) {
             self.current = None;
             self.suspended = false;
             self.snapshot_sent = false;
         }
+    }
+
+    /// Removes a worker whose process is gone. What it held becomes
+    /// redelivered work. With `blame` (the worker died of a failure, see
+    /// `ExitCause::blames_running_events`), the event at the head of each of
+    /// its lanes, the one that may have been running, gets a strike; the
+    /// events queued behind it could not have been running (the SDK runs one
+    /// event of a lane at a time) and get none. An event with more than
+    /// `max_redeliveries` strikes is dropped and returned.
+    pub(crate) fn detach(&mut self, worker: WorkerId, blame: bool) -> Vec<Poisoned> {
+        self.disconnect(worker);
+        let max_redeliveries = self.max_redeliveries;
+        let isolated = self.isolated;
         let mut poisoned = Vec::new();
+        let mut last_chances = Vec::new();
+        let mut isolated_lost = false;
         let unacked = &mut self.unacked;
         let counters = &mut self.counters;
-        self.lanes.retain(|_, lane| {
+        self.lanes.retain(|conn, lane| {
             if lane.holder != Some(worker) {
                 return true;
             }
-            let held: Vec<u64> = lane.ids.iter().take(lane.sent).copied().collect();
-            for id in held {
-                let Some(pending) = unacked.get_mut(&id) else { continue };
+            isolated_lost |= isolated.is_some() && lane.ids.front() == isolated.as_ref();
+            for (position, id) in lane.ids.iter().take(lane.sent).enumerate() {
+                let Some(pending) = unacked.get_mut(id) else { continue };
                 pending.redelivered = true;
-                pending.deaths += 1;
                 counters.redelivered += 1;
-                if pending.deaths > max_redeliveries {
-                    poisoned.push(Poisoned { conn: pending.conn, id, deaths: pending.deaths });
-                    unacked.remove(&id);
-                    lane.ids.retain(|x| *x != id);
-                    counters.dropped += 1;
+                if blame && position == 0 {
+                    pending.strikes += 1;
                 }
             }
             lane.sent = 0;
             lane.holder = None;
+            let Some(head) = lane.ids.front().copied() else { return false };
+            let Some(strikes) = unacked.get(&head).map(|p| p.strikes) else { return true };
+            // Dropped only when it failed a run it had to itself (or when no
+            // redelivery is allowed at all); otherwise a head at the limit
+            // gets its last chance alone.
+            let alone = isolated == Some(head) || max_redeliveries == 0;
+            if strikes > max_redeliveries && alone {
+                poisoned.push(Poisoned { conn: *conn, id: head, strikes });
+                unacked.remove(&head);
+                lane.ids.pop_front();
+                counters.dropped += 1;
+            } else if last_chance(max_redeliveries, strikes) {
+                last_chances.push((head, *conn));
+            }
             !lane.ids.is_empty()
         });
+        if isolated_lost {
+            self.isolated = None;
+        }
+        // Oldest first, so a connection's turn does not depend on hashing.
+        last_chances.sort_unstable();
+        self.isolation.extend(last_chances.into_iter().map(|(_, conn)| conn));
         self.release_all();
         poisoned
     }
+}
+
+/// Whether an event with `strikes` gets its next run alone: it has used up
+/// its redeliveries, so the next failure is final and must be certain.
+fn last_chance(max_redeliveries: u32, strikes: u32) -> bool {
+    max_redeliveries > 0 && strikes >= max_redeliveries
 }
 
 #[cfg(test)]
@@ -454,7 +553,7 @@ mod tests {
 
     #[test]
     fn events_wait_for_a_worker_and_go_out_in_order() {
-        let mut slot = Slot::default();
+        let mut slot = Slot::new(3);
         slot.push(1, message(7));
         slot.push(2, message(7));
         let mut w = worker(&mut slot, 10);
@@ -468,7 +567,7 @@ mod tests {
 
     #[test]
     fn after_a_switch_a_connection_waits_for_the_old_worker() {
-        let mut slot = Slot::default();
+        let mut slot = Slot::new(3);
         let mut old = worker(&mut slot, 1);
         slot.make_current(old.id);
         slot.push(1, message(7));
@@ -490,14 +589,14 @@ mod tests {
 
     #[test]
     fn a_dead_workers_events_are_redelivered_first_and_flagged() {
-        let mut slot = Slot::default();
+        let mut slot = Slot::new(3);
         let mut a = worker(&mut slot, 1);
         slot.make_current(a.id);
         slot.push(1, message(7));
         slot.push(2, message(7));
         assert_eq!(a.received().len(), 2);
         assert_eq!(slot.ack(a.id, 1), Some(7));
-        assert!(slot.detach(a.id, 3).is_empty());
+        assert!(slot.detach(a.id, true).is_empty());
         slot.push(3, message(7)); // arrives while the slot has no worker
         let mut b = worker(&mut slot, 2);
         slot.make_current(b.id);
@@ -506,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_draining_worker_that_dies_hands_its_events_to_the_current_one_in_order() {
-        let mut slot = Slot::default();
+        let mut slot = Slot::new(3);
         let mut old = worker(&mut slot, 1);
         slot.make_current(old.id);
         slot.push(1, message(7));
@@ -515,33 +614,95 @@ mod tests {
         slot.make_current(new.id);
         slot.push(2, message(7));
         assert!(new.received().is_empty());
-        slot.detach(old.id, 3);
+        slot.detach(old.id, true);
         assert_eq!(new.received(), vec![(7, 1, true), (7, 2, false)]);
     }
 
     #[test]
-    fn an_event_that_keeps_killing_workers_is_dropped() {
-        let mut slot = Slot::default();
+    fn an_event_that_keeps_killing_workers_is_dropped_and_the_ones_behind_it_go_on() {
+        let mut slot = Slot::new(2);
         slot.push(1, message(7));
         slot.push(2, message(7));
         for id in 1..=3 {
             let mut w = worker(&mut slot, id);
             slot.make_current(w.id);
-            assert!(!w.received().is_empty());
-            let poisoned = slot.detach(w.id, 2);
+            // The last chance (strikes = max_redeliveries) runs alone.
+            let expected = if id < 3 { vec![(7, 1, id > 1), (7, 2, id > 1)] } else { vec![(7, 1, true)] };
+            assert_eq!(w.received(), expected);
+            let poisoned = slot.detach(w.id, true);
             if id < 3 {
                 assert!(poisoned.is_empty());
             } else {
-                assert_eq!(poisoned.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2]);
+                assert_eq!(poisoned.iter().map(|p| (p.id, p.strikes)).collect::<Vec<_>>(), vec![(1, 3)]);
             }
         }
-        assert_eq!(slot.unacked_len(), 0);
-        assert_eq!(slot.counters.dropped, 2);
+        // Event 2 was queued behind the poison each time: never struck.
+        assert_eq!(slot.unacked_len(), 1);
+        assert_eq!(slot.unacked.get(&2).map(|p| p.strikes), Some(0));
+        let mut w = worker(&mut slot, 4);
+        slot.make_current(w.id);
+        assert_eq!(w.received(), vec![(7, 2, true)]);
+        assert_eq!(slot.counters.dropped, 1);
+    }
+
+    #[test]
+    fn a_bystander_of_a_crash_loop_gets_its_last_chance_alone_and_survives() {
+        let mut slot = Slot::new(2);
+        slot.push(1, message(7)); // the poison
+        slot.push(2, message(8)); // an innocent event running beside it
+        for id in 1..=2 {
+            let mut w = worker(&mut slot, id);
+            slot.make_current(w.id);
+            assert_eq!(w.received().len(), 2, "both run together while under the limit");
+            assert!(slot.detach(w.id, true).is_empty());
+        }
+        // Both heads have 2 strikes: each gets its last run alone, oldest first.
+        let mut w = worker(&mut slot, 3);
+        slot.make_current(w.id);
+        assert_eq!(w.received(), vec![(7, 1, true)]);
+        slot.push(3, message(9)); // new traffic waits behind the solo run
+        assert!(w.received().is_empty());
+        let poisoned = slot.detach(w.id, true);
+        assert_eq!(poisoned.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1], "guilty alone: dropped");
+        let mut w = worker(&mut slot, 4);
+        slot.make_current(w.id);
+        assert_eq!(w.received(), vec![(8, 2, true)], "the bystander runs alone");
+        assert_eq!(slot.ack(w.id, 2), Some(8));
+        assert_eq!(w.received(), vec![(9, 3, false)], "then the slot flows again");
+        assert_eq!(slot.counters.dropped, 1);
+    }
+
+    #[test]
+    fn a_kill_the_server_ordered_strikes_nothing() {
+        let mut slot = Slot::new(3);
+        slot.push(1, message(7));
+        for id in 1..=10 {
+            let mut w = worker(&mut slot, id);
+            slot.make_current(w.id);
+            assert_eq!(w.received(), vec![(7, 1, id > 1)]);
+            assert!(slot.detach(w.id, false).is_empty(), "a drain deadline is not the event's fault");
+        }
+        assert_eq!(slot.unacked.get(&1).map(|p| p.strikes), Some(0));
+        assert_eq!(slot.counters.dropped, 0);
+    }
+
+    #[test]
+    fn a_crash_strikes_only_the_head_of_each_lane() {
+        let mut slot = Slot::new(3);
+        let mut w = worker(&mut slot, 1);
+        slot.make_current(w.id);
+        for (id, conn) in [(1, 7), (2, 7), (3, 8), (4, 7), (5, 8)] {
+            slot.push(id, message(conn));
+        }
+        assert_eq!(w.received().len(), 5);
+        assert!(slot.detach(w.id, true).is_empty());
+        let strikes: Vec<(u64, u32)> = (1..=5).map(|id| (id, slot.unacked[&id].strikes)).collect();
+        assert_eq!(strikes, vec![(1, 1), (2, 0), (3, 1), (4, 0), (5, 0)]);
     }
 
     #[test]
     fn a_suspended_worker_finishes_what_it_holds_then_is_asked_for_its_state() {
-        let mut slot = Slot::default();
+        let mut slot = Slot::new(3);
         let mut old = worker(&mut slot, 1);
         slot.make_current(old.id);
         slot.push(1, message(7));

@@ -63,8 +63,31 @@ pub struct SlotStatus {
     /// `workers.unresponsive_ms`, its event loop is blocked.
     #[serde(default)]
     pub heartbeat_age_ms: Option<u64>,
-    /// How the last worker of this slot ended, if one did.
+    /// How the last worker of this slot ended, if one did, in words.
     pub last_exit: Option<String>,
+    /// The last exits of this slot's workers (draining ones included),
+    /// oldest first, at most [`EXITS_KEPT`].
+    #[serde(default)]
+    pub exits: Vec<ExitRecord>,
+}
+
+/// Exits kept per slot for `status`: enough to see a pattern (a crash loop,
+/// drains that keep hitting their deadline), small enough to print.
+pub const EXITS_KEPT: usize = 5;
+
+/// One worker process that ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Its process id, if it was spawned.
+    pub pid: Option<u32>,
+    /// Its generation.
+    pub generation: u64,
+    /// Why it ended.
+    pub cause: crate::ExitCause,
+    /// The cause in words, with exit status and last stderr lines.
+    pub detail: String,
+    /// When the server saw it end, ms since the Unix epoch.
+    pub at_unix_ms: u64,
 }
 
 impl SlotStatus {
@@ -89,6 +112,7 @@ impl SlotStatus {
             rss_kib: None,
             heartbeat_age_ms: None,
             last_exit: None,
+            exits: Vec::new(),
         }
     }
 }

@@ -27,11 +27,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::ReloadStrategy;
+use crate::exit::{Exit, KillReason};
 use crate::generations::Generations;
 use crate::server::Shared;
 use crate::slot::WorkerId;
 use crate::status::WorkerState;
-use crate::worker::{self, Control, Ended, Launch, WorkerEvent};
+use crate::worker::{self, Control, Launch, Retire, WorkerEvent};
 
 /// Delay before the second restart in a row; doubles up to the maximum.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -266,8 +267,8 @@ impl Supervisor {
                 Some(Msg::Worker(WorkerEvent::Panicked { slot, generation, count })) => {
                     self.on_failure(slot, generation, count, &format!("{count} handler panic(s)"))
                 }
-                Some(Msg::Worker(WorkerEvent::Gone { slot, worker, generation, ended, was_ready })) => {
-                    self.on_gone(slot, worker, generation, ended, was_ready)
+                Some(Msg::Worker(WorkerEvent::Gone { slot, worker, generation, pid, exit, was_ready })) => {
+                    self.on_gone(slot, worker, generation, pid, exit, was_ready)
                 }
                 Some(Msg::Reload(request)) => self.queue.push_back(request),
                 Some(Msg::Retire) => self.retire(),
@@ -302,14 +303,14 @@ impl Supervisor {
 
     /// Routes `slot`'s new events to `worker`; the previous current worker
     /// drains and is killed if it is still running after `max_wait_ms`.
-    fn switch(&mut self, slot: usize, worker: WorkerId, generation: u64) {
+    fn switch(&mut self, slot: usize, worker: WorkerId, generation: u64, retire: Retire) {
         self.shared.hub.make_current(slot, worker);
         let state = &mut self.slots[slot];
         state.target = generation;
         state.ready_since = Some(Instant::now());
         if let Some(old) = state.current.replace(worker).filter(|old| *old != worker) {
             let deadline = Instant::now() + Duration::from_millis(self.shared.config.reload.max_wait_ms);
-            self.control(old, Control::Drain { deadline });
+            self.control(old, Control::Drain { deadline, retire });
         }
     }
 
@@ -350,7 +351,7 @@ impl Supervisor {
                 ReloadStrategy::Rolling => {
                     let to = job.to;
                     job.switched.push(slot);
-                    self.switch(slot, worker, to);
+                    self.switch(slot, worker, to, Retire::Replaced);
                     self.advance_job();
                 }
                 ReloadStrategy::AllAtOnce => {
@@ -362,18 +363,29 @@ impl Supervisor {
         }
         if self.slots[slot].starting == Some(worker) {
             self.slots[slot].starting = None;
+            // A restart after a crash (nothing to drain) or a recycle's
+            // successor (the recycled worker drains).
             let target = self.slots[slot].target;
-            self.switch(slot, worker, target);
+            self.switch(slot, worker, target, Retire::Recycled);
             return;
         }
         // A worker nobody waits for any more (its job was aborted).
-        self.control(worker, Control::Kill("no longer needed".into()));
+        self.control(worker, Control::Kill(KillReason::NotNeeded));
     }
 
-    fn on_gone(&mut self, slot: usize, worker: WorkerId, generation: u64, ended: Ended, was_ready: bool) {
+    fn on_gone(
+        &mut self,
+        slot: usize,
+        worker: WorkerId,
+        generation: u64,
+        pid: Option<u32>,
+        exit: Exit,
+        was_ready: bool,
+    ) {
         self.live.remove(&worker);
-        let description = ended.describe();
-        let crashed = !matches!(ended, Ended::Stopped);
+        let description = exit.describe();
+        let crashed = exit.cause.is_failure();
+        self.shared.hub.record_exit(slot, pid, generation, &exit);
         if let Some(job) = &mut self.job {
             let starting = job.starting.get(&slot) == Some(&worker);
             let standby = job.ready.iter().any(|(_, w)| *w == worker);
@@ -407,13 +419,14 @@ impl Supervisor {
             // A draining worker of an older generation.
             if crashed {
                 tracing::warn!(slot, generation, "draining worker ended: {description}");
+            } else {
+                tracing::info!(slot, generation, "draining worker ended: {description}");
             }
             return;
         }
         self.shared.hub.update_status(slot, |s| {
             s.state = WorkerState::Exited;
             s.rss_kib = None;
-            s.last_exit = Some(description.clone());
             s.crashes += u64::from(crashed);
         });
         if self.retiring || !crashed {
@@ -484,7 +497,7 @@ impl Supervisor {
                 job.handoff.remove(position);
                 let to = job.to;
                 if let Some(restart) = self.slots[slot].starting.take() {
-                    self.control(restart, Control::Kill("superseded by a reload".into()));
+                    self.control(restart, Control::Kill(KillReason::Superseded));
                 }
                 let worker = self.launch(slot, to);
                 if let Some(job) = &mut self.job {
@@ -696,7 +709,7 @@ impl Supervisor {
             }
         }
         for (slot, worker) in switch {
-            self.switch(slot, worker, to);
+            self.switch(slot, worker, to, Retire::Replaced);
         }
         for slot in launch {
             // A current worker that hands over state is suspended first; its
@@ -719,12 +732,12 @@ impl Supervisor {
     fn fail_job(&mut self, why: String) {
         let Some(mut job) = self.job.take() else { return };
         for (slot, worker) in job.starting.drain() {
-            self.control(worker, Control::Kill("reload aborted".into()));
+            self.control(worker, Control::Kill(KillReason::ReloadAborted));
             self.shared.hub.resume(slot);
         }
         for (slot, worker) in job.ready.drain(..) {
             self.shared.hub.drain(slot, worker);
-            self.control(worker, Control::Drain { deadline: Instant::now() });
+            self.control(worker, Control::Drain { deadline: Instant::now(), retire: Retire::Replaced });
             self.shared.hub.resume(slot);
         }
         for slot in job.handoff.drain(..) {
@@ -848,9 +861,9 @@ impl Supervisor {
         for (worker, slot) in workers {
             self.shared.hub.drain(slot, worker);
             let control = if self.slots[slot].current == Some(worker) || self.is_draining(worker) {
-                Control::Drain { deadline }
+                Control::Drain { deadline, retire: Retire::Replaced }
             } else {
-                Control::Kill("the server is stopping".into())
+                Control::Kill(KillReason::ServerStopping)
             };
             self.control(worker, control);
         }

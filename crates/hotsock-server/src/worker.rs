@@ -25,6 +25,7 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
+use crate::exit::{self, Exit, ExitCause, KillReason};
 use crate::server::Shared;
 use crate::slot::{Attached, WorkerId};
 use crate::spawn::{SpawnSpec, StderrTail, forward_stderr};
@@ -46,30 +47,39 @@ const STDERR_GRACE: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub(crate) enum Control {
     /// It no longer receives events; kill it if still running at `deadline`.
-    Drain { deadline: Instant },
+    Drain {
+        deadline: Instant,
+        /// What a clean exit after this drain is called.
+        retire: Retire,
+    },
     /// Kill it now.
-    Kill(String),
+    Kill(KillReason),
 }
 
-/// How a worker process ended.
-#[derive(Debug, Clone)]
-pub(crate) enum Ended {
-    /// Exited cleanly after being told to drain or stop.
-    Stopped,
-    /// Died, was killed, or exited on its own after Ready.
-    Exited(String),
-    /// Never became Ready.
-    NotReady(String),
+/// Why a worker is drained, which names its clean exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retire {
+    /// A reload, rollback or stop replaces it: `ExitCause::Stopped`.
+    Replaced,
+    /// `workers.max_requests` replaces it: `ExitCause::Recycled`.
+    Recycled,
 }
 
-impl Ended {
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Ended::Stopped => "stopped".into(),
-            Ended::Exited(why) => why.clone(),
-            Ended::NotReady(why) => format!("not ready: {why}"),
-        }
-    }
+/// Why the read loop of a live worker ended, before the exit status is in.
+#[derive(Debug)]
+enum LoopEnd {
+    /// The worker closed its socket (it exited, or is about to).
+    Eof,
+    /// It broke the protocol.
+    Violation(String),
+    /// The socket failed.
+    Link(String),
+    /// The supervisor ordered a kill.
+    Kill(KillReason),
+    /// No heartbeat answer in time.
+    Unresponsive(Duration),
+    /// Still running at its drain deadline.
+    DrainDeadline,
 }
 
 /// What a worker task reports to the supervisor.
@@ -98,7 +108,8 @@ pub(crate) enum WorkerEvent {
         slot: usize,
         worker: WorkerId,
         generation: u64,
-        ended: Ended,
+        pid: Option<u32>,
+        exit: Exit,
         was_ready: bool,
     },
 }
@@ -124,13 +135,15 @@ pub(crate) fn launch(
             shared,
             launch,
             control: control_rx,
-            draining: false,
+            retire: None,
             was_ready: false,
+            pid: None,
             events: events.clone(),
         };
-        let ended = task.run(&events).await;
+        let exit = task.run(&events).await;
         let Launch { slot, worker, generation, .. } = task.launch;
-        let _ = events.send(WorkerEvent::Gone { slot, worker, generation, ended, was_ready: task.was_ready });
+        let (pid, was_ready) = (task.pid, task.was_ready);
+        let _ = events.send(WorkerEvent::Gone { slot, worker, generation, pid, exit, was_ready });
     });
     control
 }
@@ -139,13 +152,16 @@ struct WorkerTask {
     shared: Arc<Shared>,
     launch: Launch,
     control: mpsc::UnboundedReceiver<Control>,
-    draining: bool,
+    /// Set once it is told to drain: what its clean exit is called.
+    retire: Option<Retire>,
     was_ready: bool,
+    /// Its process id, once spawned.
+    pid: Option<u32>,
     events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
 impl WorkerTask {
-    async fn run(&mut self, events: &mpsc::UnboundedSender<WorkerEvent>) -> Ended {
+    async fn run(&mut self, events: &mpsc::UnboundedSender<WorkerEvent>) -> Exit {
         let shared = self.shared.clone();
         let config = &shared.config;
         let Launch { slot, generation, worker, .. } = self.launch;
@@ -160,10 +176,11 @@ impl WorkerTask {
         };
         let spawned = match shared.spawner.spawn(spec).await {
             Ok(spawned) => spawned,
-            Err(error) => return Ended::NotReady(format!("cannot start worker: {error}")),
+            Err(error) => return not_ready(format!("cannot start worker: {error}")),
         };
         let mut child = spawned.child;
         let pid = child.id();
+        self.pid = pid;
         let tail = StderrTail::default();
         let stderr_task = spawned.stderr.map(|stderr| {
             let prefix = format!("[slot {slot} gen {generation} pid {}]", pid.unwrap_or(0));
@@ -179,17 +196,17 @@ impl WorkerTask {
             }
         };
         let Some(socket) = spawned.socket else {
-            return kill(child, Ended::NotReady("worker spawned without a socket".into())).await;
+            return kill(child, not_ready("worker spawned without a socket")).await;
         };
         // The table segments go first, as one byte with SCM_RIGHTS (the
         // socket is still blocking here; the byte fits its buffer).
         let files: Vec<&std::fs::File> = shared.tables.iter().map(|(_, table)| table.file()).collect();
         if let Err(error) = hotsock_table::send_files(&socket, &files) {
-            return kill(child, Ended::NotReady(format!("cannot hand over the tables: {error}"))).await;
+            return kill(child, not_ready(format!("cannot hand over the tables: {error}"))).await;
         }
         let stream = match socket.set_nonblocking(true).and_then(|()| UnixStream::from_std(socket)) {
             Ok(stream) => stream,
-            Err(error) => return kill(child, Ended::NotReady(format!("worker socket: {error}"))).await,
+            Err(error) => return kill(child, not_ready(format!("worker socket: {error}"))).await,
         };
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -206,15 +223,15 @@ impl WorkerTask {
         let ready = tokio::select! {
             ready = timeout(ready_timeout, handshake(&mut rd, &mut wr, &mut buf, hello)) => ready,
             status = child.wait() => {
-                let why = format!("exited before Ready ({})", describe_status(status));
-                return Ended::NotReady(with_tail(why, stderr_task).await);
+                let why = format!("exited before Ready ({})", describe_wait(status));
+                return not_ready(with_tail(why, stderr_task).await);
             }
             control = self.control.recv() => {
-                let why = match control {
-                    Some(Control::Kill(why)) => why,
-                    _ => "start aborted".into(),
+                let exit = match control {
+                    Some(Control::Kill(reason)) => Exit::killed(reason),
+                    _ => Exit::killed(KillReason::ServerStopping),
                 };
-                return kill(child, Ended::NotReady(why)).await;
+                return kill(child, exit).await;
             }
         };
         let caps = match ready {
@@ -223,14 +240,14 @@ impl WorkerTask {
                 // A worker that dies during start-up closes its socket first;
                 // its exit status says more than the EOF does.
                 let why = match timeout(EXIT_GRACE, child.wait()).await {
-                    Ok(status) => format!("exited before Ready ({})", describe_status(status)),
+                    Ok(status) => format!("exited before Ready ({})", describe_wait(status)),
                     Err(_) => why,
                 };
-                return kill(child, Ended::NotReady(with_tail(why, stderr_task).await)).await;
+                return kill(child, not_ready(with_tail(why, stderr_task).await)).await;
             }
             Err(_) => {
                 let why = format!("no Ready within reload.ready_timeout_ms = {}", config.reload.ready_timeout_ms);
-                return kill(child, Ended::NotReady(with_tail(why, stderr_task).await)).await;
+                return kill(child, not_ready(with_tail(why, stderr_task).await)).await;
             }
         };
         let (link, outbox) = mpsc::unbounded_channel();
@@ -245,10 +262,13 @@ impl WorkerTask {
         let _ = events.send(WorkerEvent::Ready { slot, worker });
         tracing::info!(slot, pid, generation, "worker ready");
         let writer = tokio::spawn(write_loop(wr, outbox));
-        let read = self.read_loop(rd, buf, pinger).await;
-        shared.hub.detach(slot, worker);
+        let end = self.read_loop(rd, buf, pinger).await;
         writer.abort();
-        let ended = self.finish(child, read, stderr_task, &with_tail).await;
+        // Nothing more can reach it; its events wait in the slot until the
+        // exit status says whether they were to blame.
+        shared.hub.disconnect(slot, worker);
+        let exit = self.finish(child, end, stderr_task, &with_tail).await;
+        shared.hub.detach(slot, worker, exit.cause.blames_running_events());
         // Whatever table rows it had locked when it ended are released.
         if let Some(pid) = pid {
             for (spec, table) in &shared.tables {
@@ -258,51 +278,89 @@ impl WorkerTask {
                 }
             }
         }
-        ended
+        exit
     }
 
+    /// Turns how the read loop ended, and the exit status, into an exit
+    /// cause; kills what is still running.
     async fn finish<F, Fut>(
-        &self,
+        &mut self,
         mut child: Child,
-        read: Result<(), String>,
+        end: LoopEnd,
         stderr_task: Option<tokio::task::JoinHandle<()>>,
         with_tail: &F,
-    ) -> Ended
+    ) -> Exit
     where
         F: Fn(String, Option<tokio::task::JoinHandle<()>>) -> Fut,
         Fut: std::future::Future<Output = String>,
     {
         let Launch { slot, generation, .. } = self.launch;
         let pid = child.id();
-        match read {
-            Err(fault) => {
-                tracing::error!(slot, pid, generation, "killing worker: {fault}");
-                kill(child, Ended::Exited(format!("killed: {fault}"))).await
+        // The drain order may still be queued behind the EOF: the slot sends
+        // Stop as soon as the worker is idle, and the worker can exit before
+        // this task has read the supervisor's Drain.
+        while let Ok(control) = self.control.try_recv() {
+            if let Control::Drain { retire, .. } = control {
+                self.retire = Some(retire);
             }
-            Ok(()) => {
-                let status = match timeout(EXIT_GRACE, child.wait()).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        let _ = child.start_kill();
-                        child.wait().await
-                    }
+        }
+        // A crash shows as EOF, or as a reset when the worker died with
+        // bytes of ours unread: either way its exit status tells more.
+        let mut lost = "closed its socket and kept running".to_owned();
+        let killed = match end {
+            LoopEnd::Eof => None,
+            LoopEnd::Link(error) => {
+                lost = format!("{error}, and it kept running");
+                None
+            }
+            LoopEnd::Violation(fault) => Some(Exit::new(ExitCause::ProtocolViolation, fault)),
+            LoopEnd::Kill(reason) => Some(Exit::killed(reason)),
+            LoopEnd::Unresponsive(silent) => {
+                let key = if slot < self.shared.config.workers.count {
+                    "workers.unresponsive_ms"
+                } else {
+                    "workers.task_unresponsive_ms"
                 };
-                match status {
-                    Ok(status) if status.success() && self.draining => Ended::Stopped,
-                    status => Ended::Exited(with_tail(describe_status(status), stderr_task).await),
-                }
+                let silent_ms = silent.as_millis() as u64;
+                let why =
+                    format!("no heartbeat answer for {silent_ms} ms ({key}): a handler is blocking its event loop");
+                Some(Exit::new(ExitCause::Unresponsive { silent_ms }, why))
             }
+            LoopEnd::DrainDeadline => Some(Exit::new(
+                ExitCause::DrainDeadline,
+                format!(
+                    "still running reload.max_wait_ms = {} after it was told to drain",
+                    self.shared.config.reload.max_wait_ms
+                ),
+            )),
+        };
+        if let Some(exit) = killed {
+            tracing::error!(slot, pid, generation, "killing worker: {}", exit.describe());
+            return kill(child, exit).await;
+        }
+        let status = match timeout(EXIT_GRACE, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => return kill(child, Exit::new(ExitCause::LostLink, lost)).await,
+        };
+        match (status, self.retire) {
+            (Ok(status), Some(Retire::Replaced)) if status.success() => Exit::new(ExitCause::Stopped, ""),
+            (Ok(status), Some(Retire::Recycled)) if status.success() => Exit::new(ExitCause::Recycled, ""),
+            (Ok(status), _) => {
+                let detail = with_tail(describe_status(&status), stderr_task).await;
+                Exit::new(exit::died(status.code(), status.signal(), &detail), detail)
+            }
+            (Err(error), _) => Exit::new(ExitCause::LostLink, format!("wait failed: {error}")),
         }
     }
 
-    /// Reads frames until EOF, applying each batch to the hub. `Err` is a
-    /// fault (or a deadline) that warrants killing the worker.
+    /// Reads frames until EOF, applying each batch to the hub, or until a
+    /// fault, an order or a deadline ends the worker.
     async fn read_loop(
         &mut self,
         mut rd: OwnedReadHalf,
         mut buf: BytesMut,
         pinger: mpsc::UnboundedSender<ToWorker>,
-    ) -> Result<(), String> {
+    ) -> LoopEnd {
         let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
         let Launch { slot, worker, generation, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
@@ -312,11 +370,7 @@ impl WorkerTask {
         let mut recycle_asked = false;
         // Heartbeats: a Ping every heartbeat_ms; no Pong for unresponsive_ms
         // means the worker's event loop is blocked.
-        let (unresponsive_ms, key) = if slot < workers.count {
-            (workers.unresponsive_ms, "workers.unresponsive_ms")
-        } else {
-            (workers.task_unresponsive_ms, "workers.task_unresponsive_ms")
-        };
+        let unresponsive_ms = if slot < workers.count { workers.unresponsive_ms } else { workers.task_unresponsive_ms };
         let heartbeat = Duration::from_millis(if unresponsive_ms == 0 { 0 } else { workers.heartbeat_ms });
         let unresponsive = Duration::from_millis(unresponsive_ms);
         let mut ticker = tokio::time::interval(if heartbeat.is_zero() { Duration::from_secs(3600) } else { heartbeat });
@@ -351,7 +405,10 @@ impl WorkerTask {
             }
             // Apply what was valid before a fault: its acks and pushes are real.
             if !batch.is_empty() {
-                let applied = self.shared.hub.apply(slot, worker, batch).map_err(|e| e.0)?;
+                let applied = match self.shared.hub.apply(slot, worker, batch) {
+                    Ok(applied) => applied,
+                    Err(fault) => return LoopEnd::Violation(fault.0),
+                };
                 if applied.panics > 0 {
                     let _ = self.events.send(WorkerEvent::Panicked { slot, generation, count: applied.panics });
                 }
@@ -364,52 +421,48 @@ impl WorkerTask {
                 }
             }
             if let Some(fault) = fault {
-                return Err(fault);
+                return LoopEnd::Violation(fault);
             }
             buf.reserve(READ_CHUNK_BYTES);
             tokio::select! {
                 read = rd.read_buf(&mut buf) => match read {
-                    Ok(0) => return Ok(()),
+                    Ok(0) => return LoopEnd::Eof,
                     Ok(_) => {}
-                    Err(e) => return Err(format!("socket error: {e}")),
+                    Err(e) => return LoopEnd::Link(format!("socket error: {e}")),
                 },
                 control = self.control.recv() => match control {
-                    Some(Control::Drain { deadline: by }) => {
-                        self.draining = true;
+                    Some(Control::Drain { deadline: by, retire }) => {
+                        self.retire = Some(retire);
                         deadline = deadline.min(by);
                     }
-                    Some(Control::Kill(why)) => return Err(why),
+                    Some(Control::Kill(reason)) => return LoopEnd::Kill(reason),
                     // The supervisor is gone: the server is exiting.
-                    None => return Err("server exiting".into()),
+                    None => return LoopEnd::Kill(KillReason::ServerStopping),
                 },
                 _ = ticker.tick(), if !heartbeat.is_zero() => {
                     // Stale only if no answer is waiting unread either (this
                     // loop itself may have been slow to read).
                     let pending = matches!(rd.try_read_buf(&mut buf), Ok(n) if n > 0);
                     if answered.elapsed() > unresponsive && !pending {
-                        return Err(format!(
-                            "no heartbeat answer for {} ms ({key}): a handler is blocking its event loop",
-                            answered.elapsed().as_millis()
-                        ));
+                        return LoopEnd::Unresponsive(answered.elapsed());
                     }
                     seq += 1;
                     let _ = pinger.send(ToWorker::Ping { seq });
                 }
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(format!(
-                        "still running reload.max_wait_ms = {} after it was told to drain",
-                        self.shared.config.reload.max_wait_ms
-                    ));
-                }
+                () = tokio::time::sleep_until(deadline) => return LoopEnd::DrainDeadline,
             }
         }
     }
 }
 
-async fn kill(mut child: Child, ended: Ended) -> Ended {
+async fn kill(mut child: Child, exit: Exit) -> Exit {
     let _ = child.start_kill();
     let _ = child.wait().await;
-    ended
+    exit
+}
+
+fn not_ready(why: impl Into<String>) -> Exit {
+    Exit::new(ExitCause::NotReady, why)
 }
 
 /// Sends Hello and waits for Ready; returns the worker's capabilities.
@@ -464,16 +517,20 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<
     }
 }
 
-fn describe_status(status: io::Result<ExitStatus>) -> String {
+fn describe_wait(status: io::Result<ExitStatus>) -> String {
     match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exit code {code}"),
-            (None, Some(signal)) => {
-                let name = nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("unknown");
-                format!("killed by signal {signal} ({name})")
-            }
-            _ => "exited".into(),
-        },
+        Ok(status) => describe_status(&status),
         Err(error) => format!("wait failed: {error}"),
+    }
+}
+
+fn describe_status(status: &ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => {
+            let name = nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("unknown");
+            format!("killed by signal {signal} ({name})")
+        }
+        _ => "exited".into(),
     }
 }

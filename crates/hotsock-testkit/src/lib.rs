@@ -23,6 +23,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// long.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Lines of the server log a failing test prints.
+const LOG_TAIL_LINES: usize = 60;
+
 /// A client connection.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -196,6 +199,14 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The server's own words are the first thing to read about a
+            // failed test; the directory holding them is about to go.
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("--- last {} lines of the server log ---\n{}", tail.len(), tail.join("\n"));
+        }
         if let Some(mut child) = self.child.take() {
             // Killing the server kills its workers too (parent-death signal).
             let _ = child.kill();

@@ -296,14 +296,22 @@ impl<A: App> Runner<A> {
             if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.ctx.idle().notify_waiters();
             }
-            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-            match lanes.get_mut(&conn).and_then(VecDeque::pop_front) {
-                Some(next) => event = next,
-                None => {
+            let next = {
+                let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+                let next = lanes.get_mut(&conn).and_then(VecDeque::pop_front);
+                if next.is_none() {
                     lanes.remove(&conn);
-                    return;
                 }
-            }
+                next
+            };
+            let Some(next) = next else { return };
+            event = next;
+            // Let the writer put this event's ack on the socket before the
+            // lane's next event starts: the server blames the first
+            // unacknowledged event of a lane for a crash, so if the next one
+            // takes the process down, this one must already count as done.
+            // (The writer was woken by the ack; a yield lets it run first.)
+            tokio::task::yield_now().await;
         }
     }
 

@@ -183,3 +183,46 @@ async fn ping_is_answered_by_the_server_and_close_is_completed() {
     assert!(matches!(next(&mut client).await, Some(Message::Close(_)) | None));
     assert_eq!(next(&mut client).await, None);
 }
+
+/// A reply larger than `limits.output_buffer_bytes` is not a slow reader:
+/// with a 16 MiB message limit and the default 1 MiB output buffer, 4, 8
+/// and 16 MiB messages, text and binary, whole and in fragments, come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_larger_than_the_output_buffer_are_echoed_whole_or_fragmented() {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let server = TestServer::start(&echo_config("[limits]\nmax_message_bytes = 16777216\n"));
+    let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+    let (mut client, _) =
+        tokio_tungstenite::connect_async_with_config(server.url("/big"), Some(config), false).await.expect("connect");
+    for mib in [4, 8, 16] {
+        let len: usize = mib << 20;
+        for binary in [false, true] {
+            for fragments in [1, 7] {
+                // Bytes that are valid UTF-8 and differ by position, so a
+                // reordered or cut reply cannot pass.
+                let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                let opcode = if binary { Data::Binary } else { Data::Text };
+                let chunk = len.div_ceil(fragments);
+                for (k, part) in payload.chunks(chunk).enumerate() {
+                    let code = if k == 0 { OpCode::Data(opcode) } else { OpCode::Data(Data::Continue) };
+                    let last = (k + 1) * chunk >= len;
+                    client
+                        .feed(Message::Frame(Frame::message(Bytes::copy_from_slice(part), code, last)))
+                        .await
+                        .expect("feed");
+                }
+                client.flush().await.expect("flush");
+                let what = format!("{mib} MiB binary={binary} fragments={fragments}");
+                match next(&mut client).await {
+                    Some(Message::Binary(data)) if binary => assert!(data[..] == payload[..], "{what}: content"),
+                    Some(Message::Text(text)) if !binary => {
+                        assert!(text.as_bytes().strip_prefix(b"v1:") == Some(&payload[..]), "{what}: content")
+                    }
+                    other => panic!("{what}: got {:?}", other.map(|m| m.len())),
+                }
+            }
+        }
+    }
+    let status = server.status();
+    assert_eq!(status["connections"], 1, "{status}");
+}

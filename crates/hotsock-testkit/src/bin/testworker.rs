@@ -5,7 +5,7 @@
 //! (fire and forget; `on_finish` reports), `tincr:KEY` / `tget:KEY` (table
 //! `counters`, column `n`), `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
 //! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
-//! `push_close:X`, `panic`, `exit`, `sleep:MS:X` (awaits), `block:MS` (blocks
+//! `push_close:X`, `panic`, `panic_abort` (a panic that aborts the process), `exit`, `sleep:MS:X` (awaits), `block:MS` (blocks
 //! the event loop), `threads` (thread count), `count:N:SIZE` (numbered), `flood:N:SIZE`, `binary:X`.
 //! Tasks (`on_task`): `sleep:MS:X`, `block:MS:X`, `panic`, anything else.
 //! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays.
@@ -238,6 +238,18 @@ impl App for Test {
                 ctx.close(conn, 1000, "done");
             }
             "panic" => panic!("test panic requested by conn {conn}"),
+            // A panic the SDK cannot catch: a second panic while unwinding
+            // aborts the process (SIGABRT), as a `panic = "abort"` build does.
+            "panic_abort" => {
+                struct Bomb;
+                impl Drop for Bomb {
+                    fn drop(&mut self) {
+                        panic!("second panic while unwinding");
+                    }
+                }
+                let _bomb = Bomb;
+                panic!("panic_abort requested by conn {conn}");
+            }
             "exit" => std::process::exit(3),
             // Blocks the worker's event loop (a handler that never yields).
             "block" => {
