@@ -6,12 +6,43 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 /// Largest message a server can be configured to accept. The worker protocol
 /// reserves a little room above it for framing (`PAYLOAD_MAX_BYTES`).
 pub const MESSAGE_BYTES_CEILING: usize = 64 << 20;
+
+// The bounds validation enforces. Each error message is built from these.
+
+/// Most event workers (and, separately, task workers): one process per
+/// slot; past a few per core they only add context switches, and 256 covers
+/// the largest machines this runs on.
+pub(crate) const WORKERS_MAX: usize = 256;
+/// Most threads per worker runtime: a worker is meant to be one event loop;
+/// more threads help only handlers that compute between awaits.
+pub(crate) const WORKER_THREADS_MAX: usize = 64;
+/// Heartbeats more often than this cost the worker more than they tell.
+pub(crate) const HEARTBEAT_MS_MIN: u64 = 10;
+/// Heartbeats rarer than this notice a blocked loop too late to matter.
+pub(crate) const HEARTBEAT_MS_MAX: u64 = 60_000;
+/// The smallest output buffer: below a few frames, ordinary bursts would
+/// close healthy clients as slow readers.
+pub(crate) const OUTPUT_BUFFER_BYTES_MIN: usize = 1024;
+/// The smallest request head limit: a browser's upgrade request with a few
+/// cookies needs a few hundred bytes.
+pub(crate) const REQUEST_HEAD_BYTES_MIN: usize = 512;
+/// The largest request head limit: nothing legitimate needs more, and every
+/// connection mid-handshake may hold this much.
+pub(crate) const REQUEST_HEAD_BYTES_MAX: usize = 1 << 20;
+/// The smallest WebSocket read buffer: smaller costs a syscall per frame.
+pub(crate) const READ_BUFFER_BYTES_MIN: usize = 1024;
+/// The largest WebSocket read buffer: it is paid per idle connection.
+pub(crate) const READ_BUFFER_BYTES_MAX: usize = 1 << 20;
+/// The shortest watch debounce and poll interval: editors write a save in
+/// several steps a few milliseconds apart.
+pub(crate) const WATCH_MS_MIN: u64 = 10;
 
 /// A configuration that failed to load, naming the file, key and line.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +124,9 @@ pub struct ServerConfig {
     /// Serve plain HTTP GET requests from this directory (relative to the
     /// config file): a page for the service. Without it, plain HTTP gets 426.
     pub static_dir: Option<PathBuf>,
+    /// A graceful stop waits this long for workers to acknowledge every
+    /// event (the clients' Close events included) before they drain.
+    pub stop_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +139,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 5_000,
             close_timeout_ms: 1_000,
             static_dir: None,
+            stop_timeout_ms: 10_000,
         }
     }
 }
@@ -304,6 +339,9 @@ pub struct ReloadConfig {
     /// With `--canary K`: how long the first K switched slots are watched
     /// before the rest follow. Any crash or handler panic there rolls back.
     pub canary_ms: u64,
+    /// How long a suspended worker (`App::HANDOFF`) has to hand over its
+    /// state before its successor starts without it.
+    pub handoff_timeout_ms: u64,
     /// Largest state a worker may hand to its successor (`App::HANDOFF`);
     /// larger state is dropped with an error and the successor starts
     /// without it.
@@ -313,8 +351,11 @@ pub struct ReloadConfig {
     /// Crashes plus handler panics of the new generation within
     /// `rollback_window_ms` that trigger an automatic rollback (0: never).
     pub rollback_failures: u32,
-    /// A draining or stopping worker gets this long to finish its events
-    /// before it is killed (its unacknowledged events are then redelivered).
+    /// The drain deadline: a replaced worker (reload, rollback, recycle,
+    /// stop) gets this long to finish its events before it is killed; its
+    /// unfinished events are then redelivered to the next worker, with no
+    /// strike, so this bounds how long a reload keeps two processes, not
+    /// how long a handler may run.
     pub max_wait_ms: u64,
     /// `[reload.watch]`: rebuild and reload when source files change.
     pub watch: Option<WatchConfig>,
@@ -374,6 +415,7 @@ impl Default for ReloadConfig {
             canary_ms: 5_000,
             watch: None,
             handoff_max_bytes: 1 << 20,
+            handoff_timeout_ms: 3_000,
             rollback_window_ms: 10_000,
             rollback_failures: 3,
             max_wait_ms: 3_000,
@@ -413,16 +455,20 @@ impl Config {
         if w.command.is_empty() || w.command[0].is_empty() {
             return Err(invalid("workers.command", "must name a program, e.g. [\"target/release/echo\"]".into()));
         }
-        if !(1..=256).contains(&w.count) {
-            return Err(invalid("workers.count", format!("is {}; it must be between 1 and 256", w.count)));
+        if !(1..=WORKERS_MAX).contains(&w.count) {
+            return Err(invalid("workers.count", format!("is {}; it must be between 1 and {WORKERS_MAX}", w.count)));
         }
-        if !(1..=64).contains(&w.threads) {
-            return Err(invalid("workers.threads", format!("is {}; it must be between 1 and 64", w.threads)));
+        if !(1..=WORKER_THREADS_MAX).contains(&w.threads) {
+            let problem = format!("is {}; it must be between 1 and {WORKER_THREADS_MAX}", w.threads);
+            return Err(invalid("workers.threads", problem));
         }
-        if w.heartbeat_ms != 0 && !(10..=60_000).contains(&w.heartbeat_ms) {
+        if w.heartbeat_ms != 0 && !(HEARTBEAT_MS_MIN..=HEARTBEAT_MS_MAX).contains(&w.heartbeat_ms) {
             return Err(invalid(
                 "workers.heartbeat_ms",
-                format!("is {}; it must be 0 (off) or between 10 and 60000", w.heartbeat_ms),
+                format!(
+                    "is {}; it must be 0 (off) or between {HEARTBEAT_MS_MIN} and {HEARTBEAT_MS_MAX}",
+                    w.heartbeat_ms
+                ),
             ));
         }
         if w.heartbeat_ms > 0 && w.unresponsive_ms <= w.heartbeat_ms {
@@ -440,8 +486,11 @@ impl Config {
                 ),
             ));
         }
-        if w.task_count > 256 {
-            return Err(invalid("workers.task_count", format!("is {}; it must be at most 256", w.task_count)));
+        if w.task_count > WORKERS_MAX {
+            return Err(invalid(
+                "workers.task_count",
+                format!("is {}; it must be at most {WORKERS_MAX}", w.task_count),
+            ));
         }
         if w.task_queue_max == 0 {
             return Err(invalid("workers.task_queue_max", "must be at least 1".into()));
@@ -472,20 +521,38 @@ impl Config {
                 format!("is {}; it must be between 1 and {MESSAGE_BYTES_CEILING}", l.max_message_bytes),
             ));
         }
-        if l.output_buffer_bytes < 1024 {
-            return Err(invalid("limits.output_buffer_bytes", "must be at least 1024".into()));
+        if l.output_buffer_bytes < OUTPUT_BUFFER_BYTES_MIN {
+            // How it relates to max_message_bytes: it bounds what waits behind
+            // a client that does not read, not one message, so it may be
+            // smaller than max_message_bytes.
+            let problem = format!(
+                "is {}; it must be at least {OUTPUT_BUFFER_BYTES_MIN} (it bounds output waiting behind a client that does not read; one message larger than it is still sent when nothing waits ahead of it)",
+                l.output_buffer_bytes
+            );
+            return Err(invalid("limits.output_buffer_bytes", problem));
         }
         if l.max_inflight_per_conn == 0 {
             return Err(invalid("limits.max_inflight_per_conn", "must be at least 1".into()));
         }
-        if !(512..=(1 << 20)).contains(&l.max_request_head_bytes) {
-            return Err(invalid("limits.max_request_head_bytes", "must be between 512 and 1048576".into()));
+        if !(REQUEST_HEAD_BYTES_MIN..=REQUEST_HEAD_BYTES_MAX).contains(&l.max_request_head_bytes) {
+            let problem = format!(
+                "is {}; it must be between {REQUEST_HEAD_BYTES_MIN} and {REQUEST_HEAD_BYTES_MAX}",
+                l.max_request_head_bytes
+            );
+            return Err(invalid("limits.max_request_head_bytes", problem));
         }
-        if !(1024..=(1 << 20)).contains(&l.read_buffer_bytes) {
-            return Err(invalid("limits.read_buffer_bytes", "must be between 1024 and 1048576".into()));
+        if !(READ_BUFFER_BYTES_MIN..=READ_BUFFER_BYTES_MAX).contains(&l.read_buffer_bytes) {
+            let problem = format!(
+                "is {}; it must be between {READ_BUFFER_BYTES_MIN} and {READ_BUFFER_BYTES_MAX}",
+                l.read_buffer_bytes
+            );
+            return Err(invalid("limits.read_buffer_bytes", problem));
         }
         if self.reload.ready_timeout_ms == 0 {
             return Err(invalid("reload.ready_timeout_ms", "must be at least 1".into()));
+        }
+        if self.reload.handoff_timeout_ms == 0 {
+            return Err(invalid("reload.handoff_timeout_ms", "must be at least 1".into()));
         }
         if self.tables.len() > hotsock_table::FILES_MAX {
             let problem =
@@ -520,17 +587,24 @@ impl Config {
                     return Err(invalid("reload.watch.ignore", format!("has a bad glob {pattern:?}: {error}")));
                 }
             }
-            if watch.debounce_ms < 10 {
-                return Err(invalid("reload.watch.debounce_ms", "must be at least 10".into()));
+            if watch.debounce_ms < WATCH_MS_MIN {
+                return Err(invalid("reload.watch.debounce_ms", format!("must be at least {WATCH_MS_MIN}")));
             }
-            if watch.poll_interval_ms < 10 {
-                return Err(invalid("reload.watch.poll_interval_ms", "must be at least 10".into()));
+            if watch.poll_interval_ms < WATCH_MS_MIN {
+                return Err(invalid("reload.watch.poll_interval_ms", format!("must be at least {WATCH_MS_MIN}")));
             }
             if watch.build_timeout_ms == 0 {
                 return Err(invalid("reload.watch.build_timeout_ms", "must be at least 1".into()));
             }
         }
         Ok(())
+    }
+
+    /// How long a graceful stop may take, phase by phase; the server waits
+    /// this long and tells `hotsock stop` the total, so nobody computes it
+    /// twice.
+    pub fn stop_budget(&self) -> StopBudget {
+        StopBudget::of(self)
     }
 
     /// The run directory, resolved against the config file's directory.
@@ -547,6 +621,42 @@ impl Config {
         } else {
             self.base_dir.join(program)
         }
+    }
+}
+
+/// The phases of a graceful stop and how long each may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopBudget {
+    /// Clients answer the 1001 close: `server.close_timeout_ms` plus the
+    /// margin of one close round.
+    pub close: Duration,
+    /// Workers acknowledge every event: `server.stop_timeout_ms`.
+    pub acks: Duration,
+    /// Workers drain: `reload.max_wait_ms`, then SIGKILL.
+    pub drain: Duration,
+    /// Killed workers are reaped.
+    pub reap: Duration,
+}
+
+/// Time beyond the drain deadline for killed workers to be reaped.
+const STOP_REAP: Duration = Duration::from_secs(3);
+/// Time beyond `server.close_timeout_ms` for the last close round.
+const STOP_CLOSE_MARGIN: Duration = Duration::from_secs(1);
+
+impl StopBudget {
+    /// The budget `config` sets.
+    pub fn of(config: &Config) -> StopBudget {
+        StopBudget {
+            close: Duration::from_millis(config.server.close_timeout_ms) + STOP_CLOSE_MARGIN,
+            acks: Duration::from_millis(config.server.stop_timeout_ms),
+            drain: Duration::from_millis(config.reload.max_wait_ms),
+            reap: STOP_REAP,
+        }
+    }
+
+    /// The longest a stop takes from request to exit.
+    pub fn total(&self) -> Duration {
+        self.close + self.acks + self.drain + self.reap
     }
 }
 

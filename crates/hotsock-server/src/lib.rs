@@ -15,31 +15,27 @@
 //! - `admin` and `status`: the admin socket and what it reports.
 #![deny(missing_docs)]
 
-mod admin;
+mod close;
 mod config;
-mod conn;
-mod exit;
-mod generations;
-mod http;
-mod hub;
+mod control;
+mod error;
+mod net;
+mod route;
 mod server;
-mod slot;
-mod spawn;
-mod status;
-mod supervisor;
-mod watch;
-mod worker;
+mod shared;
+mod supervise;
+mod wait;
+mod wire;
 
-pub use admin::{ADMIN_SOCKET, AdminError, AdminRequest, AdminResponse, PID_FILE, request as admin_request};
 pub use config::{
     Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, ReloadConfig, ReloadStrategy, ServerConfig,
-    TableConfig, WatchConfig, WorkersConfig,
+    StopBudget, TableConfig, WatchConfig, WorkersConfig,
 };
-pub use exit::{ExitCause, KillReason};
-pub use hub::TaskCounters;
-pub use server::{Server, ServerError};
-pub use status::{
-    ClientStatus, DrainingStatus, EXITS_KEPT, ExitRecord, ServerStatus, SlotStatus, TableStatus, WorkerState,
+pub use control::admin::{ADMIN_SOCKET, AdminError, PID_FILE, request as admin_request};
+pub use error::ServerError;
+pub use server::Server;
+pub use wire::{
+    ADMIN_VERSION, AdminReply, AdminRequest, AdminResponse, BuildOutcome, ClientStatus, EXITS_KEPT, ExitCause,
+    ExitRecord, KillReason, ReloadKind, ReloadOutcome, ServerStatus, SlotStatus, TableStatus, TaskCounters,
+    WatchStatus, WorkerPhase, WorkerStatus,
 };
-pub use supervisor::{ReloadKind, ReloadOutcome};
-pub use watch::{BuildOutcome, WatchStatus};

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -19,160 +18,20 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio::time::timeout;
 
-use crate::admin::{self, RunFiles};
-use crate::config::Config;
-use crate::generations::Generations;
-use crate::hub::Hub;
-use crate::spawn::Spawner;
-use crate::status::{ServerStatus, TableStatus, rss_kib};
-use crate::supervisor::{self, ReloadKind, ReloadOutcome, ReloadRequest, SupervisorHandle};
-use crate::watch::{WatchCell, WatchStatus};
+use crate::config::{Config, StopBudget};
+use crate::control::admin::{self, RunFiles};
+use crate::error::{ServerError, io_error};
+use crate::route::hub::Hub;
+use crate::shared::Shared;
+use crate::supervise::driver;
+use crate::supervise::generations::Generations;
+use crate::supervise::handle::{ReloadRequest, SupervisorHandle};
+use crate::supervise::spawn::Spawner;
+use crate::supervise::view::SupervisionView;
+use crate::wait::{raised, wait_until};
+use crate::wire::{ReloadKind, WorkerPhase};
 use hotsock_protocol::TableSpec;
 use hotsock_table::Table;
-
-/// Polling step while waiting for workers or connections during start and
-/// stop; short enough to be invisible, long enough to cost nothing.
-const WAIT_STEP: Duration = Duration::from_millis(10);
-/// Time beyond `max_wait_ms` for killed workers to be reaped at stop.
-const EXIT_MARGIN: Duration = Duration::from_secs(3);
-
-/// Why the server could not start or stopped abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// Binding a socket or creating a runtime file failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Another server is using the same run directory.
-    #[error("a hotsock server is already running with this run_dir (admin socket {0} answers); stop it first")]
-    AlreadyRunning(PathBuf),
-    /// A shared table could not be created.
-    #[error("{0}")]
-    Table(String),
-    /// Workers did not all become ready in time at start.
-    #[error("workers did not become ready: {0}")]
-    WorkersNotReady(String),
-}
-
-pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
-    let context = context.into();
-    move |source| ServerError::Io { context, source }
-}
-
-/// State every task of the server shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) hub: Hub,
-    pub(crate) spawner: Spawner,
-    /// The shared tables, created before any worker, living as long as the
-    /// server: each worker maps them, reloads and crashes leave them be.
-    pub(crate) tables: Vec<(TableSpec, Table)>,
-    /// One permit per connection, open or mid-handshake.
-    pub(crate) conn_permits: Arc<Semaphore>,
-    pub(crate) accepted_total: AtomicU64,
-    pub(crate) rejected_total: AtomicU64,
-    stopping: watch::Sender<bool>,
-    supervisor: OnceLock<SupervisorHandle>,
-    generation_info: Mutex<GenerationInfo>,
-    watch_status: WatchCell,
-    started: Instant,
-    listen: SocketAddr,
-}
-
-impl Shared {
-    pub(crate) fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
-    }
-
-    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
-        self.stopping.subscribe()
-    }
-
-    pub(crate) fn supervisor(&self) -> Option<&SupervisorHandle> {
-        self.supervisor.get()
-    }
-
-    pub(crate) fn set_generation_info(
-        &self,
-        serving: u64,
-        previous: Option<u64>,
-        reloading: Option<String>,
-        queued: usize,
-    ) {
-        let mut info = self.generation_info.lock().unwrap_or_else(|p| p.into_inner());
-        info.serving = serving;
-        info.previous = previous;
-        info.reloading = reloading;
-        info.queued = queued;
-    }
-
-    pub(crate) fn set_watch_status(&self, status: WatchStatus) {
-        *self.watch_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
-    }
-
-    pub(crate) fn update_watch_status(&self, update: impl FnOnce(&mut WatchStatus)) {
-        if let Some(status) = self.watch_status.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            update(status);
-        }
-    }
-
-    pub(crate) fn set_last_reload(&self, outcome: ReloadOutcome) {
-        self.generation_info.lock().unwrap_or_else(|p| p.into_inner()).last_reload = Some(outcome);
-    }
-
-    pub(crate) fn request_stop(&self) {
-        self.stopping.send_replace(true);
-    }
-
-    pub(crate) fn status(&self) -> ServerStatus {
-        let mut workers = self.hub.slot_statuses();
-        for worker in &mut workers {
-            worker.rss_kib = worker.pid.and_then(rss_kib);
-        }
-        let info = self.generation_info.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        ServerStatus {
-            pid: std::process::id(),
-            generation: info.serving,
-            previous_generation: info.previous,
-            reloading: info.reloading,
-            reloads_queued: info.queued,
-            last_reload: info.last_reload,
-            watch: self.watch_status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            tasks: self.hub.task_counters(),
-            tables: self
-                .tables
-                .iter()
-                .map(|(spec, table)| TableStatus {
-                    name: spec.name.clone(),
-                    rows: table.len(),
-                    capacity: table.capacity(),
-                })
-                .collect(),
-            listen: self.listen.to_string(),
-            uptime_s: self.started.elapsed().as_secs(),
-            connections: self.hub.connection_count(),
-            accepted_total: self.accepted_total.load(std::sync::atomic::Ordering::Relaxed),
-            rejected_total: self.rejected_total.load(std::sync::atomic::Ordering::Relaxed),
-            stopping: self.is_stopping(),
-            workers,
-        }
-    }
-}
-
-/// What the supervisor publishes about generations, for `status`.
-#[derive(Debug, Clone, Default)]
-struct GenerationInfo {
-    serving: u64,
-    previous: Option<u64>,
-    reloading: Option<String>,
-    queued: usize,
-    last_reload: Option<ReloadOutcome>,
-}
 
 /// A bound server, not yet running.
 #[derive(Debug)]
@@ -189,7 +48,7 @@ impl Server {
     /// directory. Must be called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let mut run_files = RunFiles::create(&config.run_dir())?;
-        let listener = bind_listener(config.server.listen, config.server.backlog)?;
+        let listener = crate::net::listen::bind(config.server.listen, config.server.backlog)?;
         let listen = listener.local_addr().map_err(io_error("reading the listen address"))?;
         let admin = run_files.bind_admin()?;
         let mut generations =
@@ -209,7 +68,7 @@ impl Server {
             rejected_total: AtomicU64::new(0),
             stopping: watch::Sender::new(false),
             supervisor: OnceLock::new(),
-            generation_info: Mutex::new(GenerationInfo { serving: 1, ..GenerationInfo::default() }),
+            supervision: Mutex::new(SupervisionView { serving: 1, ..SupervisionView::default() }),
             watch_status: Mutex::new(None),
             started: Instant::now(),
             listen,
@@ -226,7 +85,7 @@ impl Server {
     /// arrives on the admin socket, then stops gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server { shared, listener, admin, run_files, generations } = self;
-        let (supervisor, supervise) = supervisor::start(shared.clone(), generations);
+        let (supervisor, supervise) = driver::start(shared.clone(), generations);
         let _ = shared.supervisor.set(supervisor.clone());
         let mut supervise = tokio::spawn(supervise);
         let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
@@ -246,14 +105,14 @@ impl Server {
             return Err(error);
         }
         tracing::info!(listen = %shared.listen, workers = shared.config.workers.count, "hotsock is serving");
-        let accept_task = tokio::spawn(accept_loop(shared.clone(), listener));
+        let accept_task = tokio::spawn(crate::net::listen::accept_loop(shared.clone(), listener));
         let watch_task = shared
             .config
             .reload
             .watch
             .clone()
             .filter(|watch| watch.enabled)
-            .map(|watch| tokio::spawn(crate::watch::run(shared.clone(), supervisor.clone(), watch)));
+            .map(|watch| tokio::spawn(crate::control::watch::run(shared.clone(), supervisor.clone(), watch)));
         let mut stop = shared.stop_signal();
         tokio::select! {
             () = &mut shutdown => tracing::info!("stop requested by signal"),
@@ -307,17 +166,6 @@ fn create_tables(config: &Config) -> Result<Vec<(TableSpec, Table)>, ServerError
     Ok(tables)
 }
 
-fn bind_listener(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServerError> {
-    let context = format!("cannot listen on {addr} (server.listen)");
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
-        .map_err(io_error(context.clone()))?;
-    socket.set_reuse_address(true).map_err(io_error(context.clone()))?;
-    socket.bind(&addr.into()).map_err(io_error(context.clone()))?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX)).map_err(io_error(context.clone()))?;
-    socket.set_nonblocking(true).map_err(io_error(context.clone()))?;
-    TcpListener::from_std(socket.into()).map_err(io_error(context))
-}
-
 /// Waits until every slot has a Ready worker, or fails with the reasons.
 async fn wait_ready(shared: &Shared) -> Result<(), ServerError> {
     // A slot gets ready_timeout for its Ready; allow one immediate restart.
@@ -325,79 +173,40 @@ async fn wait_ready(shared: &Shared) -> Result<(), ServerError> {
     let deadline = Instant::now() + budget;
     while !shared.hub.all_ready() {
         if Instant::now() >= deadline {
-            let reasons: Vec<String> = shared
-                .hub
-                .slot_statuses()
-                .into_iter()
-                .filter(|s| s.state != crate::status::WorkerState::Ready)
-                .map(|s| format!("slot {}: {}", s.slot, s.last_exit.unwrap_or_else(|| "still starting".into())))
+            let view = shared.supervision.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let reasons: Vec<String> = view
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.phase != WorkerPhase::Ready)
+                .map(|(slot, s)| {
+                    let why = s.exits.last().map_or("still starting", |e| e.detail.as_str());
+                    format!("slot {slot}: {why}")
+                })
                 .collect();
             return Err(ServerError::WorkersNotReady(reasons.join("; ")));
         }
-        tokio::time::sleep(WAIT_STEP).await;
+        tokio::time::sleep(crate::wait::WAIT_STEP).await;
     }
     Ok(())
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let mut stop = shared.stop_signal();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(crate::conn::serve(shared.clone(), stream, peer));
-                }
-                Err(error) => {
-                    // Out of file descriptors and similar: pause instead of
-                    // spinning; the backlog keeps the waiting clients.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            () = crate::server::raised(&mut stop) => return,
-        }
-    }
-}
-
 async fn graceful_stop(shared: &Shared, supervisor: &SupervisorHandle, supervise: &mut JoinHandle<()>) {
-    let close_budget = Duration::from_millis(shared.config.server.close_timeout_ms) + Duration::from_secs(1);
-    let max_wait = Duration::from_millis(shared.config.reload.max_wait_ms);
-    shared.hub.close_all(1001, "server shutting down");
-    wait_until(close_budget, || shared.hub.connection_count() == 0).await;
+    let budget = StopBudget::of(&shared.config);
+    let (code, reason) = crate::close::SERVER_STOPPING;
+    shared.hub.close_all(code, reason);
+    wait_until(budget.close, || shared.hub.connection_count() == 0).await;
     // Until every event (the Close events included) is acknowledged, a
     // worker that crashes is still replaced, so nothing is lost on the way
-    // out either. Then the workers drain, and are killed after max_wait.
-    if !wait_until(max_wait, || shared.hub.unacked_total() == 0).await {
-        tracing::warn!(unacked = shared.hub.unacked_total(), "stopping with unacknowledged events");
+    // out either. Then the workers drain, and are killed at their deadline.
+    if !wait_until(budget.acks, || shared.hub.unacked_total() == 0).await {
+        tracing::warn!(
+            unacked = shared.hub.unacked_total(),
+            "stopping with unacknowledged events after server.stop_timeout_ms"
+        );
     }
     supervisor.retire();
-    if timeout(max_wait + EXIT_MARGIN, supervise).await.is_err() {
+    if timeout(budget.drain + budget.reap, supervise).await.is_err() {
         tracing::error!("workers did not exit in time; the server exits anyway (they get the parent-death signal)");
     }
-}
-
-/// Resolves once a stop or kill flag is raised. Returns `()` rather than the
-/// watch guard so callers' futures stay `Send`.
-pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|raised| *raised).await;
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Polls `done` until it holds or `budget` passes; returns whether it held.
-async fn wait_until(budget: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + budget;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(WAIT_STEP).await;
-    }
-    true
 }

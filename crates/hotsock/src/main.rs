@@ -12,6 +12,8 @@ use hotsock_server::{AdminError, AdminRequest, AdminResponse, Config, Server, ad
 
 /// Exit code when no server is running for the config.
 const EXIT_NOT_RUNNING: u8 = 3;
+/// Beyond the stop deadline the server reports: time for its process to exit.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(name = "hotsock", version, about = "A WebSocket server whose worker code can be replaced while it runs")]
@@ -192,11 +194,12 @@ fn ask(config: &Config, request: AdminRequest) -> Result<AdminResponse> {
 }
 
 fn stop(config: &Config) -> Result<()> {
-    let AdminResponse::Stopping { pid } = ask(config, AdminRequest::Stop)? else { bail!("unexpected reply to stop") };
-    // The server closes clients, waits for workers' acks and then for the
-    // workers; give it all of that plus a margin.
-    let budget =
-        Duration::from_millis(config.server.close_timeout_ms + 2 * config.reload.max_wait_ms) + Duration::from_secs(5);
+    let AdminResponse::Stopping { pid, deadline_ms } = ask(config, AdminRequest::Stop)? else {
+        bail!("unexpected reply to stop")
+    };
+    // The server says how long its stop may take (clients, acks, drains);
+    // wait that long, plus a margin for the process to be gone.
+    let budget = Duration::from_millis(deadline_ms) + STOP_MARGIN;
     let deadline = Instant::now() + budget;
     while alive(pid) {
         if Instant::now() > deadline {
@@ -326,7 +329,7 @@ fn status(config: &Config, json: bool) -> Result<()> {
             w.role,
             w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             w.generation,
-            format!("{:?}", w.state).to_lowercase(),
+            w.phase.name(),
             w.inflight,
             w.dispatched,
             w.acked,
@@ -337,14 +340,20 @@ fn status(config: &Config, json: bool) -> Result<()> {
             w.last_exit.as_deref().unwrap_or("-"),
             if w.crash_loop { " (CRASH LOOP)" } else { "" }
         );
-        for d in &w.draining {
+        for d in &w.others {
+            let phase = match d.phase {
+                hotsock_server::WorkerPhase::Draining { deadline_in_ms } => {
+                    format!("draining (killed in {deadline_in_ms} ms)")
+                }
+                phase => phase.name().to_owned(),
+            };
             println!(
                 "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8}",
                 "",
                 "",
                 d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 d.generation,
-                "draining",
+                phase,
                 d.inflight
             );
         }

@@ -284,10 +284,19 @@ async fn a_generation_that_never_says_ready_is_aborted_and_undone() {
     assert_eq!(status["generation"], 1);
     for worker in status["workers"].as_array().expect("workers") {
         assert_eq!(worker["generation"], 1, "{status}");
-        assert_eq!(worker["state"], "ready");
+        assert_eq!(worker["state"], "ready", "{status}");
     }
     send(&mut client, "echo:still here").await;
     assert_eq!(recv(&mut client).await, "still here");
+    // Slot 0's worker handed over its state for the successor that never
+    // came: it must serve again, not stay suspended (three consecutive
+    // connections cover the three slots).
+    for _ in 0..3 {
+        let mut other = connect(&server.url("/")).await;
+        assert!(recv(&mut other).await.starts_with("open "));
+        send(&mut other, "echo:served").await;
+        assert_eq!(recv(&mut other).await, "served");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

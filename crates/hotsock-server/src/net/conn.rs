@@ -20,13 +20,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::http;
-use crate::hub::{CLOSE_SLOW_READER, ConnMeta, ConnShared, EventBody, Hub, Outgoing};
-use crate::server::Shared;
+use crate::close;
+use crate::net::http;
+use crate::route::event::{ConnMeta, EventBody};
+use crate::route::hub::Hub;
+use crate::route::outbox::{ConnShared, Outgoing};
+use crate::shared::Shared;
 
 /// Messages read from a socket in one go before they are handed to the hub
 /// under one lock. Bounds the batch so one busy client cannot hog the hub.
@@ -292,8 +296,13 @@ impl Connection<'_> {
                 shared.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
                 bytes += item.len();
                 match item {
-                    Outgoing::Msg(message) => {
-                        if ws.feed(message).await.is_err() {
+                    Outgoing::Text(data) => {
+                        if ws.feed(frame(data, Data::Text)).await.is_err() {
+                            return Written::Failed;
+                        }
+                    }
+                    Outgoing::Binary(data) => {
+                        if ws.feed(Message::Binary(data)).await.is_err() {
                             return Written::Failed;
                         }
                     }
@@ -332,7 +341,7 @@ impl Connection<'_> {
             conn = self.conn,
             "closing slow reader: output buffer over limits.output_buffer_bytes; client is not reading"
         );
-        self.close(CLOSE_SLOW_READER, "output buffer full: client is not reading").await
+        self.close(close::SLOW_READER.0, close::SLOW_READER.1).await
     }
 
     async fn finish(self, end: ReadEnd) -> (u16, String) {
@@ -352,11 +361,11 @@ impl Connection<'_> {
                 (code, reason)
             }
             ReadEnd::Error(error) => match error {
-                WsError::Capacity(_) => self.close(1009, "message too big").await,
-                WsError::Utf8(_) => self.close(1007, "invalid UTF-8 in text message").await,
+                WsError::Capacity(_) => self.close(close::MESSAGE_TOO_BIG.0, close::MESSAGE_TOO_BIG.1).await,
+                WsError::Utf8(_) => self.close(close::INVALID_UTF8.0, close::INVALID_UTF8.1).await,
                 WsError::Protocol(error) => {
                     tracing::debug!(conn = self.conn, %error, "WebSocket protocol violation");
-                    self.close(1002, "protocol error").await
+                    self.close(close::PROTOCOL_ERROR.0, close::PROTOCOL_ERROR.1).await
                 }
                 _ => (ABNORMAL.0, ABNORMAL.1.into()),
             },
@@ -377,6 +386,13 @@ impl Connection<'_> {
         .await;
         (code, reason)
     }
+}
+
+/// A whole text message as one frame. The hub checked the UTF-8 once when
+/// the message entered the server; a raw frame is not checked again, which
+/// matters when one message goes to many connections.
+fn frame(data: Bytes, kind: Data) -> Message {
+    Message::Frame(Frame::message(data, OpCode::Data(kind), true))
 }
 
 enum ReadEnd {

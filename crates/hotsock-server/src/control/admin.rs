@@ -10,13 +10,13 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::server::{ServerError, Shared, io_error};
-use crate::status::{ClientStatus, ServerStatus};
-use crate::supervisor::{ReloadKind, ReloadOutcome, ReloadRequest};
+use crate::error::{ServerError, io_error};
+use crate::shared::Shared;
+use crate::supervise::handle::ReloadRequest;
+use crate::wire::{ADMIN_VERSION, AdminReply, AdminRequest, AdminResponse, ReloadKind};
 
 /// File name of the admin socket inside `run_dir`.
 pub const ADMIN_SOCKET: &str = "hotsock.sock";
@@ -26,63 +26,6 @@ pub const PID_FILE: &str = "hotsock.pid";
 const REQUEST_MAX_BYTES: u64 = 4096;
 /// Longest reply a client reads (a `clients` list of many connections).
 const REPLY_MAX_BYTES: u64 = 64 << 20;
-
-/// A command to the server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum AdminRequest {
-    /// Server and worker state.
-    Status,
-    /// The open connections.
-    Clients,
-    /// Stop gracefully.
-    Stop,
-    /// Reload the event workers (or, with `tasks`, only the task workers).
-    Reload {
-        /// Task workers only.
-        #[serde(default)]
-        tasks: bool,
-        /// Answer with the outcome instead of at once.
-        #[serde(default)]
-        wait: bool,
-        /// Switch this many slots first and watch them (`reload.canary_ms`).
-        #[serde(default)]
-        canary: Option<usize>,
-    },
-    /// Switch back to the generation served before the last switch.
-    Rollback {
-        /// Answer with the outcome instead of at once.
-        #[serde(default)]
-        wait: bool,
-    },
-}
-
-/// The server's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum AdminResponse {
-    /// Answer to `Status`.
-    Status(Box<ServerStatus>),
-    /// Answer to `Clients`.
-    Clients {
-        /// One entry per open connection.
-        clients: Vec<ClientStatus>,
-    },
-    /// Answer to `Stop`: the stop has begun.
-    Stopping {
-        /// The server's pid, to wait for.
-        pid: u32,
-    },
-    /// Answer to `Reload`/`Rollback` with `wait`.
-    Reload(ReloadOutcome),
-    /// Answer to `Reload`/`Rollback` without `wait`: it is queued.
-    ReloadQueued,
-    /// The request was not understood.
-    Error {
-        /// Why.
-        message: String,
-    },
-}
 
 /// Failures of an admin client.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +44,17 @@ pub enum AdminError {
     /// The server's reply did not parse.
     #[error("unexpected reply from the server: {0}")]
     BadReply(String),
+    /// The server speaks another admin protocol version (a `hotsock` CLI
+    /// from another release than the running server).
+    #[error(
+        "the running server speaks admin protocol version {server}, this hotsock speaks {client}; use the hotsock binary that started the server"
+    )]
+    Version {
+        /// The server's version.
+        server: u32,
+        /// Ours.
+        client: u32,
+    },
 }
 
 /// Sends one request to the server owning `run_dir` and reads its reply.
@@ -119,7 +73,23 @@ pub async fn request(run_dir: &Path, request: &AdminRequest) -> Result<AdminResp
     stream.write_all(&line).await.map_err(io)?;
     let mut reply = String::new();
     BufReader::new(stream).take(REPLY_MAX_BYTES).read_line(&mut reply).await.map_err(io)?;
-    serde_json::from_str(&reply).map_err(|e| AdminError::BadReply(format!("{e}: {reply:.200}")))
+    // The version first, so a reply of another shape is reported as what
+    // it is rather than as a parse error.
+    let version = serde_json::from_str::<serde_json::Value>(&reply)
+        .ok()
+        .and_then(|value| value.get("version").and_then(serde_json::Value::as_u64));
+    match version {
+        Some(server) if server != u64::from(ADMIN_VERSION) => {
+            return Err(AdminError::Version { server: server as u32, client: ADMIN_VERSION });
+        }
+        None if !reply.trim().is_empty() => {
+            return Err(AdminError::Version { server: 1, client: ADMIN_VERSION });
+        }
+        _ => {}
+    }
+    let reply: AdminReply =
+        serde_json::from_str(&reply).map_err(|e| AdminError::BadReply(format!("{e}: {reply:.200}")))?;
+    Ok(reply.response)
 }
 
 /// Hands a reload request to the supervisor; with `wait`, answers with its
@@ -201,11 +171,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                 return;
             }
             let response = match serde_json::from_str::<AdminRequest>(&line) {
-                Ok(AdminRequest::Status) => AdminResponse::Status(Box::new(shared.status())),
+                Ok(AdminRequest::Status) => {
+                    AdminResponse::Status(Box::new(crate::control::status::server_status(&shared)))
+                }
                 Ok(AdminRequest::Clients) => AdminResponse::Clients { clients: shared.hub.clients() },
                 Ok(AdminRequest::Stop) => {
                     shared.request_stop();
-                    AdminResponse::Stopping { pid: std::process::id() }
+                    AdminResponse::Stopping {
+                        pid: std::process::id(),
+                        deadline_ms: shared.config.stop_budget().total().as_millis() as u64,
+                    }
                 }
                 Ok(AdminRequest::Reload { tasks, wait, canary }) => {
                     let kind = if tasks { ReloadKind::Tasks } else { ReloadKind::Workers };
@@ -214,7 +189,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                 Ok(AdminRequest::Rollback { wait }) => reload(&shared, ReloadKind::Rollback, None, wait).await,
                 Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
             };
-            if let Ok(mut bytes) = serde_json::to_vec(&response) {
+            if let Ok(mut bytes) = serde_json::to_vec(&AdminReply { version: ADMIN_VERSION, response }) {
                 bytes.push(b'\n');
                 let _ = write.write_all(&bytes).await;
             }

@@ -39,7 +39,7 @@ use std::collections::{HashMap, VecDeque};
 use hotsock_protocol::ToWorker;
 use tokio::sync::mpsc;
 
-use crate::hub::EventBody;
+use crate::route::event::EventBody;
 
 /// Identifies one worker process over the server's life.
 pub(crate) type WorkerId = u64;
@@ -49,8 +49,6 @@ pub(crate) type WorkerId = u64;
 pub(crate) struct Attached {
     pub(crate) id: WorkerId,
     pub(crate) link: mpsc::UnboundedSender<ToWorker>,
-    pub(crate) generation: u64,
-    pub(crate) pid: Option<u32>,
     /// Events sent to it and not acknowledged.
     held: usize,
     /// Gets no new events; told to stop once it holds none.
@@ -66,25 +64,8 @@ pub(crate) struct Attached {
 }
 
 impl Attached {
-    pub(crate) fn new(
-        id: WorkerId,
-        link: mpsc::UnboundedSender<ToWorker>,
-        generation: u64,
-        pid: Option<u32>,
-        handoff: bool,
-    ) -> Self {
-        Attached {
-            id,
-            link,
-            generation,
-            pid,
-            held: 0,
-            draining: false,
-            stop_sent: false,
-            acked: 0,
-            handoff,
-            tasks_out: 0,
-        }
+    pub(crate) fn new(id: WorkerId, link: mpsc::UnboundedSender<ToWorker>, handoff: bool) -> Self {
+        Attached { id, link, held: 0, draining: false, stop_sent: false, acked: 0, handoff, tasks_out: 0 }
     }
 }
 
@@ -190,14 +171,15 @@ impl Slot {
         self.current.and_then(|id| self.workers.iter().find(|w| w.id == id))
     }
 
-    /// Workers that are not current (draining an older generation).
-    pub(crate) fn draining(&self) -> impl Iterator<Item = (&Attached, usize)> {
-        self.workers.iter().filter(|w| Some(w.id) != self.current).map(|w| (w, w.held))
+    /// An event's strikes, if it is still unacknowledged (for tests).
+    #[cfg(test)]
+    pub(crate) fn strikes(&self, id: u64) -> Option<u32> {
+        self.unacked.get(&id).map(|p| p.strikes)
     }
 
-    /// Events the current worker holds.
-    pub(crate) fn current_held(&self) -> usize {
-        self.current().map_or(0, |w| w.held)
+    /// Events each attached worker holds.
+    pub(crate) fn held_by_worker(&self) -> Vec<(WorkerId, usize)> {
+        self.workers.iter().map(|w| (w.id, w.held)).collect()
     }
 
     /// Sends a reply to a specific worker (answers to its queries).
@@ -543,7 +525,7 @@ mod tests {
 
     fn worker(slot: &mut Slot, id: WorkerId) -> Worker {
         let (link, rx) = mpsc::unbounded_channel();
-        slot.attach(Attached::new(id, link, id, None, true));
+        slot.attach(Attached::new(id, link, true));
         Worker { id, rx }
     }
 

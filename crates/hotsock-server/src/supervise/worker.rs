@@ -25,10 +25,12 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
-use crate::exit::{self, Exit, ExitCause, KillReason};
-use crate::server::Shared;
-use crate::slot::{Attached, WorkerId};
-use crate::spawn::{SpawnSpec, StderrTail, forward_stderr};
+use crate::route::slot::{Attached, WorkerId};
+use crate::shared::Shared;
+use crate::supervise::exit::{self, Exit};
+use crate::supervise::messages::{Control, Retire, WorkerEvent};
+use crate::supervise::spawn::{SpawnSpec, StderrTail, forward_stderr};
+use crate::wire::{ExitCause, KillReason};
 
 /// Bytes encoded into one write to a worker socket.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
@@ -42,28 +44,6 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 const WORKER_TAIL_LINES: usize = 10;
 /// How long to wait for the rest of a dead worker's stderr for its report.
 const STDERR_GRACE: Duration = Duration::from_millis(200);
-
-/// What the supervisor can tell a running worker task.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// It no longer receives events; kill it if still running at `deadline`.
-    Drain {
-        deadline: Instant,
-        /// What a clean exit after this drain is called.
-        retire: Retire,
-    },
-    /// Kill it now.
-    Kill(KillReason),
-}
-
-/// Why a worker is drained, which names its clean exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retire {
-    /// A reload, rollback or stop replaces it: `ExitCause::Stopped`.
-    Replaced,
-    /// `workers.max_requests` replaces it: `ExitCause::Recycled`.
-    Recycled,
-}
 
 /// Why the read loop of a live worker ended, before the exit status is in.
 #[derive(Debug)]
@@ -80,38 +60,6 @@ enum LoopEnd {
     Unresponsive(Duration),
     /// Still running at its drain deadline.
     DrainDeadline,
-}
-
-/// What a worker task reports to the supervisor.
-#[derive(Debug)]
-pub(crate) enum WorkerEvent {
-    Ready {
-        slot: usize,
-        worker: WorkerId,
-    },
-    /// The suspended current worker of `slot` handed over its state.
-    HandedOff {
-        slot: usize,
-    },
-    /// It handled `workers.max_requests` events: replace it.
-    Recycle {
-        slot: usize,
-        worker: WorkerId,
-    },
-    /// Handlers panicked (caught by the SDK; the worker lives on).
-    Panicked {
-        slot: usize,
-        generation: u64,
-        count: u32,
-    },
-    Gone {
-        slot: usize,
-        worker: WorkerId,
-        generation: u64,
-        pid: Option<u32>,
-        exit: Exit,
-        was_ready: bool,
-    },
 }
 
 /// Which process to start.
@@ -141,9 +89,10 @@ pub(crate) fn launch(
             events: events.clone(),
         };
         let exit = task.run(&events).await;
-        let Launch { slot, worker, generation, .. } = task.launch;
-        let (pid, was_ready) = (task.pid, task.was_ready);
-        let _ = events.send(WorkerEvent::Gone { slot, worker, generation, pid, exit, was_ready });
+        let (worker, pid, was_ready) = (task.launch.worker, task.pid, task.was_ready);
+        let at_unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let _ = events.send(WorkerEvent::Gone { worker, pid, exit, was_ready, at_unix_ms });
     });
     control
 }
@@ -253,13 +202,9 @@ impl WorkerTask {
         let (link, outbox) = mpsc::unbounded_channel();
         let pinger = link.clone();
         let handoff = caps & capabilities::HANDOFF != 0;
-        shared.hub.attach(
-            slot,
-            Attached::new(worker, link, generation, pid, handoff),
-            caps & capabilities::HANDSHAKE != 0,
-        );
+        shared.hub.attach(slot, Attached::new(worker, link, handoff), caps & capabilities::HANDSHAKE != 0);
         self.was_ready = true;
-        let _ = events.send(WorkerEvent::Ready { slot, worker });
+        let _ = events.send(WorkerEvent::Ready { worker, pid, handoff });
         tracing::info!(slot, pid, generation, "worker ready");
         let writer = tokio::spawn(write_loop(wr, outbox));
         let end = self.read_loop(rd, buf, pinger).await;
@@ -362,7 +307,7 @@ impl WorkerTask {
         pinger: mpsc::UnboundedSender<ToWorker>,
     ) -> LoopEnd {
         let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
-        let Launch { slot, worker, generation, .. } = self.launch;
+        let Launch { slot, worker, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
         let mut deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let workers = &self.shared.config.workers;
@@ -407,17 +352,17 @@ impl WorkerTask {
             if !batch.is_empty() {
                 let applied = match self.shared.hub.apply(slot, worker, batch) {
                     Ok(applied) => applied,
-                    Err(fault) => return LoopEnd::Violation(fault.0),
+                    Err(fault) => return LoopEnd::Violation(fault.to_string()),
                 };
                 if applied.panics > 0 {
-                    let _ = self.events.send(WorkerEvent::Panicked { slot, generation, count: applied.panics });
+                    let _ = self.events.send(WorkerEvent::Panicked { worker, count: applied.panics });
                 }
                 if applied.handed_off {
                     let _ = self.events.send(WorkerEvent::HandedOff { slot });
                 }
                 if max_requests > 0 && !recycle_asked && self.shared.hub.acked_by(slot, worker) >= max_requests {
                     recycle_asked = true;
-                    let _ = self.events.send(WorkerEvent::Recycle { slot, worker });
+                    let _ = self.events.send(WorkerEvent::Recycle { worker });
                 }
             }
             if let Some(fault) = fault {

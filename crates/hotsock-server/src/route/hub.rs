@@ -16,133 +16,20 @@
 //! whose size is capped by byte counting (`limits.output_buffer_bytes`), so
 //! a slow client can never stall a worker.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use hotsock_protocol::{ConnInfo, HandshakeReply, HandshakeRequest, ToServer, ToWorker, encode_conn_list};
-use tokio::sync::{Notify, oneshot};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use hotsock_protocol::{ConnInfo, HandshakeReply, ToServer, ToWorker, encode_conn_list};
+use tokio::sync::oneshot;
 
+use crate::close;
 use crate::config::{Config, DispatchMode};
-use crate::exit::Exit;
-use crate::slot::{Attached, Pending, Poisoned, Slot, WorkerId};
-use crate::status::{ClientStatus, DrainingStatus, EXITS_KEPT, ExitRecord, SlotStatus, WorkerState};
-
-/// Close code sent to a client whose output buffer overflowed (policy
-/// violation: it does not read what it asked for).
-pub(crate) const CLOSE_SLOW_READER: u16 = 1008;
-/// Close code for the connection of a poison event (internal error: its
-/// event crashed `workers.max_redeliveries` + 1 workers and was dropped).
-pub(crate) const CLOSE_POISON: u16 = 1011;
-/// The reason sent with [`CLOSE_POISON`].
-pub(crate) const CLOSE_POISON_REASON: &str = "an event of this connection crashed the worker";
-
-/// What a connection task is told to send.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// A data message.
-    Msg(Message),
-    /// Close the connection with this code and reason.
-    Close(u16, String),
-}
-
-impl Outgoing {
-    /// The bytes it counts against `limits.output_buffer_bytes`.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Outgoing::Msg(message) => message.len(),
-            Outgoing::Close(_, reason) => reason.len(),
-        }
-    }
-}
-
-/// State shared between a connection's task and the hub.
-#[derive(Debug, Default)]
-pub(crate) struct ConnShared {
-    /// Bytes queued in the outbox, not yet taken by the connection task.
-    pub(crate) queued_bytes: AtomicUsize,
-    /// Events of this connection no worker has acknowledged yet.
-    pub(crate) inflight: AtomicU32,
-    /// Set when the outbox overflowed; the task closes with 1008.
-    pub(crate) overflowed: AtomicBool,
-    /// Wakes the task: an acknowledgement freed room, or it overflowed.
-    pub(crate) wake: Notify,
-    /// Messages for the client, in order, taken by the connection task. A
-    /// queue rather than a channel: it allocates on first use, where a
-    /// channel allocates a block of slots up front for every idle client.
-    outbox: Mutex<VecDeque<Outgoing>>,
-    /// Wakes the task when the outbox gets something.
-    outbox_ready: Notify,
-}
-
-impl ConnShared {
-    /// Queues for the connection task (the hub counts the bytes).
-    fn push(&self, out: Outgoing) {
-        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).push_back(out);
-        self.outbox_ready.notify_one();
-    }
-
-    /// The next queued item, if any.
-    fn try_pop(&self) -> Option<Outgoing> {
-        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
-    }
-
-    /// Moves queued items, in order, into `into` under one lock: about
-    /// `budget` bytes of them, and nothing after a Close.
-    pub(crate) fn pop_batch(&self, budget: usize, into: &mut VecDeque<Outgoing>) {
-        let mut queue = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let mut bytes = 0;
-        while bytes < budget {
-            let Some(item) = queue.pop_front() else { break };
-            bytes += item.len();
-            let close = matches!(item, Outgoing::Close(..));
-            into.push_back(item);
-            if close {
-                break;
-            }
-        }
-    }
-
-    /// Waits for the next queued item. Cancel-safe: an item is taken only
-    /// in the poll that returns it.
-    pub(crate) async fn next_out(&self) -> Outgoing {
-        loop {
-            if let Some(out) = self.try_pop() {
-                return out;
-            }
-            // A push between the check and here leaves a permit, so the
-            // wait cannot miss it.
-            self.outbox_ready.notified().await;
-        }
-    }
-}
-
-/// The body of an event, kept until it is acknowledged.
-#[derive(Debug, Clone)]
-pub(crate) enum EventBody {
-    Handshake(HandshakeRequest),
-    Open,
-    Message {
-        binary: bool,
-        data: Bytes,
-    },
-    Close {
-        code: u16,
-        reason: String,
-    },
-    /// A task, for a task slot (the pending's `conn` is the task id).
-    Task(Bytes),
-}
-
-/// Connection facts fixed at accept time.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnMeta {
-    pub(crate) peer: String,
-    pub(crate) path: String,
-    pub(crate) connected_at_unix_ms: u64,
-}
+use crate::route::event::{ConnMeta, EventBody};
+use crate::route::outbox::{ConnShared, NotUtf8, Outgoing};
+use crate::route::slot::{Attached, Pending, Poisoned, Slot, SlotCounters, WorkerId};
+use crate::wire::{ClientStatus, TaskCounters};
 
 #[derive(Debug)]
 struct ConnEntry {
@@ -160,7 +47,8 @@ struct ConnEntry {
 #[derive(Debug)]
 struct SlotEntry {
     slot: Slot,
-    status: SlotStatus,
+    /// Handler panics its workers caught and reported.
+    panics: u64,
     /// When the current worker last answered a heartbeat.
     heartbeat: Option<std::time::Instant>,
 }
@@ -190,6 +78,20 @@ pub(crate) struct Applied {
     pub(crate) handed_off: bool,
 }
 
+/// One slot as the hub sees it (see `Hub::slot_reports`).
+#[derive(Debug, Clone)]
+pub(crate) struct SlotReport {
+    /// The worker that gets new events.
+    pub(crate) current: Option<WorkerId>,
+    /// Events each attached worker holds.
+    pub(crate) held: Vec<(WorkerId, usize)>,
+    /// Events not acknowledged yet (held or waiting).
+    pub(crate) queued: usize,
+    pub(crate) counters: SlotCounters,
+    pub(crate) panics: u64,
+    pub(crate) heartbeat_age_ms: Option<u64>,
+}
+
 /// Who dispatched a task, to send its result back to.
 #[derive(Debug, Clone, Copy)]
 struct TaskOrigin {
@@ -197,24 +99,20 @@ struct TaskOrigin {
     worker: WorkerId,
 }
 
-/// Task totals for `status`.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
-pub struct TaskCounters {
-    /// Tasks dispatched and not yet finished (waiting or running).
-    pub queued: usize,
-    /// Tasks finished with a result.
-    pub completed: u64,
-    /// Tasks whose handler failed.
-    pub failed: u64,
-    /// Dispatches refused (queue full, no task workers).
-    pub refused: u64,
-}
-
 /// A worker's misbehaviour that makes its output untrustworthy; the
-/// supervisor kills it.
+/// supervisor kills it (`ExitCause::ProtocolViolation`).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct WorkerFault(pub(crate) String);
+pub(crate) enum WorkerFault {
+    /// Its bytes do not decode as frames.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] hotsock_protocol::ProtocolError),
+    /// Ready after Ready.
+    #[error("sent Ready twice")]
+    SecondReady,
+    /// A text push that is not UTF-8.
+    #[error(transparent)]
+    NotUtf8(#[from] NotUtf8),
+}
 
 /// Events routed to a slot: see the module docs.
 #[derive(Debug)]
@@ -242,13 +140,7 @@ impl Hub {
         let event_slots = slots;
         let slots = slots + task_slots;
         let slots = (0..slots)
-            .map(|slot| {
-                let mut status = SlotStatus::new(slot);
-                if slot >= event_slots {
-                    status.role = "task".into();
-                }
-                SlotEntry { slot: Slot::new(workers.max_redeliveries), status, heartbeat: None }
-            })
+            .map(|_| SlotEntry { slot: Slot::new(workers.max_redeliveries), panics: 0, heartbeat: None })
             .collect();
         Hub {
             state: Mutex::new(HubState {
@@ -406,7 +298,8 @@ impl Hub {
             }
             if let Some(entry) = state.conns.get(&conn) {
                 entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
-                entry.shared.push(Outgoing::Close(CLOSE_POISON, CLOSE_POISON_REASON.into()));
+                let (code, reason) = close::POISON_EVENT;
+                entry.shared.push(Outgoing::Close(code, reason.into()));
             }
         }
     }
@@ -425,7 +318,7 @@ impl Hub {
         let state = &mut *guard;
         for message in messages {
             match message {
-                ToServer::Ready(_) => return Err(WorkerFault("sent Ready twice".into())),
+                ToServer::Ready(_) => return Err(WorkerFault::SecondReady),
                 // Heartbeats are the worker task's business (worker.rs).
                 ToServer::Pong { .. } => {}
                 ToServer::Ack(ids) => {
@@ -443,9 +336,9 @@ impl Hub {
                     }
                 }
                 ToServer::Push { conn, binary, data } => {
-                    let message = to_message(binary, data)?;
+                    let message = Outgoing::data(binary, data)?;
                     if let Some(entry) = state.conns.get(&conn) {
-                        self.send(entry, Outgoing::Msg(message));
+                        self.send(entry, message);
                     }
                 }
                 ToServer::CloseConn { conn, code, reason } => {
@@ -455,17 +348,17 @@ impl Hub {
                 }
                 ToServer::Bind { conn, uid } => bind(state, conn, uid),
                 ToServer::SendToUid { uid, binary, data } => {
-                    let message = to_message(binary, data)?;
+                    let message = Outgoing::data(binary, data)?;
                     for conn in state.uids.get(&uid).into_iter().flatten() {
                         if let Some(entry) = state.conns.get(conn) {
-                            self.send(entry, Outgoing::Msg(message.clone()));
+                            self.send(entry, message.clone());
                         }
                     }
                 }
                 ToServer::Broadcast { binary, data } => {
-                    let message = to_message(binary, data)?;
+                    let message = Outgoing::data(binary, data)?;
                     for entry in state.conns.values().filter(|e| e.open) {
-                        self.send(entry, Outgoing::Msg(message.clone()));
+                        self.send(entry, message.clone());
                     }
                 }
                 ToServer::ConnInfo { conn, request } => {
@@ -516,7 +409,7 @@ impl Hub {
                 ToServer::TaskDone { task, failed, payload } => self.finish_task(state, task, failed, payload),
                 ToServer::Panicked { conn, event, message } => {
                     tracing::warn!(slot = slot_index, conn, event, "handler panicked in the worker: {message}");
-                    state.slots[slot_index].status.panics += 1;
+                    state.slots[slot_index].panics += 1;
                     applied.panics += 1;
                 }
                 ToServer::Handoff(handoff) => {
@@ -650,59 +543,30 @@ impl Hub {
         self.lock().slots.iter().map(|s| s.slot.unacked_len()).sum()
     }
 
-    /// Updates a slot's lifecycle facts for `status`.
     /// Records a heartbeat answer (or, at Ready, the start of the count).
     pub(crate) fn heartbeat(&self, slot_index: usize) {
         self.lock().slots[slot_index].heartbeat = Some(std::time::Instant::now());
     }
 
-    /// Records how a worker of the slot ended, for `status`.
-    pub(crate) fn record_exit(&self, slot_index: usize, pid: Option<u32>, generation: u64, exit: &Exit) {
-        let detail = exit.describe();
-        let at_unix_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let record = ExitRecord { pid, generation, cause: exit.cause, detail: detail.clone(), at_unix_ms };
-        self.update_status(slot_index, |status| {
-            status.last_exit = Some(detail);
-            if status.exits.len() == EXITS_KEPT {
-                status.exits.remove(0);
-            }
-            status.exits.push(record);
-        });
-    }
-
-    pub(crate) fn update_status(&self, slot_index: usize, update: impl FnOnce(&mut SlotStatus)) {
-        update(&mut self.lock().slots[slot_index].status);
-    }
-
-    pub(crate) fn slot_statuses(&self) -> Vec<SlotStatus> {
+    /// What the hub knows of each slot, for `status`.
+    pub(crate) fn slot_reports(&self) -> Vec<SlotReport> {
         let state = self.lock();
         state
             .slots
             .iter()
             .map(|entry| {
-                let mut status = entry.status.clone();
                 let slot = &entry.slot;
-                if let Some(current) = slot.current() {
-                    status.state = WorkerState::Ready;
-                    status.pid = current.pid;
-                    status.generation = current.generation;
+                SlotReport {
+                    current: slot.current().map(|w| w.id),
+                    held: slot.held_by_worker(),
+                    queued: slot.unacked_len(),
+                    counters: slot.counters.clone(),
+                    panics: entry.panics,
+                    heartbeat_age_ms: match (slot.current(), entry.heartbeat) {
+                        (Some(_), Some(at)) => Some(at.elapsed().as_millis() as u64),
+                        _ => None,
+                    },
                 }
-                status.heartbeat_age_ms = match (slot.current(), entry.heartbeat) {
-                    (Some(_), Some(at)) => Some(at.elapsed().as_millis() as u64),
-                    _ => None,
-                };
-                status.inflight = slot.current_held();
-                status.queued = slot.unacked_len();
-                status.dispatched = slot.counters.dispatched;
-                status.acked = slot.counters.acked;
-                status.redelivered = slot.counters.redelivered;
-                status.dropped = slot.counters.dropped;
-                status.draining = slot
-                    .draining()
-                    .map(|(w, held)| DrainingStatus { pid: w.pid, generation: w.generation, inflight: held })
-                    .collect();
-                status
             })
             .collect()
     }
@@ -760,17 +624,5 @@ fn unbind(state: &mut HubState, conn: u64, uid: u64) {
         if conns.is_empty() {
             state.uids.remove(&uid);
         }
-    }
-}
-
-/// Turns a worker's payload into a WebSocket message; text must be UTF-8,
-/// checked once here (the protocol crate leaves it to us).
-fn to_message(binary: bool, data: Bytes) -> Result<Message, WorkerFault> {
-    if binary {
-        Ok(Message::Binary(data))
-    } else {
-        Utf8Bytes::try_from(data)
-            .map(Message::Text)
-            .map_err(|_| WorkerFault("sent a text message that is not UTF-8".into()))
     }
 }

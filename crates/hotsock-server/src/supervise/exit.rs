@@ -10,72 +10,7 @@
 //! next worker until one finishes them. These types are serialized in
 //! `status`, so they are part of the admin boundary.
 
-use serde::{Deserialize, Serialize};
-
-/// Why a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ExitCause {
-    /// It never said Ready: it could not be started, exited or broke the
-    /// protocol during start-up, or did not answer within
-    /// `reload.ready_timeout_ms`.
-    NotReady,
-    /// It died on its own: an exit nobody asked for, or a signal the server
-    /// did not send.
-    Crashed {
-        /// Its exit code, if it exited.
-        code: Option<i32>,
-        /// The signal that killed it, if one did.
-        signal: Option<i32>,
-    },
-    /// A handler panic ended the process (a `panic = "abort"` build, or a
-    /// panic the SDK could not catch); its stderr shows the panic.
-    HandlerPanic {
-        /// Its exit code, if it exited.
-        code: Option<i32>,
-        /// The signal that killed it, if one did.
-        signal: Option<i32>,
-    },
-    /// It answered no heartbeat for `workers.unresponsive_ms`: a handler
-    /// blocks its event loop. Killed by the server.
-    Unresponsive {
-        /// How long it had been silent.
-        silent_ms: u64,
-    },
-    /// It sent bytes that break the worker protocol (a malformed frame, a
-    /// second Ready, text that is not UTF-8). Killed by the server.
-    ProtocolViolation,
-    /// Its socket failed, or it closed the socket and kept running.
-    LostLink,
-    /// It was still running at its drain deadline; killed by the server.
-    DrainDeadline,
-    /// It was replaced after `workers.max_requests` events and exited
-    /// cleanly.
-    Recycled,
-    /// It was told to stop (a reload, a rollback, a server stop) and exited
-    /// cleanly.
-    Stopped,
-    /// The server killed it before it finished, by decision of the
-    /// supervisor or of an operator.
-    Killed {
-        /// Which decision.
-        reason: KillReason,
-    },
-}
-
-/// Why the server killed a worker outright (see [`ExitCause::Killed`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KillReason {
-    /// The reload it was started for was aborted.
-    ReloadAborted,
-    /// It became Ready after the job that started it ended.
-    NotNeeded,
-    /// A reload replaced the restart it was.
-    Superseded,
-    /// The server is stopping and it was not serving yet.
-    ServerStopping,
-}
+pub(crate) use crate::wire::{ExitCause, KillReason};
 
 impl KillReason {
     fn describe(self) -> &'static str {

@@ -18,19 +18,19 @@
 //! it), its output is read by tasks, and the reload is only requested.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::WatchConfig;
-use crate::server::Shared;
-use crate::spawn::{SpawnSpec, StderrTail, forward_stderr};
-use crate::supervisor::{ReloadKind, ReloadRequest, SupervisorHandle};
+use crate::shared::Shared;
+use crate::supervise::handle::{ReloadRequest, SupervisorHandle};
+use crate::supervise::spawn::{SpawnSpec, StderrTail, forward_stderr};
+use crate::wire::{BuildOutcome, ReloadKind, WatchStatus};
 
 /// Paths no build cares about; `reload.watch.ignore` adds to these. A
 /// directory is listed both as itself (its own create/remove events) and
@@ -56,44 +56,6 @@ const DEFAULT_IGNORES: &[&str] = &[
 
 /// Build output lines kept for `status` and the log.
 const BUILD_TAIL_LINES: usize = 20;
-
-/// What `status` shows about watching and building.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct WatchStatus {
-    /// `inotify` or `poll`.
-    pub backend: String,
-    /// Why inotify was not used when `poll` was not asked for.
-    pub fallback_reason: Option<String>,
-    /// The watched directories.
-    pub paths: Vec<String>,
-    /// Relevant changes seen (after ignores).
-    pub changes: u64,
-    /// Builds started.
-    pub builds: u64,
-    /// Builds that failed.
-    pub builds_failed: u64,
-    /// Whether a build is running.
-    pub building: bool,
-    /// How the last build ended.
-    pub last_build: Option<BuildOutcome>,
-}
-
-/// One build's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BuildOutcome {
-    /// Exit status 0 within the timeout.
-    pub ok: bool,
-    /// How it ended, in words.
-    pub exit: String,
-    /// When it ended, ms since the Unix epoch.
-    pub finished_at_unix_ms: u64,
-    /// How long it ran.
-    pub duration_ms: u64,
-    /// A changed path that started it.
-    pub trigger: String,
-    /// The last lines of its output (stdout and stderr).
-    pub output_tail: Vec<String>,
-}
 
 /// Watches until the server stops. Errors setting up are logged and shown
 /// in status; they never stop the server.
@@ -142,7 +104,7 @@ pub(crate) async fn run(shared: Arc<Shared>, supervisor: SupervisorHandle, confi
                     last_change = Some((Instant::now(), path));
                 }
             }
-            () = crate::server::sleep_until_opt(quiet_at) => {
+            () = crate::wait::sleep_until_opt(quiet_at) => {
                 let Some((_, trigger)) = last_change.take() else { continue };
                 if config.build.is_empty() {
                     request_reload(&supervisor, format!("watch: {trigger} changed"));
@@ -166,7 +128,7 @@ pub(crate) async fn run(shared: Arc<Shared>, supervisor: SupervisorHandle, confi
                     last_change = Some((Instant::now(), path));
                 }
             }
-            () = crate::server::raised(&mut stop) => return,
+            () = crate::wait::raised(&mut stop) => return,
         }
     }
 }
@@ -353,6 +315,3 @@ async fn build(shared: Arc<Shared>, config: WatchConfig, trigger: String) -> Bui
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
-
-/// Shared slot for `WatchStatus`.
-pub(crate) type WatchCell = Mutex<Option<WatchStatus>>;

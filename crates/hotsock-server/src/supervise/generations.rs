@@ -161,11 +161,6 @@ impl Generations {
         if self.copies() { self.dir.join(generation.to_string()).join(&self.file_name) } else { self.source.clone() }
     }
 
-    /// Whether a generation's executable is still in the store.
-    pub(crate) fn exists(&self, generation: u64) -> bool {
-        generation >= 1 && generation <= self.latest && (!self.copies() || self.program(generation).exists())
-    }
-
     /// Removes generations older than the newest `keep`, except those in
     /// `protect` (the ones serving or draining, and the rollback target), so
     /// a run of failed reloads can never delete the code that is serving.
@@ -224,7 +219,7 @@ mod tests {
         // Pruning generation 1 leaves the linked generation 2 intact.
         assert!(matches!(create(&mut generations), Stored::Linked(_)));
         generations.prune(&[]);
-        assert!(!generations.exists(1));
+        assert!(!generations.program(1).exists());
         assert_eq!(std::fs::read_to_string(generations.program(2)).expect("g2"), "v1");
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -1,0 +1,30 @@
+//! Why the server could not start: the one error type `Server` returns.
+
+use std::path::PathBuf;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding a socket or creating a runtime file failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another server is using the same run directory.
+    #[error("a hotsock server is already running with this run_dir (admin socket {0} answers); stop it first")]
+    AlreadyRunning(PathBuf),
+    /// A shared table could not be created.
+    #[error("{0}")]
+    Table(String),
+    /// Workers did not all become ready in time at start.
+    #[error("workers did not become ready: {0}")]
+    WorkersNotReady(String),
+}
+
+pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}

@@ -1,0 +1,7 @@
+//! The network side: listening, one task per client connection, the HTTP
+//! upgrade. The only place that knows the WebSocket library: everything
+//! else sees whole messages and its own outbox type.
+
+pub(crate) mod conn;
+pub(crate) mod http;
+pub(crate) mod listen;

@@ -1,0 +1,29 @@
+//! What the routing layer keeps about events and connections.
+
+use bytes::Bytes;
+use hotsock_protocol::HandshakeRequest;
+
+/// The body of an event, kept until it is acknowledged.
+#[derive(Debug, Clone)]
+pub(crate) enum EventBody {
+    Handshake(HandshakeRequest),
+    Open,
+    Message {
+        binary: bool,
+        data: Bytes,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
+    /// A task, for a task slot (the pending's `conn` is the task id).
+    Task(Bytes),
+}
+
+/// Connection facts fixed at accept time.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnMeta {
+    pub(crate) peer: String,
+    pub(crate) path: String,
+    pub(crate) connected_at_unix_ms: u64,
+}

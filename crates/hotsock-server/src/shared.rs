@@ -1,0 +1,73 @@
+//! The state every task of the server shares. It holds the parts; it never
+//! imports the modules that use it (connections, workers, the supervisor,
+//! the admin socket), so the arrows point one way: everything else depends
+//! on `Shared`, and `Shared` on nothing but the leaves it is made of.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use hotsock_protocol::TableSpec;
+use hotsock_table::Table;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::route::hub::Hub;
+use crate::supervise::handle::SupervisorHandle;
+use crate::supervise::spawn::Spawner;
+use crate::supervise::view::SupervisionView;
+use crate::wire::WatchStatus;
+
+/// State every task of the server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) hub: Hub,
+    pub(crate) spawner: Spawner,
+    /// The shared tables, created before any worker, living as long as the
+    /// server: each worker maps them, reloads and crashes leave them be.
+    pub(crate) tables: Vec<(TableSpec, Table)>,
+    /// One permit per connection, open or mid-handshake.
+    pub(crate) conn_permits: Arc<Semaphore>,
+    pub(crate) accepted_total: AtomicU64,
+    pub(crate) rejected_total: AtomicU64,
+    pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) supervisor: OnceLock<SupervisorHandle>,
+    /// What the supervisor last published, for `status`.
+    pub(crate) supervision: Mutex<SupervisionView>,
+    pub(crate) watch_status: WatchCell,
+    pub(crate) started: Instant,
+    pub(crate) listen: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    pub(crate) fn supervisor(&self) -> Option<&SupervisorHandle> {
+        self.supervisor.get()
+    }
+
+    pub(crate) fn set_watch_status(&self, status: WatchStatus) {
+        *self.watch_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    pub(crate) fn update_watch_status(&self, update: impl FnOnce(&mut WatchStatus)) {
+        if let Some(status) = self.watch_status.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            update(status);
+        }
+    }
+
+    pub(crate) fn request_stop(&self) {
+        self.stopping.send_replace(true);
+    }
+}
+
+/// Shared slot for `WatchStatus`.
+pub(crate) type WatchCell = Mutex<Option<WatchStatus>>;
