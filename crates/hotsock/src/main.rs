@@ -1,7 +1,8 @@
-//! `hotsock`: start a server, and control a running one over its admin
-//! socket. The only crate that uses `anyhow`: library errors become messages
-//! and exit codes here.
+//! `hotsock`: start a server, control a running one over its admin socket,
+//! and create a worker crate of one's own (`hotsock new`). The only crate
+//! that uses `anyhow`: library errors become messages and exit codes here.
 
+mod new;
 mod out;
 mod view;
 
@@ -114,6 +115,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Create a directory NAME with a worker crate of your own: Cargo.toml,
+    /// src/main.rs, hotsock.toml (release) and hotsock.dev.toml (watch and rebuild).
+    New(new::NewArgs),
 }
 
 fn main() -> ExitCode {
@@ -142,6 +146,7 @@ fn run(command: Command) -> Result<()> {
         Command::Rollback { config, wait } => with_admin(config, |c| reload(c, AdminRequest::Rollback { wait })),
         Command::Status { config, json } => with_admin(config, |c| status(c, json)),
         Command::Clients { config, json, show_query } => with_admin(config, |c| clients(c, json, show_query)),
+        Command::New(args) => new::run(args),
     }
 }
 
