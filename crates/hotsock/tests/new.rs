@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hotsock_testkit::{TempDir, bin, connect, free_port, recv, repo_root, send, wait_for};
+use hotsock_testkit::{bin, connect, free_port, recv, repo_root, send, wait_for};
 use serde_json::Value;
 
 /// A build of hotsock-worker's dependencies from scratch on a busy 2-core
-/// machine; later runs reuse `target/new-project-test`.
+/// machine; later runs reuse `target/new-project-test/target`.
 const FIRST_BUILD: Duration = Duration::from_secs(600);
 /// One save: an incremental build of the one crate plus the reload. Loose,
 /// because the machine is shared; the measured time is printed.
@@ -68,14 +68,19 @@ fn command(words: &[String], dir: &Path) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_project_builds_starts_answers_and_goes_live_on_save() {
-    let home = TempDir::new("new");
-    // A workspace above the project, as when a newcomer creates it inside
-    // their monorepo: the project must be its own workspace to build.
-    std::fs::write(home.path().join("Cargo.toml"), "[workspace]\nmembers = []\n").expect("parent workspace");
+    // A fixed place under this repository's target/, so that reruns reuse
+    // the build (a temp dir's new path would leave a new copy each time).
+    // It also puts a workspace above the project, this repository's, as
+    // when a newcomer runs `hotsock new` inside a checkout or a monorepo:
+    // the project must be its own workspace to build at all.
+    let root = repo_root().join("target/new-project-test");
+    let home = root.join("home");
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).expect("create the test's home");
     let port = free_port();
     let output = Command::new(bin("hotsock"))
         .args(["new", "demo", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(home.path())
+        .current_dir(&home)
         .output()
         .expect("run hotsock new");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -85,7 +90,7 @@ async fn a_new_project_builds_starts_answers_and_goes_live_on_save() {
     assert_eq!(commands[0], ["cd", "demo"], "{stdout}");
     assert_eq!(commands[1], ["cargo", "build"], "{stdout}");
     assert_eq!(commands[2][1..], ["start", "-c", "hotsock.dev.toml"], "{stdout}");
-    let project = home.path().join("demo");
+    let project = home.join("demo");
     let manifest = std::fs::read_to_string(project.join("Cargo.toml")).expect("Cargo.toml");
     let worker_crate = repo_root().join("crates/hotsock-worker");
     assert!(manifest.contains(&format!("path = \"{}\"", worker_crate.display())), "{manifest}");
@@ -96,17 +101,17 @@ async fn a_new_project_builds_starts_answers_and_goes_live_on_save() {
     let source = project.join("src/main.rs");
     let original = std::fs::read_to_string(&source).expect("main.rs");
     for (name, error) in [("demo", "demo already exists"), ("9lives", "not a valid crate name")] {
-        let output = Command::new(bin("hotsock")).args(["new", name]).current_dir(home.path()).output().expect("run");
+        let output = Command::new(bin("hotsock")).args(["new", name]).current_dir(&home).output().expect("run");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(error), "{stderr}");
     }
-    assert!(!home.path().join("9lives").exists());
+    assert!(!home.join("9lives").exists());
     assert_eq!(std::fs::read_to_string(&source).expect("main.rs"), original, "untouched");
 
-    // Keep the build incremental across runs: the project's target/ is a
-    // directory of this repository's target/, the commands stay as printed.
-    let target = repo_root().join("target/new-project-test");
+    // Keep the build across runs: the project's target/ is a directory
+    // that outlives `home`; the commands stay as printed.
+    let target = root.join("target");
     std::fs::create_dir_all(&target).expect("target dir");
     std::os::unix::fs::symlink(&target, project.join("target")).expect("link target/");
 
@@ -115,10 +120,10 @@ async fn a_new_project_builds_starts_answers_and_goes_live_on_save() {
     assert!(output.status.success(), "the printed build failed:\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(started.elapsed() < FIRST_BUILD);
 
-    let log = std::fs::File::create(home.path().join("server.log")).expect("log");
+    let log = std::fs::File::create(home.join("server.log")).expect("log");
     let _server =
         Started(command(&commands[2], &project).stdout(Stdio::null()).stderr(log).spawn().expect("run hotsock start"));
-    let server_log = || std::fs::read_to_string(home.path().join("server.log")).unwrap_or_default();
+    let server_log = || std::fs::read_to_string(home.join("server.log")).unwrap_or_default();
     let status = || -> Option<Value> {
         let mut command = Command::new(bin("hotsock"));
         let output =
