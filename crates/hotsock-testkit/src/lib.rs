@@ -4,7 +4,12 @@
 //!
 //! Binaries are found next to the test executable (`target/<profile>/`), so
 //! the workspace's binaries must be built first: `.ci/run` does
-//! `cargo build --workspace --bins` before the tests.
+//! `cargo build --workspace --bins` before the tests. What else the tests
+//! need (Python venv, Node modules, Chromium) is checked in `prereq.rs`.
+
+mod prereq;
+
+pub use prereq::{chromium, node, python};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,17 +34,15 @@ const LOG_TAIL_LINES: usize = 60;
 /// A client connection.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The path of a workspace binary built in the same profile as the test.
+/// The path of a workspace binary built in the same profile as the test;
+/// fails the test, saying how to build it, if it is missing or older than
+/// its sources.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run `cargo build --workspace --bins` first (.ci/run does)",
-        path.display()
-    );
+    prereq::built_binary(name, &path);
     path
 }
 

@@ -1,14 +1,23 @@
-//! `hotsock`: start a server, and control a running one over its admin
-//! socket. The only crate that uses `anyhow`: library errors become messages
-//! and exit codes here.
+//! `hotsock`: start a server, control a running one over its admin socket,
+//! and create a worker crate of one's own (`hotsock new`). The only crate
+//! that uses `anyhow`: library errors become messages and exit codes here.
+
+mod new;
+mod out;
+mod view;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use hotsock_server::{AdminError, AdminRequest, AdminResponse, Config, Server, admin_request};
+use out::say;
+
+/// The config file every command uses when `-c` is not given, looked up in
+/// the current directory (the layout `hotsock new` creates).
+const DEFAULT_CONFIG: &str = "hotsock.toml";
 
 /// Exit code when no server is running for the config.
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -22,29 +31,48 @@ struct Cli {
     command: Command,
 }
 
+/// `-c FILE`, shared by every command that reads a config.
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file [default: ./hotsock.toml, if present].
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file given, or `./hotsock.toml` when that exists.
+    fn path(self) -> Result<PathBuf> {
+        if let Some(path) = self.config {
+            return Ok(path);
+        }
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        if default.is_file() {
+            return Ok(default);
+        }
+        bail!("no config file: pass -c FILE, or run this where {DEFAULT_CONFIG} is (./{DEFAULT_CONFIG} does not exist)")
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the server in the foreground (logs to stderr; SIGTERM/SIGINT stop it gracefully).
     Start {
-        /// The config file.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Watch the [reload.watch] paths: rebuild and reload on every change.
         #[arg(long)]
         watch: bool,
     },
     /// Stop a running server gracefully and wait until it has exited.
     Stop {
-        /// The config file of the running server.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Replace the workers with a new generation of the worker executable, with no
     /// dropped connection or lost message.
     Reload {
-        /// The config file of the running server.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Reload only the task workers.
         #[arg(long)]
         tasks: bool,
@@ -58,62 +86,69 @@ enum Command {
     },
     /// Switch back to the generation served before the last switch.
     Rollback {
-        /// The config file of the running server.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Wait for the outcome, print it, and exit non-zero if it failed.
         #[arg(long)]
         wait: bool,
     },
     /// Show the server and its workers.
     Status {
-        /// The config file of the running server.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// List open client connections.
     Clients {
-        /// The config file of the running server.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show request query strings in full (by default values are shown
+        /// as `…`: they often carry credentials such as `token=`).
+        #[arg(long)]
+        show_query: bool,
     },
     /// Validate a config file and exit (non-zero with the key and line on error).
     Check {
-        /// The config file.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
+    /// Create a directory NAME with a worker crate of your own: Cargo.toml,
+    /// src/main.rs, hotsock.toml (release) and hotsock.dev.toml (watch and rebuild).
+    New(new::NewArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Start { config, watch } => start(&config, watch),
-        Command::Check { config } => check(&config),
-        Command::Stop { config } => with_admin(&config, stop),
-        Command::Reload { config, tasks, wait, canary } => {
-            with_admin(&config, |c| reload(c, AdminRequest::Reload { tasks, wait, canary }))
-        }
-        Command::Rollback { config, wait } => with_admin(&config, |c| reload(c, AdminRequest::Rollback { wait })),
-        Command::Status { config, json } => with_admin(&config, |c| status(c, json)),
-        Command::Clients { config, json } => with_admin(&config, |c| clients(c, json)),
-    };
-    match result {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("hotsock: {error:#}");
+            eprintln!("hotsock: {}", out::error_line(&error));
             if error.downcast_ref::<AdminError>().is_some_and(|e| matches!(e, AdminError::NotRunning(_))) {
                 ExitCode::from(EXIT_NOT_RUNNING)
             } else {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Start { config, watch } => start(&config.path()?, watch),
+        Command::Check { config } => check(&config.path()?),
+        Command::Stop { config } => with_admin(config, stop),
+        Command::Reload { config, tasks, wait, canary } => {
+            with_admin(config, |c| reload(c, AdminRequest::Reload { tasks, wait, canary }))
+        }
+        Command::Rollback { config, wait } => with_admin(config, |c| reload(c, AdminRequest::Rollback { wait })),
+        Command::Status { config, json } => with_admin(config, |c| status(c, json)),
+        Command::Clients { config, json, show_query } => with_admin(config, |c| clients(c, json, show_query)),
+        Command::New(args) => new::run(args),
     }
 }
 
@@ -168,7 +203,7 @@ fn check(path: &Path) -> Result<()> {
             program.display()
         );
     }
-    println!(
+    say!(
         "ok: {} ({} workers, dispatch {:?}, listen {}, run_dir {})",
         path.display(),
         config.workers.count,
@@ -179,8 +214,8 @@ fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn with_admin(path: &Path, run: impl FnOnce(&Config) -> Result<()>) -> Result<()> {
-    let config = Config::load(path)?;
+fn with_admin(config: ConfigArg, run: impl FnOnce(&Config) -> Result<()>) -> Result<()> {
+    let config = Config::load(&config.path()?)?;
     run(&config)
 }
 
@@ -207,20 +242,23 @@ fn stop(config: &Config) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("stopped (pid {pid})");
+    say!("stopped (pid {pid})");
     Ok(())
 }
 
 fn reload(config: &Config, request: AdminRequest) -> Result<()> {
     match ask(config, request)? {
         AdminResponse::ReloadQueued => {
-            println!("reload requested (see `hotsock status` for the outcome)");
+            say!("reload requested (see `hotsock status` for the outcome)");
             Ok(())
         }
         AdminResponse::Reload(outcome) if outcome.ok => {
-            println!(
+            say!(
                 "ok: generation {} -> {} in {} ms: {}",
-                outcome.from_generation, outcome.generation, outcome.duration_ms, outcome.message
+                outcome.from_generation,
+                outcome.generation,
+                outcome.duration_ms,
+                outcome.message
             );
             Ok(())
         }
@@ -244,143 +282,29 @@ fn alive(pid: u32) -> bool {
 fn status(config: &Config, json: bool) -> Result<()> {
     let AdminResponse::Status(status) = ask(config, AdminRequest::Status)? else { bail!("unexpected reply") };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        say!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!(
-        "hotsock pid {} listening on {}, up {}s{}; generation {}{}; {} connections (accepted {}, refused {})",
-        status.pid,
-        status.listen,
-        status.uptime_s,
-        if status.stopping { ", STOPPING" } else { "" },
-        status.generation,
-        status.reloading.as_ref().map(|r| format!(" (reloading: {r})")).unwrap_or_default(),
-        status.connections,
-        status.accepted_total,
-        status.rejected_total
-    );
-    println!(
-        "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9} {:>9}  LAST EXIT",
-        "SLOT",
-        "ROLE",
-        "PID",
-        "GEN",
-        "STATE",
-        "INFLIGHT",
-        "DISPATCHED",
-        "ACKED",
-        "REDELIVERED",
-        "CRASHES",
-        "RSS KiB",
-        "HEARTBEAT"
-    );
-    let tasks = &status.tasks;
-    if tasks.queued + tasks.completed as usize + tasks.failed as usize + tasks.refused as usize > 0
-        || status.workers.iter().any(|w| w.role == "task")
-    {
-        println!(
-            "tasks: {} queued or running, {} completed, {} failed, {} refused",
-            tasks.queued, tasks.completed, tasks.failed, tasks.refused
-        );
-    }
-    for table in &status.tables {
-        println!("table {}: {} of {} rows", table.name, table.rows, table.capacity);
-    }
-    if let Some(watch) = &status.watch {
-        println!(
-            "watching {} ({}{}): {} changes, {} builds, {} failed{}",
-            watch.paths.join(", "),
-            watch.backend,
-            watch.fallback_reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default(),
-            watch.changes,
-            watch.builds,
-            watch.builds_failed,
-            if watch.building { ", building now" } else { "" }
-        );
-        if let Some(build) = &watch.last_build {
-            println!(
-                "last build: {} ({}) in {} ms after a change to {}",
-                if build.ok { "ok" } else { "FAILED" },
-                build.exit,
-                build.duration_ms,
-                build.trigger
-            );
-            if !build.ok {
-                for line in &build.output_tail {
-                    println!("  | {line}");
-                }
-            }
-        }
-    }
-    if let Some(last) = &status.last_reload {
-        println!(
-            "last reload: {} {} -> {} in {} ms: {}",
-            if last.ok { "ok" } else { "FAILED" },
-            last.from_generation,
-            last.generation,
-            last.duration_ms,
-            last.message
-        );
-    }
-    for w in &status.workers {
-        println!(
-            "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9} {:>9}  {}{}",
-            w.slot,
-            w.role,
-            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            w.generation,
-            w.phase.name(),
-            w.inflight,
-            w.dispatched,
-            w.acked,
-            w.redelivered,
-            w.crashes,
-            w.rss_kib.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-            w.heartbeat_age_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
-            w.last_exit.as_deref().unwrap_or("-"),
-            if w.crash_loop { " (CRASH LOOP)" } else { "" }
-        );
-        for d in &w.others {
-            let phase = match d.phase {
-                hotsock_server::WorkerPhase::Draining { deadline_in_ms } => {
-                    format!("draining (killed in {deadline_in_ms} ms)")
-                }
-                phase => phase.name().to_owned(),
-            };
-            println!(
-                "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8}",
-                "",
-                "",
-                d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                d.generation,
-                phase,
-                d.inflight
-            );
-        }
+    for line in view::status(&status) {
+        say!("{line}");
     }
     Ok(())
 }
 
-fn clients(config: &Config, json: bool) -> Result<()> {
-    let AdminResponse::Clients { clients } = ask(config, AdminRequest::Clients)? else { bail!("unexpected reply") };
+fn clients(config: &Config, json: bool, show_query: bool) -> Result<()> {
+    let AdminResponse::Clients { mut clients } = ask(config, AdminRequest::Clients)? else { bail!("unexpected reply") };
+    if !show_query {
+        for client in &mut clients {
+            client.path = view::redact_query(&client.path);
+        }
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&clients)?);
+        say!("{}", serde_json::to_string_pretty(&clients)?);
         return Ok(());
     }
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64)?;
-    println!("{:<8} {:<22} {:<6} {:<10} {:>8} {:>7}  PATH", "CONN", "PEER", "SLOT", "UID", "INFLIGHT", "AGE s");
-    for c in &clients {
-        println!(
-            "{:<8} {:<22} {:<6} {:<10} {:>8} {:>7}  {}",
-            c.conn,
-            c.peer,
-            c.slot,
-            c.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
-            c.inflight,
-            now_ms.saturating_sub(c.connected_at_unix_ms) / 1000,
-            c.path
-        );
+    for line in view::clients(&clients, now_ms) {
+        say!("{line}");
     }
-    println!("{} connections", clients.len());
     Ok(())
 }

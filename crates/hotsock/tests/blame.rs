@@ -72,6 +72,17 @@ async fn drain_deadline_kills_during_reloads_close_nothing_and_lose_nothing() {
         let server = server.clone();
         tokio::task::spawn_blocking(move || four_reloads(&server))
     };
+    // While the first reload's old workers drain (their handlers outlast
+    // the 1 s deadline), status shows them as draining, with the deadline.
+    let draining = wait_for("a draining worker in status", || {
+        let status = server.try_status()?;
+        let others =
+            status["workers"].as_array()?.iter().flat_map(|w| w["others"].as_array().cloned().unwrap_or_default());
+        others.into_iter().find(|o| o["state"] == "draining")
+    });
+    assert!(draining["deadline_in_ms"].as_u64().is_some_and(|ms| ms <= 1000), "{draining}");
+    let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("draining") && text.contains("killed in"), "status shows the drain:\n{text}");
     // The second message of each connection, 10 s after the first, queued
     // behind it.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
@@ -97,6 +108,8 @@ async fn drain_deadline_kills_during_reloads_close_nothing_and_lose_nothing() {
     assert!(causes.iter().any(|c| c == "drain_deadline"), "status names the drain deadline: {causes:?}");
     assert!(!causes.iter().any(|c| c == "crashed"), "a drain deadline is not a crash: {causes:?}");
     assert_eq!(slot_total(&status, "crashes"), 0, "{status}");
+    let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("recent exits:") && text.contains("drain deadline"), "status names the causes:\n{text}");
     // Nothing else arrives: no late duplicate.
     for client in &mut clients {
         send(client, "last").await;

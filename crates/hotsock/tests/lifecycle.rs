@@ -1,9 +1,12 @@
 //! The CLI and the process lifecycle: stop, SIGTERM, check, status,
 //! clients, process titles, the admin socket, parent death.
 
+use std::process::{Command, Stdio};
+
 use hotsock_testkit::{TempDir, TestServer, alive, bin, close_code, connect, recv, send, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde_json::Value;
 
 fn echo_config() -> String {
     format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n", bin("echo").display())
@@ -95,12 +98,19 @@ fn cli_against_no_server_says_so_with_exit_3() {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_clients_and_process_titles_describe_the_server() {
     let server = TestServer::start(&echo_config());
-    let _a = connect(&server.url("/first?x=1")).await;
+    let _a = connect(&server.url("/first?x=1&token=s3cret")).await;
     let clients = wait_for("client listed", || {
         let clients = server.clients();
         (clients.as_array()?.len() == 1).then_some(clients)
     });
-    assert_eq!(clients[0]["path"], "/first?x=1");
+    // Query values are credentials often enough (the matchmaker's token)
+    // that they are hidden unless asked for.
+    assert_eq!(clients[0]["path"], "/first?x=…&token=…");
+    let table = String::from_utf8(server.cli(&["clients"]).stdout).expect("utf8");
+    assert!(table.contains("/first?x=…&token=…") && !table.contains("s3cret"), "{table}");
+    assert!(table.ends_with("\n1 connection\n"), "{table}");
+    let full: Value = serde_json::from_slice(&server.cli(&["clients", "--json", "--show-query"]).stdout).expect("json");
+    assert_eq!(full[0]["path"], "/first?x=1&token=s3cret");
     assert!(clients[0]["peer"].as_str().expect("peer").starts_with("127.0.0.1:"));
     let table = String::from_utf8(server.cli(&["status"]).stdout).expect("utf8");
     assert!(table.contains("STATE") && table.contains("ready"), "{table}");
@@ -143,5 +153,75 @@ fn workers_die_with_a_killed_server() {
     server.child = None;
     for pid in pids {
         wait_for("worker exit after parent death", || (!alive(pid)).then_some(()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_as_a_summary_then_the_worker_table_then_sections() {
+    let server = TestServer::start(&format!("{}[tables.seen]\nrows = 4\ncolumns = {{ n = \"i64\" }}\n", echo_config()));
+    let _client = connect(&server.url("/")).await;
+    wait_for("one connection counted", || (server.try_status()?["connections"] == 1).then_some(()));
+    let text = String::from_utf8(server.cli(&["status"]).stdout).expect("utf8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() == 7, "{text}");
+    assert!(lines[0].starts_with("hotsock pid ") && lines[0].contains("; 1 connection (accepted "), "{text}");
+    assert_eq!(lines[1], "", "{text}");
+    assert!(lines[2].starts_with("SLOT ") && lines[2].contains("STATE"), "{text}");
+    assert!(lines[3].starts_with("0 ") && lines[4].starts_with("1 "), "the worker rows follow the header:\n{text}");
+    assert_eq!(lines[5], "", "{text}");
+    assert_eq!(lines[6], "table seen: 0 of 4 rows in use", "{text}");
+}
+
+/// `hotsock status | head -1`: the reader goes away; the CLI must end
+/// quietly, not panic with "failed printing to stdout".
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    let server = TestServer::start(&echo_config());
+    for args in [&["status"][..], &["status", "--json"], &["clients"], &["clients", "--json"]] {
+        // The read end is closed before the CLI writes anything, so its
+        // first write fails with EPIPE every time (a real `head` may race).
+        let (reader, writer) = nix::unistd::pipe().expect("pipe");
+        drop(reader);
+        let output = Command::new(bin("hotsock"))
+            .args(args)
+            .arg("-c")
+            .arg(&server.config)
+            .stdout(Stdio::from(writer))
+            .output()
+            .expect("run hotsock");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
+    }
+}
+
+#[test]
+fn the_config_defaults_to_hotsock_toml_in_the_current_directory() {
+    let server = TestServer::start(&echo_config());
+    assert_eq!(server.config.file_name().and_then(|n| n.to_str()), Some("hotsock.toml"));
+    let output = Command::new(bin("hotsock")).args(["status", "--json"]).current_dir(server.dir.path()).output();
+    let output = output.expect("run hotsock");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(status["pid"].as_u64(), server.child.as_ref().map(|c| u64::from(c.id())));
+
+    let empty = TempDir::new("noconfig");
+    let output = Command::new(bin("hotsock")).arg("status").current_dir(empty.path()).output().expect("run hotsock");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("-c FILE") && stderr.contains("./hotsock.toml does not exist"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_missing_config_names_the_file_and_its_reason_once() {
+    let dir = TempDir::new("missing");
+    let config = dir.path().join("absent.toml");
+    for command in ["check", "status", "start"] {
+        let output = Command::new(bin("hotsock")).args([command, "-c"]).arg(&config).output().expect("run hotsock");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
+        assert!(stderr.contains("absent.toml"), "{command}: {stderr}");
+        assert_eq!(stderr.matches("No such file or directory").count(), 1, "{command}: {stderr}");
     }
 }

@@ -265,13 +265,14 @@ async fn sigkilled_workers_lose_no_waiting_player() {
 
 /// Two headless Chromium pages (Debian's chromium, driven by playwright-core
 /// from tests/node) load the example's page, press "Find match", and show
-/// each other's name.
+/// each other's name and the rule that matched them. Then one searches
+/// again and the server stops under it: the page must say it closed early.
 #[test]
 fn two_browser_pages_match_each_other() {
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing; .ci/run installs Debian's chromium package"
-    );
+    use std::io::BufRead;
+
+    let chromium = hotsock_testkit::chromium();
+    let node = hotsock_testkit::node();
     let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
     let tables = &example[example.find("[tables.players]").expect("tables")..];
     let config = format!(
@@ -279,17 +280,36 @@ fn two_browser_pages_match_each_other() {
         repo_root().join("examples/matchmaker/www").display(),
         bin("matchmaker").display()
     );
-    let server = TestServer::start_with_env(&config, &[("MATCH_SECRET", "page-secret")]);
-    let node = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("node")).find(|p| p.exists()))
-        .expect("node on PATH");
-    let output = std::process::Command::new(node)
+    let mut server = TestServer::start_with_env(&config, &[("MATCH_SECRET", "page-secret")]);
+    let mut child = std::process::Command::new(node)
         .arg(repo_root().join("tests/node/matchmaker_page.js"))
         .arg(format!("http://{}/", server.addr))
         .arg("page-secret")
-        .output()
+        .env("CHROMIUM", &chromium)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("Ada matched Bob, Bob matched Ada"), "{stdout}");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    // The script waits on the page with its own deadlines and exits on
+    // failure, so each line read ends, with the line or with EOF.
+    while !seen.ends_with("searching again\n") {
+        if stdout.read_line(&mut seen).expect("read node's stdout") == 0 {
+            break;
+        }
+    }
+    if seen.ends_with("searching again\n") {
+        // A server stop is the early close a player can meet: 1001 while waiting.
+        let output = server.cli(&["stop"]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(server.wait_exit(), Some(0));
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read node's stdout");
+    seen.push_str(&rest);
+    let output = child.wait_with_output().expect("wait for node");
+    assert!(output.status.success(), "{seen}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(seen.contains("Ada matched Bob, Bob matched Ada, rule shown"), "{seen}");
+    assert!(seen.contains("early close reported: Closed (1001) before a result."), "{seen}");
 }

@@ -93,6 +93,10 @@ async fn saves_trigger_exactly_one_build_and_one_reload_each() {
     let status = wait_built(&server, 1, 2);
     assert_eq!(status["watch"]["last_build"]["ok"], true);
     assert!(status["watch"]["last_build"]["trigger"].as_str().expect("trigger").ends_with("src/lib.rs"));
+    let text = String::from_utf8(server.cli(&["status"]).stdout).expect("utf8");
+    assert!(text.contains(", 1 build, 0 failed"), "singular for one:\n{text}");
+    let row = text.find("\n0 ").expect("slot 0's row");
+    assert!(row < text.find("\nwatching ").expect("watch section"), "the table comes before the sections:\n{text}");
     // Write a temporary file and rename it over the original (atomic save).
     project.write("src/.lib.rs.tmp123", "fn main() { 2 }\n");
     std::fs::rename(project.path("src/.lib.rs.tmp123"), project.path("src/lib.rs")).expect("rename");

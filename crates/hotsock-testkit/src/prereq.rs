@@ -1,0 +1,103 @@
+//! What the tests need besides cargo, and how to get it. `bash .ci/run`
+//! installs all of it once; after that plain `cargo test` works. When
+//! something is missing, the test that needs it fails with one line naming
+//! it and the command that provides it, instead of a bare "No such file".
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The crates every worker binary is built from, besides its own.
+const WORKER_SOURCES: &[&str] = &["crates/hotsock-worker", "crates/hotsock-protocol", "crates/hotsock-table"];
+
+/// The package directory of each workspace binary the tests start, so a
+/// binary older than its sources is caught (cargo test rebuilds only the
+/// binaries of the package under test, not the examples' or the test
+/// worker's).
+const BIN_SOURCES: &[(&str, &str)] = &[
+    ("hotsock", "crates/hotsock"),
+    ("hotsock-testworker", "crates/hotsock-testkit"),
+    ("echo", "examples/echo"),
+    ("matchmaker", "examples/matchmaker"),
+    ("tasks", "examples/tasks"),
+];
+
+fn missing(what: &str, how: &str) -> ! {
+    panic!("missing {what}: {how}")
+}
+
+/// Checks that a workspace binary exists and is not older than its
+/// sources; `path` is where the test expects it.
+pub(crate) fn built_binary(name: &str, path: &Path) {
+    let build = "run `cargo build --workspace --bins` (bash .ci/run does)";
+    let Ok(built) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+        missing(&format!("{} (not built)", path.display()), build)
+    };
+    let Some((_, package)) = BIN_SOURCES.iter().find(|(bin, _)| *bin == name) else { return };
+    let root = crate::repo_root();
+    let newest = std::iter::once(*package)
+        .chain(WORKER_SOURCES.iter().copied())
+        .filter_map(|dir| newest_source(&root.join(dir)))
+        .max_by_key(|(time, _)| *time);
+    if let Some((time, source)) = newest
+        && time > built
+    {
+        missing(&format!("an up-to-date {} (older than {})", path.display(), source.display()), build)
+    }
+}
+
+/// The most recently modified `.rs` or `Cargo.toml` under `dir`.
+fn newest_source(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") || path.ends_with("Cargo.toml") {
+                let Ok(modified) = meta.modified() else { continue };
+                if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
+                    newest = Some((modified, path));
+                }
+            }
+        }
+    }
+    newest
+}
+
+/// The Python of the test venv, with `websockets`.
+pub fn python() -> PathBuf {
+    let python = crate::repo_root().join("target/venv/bin/python");
+    if !python.exists() {
+        missing(
+            "target/venv (Python with websockets)",
+            "`python3 -m venv target/venv && target/venv/bin/pip install websockets==17.4` (bash .ci/run does)",
+        );
+    }
+    python
+}
+
+/// `node` on PATH, with `tests/node/node_modules` installed.
+pub fn node() -> PathBuf {
+    let Some(node) = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("node")).find(|p| p.is_file()))
+    else {
+        missing("node on PATH", "install Node.js 20 with npm (Debian: `apt-get install nodejs npm`)")
+    };
+    if !crate::repo_root().join("tests/node/node_modules").is_dir() {
+        missing("tests/node/node_modules", "run `npm ci` in tests/node (bash .ci/run does)");
+    }
+    node
+}
+
+/// Debian's Chromium, which the page test drives headless (`CHROMIUM`
+/// names another build).
+pub fn chromium() -> PathBuf {
+    let chromium = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    if !chromium.exists() {
+        missing(&chromium.display().to_string(), "`apt-get install chromium` as root (bash .ci/run does)");
+    }
+    chromium
+}
