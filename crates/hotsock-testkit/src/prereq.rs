@@ -15,11 +15,17 @@ const WORKER_SOURCES: &[&str] = &["crates/hotsock-worker", "crates/hotsock-proto
 /// worker's).
 const BIN_SOURCES: &[(&str, &str)] = &[
     ("hotsock", "crates/hotsock"),
+    ("hotsock", "crates/hotsock-server"),
     ("hotsock-testworker", "crates/hotsock-testkit"),
     ("echo", "examples/echo"),
     ("matchmaker", "examples/matchmaker"),
     ("tasks", "examples/tasks"),
 ];
+
+/// What of a package goes into its binary: its sources, the files it
+/// includes, its manifest. Tests, benches and docs do not (editing a test
+/// does not make cargo relink the binary, so they must not count).
+const BUILD_INPUTS: &[&str] = &["src", "templates", "Cargo.toml"];
 
 fn missing(what: &str, how: &str) -> ! {
     panic!("missing {what}: {how}")
@@ -32,11 +38,16 @@ pub(crate) fn built_binary(name: &str, path: &Path) {
     let Ok(built) = std::fs::metadata(path).and_then(|m| m.modified()) else {
         missing(&format!("{} (not built)", path.display()), build)
     };
-    let Some((_, package)) = BIN_SOURCES.iter().find(|(bin, _)| *bin == name) else { return };
+    let packages: Vec<&str> = BIN_SOURCES.iter().filter(|(bin, _)| *bin == name).map(|(_, dir)| *dir).collect();
+    if packages.is_empty() {
+        return;
+    }
     let root = crate::repo_root();
-    let newest = std::iter::once(*package)
+    let newest = packages
+        .into_iter()
         .chain(WORKER_SOURCES.iter().copied())
-        .filter_map(|dir| newest_source(&root.join(dir)))
+        .flat_map(|dir| BUILD_INPUTS.iter().map(|input| root.join(dir).join(input)).collect::<Vec<_>>())
+        .filter_map(|path| newest_source(&path))
         .max_by_key(|(time, _)| *time);
     if let Some((time, source)) = newest
         && time > built
@@ -45,10 +56,14 @@ pub(crate) fn built_binary(name: &str, path: &Path) {
     }
 }
 
-/// The most recently modified `.rs` or `Cargo.toml` under `dir`.
-fn newest_source(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+/// The most recently modified file at or under `path`.
+fn newest_source(path: &Path) -> Option<(SystemTime, PathBuf)> {
+    if path.is_file() {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        return Some((modified, path.to_path_buf()));
+    }
     let mut newest: Option<(SystemTime, PathBuf)> = None;
-    let mut pending = vec![dir.to_path_buf()];
+    let mut pending = vec![path.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
@@ -56,7 +71,7 @@ fn newest_source(dir: &Path) -> Option<(SystemTime, PathBuf)> {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") || path.ends_with("Cargo.toml") {
+            } else {
                 let Ok(modified) = meta.modified() else { continue };
                 if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
                     newest = Some((modified, path));

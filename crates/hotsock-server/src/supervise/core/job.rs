@@ -29,15 +29,21 @@ pub(crate) enum JobPhase {
     },
 }
 
-/// Requests taken together, waiting for their generation's executable.
+/// Who a job answers: the requests it took together, and when it began.
 #[derive(Debug)]
-pub(crate) struct Prepared {
+pub(crate) struct Requesters {
     kind: ReloadKind,
-    canary: Option<usize>,
-    reason: Option<String>,
     waiters: Vec<Waiter>,
     requests: usize,
     began: Instant,
+}
+
+/// Requests taken together, waiting for their generation's executable.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    who: Requesters,
+    canary: Option<usize>,
+    reason: Option<String>,
     from: u64,
 }
 
@@ -45,9 +51,7 @@ pub(crate) struct Prepared {
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) kind: ReloadKind,
-    waiters: Vec<Waiter>,
-    requests: usize,
-    began: Instant,
+    who: Requesters,
     pub(crate) from: u64,
     pub(crate) to: u64,
     strategy: ReloadStrategy,
@@ -89,7 +93,7 @@ impl Core {
     /// What `status` says about the job under way.
     pub(crate) fn reloading(&self) -> Option<String> {
         if let Some(prepared) = &self.preparing {
-            return Some(format!("{:?} {} -> ?: copying the executable", prepared.kind, prepared.from));
+            return Some(format!("{:?} {} -> ?: copying the executable", prepared.who.kind, prepared.from));
         }
         self.job.as_ref().map(|job| match &job.phase {
             JobPhase::Forward if job.canary_until.is_some() => {
@@ -235,23 +239,14 @@ impl Core {
                 waiters.extend(request.waiter.take());
                 false
             });
-            let prepared = Prepared { kind, canary, reason, waiters, requests, began: now, from: self.serving };
+            let who = Requesters { kind, waiters, requests, began: now };
+            let prepared = Prepared { who, canary, reason, from: self.serving };
             match kind {
                 ReloadKind::Tasks if self.config.task_slots == 0 => {
                     tracing::info!("task-worker reload requested, but no task workers are configured: nothing to do");
                     let message = "no task workers are configured; nothing to reload".to_owned();
                     let from = prepared.from;
-                    self.answer(
-                        now,
-                        prepared.waiters,
-                        prepared.requests,
-                        kind,
-                        prepared.began,
-                        from,
-                        from,
-                        true,
-                        message,
-                    );
+                    self.answer(now, prepared.who, from, from, true, message);
                 }
                 ReloadKind::Tasks | ReloadKind::Workers => {
                     self.preparing = Some(prepared);
@@ -262,17 +257,7 @@ impl Core {
                     None => {
                         let from = prepared.from;
                         let why = "no previous generation to roll back to".to_owned();
-                        self.answer(
-                            now,
-                            prepared.waiters,
-                            prepared.requests,
-                            kind,
-                            prepared.began,
-                            from,
-                            from,
-                            false,
-                            why,
-                        );
+                        self.answer(now, prepared.who, from, from, false, why);
                     }
                 },
             }
@@ -286,14 +271,15 @@ impl Core {
         match result {
             Ok(to) => self.begin_job(now, prepared, to),
             Err(why) => {
-                let Prepared { kind, waiters, requests, began, from, .. } = prepared;
-                self.answer(now, waiters, requests, kind, began, from, from, false, why);
+                let from = prepared.from;
+                self.answer(now, prepared.who, from, from, false, why);
             }
         }
     }
 
     fn begin_job(&mut self, now: Instant, prepared: Prepared, to: u64) {
-        let Prepared { kind, canary, reason, waiters, requests, began, from } = prepared;
+        let Prepared { who, canary, reason, from } = prepared;
+        let kind = who.kind;
         let canary = canary.filter(|k| *k > 0 && *k < self.slots.len());
         tracing::info!(?kind, from, to, "reload started");
         let events = self.config.event_slots;
@@ -305,9 +291,7 @@ impl Core {
         };
         self.job = Some(Job {
             kind,
-            waiters,
-            requests,
-            began,
+            who,
             from,
             to,
             strategy: self.config.strategy,
@@ -404,13 +388,13 @@ impl Core {
             }
             JobPhase::Forward => {
                 let message = format!("reload aborted, generation {} keeps serving: {why}", job.from);
-                self.answer(now, job.waiters, job.requests, job.kind, job.began, job.from, job.from, false, message);
+                self.answer(now, job.who, job.from, job.from, false, message);
             }
             JobPhase::Undo { reason } => {
                 // Undo is from `to` (new) back to `from` (old) after the swap.
                 let message = format!("reload failed ({reason}), and switching back failed too: {why}");
                 let serving = job.from;
-                self.answer(now, job.waiters, job.requests, job.kind, job.began, job.to, serving, false, message);
+                self.answer(now, job.who, job.to, serving, false, message);
             }
         }
     }
@@ -430,7 +414,7 @@ impl Core {
         match job.phase {
             JobPhase::Forward if job.kind == ReloadKind::Tasks => {
                 let message = format!("task workers on generation {}", job.to);
-                self.answer(now, job.waiters, job.requests, job.kind, job.began, job.from, job.to, true, message);
+                self.answer(now, job.who, job.from, job.to, true, message);
             }
             JobPhase::Forward => {
                 self.previous = Some(job.from);
@@ -444,12 +428,12 @@ impl Core {
                     Some(reason) => format!("{reason}; {done}"),
                     None => done,
                 };
-                self.answer(now, job.waiters, job.requests, job.kind, job.began, job.from, job.to, true, message);
+                self.answer(now, job.who, job.from, job.to, true, message);
             }
             JobPhase::Undo { reason } => {
                 // After the swap, `to` is the old generation again.
                 let message = format!("reload aborted and undone, generation {} keeps serving: {reason}", job.to);
-                self.answer(now, job.waiters, job.requests, job.kind, job.began, job.to, job.to, false, message);
+                self.answer(now, job.who, job.to, job.to, false, message);
             }
         }
         let mut protect: Vec<u64> = self.slots.iter().map(|s| s.target).collect();
@@ -461,26 +445,15 @@ impl Core {
         self.emit(Command::Prune { protect });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &mut self,
-        now: Instant,
-        waiters: Vec<Waiter>,
-        requests: usize,
-        kind: ReloadKind,
-        began: Instant,
-        from: u64,
-        generation: u64,
-        ok: bool,
-        message: String,
-    ) {
+    /// Tells `who` how the job ended: from which generation to which.
+    fn answer(&mut self, now: Instant, who: Requesters, from: u64, generation: u64, ok: bool, message: String) {
         let outcome = ReloadOutcome {
             ok,
-            kind,
+            kind: who.kind,
             from_generation: from,
             generation,
-            duration_ms: now.saturating_duration_since(began).as_millis() as u64,
-            requests,
+            duration_ms: now.saturating_duration_since(who.began).as_millis() as u64,
+            requests: who.requests,
             message,
         };
         if ok {
@@ -489,7 +462,7 @@ impl Core {
             tracing::error!(from, "reload failed: {}", outcome.message);
         }
         self.last_reload = Some(outcome.clone());
-        self.emit(Command::Answer { waiters, outcome });
+        self.emit(Command::Answer { waiters: who.waiters, outcome });
     }
 
     /// Stopping: the job under way, a job being prepared, and every waiting
@@ -499,18 +472,23 @@ impl Core {
             self.fail_job(now, why.to_owned());
             // An undo phase would start workers; stopping wins.
             if let Some(job) = self.job.take() {
-                let (from, message) = (job.from, why.to_owned());
-                self.answer(now, job.waiters, job.requests, job.kind, job.began, from, from, false, message);
+                let from = job.from;
+                self.answer(now, job.who, from, from, false, why.to_owned());
             }
         }
         if let Some(prepared) = self.preparing.take() {
-            let Prepared { kind, waiters, requests, began, from, .. } = prepared;
-            self.answer(now, waiters, requests, kind, began, from, from, false, why.to_owned());
+            let from = prepared.from;
+            self.answer(now, prepared.who, from, from, false, why.to_owned());
         }
         for request in std::mem::take(&mut self.queue) {
             let serving = self.serving;
-            let waiters = request.waiter.into_iter().collect();
-            self.answer(now, waiters, 1, request.kind, now, serving, serving, false, why.to_owned());
+            let who = Requesters {
+                kind: request.kind,
+                waiters: request.waiter.into_iter().collect(),
+                requests: 1,
+                began: now,
+            };
+            self.answer(now, who, serving, serving, false, why.to_owned());
         }
     }
 }
