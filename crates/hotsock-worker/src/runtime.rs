@@ -292,6 +292,7 @@ impl<A: App> Runner<A> {
     async fn run_lane(self: Arc<Self>, conn: u64, first: ToWorker) {
         let mut event = first;
         loop {
+            let was_redelivered = redelivered(&event);
             self.handle(event).await;
             if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.ctx.idle().notify_waiters();
@@ -305,13 +306,19 @@ impl<A: App> Runner<A> {
                 next
             };
             let Some(next) = next else { return };
+            // After a crash, let the writer put this event's ack on the
+            // socket before the lane's next event starts: the server blames
+            // the first unacknowledged event of a lane for a crash, so if
+            // the next one takes the process down, this one must already
+            // count as done. (The ack woke the writer; a yield lets it run
+            // first.) Redelivered events are where crashes repeat; for the
+            // rest the acks keep batching, and a finished event struck once
+            // by a first crash is never dropped for it (the server runs an
+            // event's last chance alone).
+            if was_redelivered || redelivered(&next) {
+                tokio::task::yield_now().await;
+            }
             event = next;
-            // Let the writer put this event's ack on the socket before the
-            // lane's next event starts: the server blames the first
-            // unacknowledged event of a lane for a crash, so if the next one
-            // takes the process down, this one must already count as done.
-            // (The writer was woken by the ack; a yield lets it run first.)
-            tokio::task::yield_now().await;
         }
     }
 
@@ -383,6 +390,18 @@ impl<A: App> Runner<A> {
             }
             idle.await;
         }
+    }
+}
+
+/// Whether an event is a redelivery (an earlier worker died holding it).
+fn redelivered(event: &ToWorker) -> bool {
+    match event {
+        ToWorker::Handshake { redelivered, .. }
+        | ToWorker::Open { redelivered, .. }
+        | ToWorker::Message { redelivered, .. }
+        | ToWorker::Close { redelivered, .. }
+        | ToWorker::Task { redelivered, .. } => *redelivered,
+        _ => false,
     }
 }
 

@@ -211,6 +211,35 @@ async fn a_poison_event_is_dropped_alone_and_the_event_behind_it_is_delivered() 
     assert_eq!(recv(&mut bystander).await, "unharmed");
 }
 
+/// A finished event just before the poison, in the same burst, is not the
+/// one dropped: at worst a first crash strikes it once (its ack was still in
+/// the worker), its redelivery is acknowledged, and the poison goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_finished_just_before_a_poison_is_never_the_one_dropped() {
+    let config = format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 1\nmax_redeliveries = 2\nrestart_backoff_max_ms = 200\n",
+        bin("hotsock-testworker").display()
+    );
+    let server = TestServer::start(&config);
+    let (mut victim, _) = open_testworker(&server, "/").await;
+    victim.feed(Message::text("echo:before")).await.expect("feed");
+    victim.feed(Message::text("exit")).await.expect("feed");
+    victim.flush().await.expect("flush");
+    let mut replies = Vec::new();
+    let code = loop {
+        match hotsock_testkit::next(&mut victim).await {
+            Some(Message::Text(text)) => replies.push(text.to_string()),
+            Some(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    assert_eq!(code, Some(1011), "{replies:?}");
+    assert!(replies.iter().any(|r| r.ends_with("before")), "the finished event was answered: {replies:?}");
+    let status = server.status();
+    assert_eq!(status["workers"][0]["dropped"], 1, "only the poison was dropped: {status}");
+}
+
 /// A handler panic that takes the process down is named as one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_that_aborts_the_worker_is_reported_as_a_handler_panic() {
