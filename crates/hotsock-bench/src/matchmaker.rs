@@ -57,7 +57,7 @@ enum Seen {
 }
 
 async fn player(port: u16, uid: u64) -> Seen {
-    let gender = if uid % 2 == 0 { "m" } else { "f" };
+    let gender = if uid.is_multiple_of(2) { "m" } else { "f" };
     let game = GAMES[(uid as usize / 2) % GAMES.len()];
     let url = format!("ws://127.0.0.1:{port}/match?uid={uid}&gender={gender}&game={game}&token={}", token(uid));
     let started = Instant::now();

@@ -379,7 +379,7 @@ pub(crate) fn encode_ids(ids: &[u64], dst: &mut BytesMut) {
 
 /// Decodes a list of ids; the body must be a whole number of `u64`s.
 pub(crate) fn decode_ids(kind: Kind, mut buf: &[u8]) -> Result<Vec<u64>, ProtocolError> {
-    if buf.len() % 8 != 0 {
+    if !buf.len().is_multiple_of(8) {
         return Err(ProtocolError::BadBody { kind, reason: "id list is not a multiple of 8 bytes" });
     }
     let mut ids = Vec::with_capacity(buf.len() / 8);

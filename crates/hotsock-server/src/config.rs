@@ -93,6 +93,9 @@ pub struct Config {
     /// `[reload]`: timeouts for starting and stopping workers.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// `[metrics]`: the Prometheus and health listener (off without it).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// `[tables.NAME]`: shared-memory tables every worker maps.
     #[serde(default)]
     pub tables: std::collections::BTreeMap<String, TableConfig>,
@@ -142,6 +145,16 @@ impl Default for ServerConfig {
             stop_timeout_ms: 10_000,
         }
     }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the listener serving `/metrics` (Prometheus text),
+    /// `/healthz` and `/readyz`. Keep it off the public interface: it says
+    /// how the service is doing to whoever asks.
+    pub listen: SocketAddr,
 }
 
 /// How events choose a worker slot (Swoole's `dispatch_mode`).

@@ -21,6 +21,7 @@ use tokio::time::timeout;
 use crate::config::{Config, StopBudget};
 use crate::control::admin::{self, RunFiles};
 use crate::error::{ServerError, io_error};
+use crate::metrics::Metrics;
 use crate::route::hub::Hub;
 use crate::shared::Shared;
 use crate::supervise::driver;
@@ -33,11 +34,16 @@ use crate::wire::{ReloadKind, WorkerPhase};
 use hotsock_protocol::TableSpec;
 use hotsock_table::Table;
 
+/// `listen(2)` backlog of the metrics listener: scrapers are few.
+const METRICS_BACKLOG: u32 = 64;
+
 /// A bound server, not yet running.
 #[derive(Debug)]
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// `[metrics] listen`, when configured.
+    metrics_listener: Option<TcpListener>,
     admin: UnixListener,
     run_files: RunFiles,
     generations: Generations,
@@ -48,7 +54,11 @@ impl Server {
     /// directory. Must be called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let mut run_files = RunFiles::create(&config.run_dir())?;
-        let listener = crate::net::listen::bind(config.server.listen, config.server.backlog)?;
+        let listener = crate::net::listen::bind(config.server.listen, config.server.backlog, "server.listen")?;
+        let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
+            Some(addr) => Some(crate::net::listen::bind(addr, METRICS_BACKLOG, "metrics.listen")?),
+            None => None,
+        };
         let listen = listener.local_addr().map_err(io_error("reading the listen address"))?;
         let admin = run_files.bind_admin()?;
         let mut generations =
@@ -65,7 +75,7 @@ impl Server {
             spawner,
             tables,
             accepted_total: AtomicU64::new(0),
-            rejected_total: AtomicU64::new(0),
+            metrics: Metrics::new(),
             stopping: watch::Sender::new(false),
             supervisor: OnceLock::new(),
             supervision: Mutex::new(SupervisionView { serving: 1, ..SupervisionView::default() }),
@@ -73,7 +83,7 @@ impl Server {
             started: Instant::now(),
             listen,
         });
-        Ok(Server { shared, listener, admin, run_files, generations })
+        Ok(Server { shared, listener, metrics_listener, admin, run_files, generations })
     }
 
     /// The address clients connect to (useful with port 0).
@@ -84,7 +94,9 @@ impl Server {
     /// Starts the workers, serves until `shutdown` resolves or a `stop`
     /// arrives on the admin socket, then stops gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { shared, listener, admin, run_files, generations } = self;
+        let Server { shared, listener, metrics_listener, admin, run_files, generations } = self;
+        // Up before the workers, so /readyz can say why they are not ready.
+        let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::control::scrape::serve(shared.clone(), l)));
         let (supervisor, supervise) = driver::start(shared.clone(), generations);
         let _ = shared.supervisor.set(supervisor.clone());
         let mut supervise = tokio::spawn(supervise);
@@ -101,6 +113,9 @@ impl Server {
             let _ = (&mut supervise).await;
             admin_task.abort();
             signal_task.abort();
+            if let Some(task) = &metrics_task {
+                task.abort();
+            }
             drop(run_files);
             return Err(error);
         }
@@ -126,6 +141,9 @@ impl Server {
         graceful_stop(&shared, &supervisor, &mut supervise).await;
         admin_task.abort();
         signal_task.abort();
+        if let Some(task) = &metrics_task {
+            task.abort();
+        }
         drop(run_files);
         tracing::info!("hotsock stopped");
         Ok(())

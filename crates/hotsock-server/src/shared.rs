@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::route::hub::Hub;
 use crate::supervise::handle::SupervisorHandle;
 use crate::supervise::spawn::Spawner;
@@ -31,7 +32,8 @@ pub(crate) struct Shared {
     /// One permit per connection, open or mid-handshake.
     pub(crate) conn_permits: Arc<Semaphore>,
     pub(crate) accepted_total: AtomicU64,
-    pub(crate) rejected_total: AtomicU64,
+    /// Counters and histograms for `/metrics`.
+    pub(crate) metrics: Metrics,
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) supervisor: OnceLock<SupervisorHandle>,
     /// What the supervisor last published, for `status`.

@@ -255,6 +255,9 @@ pub struct SlotStatus {
     pub heartbeat_age_ms: Option<u64>,
     /// How the last worker of this slot ended, if one did, in words.
     pub last_exit: Option<String>,
+    /// Every exit of this slot's workers since start, by cause name.
+    #[serde(default)]
+    pub exit_counts: std::collections::BTreeMap<String, u64>,
     /// The last exits of this slot's workers (draining ones included),
     /// oldest first, at most [`EXITS_KEPT`].
     #[serde(default)]

@@ -9,7 +9,7 @@
 
 mod prereq;
 
-pub use prereq::{chromium, node, python};
+pub use prereq::{chromium, node, promtool, python};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

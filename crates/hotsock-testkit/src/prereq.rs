@@ -116,3 +116,13 @@ pub fn chromium() -> PathBuf {
     }
     chromium
 }
+
+/// Prometheus's `promtool`, which validates `/metrics` (Debian's
+/// `prometheus` package).
+pub fn promtool() -> PathBuf {
+    let promtool = PathBuf::from("/usr/bin/promtool");
+    if !promtool.exists() {
+        missing("/usr/bin/promtool", "`apt-get install prometheus` as root (bash .ci/run does)");
+    }
+    promtool
+}

@@ -23,10 +23,10 @@ fn slow_echo() -> TestServer {
 /// Four reloads 1.5 s apart, alternating `hotsock reload --wait` and
 /// SIGUSR1: each one's drain deadline kills workers that are mid-handler.
 fn four_reloads(server: &TestServer) {
-    for k in 0..4 {
+    for k in 0..4u32 {
         std::thread::sleep(Duration::from_millis(1500));
         let before = server.status()["generation"].as_u64().expect("generation");
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             let output = server.cli(&["reload", "--wait"]);
             assert!(output.status.success(), "reload {k}: {}", String::from_utf8_lossy(&output.stderr));
         } else {

@@ -54,7 +54,7 @@ type Seen = (u64, &'static str, &'static str, Value, Option<u16>);
 /// collects its result.
 fn spawn_player(server: &TestServer, uid: u64) -> tokio::task::JoinHandle<Seen> {
     let games = ["chess", "go", "poker", "bridge"];
-    let gender = if uid % 2 == 0 { "m" } else { "f" };
+    let gender = if uid.is_multiple_of(2) { "m" } else { "f" };
     let game = games[(uid as usize / 2) % games.len()];
     let url = url(server, uid, gender, game);
     tokio::spawn(async move {

@@ -3,5 +3,6 @@
 //! stops a worker itself; it asks the supervisor.
 
 pub(crate) mod admin;
+pub(crate) mod scrape;
 pub(crate) mod status;
 pub(crate) mod watch;

@@ -41,7 +41,7 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
         uptime_s: shared.started.elapsed().as_secs(),
         connections: shared.hub.connection_count(),
         accepted_total: shared.accepted_total.load(Ordering::Relaxed),
-        rejected_total: shared.rejected_total.load(Ordering::Relaxed),
+        rejected_total: shared.metrics.refused_total(),
         stopping: shared.is_stopping(),
         workers,
     }
@@ -77,5 +77,6 @@ fn slot_status(slot: usize, view: &SlotView, hub: SlotReport) -> SlotStatus {
         heartbeat_age_ms: hub.heartbeat_age_ms.filter(|_| hub.current.is_some()),
         last_exit: view.exits.last().map(|e| e.detail.clone()),
         exits: view.exits.clone(),
+        exit_counts: view.exit_counts.clone(),
     }
 }

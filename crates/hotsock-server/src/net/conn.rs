@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::close;
+use crate::metrics::{Flow, Refused};
 use crate::net::http;
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::hub::Hub;
@@ -51,7 +52,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     let config = &shared.config;
     let _ = stream.set_nodelay(true);
     let peer = peer.to_string();
-    let deadline = Instant::now() + Duration::from_millis(config.server.handshake_timeout_ms);
+    let accepted_at = Instant::now();
+    let deadline = accepted_at + Duration::from_millis(config.server.handshake_timeout_ms);
     // Take the connection slot before reading, so a flood of half-open
     // sockets counts against max_connections too.
     let permit = shared.conn_permits.clone().try_acquire_owned();
@@ -66,14 +68,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
             let dir = config.base_dir.join(config.server.static_dir.as_deref().unwrap_or(std::path::Path::new(".")));
             return answer(&shared, stream, http::static_file(&dir, &method, &path)).await;
         }
-        Ok(Err(refusal)) => return refuse(&shared, stream, refusal.response()).await,
+        Ok(Err(refusal)) => {
+            let why = match refusal {
+                http::Refusal::BadRequest(_) => Refused::BadRequest,
+                http::Refusal::UpgradeRequired | http::Refusal::Plain { .. } => Refused::NotUpgrade,
+                http::Refusal::TooLarge => Refused::HeadTooLarge,
+            };
+            return refuse(&shared, stream, refusal.response(), why).await;
+        }
         Ok(Ok(Some(upgrade))) => upgrade,
     };
     if permit.is_err() || shared.is_stopping() {
         tracing::warn!(%peer, "refusing upgrade: server at max_connections or stopping");
         let body = b"server is at its connection limit or stopping; retry later\n";
-        return refuse(&shared, stream, http::response(503, "Service Unavailable", &[("Retry-After", b"1")], body))
-            .await;
+        let response = http::response(503, "Service Unavailable", &[("Retry-After", b"1")], body);
+        return refuse(&shared, stream, response, Refused::AtCapacity).await;
     }
     let hub = &shared.hub;
     let conn = hub.next_conn_id();
@@ -88,13 +97,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         match tokio::time::timeout_at(deadline, reply).await {
             Ok(Ok(reply)) if reply.status == 101 => (reply.uid, reply.headers),
             Ok(Ok(reply)) => {
-                return refuse(&shared, stream, http::worker_rejection(reply.status, &reply.headers, &reply.body))
-                    .await;
+                let response = http::worker_rejection(reply.status, &reply.headers, &reply.body);
+                return refuse(&shared, stream, response, Refused::WorkerRejected).await;
             }
             _ => {
                 tracing::warn!(conn, %peer, "no worker decided on the handshake within handshake_timeout_ms");
                 let body = b"no worker answered the handshake in time\n";
-                return refuse(&shared, stream, http::response(503, "Service Unavailable", &[], body)).await;
+                let response = http::response(503, "Service Unavailable", &[], body);
+                return refuse(&shared, stream, response, Refused::HandshakeTimeout).await;
             }
         }
     } else {
@@ -104,6 +114,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         return;
     }
     shared.accepted_total.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.handshake(accepted_at.elapsed());
     let early = upgrade.rest.to_vec();
     // The request head (its buffer, headers, path) is not needed any more;
     // free it rather than keep it for the connection's lifetime.
@@ -112,8 +123,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
-    let (code, reason) =
-        Connection { ws, shared: &conn_shared, hub, conn, close_timeout, batch: VecDeque::new() }.run().await;
+    let (code, reason) = Connection {
+        ws,
+        shared: &conn_shared,
+        hub,
+        conn,
+        close_timeout,
+        batch: VecDeque::new(),
+        received: &shared.metrics.received,
+        sent: &shared.metrics.sent,
+    }
+    .run()
+    .await;
     hub.dispatch(conn, [EventBody::Close { code, reason }]);
 }
 
@@ -144,8 +165,8 @@ impl Drop for Registered<'_> {
     }
 }
 
-async fn refuse(shared: &Shared, stream: TcpStream, response: Vec<u8>) {
-    shared.rejected_total.fetch_add(1, Ordering::Relaxed);
+async fn refuse(shared: &Shared, stream: TcpStream, response: Vec<u8>, why: Refused) {
+    shared.metrics.refused(why);
     answer(shared, stream, response).await;
 }
 
@@ -168,6 +189,9 @@ struct Connection<'a> {
     /// Items taken from the outbox for the write under way (taken in one
     /// lock per batch, not one per message; empty and unallocated at rest).
     batch: VecDeque<Outgoing>,
+    /// The server's message counters: one add per batch each way.
+    received: &'a Flow,
+    sent: &'a Flow,
 }
 
 /// How a write batch ended.
@@ -268,6 +292,8 @@ impl Connection<'_> {
             }
         };
         if !events.is_empty() {
+            let bytes = events.iter().map(EventBody::len).sum::<usize>();
+            self.received.add(events.len() as u64, bytes as u64);
             self.hub.dispatch(self.conn, events);
         }
         result
@@ -278,9 +304,11 @@ impl Connection<'_> {
         let shared = self.shared;
         let ws = &mut self.ws;
         let batch = &mut self.batch;
+        let sent = self.sent;
         batch.push_back(first);
         let write = async {
             let mut bytes = 0;
+            let (mut messages, mut message_bytes) = (0, 0);
             let mut close = None;
             loop {
                 let Some(item) = batch.pop_front() else {
@@ -295,6 +323,10 @@ impl Connection<'_> {
                 };
                 shared.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
                 bytes += item.len();
+                if !matches!(item, Outgoing::Close(..)) {
+                    messages += 1;
+                    message_bytes += item.len() as u64;
+                }
                 match item {
                     Outgoing::Text(data) => {
                         if ws.feed(frame(data, Data::Text)).await.is_err() {
@@ -312,6 +344,7 @@ impl Connection<'_> {
                     }
                 }
             }
+            sent.add(messages, message_bytes);
             if ws.flush().await.is_err() {
                 return Written::Failed;
             }

@@ -16,8 +16,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Binds `server.listen` with the configured backlog (socket2, so the
 /// backlog and SO_REUSEADDR are ours to set).
-pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServerError> {
-    let context = format!("cannot listen on {addr} (server.listen)");
+pub(crate) fn bind(addr: SocketAddr, backlog: u32, key: &str) -> Result<TcpListener, ServerError> {
+    let context = format!("cannot listen on {addr} ({key})");
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
         .map_err(io_error(context.clone()))?;
     socket.set_reuse_address(true).map_err(io_error(context.clone()))?;

@@ -27,3 +27,14 @@ pub(crate) struct ConnMeta {
     pub(crate) path: String,
     pub(crate) connected_at_unix_ms: u64,
 }
+
+impl EventBody {
+    /// Payload bytes of a message (0 for the other events), for the
+    /// byte counters.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            EventBody::Message { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+}

@@ -21,7 +21,7 @@ use crate::supervise::generations::{GenerationCopy, Generations, Stored};
 use crate::supervise::handle::{Msg, ReloadRequest, SupervisorHandle};
 use crate::supervise::messages::{Control, WorkerEvent};
 use crate::supervise::worker::{self, Launch};
-use crate::wire::ReloadOutcome;
+use crate::wire::{ReloadKind, ReloadOutcome};
 
 type Copy = JoinHandle<std::io::Result<(GenerationCopy, Stored)>>;
 
@@ -160,6 +160,13 @@ impl Driver {
                 }
                 Command::Prune { protect } => self.generations.prune(&protect),
                 Command::Answer { waiters, outcome } => {
+                    let kind = match outcome.kind {
+                        ReloadKind::Workers => "workers",
+                        ReloadKind::Tasks => "tasks",
+                        ReloadKind::Rollback => "rollback",
+                    };
+                    let took = std::time::Duration::from_millis(outcome.duration_ms);
+                    self.shared.metrics.reload(kind, outcome.ok, took);
                     for waiter in waiters {
                         if let Some(reply) = self.waiters.remove(&waiter) {
                             let _ = reply.send(outcome.clone());

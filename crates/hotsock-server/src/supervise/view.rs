@@ -36,6 +36,7 @@ pub(crate) struct SlotView {
     pub(crate) recycled: u64,
     pub(crate) crash_loop: bool,
     pub(crate) exits: Vec<ExitRecord>,
+    pub(crate) exit_counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// One live worker.
@@ -90,6 +91,7 @@ impl Core {
                             at_unix_ms: e.at_unix_ms,
                         })
                         .collect(),
+                    exit_counts: counters.exits_by_cause.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
                 }
             })
             .collect();

@@ -206,6 +206,8 @@ pub(crate) struct SlotCounters {
     pub(crate) crash_loop: bool,
     /// The last exits, oldest first (at most `EXITS_KEPT`).
     pub(crate) exits: VecDeque<ExitEntry>,
+    /// Every exit since start, by cause.
+    pub(crate) exits_by_cause: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// One worker that ended.
@@ -460,6 +462,7 @@ impl Core {
         let description = exit.describe();
         let failed = exit.cause.is_failure();
         let counters = &mut self.slots[slot].counters;
+        *counters.exits_by_cause.entry(exit.cause.name()).or_default() += 1;
         if counters.exits.len() == EXITS_KEPT {
             counters.exits.pop_front();
         }
