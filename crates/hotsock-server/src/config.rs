@@ -130,6 +130,13 @@ pub struct ServerConfig {
     /// A graceful stop waits this long for workers to acknowledge every
     /// event (the clients' Close events included) before they drain.
     pub stop_timeout_ms: u64,
+    /// Origins a browser page may open a WebSocket from: exact origins
+    /// (`"https://app.example.com"`) or `"*.example.com"` for subdomains.
+    /// Other origins get 403 before any worker sees the request (against
+    /// cross-site WebSocket hijacking). Absent: any origin (a warning at
+    /// start when listening beyond loopback). Requests without an Origin
+    /// header (not from a browser) are not affected.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for ServerConfig {
@@ -143,6 +150,7 @@ impl Default for ServerConfig {
             close_timeout_ms: 1_000,
             static_dir: None,
             stop_timeout_ms: 10_000,
+            allowed_origins: None,
         }
     }
 }
@@ -313,6 +321,13 @@ pub struct LimitsConfig {
     /// WebSocket read buffer per connection. tungstenite's 128 KiB default
     /// costs ~135 KiB per idle connection; 4 KiB keeps idle ones small.
     pub read_buffer_bytes: usize,
+    /// Connections one client address may hold at once (open or
+    /// mid-handshake); one more gets 503. 0: no cap (the default, since
+    /// clients behind one NAT or proxy share an address).
+    pub max_connections_per_ip: u32,
+    /// Upgrade requests one client address may make per second (a token
+    /// bucket with this burst); more get 429. 0: no limit.
+    pub handshakes_per_ip_per_s: u32,
 }
 
 impl Default for LimitsConfig {
@@ -323,6 +338,8 @@ impl Default for LimitsConfig {
             max_inflight_per_conn: 64,
             max_request_head_bytes: 8 << 10,
             read_buffer_bytes: 4 << 10,
+            max_connections_per_ip: 0,
+            handshakes_per_ip_per_s: 0,
         }
     }
 }
@@ -524,6 +541,13 @@ impl Config {
             let problem = format!("names {}, which is not a directory", self.base_dir.join(dir).display());
             return Err(invalid("server.static_dir", problem));
         }
+        if let Some(origins) = &s.allowed_origins {
+            for origin in origins {
+                if let Err(problem) = crate::net::admit::OriginPattern::parse(origin) {
+                    return Err(invalid("server.allowed_origins", format!("has {problem}")));
+                }
+            }
+        }
         if s.handshake_timeout_ms == 0 {
             return Err(invalid("server.handshake_timeout_ms", "must be at least 1".into()));
         }
@@ -618,6 +642,12 @@ impl Config {
     /// twice.
     pub fn stop_budget(&self) -> StopBudget {
         StopBudget::of(self)
+    }
+
+    /// `server.allowed_origins`, parsed (validation checked each).
+    pub(crate) fn origin_patterns(&self) -> Option<Vec<crate::net::admit::OriginPattern>> {
+        let origins = self.server.allowed_origins.as_ref()?;
+        Some(origins.iter().filter_map(|o| crate::net::admit::OriginPattern::parse(o).ok()).collect())
     }
 
     /// The run directory, resolved against the config file's directory.

@@ -43,16 +43,25 @@ pub(crate) enum Refused {
     WorkerRejected,
     /// 503: no worker decided within `server.handshake_timeout_ms`.
     HandshakeTimeout,
+    /// 403: the Origin is not in `server.allowed_origins`.
+    ForbiddenOrigin,
+    /// 503: the address holds `limits.max_connections_per_ip`.
+    PerIpCap,
+    /// 429: the address is over `limits.handshakes_per_ip_per_s`.
+    RateLimited,
 }
 
 impl Refused {
-    const ALL: [Refused; 6] = [
+    const ALL: [Refused; 9] = [
         Refused::BadRequest,
         Refused::NotUpgrade,
         Refused::HeadTooLarge,
         Refused::AtCapacity,
         Refused::WorkerRejected,
         Refused::HandshakeTimeout,
+        Refused::ForbiddenOrigin,
+        Refused::PerIpCap,
+        Refused::RateLimited,
     ];
 
     fn label(self) -> &'static str {
@@ -63,6 +72,9 @@ impl Refused {
             Refused::AtCapacity => "at_capacity",
             Refused::WorkerRejected => "worker_rejected",
             Refused::HandshakeTimeout => "handshake_timeout",
+            Refused::ForbiddenOrigin => "forbidden_origin",
+            Refused::PerIpCap => "per_ip_cap",
+            Refused::RateLimited => "rate_limited",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::config::{Config, StopBudget};
 use crate::control::admin::{self, RunFiles};
 use crate::error::{ServerError, io_error};
 use crate::metrics::Metrics;
+use crate::net::admit::PerIp;
 use crate::route::hub::Hub;
 use crate::shared::Shared;
 use crate::supervise::driver;
@@ -68,6 +69,14 @@ impl Server {
         let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(io_error("starting the spawner"))?;
         let tables = create_tables(&config)?;
         let hub = Hub::new(&config);
+        if config.server.allowed_origins.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                "server.allowed_origins is not set: any web page can open a WebSocket here with its visitors' cookies"
+            );
+        }
+        let origins = config.origin_patterns();
+        let per_ip = PerIp::new(config.limits.max_connections_per_ip, config.limits.handshakes_per_ip_per_s);
         let shared = Arc::new(Shared {
             conn_permits: Arc::new(Semaphore::new(config.server.max_connections)),
             config,
@@ -76,6 +85,8 @@ impl Server {
             tables,
             accepted_total: AtomicU64::new(0),
             metrics: Metrics::new(),
+            origins,
+            per_ip,
             stopping: watch::Sender::new(false),
             supervisor: OnceLock::new(),
             supervision: Mutex::new(SupervisionView { serving: 1, ..SupervisionView::default() }),

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::net::admit::{OriginPattern, PerIp};
 use crate::route::hub::Hub;
 use crate::supervise::handle::SupervisorHandle;
 use crate::supervise::spawn::Spawner;
@@ -34,6 +35,10 @@ pub(crate) struct Shared {
     pub(crate) accepted_total: AtomicU64,
     /// Counters and histograms for `/metrics`.
     pub(crate) metrics: Metrics,
+    /// `server.allowed_origins`, parsed.
+    pub(crate) origins: Option<Vec<OriginPattern>>,
+    /// Per-address connection cap and handshake rate.
+    pub(crate) per_ip: PerIp,
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) supervisor: OnceLock<SupervisorHandle>,
     /// What the supervisor last published, for `status`.

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::close;
 use crate::metrics::{Flow, Refused};
+use crate::net::admit::{self, Held, PerIp};
 use crate::net::http;
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::hub::Hub;
@@ -48,10 +49,10 @@ const ABNORMAL: (u16, &str) = (1006, "");
 type Ws = WebSocketStream<TcpStream>;
 
 /// Serves one accepted TCP connection until it is gone.
-pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr: SocketAddr) {
     let config = &shared.config;
     let _ = stream.set_nodelay(true);
-    let peer = peer.to_string();
+    let peer = peer_addr.to_string();
     let accepted_at = Instant::now();
     let deadline = accepted_at + Duration::from_millis(config.server.handshake_timeout_ms);
     // Take the connection slot before reading, so a flood of half-open
@@ -84,6 +85,27 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
         let response = http::response(503, "Service Unavailable", &[("Retry-After", b"1")], body);
         return refuse(&shared, stream, response, Refused::AtCapacity).await;
     }
+    if !admit::origin_allowed(shared.origins.as_deref(), upgrade.request.header("origin")) {
+        tracing::warn!(%peer, "refusing upgrade: Origin not in server.allowed_origins");
+        let response = http::response(403, "Forbidden", &[], b"this origin may not open a WebSocket here\n");
+        return refuse(&shared, stream, response, Refused::ForbiddenOrigin).await;
+    }
+    let _per_ip = match shared.per_ip.admit(peer_addr.ip(), Instant::now().into_std()) {
+        Ok(held) => PerIpHeld { per_ip: &shared.per_ip, held: Some(held) },
+        Err(why) => {
+            let response = match why {
+                Refused::RateLimited => {
+                    let body = b"too many connection attempts from your address; slow down\n";
+                    http::response(429, "Too Many Requests", &[("Retry-After", b"1")], body)
+                }
+                _ => {
+                    let body = b"your address holds as many connections as it may (limits.max_connections_per_ip)\n";
+                    http::response(503, "Service Unavailable", &[("Retry-After", b"5")], body)
+                }
+            };
+            return refuse(&shared, stream, response, why).await;
+        }
+    };
     let hub = &shared.hub;
     let conn = hub.next_conn_id();
     let conn_shared = Arc::new(ConnShared::default());
@@ -151,6 +173,21 @@ pub(crate) fn ws_config(shared: &Shared) -> WebSocketConfig {
         .max_write_buffer_size(WRITE_BATCH_BYTES + limits.output_buffer_bytes.max(PAYLOAD_MAX_BYTES as usize))
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes))
+}
+
+/// Gives the address's connection back to the per-IP count however
+/// `serve` returns.
+struct PerIpHeld<'a> {
+    per_ip: &'a PerIp,
+    held: Option<Held>,
+}
+
+impl Drop for PerIpHeld<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.per_ip.release(held, Instant::now().into_std());
+        }
+    }
 }
 
 /// Removes the connection from the hub however `serve` returns.

@@ -2,6 +2,7 @@
 //! upgrade. The only place that knows the WebSocket library: everything
 //! else sees whole messages and its own outbox type.
 
+pub(crate) mod admit;
 pub(crate) mod conn;
 pub(crate) mod http;
 pub(crate) mod listen;
