@@ -93,6 +93,9 @@ pub struct Config {
     /// `[reload]`: timeouts for starting and stopping workers.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// `[log]`: where the server's log goes and in which form.
+    #[serde(default)]
+    pub log: LogConfig,
     /// `[metrics]`: the Prometheus and health listener (off without it).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -153,6 +156,37 @@ impl Default for ServerConfig {
             allowed_origins: None,
         }
     }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default, one line an event) or `json` (one object a line,
+    /// for log collectors).
+    pub format: LogFormat,
+    /// Write the log to this file (relative to the config file) instead of
+    /// stderr; SIGHUP reopens it, so logrotate can move it away.
+    pub file: Option<PathBuf>,
+    /// Which events to keep, `RUST_LOG`-style (`info`,
+    /// `info,hotsock_server::net=debug`); `HOTSOCK_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, file: None, level: "info".into() }
+    }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[metrics]`.
@@ -648,6 +682,11 @@ impl Config {
     pub(crate) fn origin_patterns(&self) -> Option<Vec<crate::net::admit::OriginPattern>> {
         let origins = self.server.allowed_origins.as_ref()?;
         Some(origins.iter().filter_map(|o| crate::net::admit::OriginPattern::parse(o).ok()).collect())
+    }
+
+    /// `log.file`, resolved against the config file's directory.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        self.log.file.as_ref().map(|file| self.base_dir.join(file))
     }
 
     /// The run directory, resolved against the config file's directory.

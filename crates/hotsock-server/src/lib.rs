@@ -29,8 +29,8 @@ mod wait;
 mod wire;
 
 pub use config::{
-    Config, ConfigError, DispatchMode, LimitsConfig, MESSAGE_BYTES_CEILING, MetricsConfig, ReloadConfig,
-    ReloadStrategy, ServerConfig, StopBudget, TableConfig, WatchConfig, WorkersConfig,
+    Config, ConfigError, DispatchMode, LimitsConfig, LogConfig, LogFormat, MESSAGE_BYTES_CEILING, MetricsConfig,
+    ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, WatchConfig, WorkersConfig,
 };
 pub use control::admin::{ADMIN_SOCKET, AdminError, PID_FILE, request as admin_request};
 pub use error::ServerError;

@@ -2,6 +2,7 @@
 //! and create a worker crate of one's own (`hotsock new`). The only crate
 //! that uses `anyhow`: library errors become messages and exit codes here.
 
+mod log;
 mod new;
 mod out;
 mod view;
@@ -164,17 +165,13 @@ fn start(path: &Path, watch: bool) -> Result<()> {
             None => bail!("--watch needs a [reload.watch] section in {} (paths, build, ...)", path.display()),
         }
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HOTSOCK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let log_file = log::init(&config)?;
     runtime()?.block_on(async {
+        // Installed before anything can send SIGHUP's default (terminate).
+        let hangups = tokio::spawn(log::reopen_on_sighup(log_file));
         let server = Server::bind(config).await?;
         server.run(shutdown_signal()).await?;
+        hangups.abort();
         Ok(())
     })
 }

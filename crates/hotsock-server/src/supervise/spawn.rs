@@ -148,7 +148,7 @@ fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
     Ok(Spawned { child, socket: ours, stdout, stderr })
 }
 
-/// Forwards a child's output to our stderr, line by line with a prefix,
+/// Forwards a child's output to the server's log, line by line with a prefix,
 /// keeping the tail. Ends at the child's EOF.
 pub(crate) async fn forward_stderr(stderr: impl tokio::io::AsyncRead + Unpin, prefix: String, tail: StderrTail) {
     let mut reader = BufReader::new(stderr);
@@ -159,7 +159,9 @@ pub(crate) async fn forward_stderr(stderr: impl tokio::io::AsyncRead + Unpin, pr
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                eprintln!("{prefix} {text}");
+                // Through the log, so a worker's words land where the
+                // server's go (a file, JSON) and carry a time.
+                tracing::info!(target: "hotsock::output", "{prefix} {text}");
                 tail.push(text);
             }
         }
