@@ -20,6 +20,7 @@ use tokio::time::timeout;
 
 use crate::config::{Config, StopBudget};
 use crate::control::admin::{self, RunFiles};
+use crate::control::notify::{self, Notifier};
 use crate::error::{ServerError, io_error};
 use crate::metrics::Metrics;
 use crate::net::admit::PerIp;
@@ -87,6 +88,7 @@ impl Server {
             metrics: Metrics::new(),
             origins,
             per_ip,
+            notifier: Notifier::from_env(),
             stopping: watch::Sender::new(false),
             supervisor: OnceLock::new(),
             supervision: Mutex::new(SupervisionView { serving: 1, ..SupervisionView::default() }),
@@ -131,6 +133,10 @@ impl Server {
             return Err(error);
         }
         tracing::info!(listen = %shared.listen, workers = shared.config.workers.count, "hotsock is serving");
+        let watchdog = shared.notifier.clone().and_then(|notifier| {
+            notifier.ready(&format!("serving on {}", shared.listen));
+            notify::watchdog_interval().map(|every| tokio::spawn(notify::watchdog(notifier, every)))
+        });
         let accept_task = tokio::spawn(crate::net::listen::accept_loop(shared.clone(), listener));
         let watch_task = shared
             .config
@@ -144,6 +150,9 @@ impl Server {
             () = &mut shutdown => tracing::info!("stop requested by signal"),
             () = raised(&mut stop) => tracing::info!("stop requested over the admin socket"),
         }
+        if let Some(notifier) = &shared.notifier {
+            notifier.send("STOPPING=1");
+        }
         shared.request_stop();
         let _ = accept_task.await;
         if let Some(task) = watch_task {
@@ -153,6 +162,9 @@ impl Server {
         admin_task.abort();
         signal_task.abort();
         if let Some(task) = &metrics_task {
+            task.abort();
+        }
+        if let Some(task) = &watchdog {
             task.abort();
         }
         drop(run_files);

@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::control::notify::Notifier;
 use crate::metrics::Metrics;
 use crate::net::admit::{OriginPattern, PerIp};
 use crate::route::hub::Hub;
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) origins: Option<Vec<OriginPattern>>,
     /// Per-address connection cap and handshake rate.
     pub(crate) per_ip: PerIp,
+    /// systemd's notify socket, when started by systemd with `Type=notify`.
+    pub(crate) notifier: Option<Notifier>,
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) supervisor: OnceLock<SupervisorHandle>,
     /// What the supervisor last published, for `status`.

@@ -3,6 +3,7 @@
 //! stops a worker itself; it asks the supervisor.
 
 pub(crate) mod admin;
+pub(crate) mod notify;
 pub(crate) mod scrape;
 pub(crate) mod status;
 pub(crate) mod watch;

@@ -49,6 +49,7 @@ pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (Superviso
         next_waiter: 1,
         events,
         copying: None,
+        reloading: false,
     };
     (handle, driver.run(rx))
 }
@@ -65,6 +66,8 @@ struct Driver {
     events: mpsc::UnboundedSender<WorkerEvent>,
     /// The executable copy under way (on a blocking thread).
     copying: Option<Copy>,
+    /// A reload was under way at the last publish (for systemd's states).
+    reloading: bool,
 }
 
 impl Driver {
@@ -183,9 +186,21 @@ impl Driver {
         }
     }
 
-    /// Shares what status reports about generations, reloads and phases.
-    fn publish(&self) {
+    /// Shares what status reports about generations, reloads and phases,
+    /// and tells systemd when a reload begins and ends.
+    fn publish(&mut self) {
         let view = self.core.view(Instant::now().into_std());
+        let reloading = view.reloading.is_some();
+        if let Some(notifier) = self.shared.notifier.as_ref().filter(|n| n.announced())
+            && reloading != self.reloading
+        {
+            if reloading {
+                notifier.reloading();
+            } else {
+                notifier.ready(&format!("serving generation {}", view.serving));
+            }
+        }
+        self.reloading = reloading;
         *self.shared.supervision.lock().unwrap_or_else(|p| p.into_inner()) = view;
     }
 }
