@@ -87,6 +87,11 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
+    /// Messages so far.
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
     /// Counts a batch.
     pub(crate) fn add(&self, messages: u64, bytes: u64) {
         self.messages.fetch_add(messages, Ordering::Relaxed);

@@ -358,6 +358,12 @@ pub struct ServerStatus {
     pub accepted_total: u64,
     /// Upgrade requests refused (4xx/5xx) since start.
     pub rejected_total: u64,
+    /// WebSocket data messages received from clients since start.
+    #[serde(default)]
+    pub messages_in_total: u64,
+    /// WebSocket data messages sent to clients since start.
+    #[serde(default)]
+    pub messages_out_total: u64,
     /// Whether a graceful stop is under way.
     pub stopping: bool,
     /// One entry per worker slot.

@@ -128,3 +128,58 @@ async fn readyz_says_why_during_a_failed_start_and_while_stopping() {
     assert_eq!((status, body.as_str()), (503, "not ready: the server is stopping\n"));
     assert!(stopper.join().expect("stopper").status.success());
 }
+
+/// The dashboard in headless Chromium: the workers, and a reload shown live
+/// (the screenshot lands in target/dashboard-during-reload.png).
+#[test]
+fn the_dashboard_shows_workers_and_a_reload_live() {
+    use std::io::BufRead;
+    let chromium = hotsock_testkit::chromium();
+    let node = hotsock_testkit::node();
+    let (text, metrics) = config("[reload]\nmax_wait_ms = 3000\n");
+    let server = TestServer::start(&text);
+    assert_eq!(get(metrics, "/status.json").0, 200);
+    let screenshot = hotsock_testkit::repo_root().join("target/dashboard-during-reload.png");
+    let mut child = Command::new(node)
+        .arg(hotsock_testkit::repo_root().join("tests/node/dashboard_page.js"))
+        .arg(format!("http://{metrics}/"))
+        .arg(&screenshot)
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    while !seen.ends_with("ready\n") {
+        if stdout.read_line(&mut seen).expect("read node's stdout") == 0 {
+            break;
+        }
+    }
+    if seen.ends_with("ready\n") {
+        // Traffic for the rate chart, then the reload the page must show.
+        // and a slow event, so the old worker drains while the page looks.
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let _client = runtime.block_on(async {
+            let (mut client, _) = open_testworker(&server, "/").await;
+            for n in 0..20 {
+                send(&mut client, &format!("echo:{n}")).await;
+                assert_eq!(recv(&mut client).await, n.to_string());
+            }
+            send(&mut client, "sleep:2500:slow").await;
+            client
+        });
+        let output = server.cli(&["reload", "--wait"]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read node's stdout");
+    seen.push_str(&rest);
+    let output = child.wait_with_output().expect("wait for node");
+    assert!(
+        output.status.success() && seen.ends_with("done\n"),
+        "dashboard page: {seen}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(screenshot.exists());
+}

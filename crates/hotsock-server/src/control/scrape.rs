@@ -1,7 +1,8 @@
 //! The metrics listener (`[metrics] listen`): `/metrics` for Prometheus,
 //! `/healthz` (the process serves) and `/readyz` (every slot's worker of the
 //! serving generation is Ready and the server is not stopping) for load
-//! balancers and orchestrators. Plain HTTP/1.1, one request per connection,
+//! balancers and orchestrators, and `/` a live dashboard over
+//! `/status.json` (what `hotsock status --json` shows). Plain HTTP/1.1, one request per connection,
 //! bounded in size and time; it never touches a client connection.
 
 use std::sync::Arc;
@@ -14,6 +15,10 @@ use crate::control::status::server_status;
 use crate::net::http::{self, Refusal};
 use crate::shared::Shared;
 use crate::wire::{ServerStatus, WorkerPhase};
+
+/// The live dashboard: plain HTML and JavaScript, no build step; it polls
+/// `/status.json` once a second.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Largest request head the metrics listener reads: a scrape is one line
 /// and a few headers.
@@ -65,11 +70,21 @@ fn route(shared: &Shared, method: &str, path: &str) -> Vec<u8> {
             http::response(200, "OK", &[("Content-Type", b"text/plain; version=0.0.4; charset=utf-8")], body.as_bytes())
         }
         "/healthz" => http::response(200, "OK", &[], b"ok\n"),
+        "/" => http::response(200, "OK", &[("Content-Type", b"text/html; charset=utf-8")], DASHBOARD.as_bytes()),
+        "/status.json" => match serde_json::to_vec(&server_status(shared)) {
+            Ok(body) => http::response(
+                200,
+                "OK",
+                &[("Content-Type", b"application/json"), ("Cache-Control", b"no-store")],
+                &body,
+            ),
+            Err(_) => http::response(500, "Internal Server Error", &[], b"status did not serialize\n"),
+        },
         "/readyz" => match readiness(&server_status(shared)) {
             Ok(()) => http::response(200, "OK", &[], b"ready\n"),
             Err(why) => http::response(503, "Service Unavailable", &[], format!("not ready: {why}\n").as_bytes()),
         },
-        _ => http::response(404, "Not Found", &[], b"not found: try /metrics, /healthz or /readyz\n"),
+        _ => http::response(404, "Not Found", &[], b"not found: try /, /metrics, /healthz, /readyz or /status.json\n"),
     }
 }
 

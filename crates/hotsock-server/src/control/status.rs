@@ -42,6 +42,8 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
         connections: shared.hub.connection_count(),
         accepted_total: shared.accepted_total.load(Ordering::Relaxed),
         rejected_total: shared.metrics.refused_total(),
+        messages_in_total: shared.metrics.received.messages(),
+        messages_out_total: shared.metrics.sent.messages(),
         stopping: shared.is_stopping(),
         workers,
     }
