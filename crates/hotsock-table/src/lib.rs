@@ -320,7 +320,7 @@ impl Table {
                 }
             }
             spins += 1;
-            if spins % SPINS_PER_OWNER_CHECK == 0 {
+            if spins.is_multiple_of(SPINS_PER_OWNER_CHECK) {
                 // A writer may have died mid-write, leaving the counter odd.
                 self.repair_if_dead(row);
             }
@@ -614,7 +614,7 @@ impl Table {
                 Err(holder) => holder,
             };
             spins += 1;
-            if holder != 0 && spins % SPINS_PER_OWNER_CHECK == 0 {
+            if holder != 0 && spins.is_multiple_of(SPINS_PER_OWNER_CHECK) {
                 if !alive(Owner::pid_of(holder)) {
                     if word.compare_exchange(holder, self.owner, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                         if let Some(row) = row {
