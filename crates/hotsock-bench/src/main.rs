@@ -17,6 +17,7 @@ mod edit;
 mod idle;
 mod load;
 mod matchmaker;
+mod matchmaker_pool;
 mod procfs;
 mod reload;
 mod report;
@@ -163,6 +164,17 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Pairing as the pool grows: N players of one gender waiting, then N
+    /// of the other arriving, for each N.
+    MatchmakerPool {
+        /// Waiting players per run (comma-separated); each needs an open
+        /// connection, so at most `ulimit -n` minus a few hundred.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 18000])]
+        waiting: Vec<usize>,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// (internal) One process of the 4-process table runs.
     TableChild {
         /// get, set or incr.
@@ -189,6 +201,7 @@ fn main() -> Result<()> {
         Scenario::Matchmaker { players, rate, reload_every, out } => {
             matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
         }
+        Scenario::MatchmakerPool { waiting, out } => matchmaker_pool::run(&matchmaker_pool::Params { waiting }, &out),
         Scenario::Tasks { connections, seconds, out } => tasks::run(connections, seconds, &out),
         Scenario::TableChild { op, ops } => table::child(&op, ops),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
@@ -220,6 +233,8 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
     tasks::run(20, scale(5, 2), out)?;
     table::run(scale(2_000_000, 300_000) as usize, out)?;
     matchmaker::run(&matchmaker::Params { players: scale(2000, 600) as usize, rate: 400, reload_every_s: 1 }, out)?;
+    let waiting = if quick { vec![1000, 5000] } else { vec![1000, 10_000, 18_000] };
+    matchmaker_pool::run(&matchmaker_pool::Params { waiting }, out)?;
     edit::run(scale(5, 2) as usize, out)?;
     eprintln!("== all scenarios done in {:?}", started.elapsed());
     Ok(())
