@@ -18,6 +18,7 @@ mod idle;
 mod load;
 mod matchmaker;
 mod matchmaker_pool;
+mod pin;
 mod procfs;
 mod reload;
 mod report;
@@ -54,6 +55,10 @@ enum Scenario {
         /// Rounds in which the targets take turns; figures are the median.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Each server (with its workers) on core 0, this load generator on
+        /// core 1 (`pin.rs`); written to its own section.
+        #[arg(long)]
+        pin: bool,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -126,6 +131,10 @@ enum Scenario {
         /// Seconds measured per target.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Each server (with its workers) on core 0, this load generator on
+        /// core 1 (`pin.rs`); written to its own section.
+        #[arg(long)]
+        pin: bool,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -191,13 +200,20 @@ enum Scenario {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // Before any runtime or thread starts, so that all of them inherit it.
+    if matches!(command, Scenario::Echo { pin: true, .. } | Scenario::Pipelined { pin: true, .. }) {
+        pin::enable()?;
+    }
+    match command {
         Scenario::BaselineServer { port } => baseline::serve(port),
         Scenario::Edit { edits, out } => edit::run(edits, &out),
         Scenario::Table { ops, out } => table::run(ops, &out),
         Scenario::Idle { counts, out } => idle::run(&counts, &out),
         Scenario::All { quick, out } => all(quick, &out),
-        Scenario::Pipelined { connections, depth, seconds, out } => echo::pipelined(connections, depth, seconds, &out),
+        Scenario::Pipelined { connections, depth, seconds, pin: _, out } => {
+            echo::pipelined(connections, depth, seconds, &out)
+        }
         Scenario::Matchmaker { players, rate, reload_every, out } => {
             matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
         }
@@ -207,7 +223,7 @@ fn main() -> Result<()> {
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
         }
-        Scenario::Echo { connections, seconds, size, rounds, out } => {
+        Scenario::Echo { connections, seconds, size, rounds, pin: _, out } => {
             echo::run(&echo::Params { connections, seconds, size, rounds: rounds.max(1) }, &out)
         }
     }
@@ -295,7 +311,7 @@ pub(crate) fn spawn_hotsock(
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("hotsock.toml");
     std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{config}"))?;
-    let mut command = Command::new(sibling("hotsock")?);
+    let mut command = pin::command(sibling("hotsock")?);
     command.args(["start", "-c"]).arg(&path).env("HOTSOCK_LOG", "warn").stdout(Stdio::null());
     for (key, value) in env {
         command.env(key, value);
@@ -322,7 +338,7 @@ pub(crate) fn start_hotsock() -> Result<Target> {
 
 pub(crate) fn start_baseline() -> Result<Target> {
     let port = free_port()?;
-    let child = Command::new(std::env::current_exe()?)
+    let child = pin::command(std::env::current_exe()?)
         .args(["baseline-server", "--port", &port.to_string()])
         .stdout(Stdio::null())
         .spawn()?;
@@ -344,7 +360,7 @@ pub(crate) fn start_node_peer() -> Result<Target> {
         }
     }
     let port = free_port()?;
-    let child = Command::new("node")
+    let child = pin::command("node")
         .arg(node_dir.join("echo_server.js"))
         .arg(port.to_string())
         .stdout(Stdio::null())
