@@ -217,14 +217,14 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
         "## matchmaker-pool: pairing with {list} players waiting (one game)\n\n\
          - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench matchmaker-pool --waiting {list}` (release builds of hotsock and examples/matchmaker, 2 workers, rule opposite-gender; the players table raised to hold the run)\n\
          - Per run: N men enter the pool ({IN_FLIGHT} connecting at a time, each until its `waiting`), then N women arrive the same way and each is paired; matches/s counts from the first woman's connect until every player of both sides has its result.\n\n\
-         | waiting | entering the pool /s | matches/s | matched players | wrong | double | never answered | server CPU (cores) while pairing |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | waiting | entering the pool /s | matches/s | matched players | wrong | double | never answered | server CPU (cores) while pairing | server CPU µs per match |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         report::machine(),
         report::today(),
     );
     for run in &runs {
         text.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.2} |\n",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.2} | {:.0} |\n",
             run.waiting,
             run.enter_per_s,
             run.matches_per_s,
@@ -232,7 +232,8 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
             run.wrong,
             run.double,
             run.unanswered,
-            run.cpu.server_cores
+            run.cpu.server_cores,
+            run.cpu.server_cores * 1e6 / run.matches_per_s.max(1e-9),
         ));
     }
     text.push_str("\nWrong, double and never-answered must be 0.");
@@ -242,6 +243,10 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
             large / small.max(1e-9)
         ));
     }
+    text.push_str(
+        " Server CPU per match (the server and both workers, for a woman's handshake, token check, pairing, two \
+         results and two closes) shows the pairing's cost apart from how busy the load generator kept the machine.",
+    );
     text.push_str(&format!(
         " The largest pool measured is what this machine's limit of {files} open files per process allows (every waiting \
          player is an open connection in the server and in the load generator; 50,000 would need a higher `ulimit -n`).\n\n"
