@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::chart::{self, Axes, Series};
 use crate::load::{self, Throughput};
-use crate::{Target, report, start_baseline, start_hotsock, start_node_peer};
+use crate::{Target, pin, report, start_baseline, start_hotsock, start_node_peer};
 
 /// The connection count the targets in the issue are stated at.
 const HEADLINE_CONNECTIONS: usize = 100;
@@ -47,6 +47,7 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
             for (t, target) in targets.iter().enumerate() {
                 let load = load::Params { connections, seconds: params.seconds, size: params.size };
                 let result = runtime.block_on(load::ping_pong(target.port, &load, target.child.id()))?;
+                pin::verify(&target.pids())?;
                 eprintln!(
                     "== echo round {round}: {} at {connections} connections: {:.0} msg/s, p50 {} us, p99 {} us",
                     target.name, result.msgs_per_s, result.p50_us, result.p99_us
@@ -73,30 +74,35 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     drop(targets);
     let counts = params.connections.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
     let mut text = format!(
-        "## echo: ping-pong at {counts} connections, {} B text messages\n\n\
-         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench echo --connections {counts} --seconds {} --size {} --rounds {}`\n\
+        "## echo{}: ping-pong at {counts} connections, {} B text messages\n\n\
+         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench echo{} --connections {counts} --seconds {} --size {} --rounds {}`\n\
          - Each figure is the median of {} rounds of {} s measured (after a warm-up) in which the three targets take turns; \
-         load generator, servers and workers share the machine's cores; all traffic on 127.0.0.1.\n\n",
+         {}; all traffic on 127.0.0.1.\n\n",
+        section_suffix(),
         params.size,
         report::machine(),
         report::today(),
+        pin_flag(),
         params.seconds,
         params.size,
         params.rounds,
         params.rounds,
         params.seconds,
+        placement(),
     );
     text.push_str(&table(&rows));
     text.push_str(&headline(&rows));
+    text.push_str(CPU_PER_MESSAGE);
     text.push_str(
         "\nThe ceiling has no worker hop: each message crosses one process; through hotsock it crosses the server, \
          a Unix socket, a worker and back. hotsock runs one echo worker process here: on 2 cores shared with the \
          load generator a second one only adds context switches (about 5-15% less throughput when measured), and \
          the peer is a single process as well. Server CPU counts the server and its workers.\n\n",
     );
-    text.push_str(&charts(out, "echo", &rows));
-    json("echo", &rows);
-    report::write_section(out, "echo", &text).with_context(|| format!("writing {}", out.display()))?;
+    let scenario = format!("echo{}", section_suffix());
+    text.push_str(&charts(out, &scenario, &rows));
+    json(&scenario, &rows);
+    report::write_section(out, &scenario, &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())
 }
@@ -108,36 +114,71 @@ pub(crate) fn pipelined(connections: usize, depth: usize, seconds: u64, out: &Pa
     for start in TARGETS {
         let target = start()?;
         let result = runtime.block_on(load::pipelined(target.port, connections, depth, seconds, target.child.id()))?;
+        pin::verify(&target.pids())?;
         eprintln!("== pipelined {}: {:.0} msg/s", target.name, result.msgs_per_s);
         rows.push(Row { target: target.name, label: target.label, connections, result });
     }
+    let scenario = format!("pipelined{}", section_suffix());
     let mut text = format!(
-        "## pipelined: {connections} connections x {depth} messages in flight, 64 B, {seconds} s\n\n\
-         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench pipelined --connections {connections} --depth {depth} --seconds {seconds}`\n\n",
+        "## {scenario}: {connections} connections x {depth} messages in flight, 64 B, {seconds} s\n\n\
+         - Machine: {}\n- Date: {}\n- Command: `target/release/hotsock-bench pipelined{} --connections {connections} --depth {depth} --seconds {seconds}`\n\
+         - The targets run one after the other; {}.\n\n",
         report::machine(),
-        report::today()
+        report::today(),
+        pin_flag(),
+        placement(),
     );
     text.push_str(&table(&rows));
     if let [ceiling, hotsock, peer] = &rows[..] {
         text.push_str(&format!(
             "\n**hotsock / Node.js ws: {:.2}**, hotsock / ceiling: {:.2}. With many messages in flight every hop \
-             writes many frames per syscall (batched writes).\n\n",
+             writes many frames per syscall (batched writes).{}\n\n",
             hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
             hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
+            if pin::pinned() { " Aim when pinned: hotsock / ceiling at least 0.5." } else { "" },
         ));
     }
+    text.push_str(CPU_PER_MESSAGE);
     let bars: Vec<(String, f64)> = rows.iter().map(|r| (r.label.to_owned(), r.result.msgs_per_s)).collect();
     let title = format!("pipelined: msg/s, {depth} in flight x {connections} connections");
     text.push_str(&chart::save(
         out,
-        "pipelined-throughput",
+        &format!("{scenario}-throughput"),
         &title,
         &chart::bars(&title, "messages per second", &bars),
     ));
-    json("pipelined", &rows);
-    report::write_section(out, "pipelined", &text).with_context(|| format!("writing {}", out.display()))?;
+    json(&scenario, &rows);
+    report::write_section(out, &scenario, &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())
+}
+
+/// What the CPU-per-message column means.
+const CPU_PER_MESSAGE: &str = "\nServer CPU µs/msg is the CPU time of the server (with its workers) during the \
+measured span divided by the messages answered in it: what one message costs the target, whatever the load \
+generator's share of the machine.\n";
+
+/// The report section's name suffix: pinned runs have their own sections.
+fn section_suffix() -> &'static str {
+    if pin::pinned() { "-pinned" } else { "" }
+}
+
+fn pin_flag() -> &'static str {
+    if pin::pinned() { " --pin" } else { "" }
+}
+
+/// Where the processes ran, for the report.
+fn placement() -> String {
+    if pin::pinned() {
+        format!(
+            "**pinned**: each server and its workers on core {} only, the load generator on core {} only \
+             (`taskset`, checked in /proc for every thread after each run)",
+            pin::SERVER_CORE,
+            pin::LOAD_CORE
+        )
+    } else {
+        "**unpinned**: load generator, servers and workers share the machine's cores".to_owned()
+    }
 }
 
 /// The msg/s of the ceiling run at the same connection count as `row`.
@@ -150,18 +191,19 @@ fn ceiling_of(rows: &[Row], row: &Row) -> f64 {
 
 fn table(rows: &[Row]) -> String {
     let mut text = String::from(
-        "| target | connections | msg/s | vs ceiling | p50 µs | p99 µs | server CPU (cores) | load generator CPU \
-         (cores) | busiest load thread | load generator saturated |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| target | connections | msg/s | vs ceiling | server CPU µs/msg | p50 µs | p99 µs | server CPU (cores) | load \
+         generator CPU (cores) | busiest load thread | load generator saturated |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for row in rows {
         let r = &row.result;
         text.push_str(&format!(
-            "| {} | {} | {:.0} | {:.2} | {} | {} | {:.2} | {:.2} | {:.0}% | {} |\n",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.2} | {:.2} | {:.0}% | {} |\n",
             row.target,
             row.connections,
             r.msgs_per_s,
             r.msgs_per_s / ceiling_of(rows, row),
+            r.server_cpu_us_per_msg(),
             r.p50_us,
             r.p99_us,
             r.cpu.server_cores,
@@ -182,12 +224,19 @@ fn headline(rows: &[Row]) -> String {
     let at: Vec<&Row> = rows.iter().filter(|r| r.connections == count).collect();
     let [ceiling, hotsock, peer] = at[..] else { return String::new() };
     let mut text = format!(
-        "\nAt {count} connections: **hotsock / ceiling: {:.2}** (target: at least 0.6), **hotsock / Node.js ws: \
+        "\nAt {count} connections: **hotsock / ceiling: {:.2}** (target: at least {}), **hotsock / Node.js ws: \
          {:.2}** (target: above 1).\n",
         hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
+        if pin::pinned() { "0.65 when pinned" } else { "0.6" },
         hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
     );
-    if at.iter().all(|r| r.result.cpu.machine_saturated()) {
+    if pin::pinned() {
+        text.push_str(
+            "\nPinned, each target has one core to itself and the load generator has the other: a server CPU near \
+             1.00 core means the target was the limit; a saturated load generator means the figure is a lower \
+             bound for that target.\n",
+        );
+    } else if at.iter().all(|r| r.result.cpu.machine_saturated()) {
         text.push_str(
             "\nIn these runs the load generator and the target together kept the machine's cores busy: \
              throughput is bounded by CPU, so the ratios compare CPU spent per message (the load generator's \
@@ -246,6 +295,7 @@ fn json(scenario: &str, rows: &[Row]) {
                 .map(|r| serde_json::json!({
                     "target": r.target, "connections": r.connections, "msgs_per_s": r.result.msgs_per_s,
                     "p50_us": r.result.p50_us, "p99_us": r.result.p99_us, "cpu": r.result.cpu,
+                    "server_cpu_us_per_msg": r.result.server_cpu_us_per_msg(), "pinned": pin::pinned(),
                 }))
                 .collect::<Vec<_>>()
         ),

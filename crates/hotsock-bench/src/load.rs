@@ -33,6 +33,12 @@ pub(crate) struct Throughput {
 }
 
 impl Throughput {
+    /// Server CPU (with its workers) per message answered, in µs: the CPU
+    /// was measured over the same span the messages were counted in.
+    pub(crate) fn server_cpu_us_per_msg(&self) -> f64 {
+        self.cpu.server_cores * 1e6 / self.msgs_per_s.max(1e-9)
+    }
+
     fn new(count: u64, seconds: u64, latency: &Histogram<u64>, cpu: CpuUse) -> Self {
         Throughput {
             msgs_per_s: count as f64 / seconds.max(1) as f64,

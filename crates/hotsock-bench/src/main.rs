@@ -17,6 +17,8 @@ mod edit;
 mod idle;
 mod load;
 mod matchmaker;
+mod matchmaker_pool;
+mod pin;
 mod procfs;
 mod reload;
 mod report;
@@ -53,6 +55,10 @@ enum Scenario {
         /// Rounds in which the targets take turns; figures are the median.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Each server (with its workers) on core 0, this load generator on
+        /// core 1 (`pin.rs`); written to its own section.
+        #[arg(long)]
+        pin: bool,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -125,6 +131,10 @@ enum Scenario {
         /// Seconds measured per target.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Each server (with its workers) on core 0, this load generator on
+        /// core 1 (`pin.rs`); written to its own section.
+        #[arg(long)]
+        pin: bool,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -163,6 +173,17 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
+    /// Pairing as the pool grows: N players of one gender waiting, then N
+    /// of the other arriving, for each N.
+    MatchmakerPool {
+        /// Waiting players per run (comma-separated); each needs an open
+        /// connection, so at most `ulimit -n` minus a few hundred.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 18000])]
+        waiting: Vec<usize>,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// (internal) One process of the 4-process table runs.
     TableChild {
         /// get, set or incr.
@@ -179,22 +200,30 @@ enum Scenario {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // Before any runtime or thread starts, so that all of them inherit it.
+    if matches!(command, Scenario::Echo { pin: true, .. } | Scenario::Pipelined { pin: true, .. }) {
+        pin::enable()?;
+    }
+    match command {
         Scenario::BaselineServer { port } => baseline::serve(port),
         Scenario::Edit { edits, out } => edit::run(edits, &out),
         Scenario::Table { ops, out } => table::run(ops, &out),
         Scenario::Idle { counts, out } => idle::run(&counts, &out),
         Scenario::All { quick, out } => all(quick, &out),
-        Scenario::Pipelined { connections, depth, seconds, out } => echo::pipelined(connections, depth, seconds, &out),
+        Scenario::Pipelined { connections, depth, seconds, pin: _, out } => {
+            echo::pipelined(connections, depth, seconds, &out)
+        }
         Scenario::Matchmaker { players, rate, reload_every, out } => {
             matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
         }
+        Scenario::MatchmakerPool { waiting, out } => matchmaker_pool::run(&matchmaker_pool::Params { waiting }, &out),
         Scenario::Tasks { connections, seconds, out } => tasks::run(connections, seconds, &out),
         Scenario::TableChild { op, ops } => table::child(&op, ops),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
         }
-        Scenario::Echo { connections, seconds, size, rounds, out } => {
+        Scenario::Echo { connections, seconds, size, rounds, pin: _, out } => {
             echo::run(&echo::Params { connections, seconds, size, rounds: rounds.max(1) }, &out)
         }
     }
@@ -220,6 +249,8 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
     tasks::run(20, scale(5, 2), out)?;
     table::run(scale(2_000_000, 300_000) as usize, out)?;
     matchmaker::run(&matchmaker::Params { players: scale(2000, 600) as usize, rate: 400, reload_every_s: 1 }, out)?;
+    let waiting = if quick { vec![1000, 5000] } else { vec![1000, 10_000, 18_000] };
+    matchmaker_pool::run(&matchmaker_pool::Params { waiting }, out)?;
     edit::run(scale(5, 2) as usize, out)?;
     eprintln!("== all scenarios done in {:?}", started.elapsed());
     Ok(())
@@ -280,7 +311,7 @@ pub(crate) fn spawn_hotsock(
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("hotsock.toml");
     std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{config}"))?;
-    let mut command = Command::new(sibling("hotsock")?);
+    let mut command = pin::command(sibling("hotsock")?);
     command.args(["start", "-c"]).arg(&path).env("HOTSOCK_LOG", "warn").stdout(Stdio::null());
     for (key, value) in env {
         command.env(key, value);
@@ -307,7 +338,7 @@ pub(crate) fn start_hotsock() -> Result<Target> {
 
 pub(crate) fn start_baseline() -> Result<Target> {
     let port = free_port()?;
-    let child = Command::new(std::env::current_exe()?)
+    let child = pin::command(std::env::current_exe()?)
         .args(["baseline-server", "--port", &port.to_string()])
         .stdout(Stdio::null())
         .spawn()?;
@@ -329,7 +360,7 @@ pub(crate) fn start_node_peer() -> Result<Target> {
         }
     }
     let port = free_port()?;
-    let child = Command::new("node")
+    let child = pin::command("node")
         .arg(node_dir.join("echo_server.js"))
         .arg(port.to_string())
         .stdout(Stdio::null())

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::procfs::{CpuMeter, CpuUse};
 use crate::{report, sibling, spawn_hotsock};
 
-const SECRET: &str = "bench-secret";
+pub(crate) const SECRET: &str = "bench-secret";
 const GAMES: [&str; 4] = ["chess", "go", "poker", "bridge"];
 /// A player with no answer after this counts as never answered.
 const ANSWER_MAX: Duration = Duration::from_secs(30);
@@ -30,7 +30,7 @@ pub(crate) struct Params {
     pub(crate) reload_every_s: u64,
 }
 
-fn token(uid: u64) -> String {
+pub(crate) fn token(uid: u64) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()) else { return String::new() };
     mac.update(uid.to_string().as_bytes());
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()

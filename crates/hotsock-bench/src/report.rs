@@ -24,7 +24,19 @@ what to read. Each section is rewritten by its own scenario (`hotsock-bench <sce
 them all. Charts are in `docs/bench/`, each run's figures as JSON in `target/bench/<scenario>.json`.\n";
 
 /// The order of the sections in the report (that of `hotsock-bench all`).
-const ORDER: [&str; 8] = ["echo", "pipelined", "idle", "reload", "tasks", "table", "matchmaker", "edit"];
+const ORDER: [&str; 11] = [
+    "echo",
+    "echo-pinned",
+    "pipelined",
+    "pipelined-pinned",
+    "idle",
+    "reload",
+    "tasks",
+    "table",
+    "matchmaker",
+    "matchmaker-pool",
+    "edit",
+];
 
 /// Replaces one scenario's section of the report file, or inserts it in
 /// its place in `ORDER`, leaving the others as they are.

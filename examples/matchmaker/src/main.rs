@@ -12,6 +12,8 @@
 //! (optional: `opposite-gender` or `rating-window`, read at worker start).
 
 mod auth;
+mod fault;
+mod index;
 mod pool;
 mod rules;
 
@@ -22,7 +24,7 @@ use std::time::Duration;
 use hotsock_worker::{App, Bytes, Close, Ctx, Decision, Handshake, Open, Table, TableError, Value};
 use serde_json::json;
 
-use crate::pool::{DONE, MATCHED, Player, RESERVED, WAITING};
+use crate::pool::{DONE, MATCHED, Player, PoolLock, RESERVED, WAITING};
 use crate::rules::RuleSet;
 
 /// The secret used when `MATCH_SECRET` is unset, so the example runs on its
@@ -37,6 +39,10 @@ const RESEND_AFTER_MS: i64 = 1_000;
 /// A handshake that never became an open connection (the client left during
 /// the upgrade) is forgotten after this: far longer than any Open can lag.
 const RESERVED_MAX_MS: i64 = 120_000;
+/// Reservations are looked for by a full scan, without the lock, only
+/// every this many janitor passes (every 5 s): the only scan left, and
+/// `RESERVED_MAX_MS` makes it rare work.
+const RESERVED_SWEEP_EVERY: u32 = 25;
 
 struct Matchmaker {
     secret: Vec<u8>,
@@ -53,6 +59,11 @@ fn now_ms() -> i64 {
 
 fn players(ctx: &Ctx) -> Option<&Table> {
     ctx.table("players")
+}
+
+/// The pool's index (`index.rs`).
+fn index(ctx: &Ctx) -> Option<&Table> {
+    ctx.table("pool")
 }
 
 /// A message to send once the pool lock is released: the player's result,
@@ -76,10 +87,14 @@ impl Delivery {
 }
 
 impl Matchmaker {
-    /// With the lock held: records the match in both rows (state, result)
-    /// and returns what to send. A row is deleted only when its player's
+    /// With the lock held: records the match in both rows (conn, result,
+    /// then state) and in the index, and returns what to send. Every result
+    /// is written before any state, so a worker dying half-way leaves at
+    /// most one `MATCHED` row whose peer's result already names it, which
+    /// the index rebuild completes. A row is deleted only when its player's
     /// connection closes, so until then the result can be sent again.
-    fn settle_pair(&self, table: &Table, a: &Player, b: &Player, now: i64) -> Result<Vec<Delivery>, TableError> {
+    fn settle_pair(&self, lock: &PoolLock<'_>, a: &Player, b: &Player, now: i64) -> Result<Vec<Delivery>, TableError> {
+        let table = lock.players;
         let (low, high) = if a.uid <= b.uid { (a, b) } else { (b, a) };
         let room = format!("room-{}-{}", low.uid, high.uid);
         let mut deliveries = Vec::new();
@@ -89,18 +104,29 @@ impl Matchmaker {
             table.set(
                 &me.uid,
                 &[
-                    ("state", Value::Int(MATCHED)),
+                    ("conn", Value::Int(me.conn as i64)),
                     ("result", Value::Str(message.clone())),
                     ("changed", Value::Int(now)),
                 ],
             )?;
             deliveries.push(Delivery { conn: me.conn, message, reason: "matched" });
         }
+        for player in [a, b] {
+            if player.state == WAITING {
+                index::leave_queues(lock, player)?;
+            }
+        }
+        table.set(&a.uid, &[("state", Value::Int(MATCHED))])?;
+        fault::point("settle", a.id());
+        table.set(&b.uid, &[("state", Value::Int(MATCHED))])?;
+        index::settle(lock, a.id())?;
+        index::settle(lock, b.id())?;
         Ok(deliveries)
     }
 
-    async fn arrive(&self, ctx: &Ctx, table: &Table, uid: &str, conn: u64) -> Result<(), TableError> {
-        let lock = pool::lock(table).await?;
+    async fn arrive(&self, ctx: &Ctx, tables: (&Table, &Table), uid: &str, conn: u64) -> Result<(), TableError> {
+        let lock = pool::lock(tables.0, tables.1).await?;
+        let table = lock.players;
         let Some(row) = table.get(uid)? else {
             // Never silent: a player without a reservation is told so.
             drop(lock);
@@ -113,12 +139,15 @@ impl Matchmaker {
         me.conn = conn;
         let deliveries = match me.state {
             RESERVED => {
-                table.set(uid, &[("conn", Value::Int(conn as i64)), ("state", Value::Int(WAITING))])?;
-                me.state = WAITING;
                 let now = now_ms();
-                match pool::claim_partner(&lock, table, self.rules, &me, now)? {
-                    Some(partner) => self.settle_pair(table, &me, &partner, now)?,
+                match index::claim_partner(&lock, self.rules, &me, now)? {
+                    Some(partner) => self.settle_pair(&lock, &me, &partner, now)?,
                     None => {
+                        // The state first: if this worker dies while linking,
+                        // the rebuild finds a waiting player to put back.
+                        table.set(uid, &[("conn", Value::Int(conn as i64)), ("state", Value::Int(WAITING))])?;
+                        me.state = WAITING;
+                        index::enter(&lock, &me)?;
                         // In the pool: tell the player (not a result, so no close).
                         let waiting = json!({"type": "waiting", "rules": self.rules.name()}).to_string();
                         drop(lock);
@@ -142,46 +171,80 @@ impl Matchmaker {
     /// Times players out, retries pairs (for rules that widen with waiting
     /// time), and re-sends results whose connection is still open after a
     /// second (the worker that sent them may have been killed first). Any
-    /// worker's janitor serves every player.
-    async fn janitor(&self, table: &Table) -> Result<Vec<Delivery>, TableError> {
-        let lock = pool::lock(table).await?;
+    /// worker's janitor serves every player. Each part walks the index from
+    /// its oldest end and stops at the first player with nothing due, so a
+    /// pass costs what it does, not the pool's size (except the retries of
+    /// `rating-window`, which must look at every waiting player).
+    async fn janitor(&self, tables: (&Table, &Table), pass: u32) -> Result<Vec<Delivery>, TableError> {
+        if pass.is_multiple_of(RESERVED_SWEEP_EVERY) {
+            self.forget_stale_reservations(tables).await?;
+        }
+        let lock = pool::lock(tables.0, tables.1).await?;
+        let table = lock.players;
         let now = now_ms();
         let mut deliveries = Vec::new();
-        for player in pool::players(table) {
-            // Read again: this pass may have changed it already.
-            let Some(current) = table.get(&player.uid)? else { continue };
-            let player = Player::from_row(&player.uid, &current);
-            let waited = now - player.since;
-            match player.state {
-                WAITING if waited >= self.timeout_ms => {
-                    let message = json!({"type": "timeout", "waited_ms": waited}).to_string();
-                    table.set(
-                        &player.uid,
-                        &[
-                            ("state", Value::Int(DONE)),
-                            ("result", Value::Str(message.clone())),
-                            ("changed", Value::Int(now)),
-                        ],
-                    )?;
-                    deliveries.push(Delivery { conn: player.conn, message, reason: "no match in time" });
+        for head in index::queue_heads(&lock)? {
+            let mut next = Some(head);
+            while let Some(player) = next.take() {
+                let waited = now - player.since;
+                if player.state != WAITING || waited < self.timeout_ms {
+                    break;
                 }
-                WAITING if self.rules == RuleSet::RatingWindow => {
-                    if let Some(partner) = pool::claim_partner(&lock, table, self.rules, &player, now)? {
-                        deliveries.extend(self.settle_pair(table, &player, &partner, now)?);
-                    }
-                }
-                MATCHED | DONE if now - player.changed >= RESEND_AFTER_MS => {
-                    table.set(&player.uid, &[("changed", Value::Int(now))])?;
-                    deliveries.push(Delivery::of(&player));
-                }
-                RESERVED if waited >= RESERVED_MAX_MS => {
-                    table.delete(&player.uid)?;
-                }
-                _ => {}
+                let message = json!({"type": "timeout", "waited_ms": waited}).to_string();
+                table.set(&player.uid, &[("result", Value::Str(message.clone())), ("changed", Value::Int(now))])?;
+                index::leave_queues(&lock, &player)?;
+                table.set(&player.uid, &[("state", Value::Int(DONE))])?;
+                index::settle(&lock, player.id())?;
+                deliveries.push(Delivery { conn: player.conn, message, reason: "no match in time" });
+                next = pool::player(table, player.next)?;
             }
+        }
+        if self.rules == RuleSet::RatingWindow {
+            for uid in index::waiting_uids(&lock)? {
+                // Read again: this pass may have matched it already.
+                let Some(player) = pool::player(table, uid)? else { continue };
+                if player.state != WAITING {
+                    continue;
+                }
+                if let Some(partner) = index::claim_partner(&lock, self.rules, &player, now)? {
+                    deliveries.extend(self.settle_pair(&lock, &player, &partner, now)?);
+                }
+            }
+        }
+        while let Some(player) = index::oldest_settled(&lock)? {
+            if now - player.changed < RESEND_AFTER_MS {
+                break;
+            }
+            table.set(&player.uid, &[("changed", Value::Int(now))])?;
+            index::unsettle(&lock, player.id())?;
+            index::settle(&lock, player.id())?;
+            deliveries.push(Delivery::of(&player));
         }
         drop(lock);
         Ok(deliveries)
+    }
+
+    /// Deletes reservations whose connection never opened. Found by a scan
+    /// without the lock (reads take none), then each checked again under it.
+    async fn forget_stale_reservations(&self, tables: (&Table, &Table)) -> Result<(), TableError> {
+        let now = now_ms();
+        let stale: Vec<String> = pool::players(tables.0)
+            .into_iter()
+            .filter(|p| p.state == RESERVED && now - p.since >= RESERVED_MAX_MS)
+            .map(|p| p.uid)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let lock = pool::lock(tables.0, tables.1).await?;
+        for uid in stale {
+            if let Some(row) = lock.players.get(&uid)?
+                && row.int("state") == Some(RESERVED)
+            {
+                lock.players.delete(&uid)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -190,14 +253,17 @@ impl App for Matchmaker {
 
     async fn on_worker_start(&self, ctx: &Ctx, _handoff: Option<Bytes>) {
         let table = players(ctx).expect("the config declares [tables.players]");
+        index(ctx).expect("the config declares [tables.pool]");
         pool::init(table).expect("the players table has room for the lock row");
         let ctx = ctx.clone();
         let app = Matchmaker { uids: Mutex::new(HashMap::new()), ..self.clone_settings() };
         tokio::spawn(async move {
-            let Some(table) = players(&ctx) else { return };
+            let (Some(table), Some(index)) = (players(&ctx), index(&ctx)) else { return };
+            let mut pass = 0u32;
             loop {
                 tokio::time::sleep(JANITOR_EVERY).await;
-                match app.janitor(table).await {
+                pass = pass.wrapping_add(1);
+                match app.janitor((table, index), pass).await {
                     Ok(deliveries) => deliveries.into_iter().for_each(|d| d.send(&ctx)),
                     Err(error) => eprintln!("matchmaker janitor: {error}"),
                 }
@@ -242,28 +308,36 @@ impl App for Matchmaker {
         let Ok(Some(info)) = ctx.conn_info(open.conn).await else { return };
         let Some(uid) = info.uid.map(|u| u.to_string()) else { return };
         self.uids.lock().unwrap_or_else(|p| p.into_inner()).insert(open.conn, uid.clone());
-        let Some(table) = players(ctx) else { return };
-        if let Err(error) = self.arrive(ctx, table, &uid, open.conn).await {
+        let (Some(table), Some(index)) = (players(ctx), index(ctx)) else { return };
+        if let Err(error) = self.arrive(ctx, (table, index), &uid, open.conn).await {
             ctx.push(open.conn, json!({"type": "error", "message": error.to_string()}).to_string());
             ctx.close(open.conn, 1011, "matchmaking error");
         }
     }
 
     async fn on_close(&self, ctx: &Ctx, close: Close) {
-        let Some(table) = players(ctx) else { return };
+        let (Some(table), Some(index)) = (players(ctx), index(ctx)) else { return };
         let uid = self.uids.lock().unwrap_or_else(|p| p.into_inner()).remove(&close.conn);
         // Another worker (before a reload) may have seen the open: find the
         // player by connection then.
         let uid = uid.or_else(|| pool::players(table).into_iter().find(|p| p.conn == close.conn).map(|p| p.uid));
         let Some(uid) = uid else { return };
-        let Ok(lock) = pool::lock(table).await else { return };
+        let Ok(lock) = pool::lock(table, index).await else { return };
         // The connection is gone, whatever the state: a waiting player
         // leaves the pool at once, a finished one's result is no longer
         // needed. This is the only place rows of open players are deleted.
         if let Ok(Some(row)) = table.get(&uid)
             && row.int("conn") == Some(close.conn as i64)
         {
-            let _ = table.delete(&uid);
+            let player = Player::from_row(&uid, &row);
+            let unlinked = match player.state {
+                WAITING => index::leave_queues(&lock, &player),
+                MATCHED | DONE => index::unsettle(&lock, player.id()),
+                _ => Ok(()),
+            };
+            if let Err(error) = unlinked.and_then(|()| table.delete(&uid).map(|_| ())) {
+                eprintln!("matchmaker: removing player {uid}: {error}");
+            }
         }
         drop(lock);
     }

@@ -1,16 +1,21 @@
 //! The waiting pool, in the shared table `players` (key: the uid), so a
-//! reload or a worker crash loses no waiting player.
+//! reload or a worker crash loses no waiting player. `index.rs` keeps the
+//! pool's index beside it, in the shared table `pool`.
 //!
-//! Every change of a player's state happens under the pool lock: a table
-//! row (`~lock`) whose `conn` column holds the pid of the worker holding it,
-//! taken with compare-and-set and taken over if that process died. So an
-//! arriving player sees every waiting one, and no player is claimed twice.
+//! Every change of a player's state, and of the index, happens under the
+//! pool lock: a table row (`~lock`) whose `conn` column holds the pid of the
+//! worker holding it, taken with compare-and-set and taken over if that
+//! process died. So an arriving player sees every waiting one, and no player
+//! is claimed twice. A holder may die in the middle of an update: whoever
+//! takes the lock over rebuilds the index from the player rows
+//! (`index::rebuild`), which are the truth; the index is only a way to find
+//! them fast.
 
 use std::time::Duration;
 
 use hotsock_worker::{Row, Table, TableError, Value};
 
-use crate::rules::RuleSet;
+use crate::index;
 
 /// A player's state in the pool.
 pub(crate) const RESERVED: i64 = 0; // handshake accepted, connection not open yet
@@ -20,6 +25,9 @@ pub(crate) const DONE: i64 = 3; // timed out or left
 
 /// The lock row's key; player keys are uids, so never start with `~`.
 pub(crate) const LOCK_KEY: &str = "~lock";
+
+/// How long a worker waits before trying a held lock again.
+const LOCK_RETRY: Duration = Duration::from_micros(200);
 
 /// A row of the pool.
 #[derive(Debug, Clone)]
@@ -36,6 +44,13 @@ pub(crate) struct Player {
     pub(crate) result: String,
     /// When the state last changed, or the result was last sent.
     pub(crate) changed: i64,
+    /// Neighbours (uids, 0 for none) in the player's arrival-ordered list:
+    /// its (game, gender) queue while waiting, the settled list after.
+    pub(crate) prev: i64,
+    pub(crate) next: i64,
+    /// Neighbours in its (game, rating band) queue while waiting.
+    pub(crate) rprev: i64,
+    pub(crate) rnext: i64,
 }
 
 impl Player {
@@ -51,7 +66,16 @@ impl Player {
             name: row.str("name").unwrap_or_default().to_owned(),
             result: row.str("result").unwrap_or_default().to_owned(),
             changed: row.int("changed").unwrap_or(0),
+            prev: row.int("prev").unwrap_or(0),
+            next: row.int("next").unwrap_or(0),
+            rprev: row.int("rprev").unwrap_or(0),
+            rnext: row.int("rnext").unwrap_or(0),
         }
+    }
+
+    /// The uid as the index stores it (player keys are positive integers).
+    pub(crate) fn id(&self) -> i64 {
+        self.uid.parse().unwrap_or(0)
     }
 
     pub(crate) fn to_json(&self) -> serde_json::Value {
@@ -65,15 +89,23 @@ impl Player {
     }
 }
 
-/// Holds the pool lock until dropped.
+/// Reads player `uid` (an index pointer), if its row exists.
+pub(crate) fn player(table: &Table, uid: i64) -> Result<Option<Player>, TableError> {
+    let key = uid.to_string();
+    Ok(table.get(&key)?.map(|row| Player::from_row(&key, &row)))
+}
+
+/// Holds the pool lock until dropped. `players` and `index` are the two
+/// tables it guards.
 pub(crate) struct PoolLock<'a> {
-    table: &'a Table,
+    pub(crate) players: &'a Table,
+    pub(crate) index: &'a Table,
     pid: i64,
 }
 
 impl Drop for PoolLock<'_> {
     fn drop(&mut self) {
-        let _ = self.table.compare_and_set(LOCK_KEY, "conn", &Value::Int(self.pid), &Value::Int(0));
+        let _ = self.players.compare_and_set(LOCK_KEY, "conn", &Value::Int(self.pid), &Value::Int(0));
     }
 }
 
@@ -82,25 +114,33 @@ pub(crate) fn init(table: &Table) -> Result<(), TableError> {
     table.insert(LOCK_KEY, &[("state", Value::Int(DONE)), ("conn", Value::Int(0))]).map(|_| ())
 }
 
-/// Takes the pool lock, taking it over from a holder that died.
-pub(crate) async fn lock(table: &Table) -> Result<PoolLock<'_>, TableError> {
+/// Takes the pool lock, taking it over from a holder that died; after a
+/// takeover the index is rebuilt before anything reads it, since the dead
+/// holder may have left it half-updated.
+pub(crate) async fn lock<'a>(players: &'a Table, index: &'a Table) -> Result<PoolLock<'a>, TableError> {
     let pid = i64::from(std::process::id());
     loop {
-        if table.compare_and_set(LOCK_KEY, "conn", &Value::Int(0), &Value::Int(pid))? {
-            return Ok(PoolLock { table, pid });
+        if players.compare_and_set(LOCK_KEY, "conn", &Value::Int(0), &Value::Int(pid))? {
+            return Ok(PoolLock { players, index, pid });
         }
-        let holder = table.get(LOCK_KEY)?.and_then(|row| row.int("conn")).unwrap_or(0);
+        let holder = players.get(LOCK_KEY)?.and_then(|row| row.int("conn")).unwrap_or(0);
         if holder != 0
             && !std::path::Path::new(&format!("/proc/{holder}")).exists()
-            && table.compare_and_set(LOCK_KEY, "conn", &Value::Int(holder), &Value::Int(pid))?
+            && players.compare_and_set(LOCK_KEY, "conn", &Value::Int(holder), &Value::Int(pid))?
         {
-            return Ok(PoolLock { table, pid });
+            let lock = PoolLock { players, index, pid };
+            let repaired = index::rebuild(&lock)?;
+            eprintln!(
+                "matchmaker: took the pool lock over from dead worker {holder}; index rebuilt ({repaired} players)"
+            );
+            return Ok(lock);
         }
-        tokio::time::sleep(Duration::from_micros(200)).await;
+        tokio::time::sleep(LOCK_RETRY).await;
     }
 }
 
-/// Every player row, skipping the lock row.
+/// Every player row, skipping the lock row (a full scan: only for rare
+/// paths, never per arrival).
 pub(crate) fn players(table: &Table) -> Vec<Player> {
     table
         .iter()
@@ -108,21 +148,4 @@ pub(crate) fn players(table: &Table) -> Vec<Player> {
         .filter(|(key, _)| !key.starts_with('~'))
         .map(|(key, row)| Player::from_row(&key, &row))
         .collect()
-}
-
-/// With the lock held: the longest-waiting player compatible with `me`.
-/// The caller records the match (`settle_pair`) before releasing the lock.
-pub(crate) fn claim_partner(
-    _lock: &PoolLock<'_>,
-    table: &Table,
-    rules: RuleSet,
-    me: &Player,
-    now_ms: i64,
-) -> Result<Option<Player>, TableError> {
-    // The longest-waiting compatible player first.
-    let mut waiting: Vec<Player> =
-        players(table).into_iter().filter(|p| p.uid != me.uid && p.state == WAITING).collect();
-    waiting.sort_by_key(|p| p.since);
-    let partner = waiting.into_iter().find(|p| rules.compatible(me, p, now_ms));
-    Ok(partner)
 }
