@@ -77,6 +77,7 @@ impl Server {
             );
         }
         let origins = config.origin_patterns();
+        let view = SupervisionView::starting(config.workers.count, config.workers.task_count);
         let per_ip = PerIp::new(config.limits.max_connections_per_ip, config.limits.handshakes_per_ip_per_s);
         let shared = Arc::new(Shared {
             conn_permits: Arc::new(Semaphore::new(config.server.max_connections)),
@@ -91,7 +92,7 @@ impl Server {
             notifier: Notifier::from_env(),
             stopping: watch::Sender::new(false),
             supervisor: OnceLock::new(),
-            supervision: Mutex::new(SupervisionView { serving: 1, ..SupervisionView::default() }),
+            supervision: Mutex::new(view),
             watch_status: Mutex::new(None),
             started: Instant::now(),
             listen,

@@ -145,7 +145,7 @@ impl TestServer {
         wait_for("all workers ready", || {
             let status = self.try_status()?;
             let workers = status["workers"].as_array()?;
-            workers.iter().all(|w| w["state"] == "ready").then_some(())
+            (!workers.is_empty() && workers.iter().all(|w| w["state"] == "ready")).then_some(())
         });
         wait_for("listener accepting", || std::net::TcpStream::connect(self.addr).ok());
     }

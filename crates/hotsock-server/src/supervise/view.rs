@@ -48,6 +48,28 @@ pub(crate) struct WorkerView {
     pub(crate) phase: WorkerPhase,
 }
 
+impl SupervisionView {
+    /// What is true before the supervisor's first step: every slot's first
+    /// worker is starting (so `status` never shows a server without slots).
+    pub(crate) fn starting(event_slots: usize, task_slots: usize) -> SupervisionView {
+        let slots = (0..event_slots + task_slots)
+            .map(|slot| SlotView {
+                role: if slot < event_slots { "event" } else { "task" },
+                phase: WorkerPhase::Starting,
+                primary: None,
+                others: Vec::new(),
+                target: 1,
+                crashes: 0,
+                recycled: 0,
+                crash_loop: false,
+                exits: Vec::new(),
+                exit_counts: Default::default(),
+            })
+            .collect();
+        SupervisionView { serving: 1, slots, ..SupervisionView::default() }
+    }
+}
+
 impl Core {
     /// The view at `now` (deadlines are shown as time left).
     pub(crate) fn view(&self, now: Instant) -> SupervisionView {
