@@ -4,18 +4,14 @@
 // Usage: node dashboard_page.js http://127.0.0.1:METRICS_PORT/ SCREENSHOT.png
 // Prints "ready" when the driver should reload, "done" at the end.
 'use strict';
-const { chromium } = require('playwright-core');
+const { launch } = require('./browser');
 
 const [url, screenshot] = process.argv.slice(2);
 const fail = (why) => { console.error(why); process.exit(1); };
 const WAIT_MS = 20000;
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1000, height: 800 } });
     await page.goto(url);

@@ -6,7 +6,7 @@
 // Usage: node matchmaker_page.js http://127.0.0.1:PORT/ SECRET
 // Prints "searching again" when the driver should stop the server.
 'use strict';
-const { chromium } = require('playwright-core');
+const { launch } = require('./browser');
 
 const [url, secret] = process.argv.slice(2);
 const fail = (why) => { console.error(why); process.exit(1); };
@@ -14,11 +14,7 @@ const WAIT_MS = 20000;
 const result = (page) => page.$eval('#result', (el) => ({ text: el.textContent, ...el.dataset }));
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch();
   try {
     const players = [['Ada', 'f'], ['Bob', 'm']];
     const pages = [];

@@ -317,3 +317,21 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("response timed out");
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// The matchmaker's result for a player (its first message that is not
+/// `waiting`), and the close code that follows it.
+pub async fn matchmaker_outcome(client: &mut Client) -> (Value, Option<u16>) {
+    let message = loop {
+        match next(client).await {
+            Some(Message::Text(text)) => {
+                let message = serde_json::from_str::<Value>(&text).expect("json");
+                if message["type"] != "waiting" {
+                    break message;
+                }
+            }
+            Some(_) => {}
+            None => panic!("closed before a result"),
+        }
+    };
+    (message, close_code(client).await)
+}

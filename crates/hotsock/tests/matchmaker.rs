@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use hmac::{Hmac, Mac};
-use hotsock_testkit::{TestServer, bin, close_code, next, raw_http, repo_root};
+use hotsock_testkit::{TestServer, bin, next, raw_http, repo_root};
 use serde_json::Value;
 use sha2::Sha256;
 use tokio_tungstenite::tungstenite::Message;
@@ -32,19 +32,7 @@ fn url(server: &TestServer, uid: u64, gender: &str, game: &str) -> String {
 /// Reads the result a player gets (skipping `waiting`), and the close code
 /// after it.
 async fn outcome(client: &mut hotsock_testkit::Client) -> (Value, Option<u16>) {
-    let message = loop {
-        match next(client).await {
-            Some(Message::Text(text)) => {
-                let message = serde_json::from_str::<Value>(&text).expect("json");
-                if message["type"] != "waiting" {
-                    break message;
-                }
-            }
-            Some(_) => {}
-            None => panic!("closed before a result"),
-        }
-    };
-    (message, close_code(client).await)
+    hotsock_testkit::matchmaker_outcome(client).await
 }
 
 /// What a simulated player saw: uid, gender, game, result, close code.

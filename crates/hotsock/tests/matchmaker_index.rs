@@ -8,8 +8,7 @@
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use hotsock_testkit::{Client, TempDir, TestServer, bin, close_code, next, repo_root, wait_for};
-use serde_json::Value;
+use hotsock_testkit::{Client, TempDir, TestServer, bin, next, repo_root, wait_for};
 use sha2::Sha256;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -49,20 +48,9 @@ async fn waiting(server: &TestServer, uid: u64, gender: &str, rating: i64) -> Cl
 /// The uid of the peer in the player's `matched` result (skipping
 /// `waiting`), after checking the close that follows it.
 async fn peer(client: &mut Client) -> u64 {
-    let message = loop {
-        match next(client).await {
-            Some(Message::Text(text)) => {
-                let message = serde_json::from_str::<Value>(&text).expect("json");
-                if message["type"] != "waiting" {
-                    break message;
-                }
-            }
-            Some(_) => {}
-            None => panic!("closed before a result"),
-        }
-    };
+    let (message, code) = hotsock_testkit::matchmaker_outcome(client).await;
     assert_eq!(message["type"], "matched", "{message}");
-    assert_eq!(close_code(client).await, Some(1000));
+    assert_eq!(code, Some(1000));
     message["peer"]["uid"].as_u64().expect("peer uid")
 }
 
