@@ -86,8 +86,21 @@ pub(crate) struct PerIp {
     max_connections: u32,
     /// `limits.handshakes_per_ip_per_s` (0: no limit); also the burst.
     rate: f64,
-    usage: Mutex<HashMap<IpAddr, Usage>>,
+    usage: Mutex<Book>,
 }
+
+/// The addresses in use, and when to sweep out the idle ones.
+#[derive(Debug)]
+struct Book {
+    by_ip: HashMap<IpAddr, Usage>,
+    /// Sweep when the map reaches this size; after a sweep, twice what is
+    /// left (so sweeping costs O(1) per admission, amortised).
+    sweep_at: usize,
+}
+
+/// The smallest map that gets swept: below it, idle entries cost nothing
+/// worth a pass.
+const SWEEP_MIN: usize = 1024;
 
 /// A connection an address holds; give it back with [`PerIp::release`].
 #[derive(Debug)]
@@ -96,7 +109,8 @@ pub(crate) struct Held(IpAddr);
 
 impl PerIp {
     pub(crate) fn new(max_connections: u32, handshakes_per_s: u32) -> PerIp {
-        PerIp { max_connections, rate: f64::from(handshakes_per_s), usage: Mutex::new(HashMap::new()) }
+        let book = Book { by_ip: HashMap::new(), sweep_at: SWEEP_MIN };
+        PerIp { max_connections, rate: f64::from(handshakes_per_s), usage: Mutex::new(book) }
     }
 
     /// Admits one more connection from `ip` at `now`, or says why not.
@@ -104,8 +118,15 @@ impl PerIp {
         if self.max_connections == 0 && self.rate == 0.0 {
             return Ok(Held(ip));
         }
-        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = usage.entry(ip).or_insert(Usage { connections: 0, tokens: self.rate, refilled: now });
+        let mut book = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        // Addresses that hold nothing and whose bucket is full again (even
+        // refused ones, which never come back through `release`) go, so the
+        // map holds only addresses in use or limited within the last second.
+        if book.by_ip.len() >= book.sweep_at {
+            book.by_ip.retain(|_, u| u.connections > 0 || !self.full(u, now));
+            book.sweep_at = (2 * book.by_ip.len()).max(SWEEP_MIN);
+        }
+        let entry = book.by_ip.entry(ip).or_insert(Usage { connections: 0, tokens: self.rate, refilled: now });
         if self.rate > 0.0 {
             let elapsed = now.saturating_duration_since(entry.refilled).as_secs_f64();
             entry.tokens = (entry.tokens + elapsed * self.rate).min(self.rate);
@@ -123,33 +144,34 @@ impl PerIp {
     }
 
     /// A connection from this address ended. An address that holds none
-    /// and whose bucket would be full again is forgotten, so the map holds
-    /// only addresses in use (at most `server.max_connections`) or recently
-    /// limited.
+    /// and whose bucket would be full again is forgotten at once.
     pub(crate) fn release(&self, held: Held, now: Instant) {
         if self.max_connections == 0 && self.rate == 0.0 {
             return;
         }
-        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = usage.get_mut(&held.0) {
-            entry.connections = entry.connections.saturating_sub(1);
-        }
-        let rate = self.rate;
-        let full = |u: &Usage| {
-            rate == 0.0 || u.tokens + now.saturating_duration_since(u.refilled).as_secs_f64() * rate >= rate
+        let mut book = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = match book.by_ip.get_mut(&held.0) {
+            Some(entry) => {
+                entry.connections = entry.connections.saturating_sub(1);
+                entry.connections == 0 && self.full(entry, now)
+            }
+            None => false,
         };
-        // Sweep the whole map now and then (amortised: when it has grown).
-        if usage.len() > 1024 && usage.len().is_power_of_two() {
-            usage.retain(|_, u| u.connections > 0 || !full(u));
-        } else if usage.get(&held.0).is_some_and(|u| u.connections == 0 && full(u)) {
-            usage.remove(&held.0);
+        if idle {
+            book.by_ip.remove(&held.0);
         }
+    }
+
+    /// Whether an address's bucket is (or would by `now` be) full.
+    fn full(&self, usage: &Usage, now: Instant) -> bool {
+        self.rate == 0.0
+            || usage.tokens + now.saturating_duration_since(usage.refilled).as_secs_f64() * self.rate >= self.rate
     }
 
     /// Addresses tracked now (for tests).
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.usage.lock().map(|u| u.len()).unwrap_or(0)
+        self.usage.lock().map(|u| u.by_ip.len()).unwrap_or(0)
     }
 }
 
@@ -201,6 +223,28 @@ mod tests {
         let _c = limits.admit(other, now).expect("another address is counted apart");
         limits.release(a, now);
         let _d = limits.admit(ip, now).expect("room again");
+    }
+
+    #[test]
+    fn refused_addresses_do_not_pile_up() {
+        let now = Instant::now();
+        let limits = PerIp::new(0, 1);
+        // Many addresses each connect once and are then refused once.
+        for n in 0..5000u32 {
+            let ip = IpAddr::from(n.to_be_bytes());
+            let held = limits.admit(ip, now).expect("first");
+            assert!(limits.admit(ip, now).is_err(), "second within the second");
+            limits.release(held, now);
+        }
+        // Two seconds on, their buckets are full again: the sweep that the
+        // growing map triggers removes all 5000 (while newer ones, limited
+        // within the last second, stay).
+        let later = now + Duration::from_secs(2);
+        for n in 0..4000u32 {
+            let ip = IpAddr::from((n + 100_000).to_be_bytes());
+            let _ = limits.admit(ip, later).map(|h| limits.release(h, later));
+        }
+        assert!(limits.tracked() <= 4000, "the old addresses were swept: {}", limits.tracked());
     }
 
     #[test]
