@@ -193,6 +193,10 @@ impl<'a> FieldReader<'a> {
         Ok(headers)
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }

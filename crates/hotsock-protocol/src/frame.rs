@@ -30,6 +30,10 @@ pub mod flags {
     pub const ORPHANED: u8 = 1 << 3;
     /// TaskDone/Finish: the task handler failed (panicked).
     pub const FAILED: u8 = 1 << 4;
+    /// Subscribe: the body ends with a recovery position (epoch, offset).
+    pub const FROM: u8 = 1 << 5;
+    /// Publish: the connection in `conn` does not get this publication.
+    pub const EXCEPT: u8 = 1 << 6;
 }
 
 /// The frame kinds. Values below 0x40 travel server → worker, values from
@@ -64,6 +68,12 @@ pub enum Kind {
     /// the worker's event loop, so a handler that blocks the loop stops
     /// the answers and the server replaces the worker.
     Ping = 0x0b,
+    /// Event (with the `CHANNEL_EVENTS` capability): the connection joined
+    /// the channel named in the body.
+    Join = 0x0c,
+    /// Event (with the `CHANNEL_EVENTS` capability): the connection left
+    /// the channel named in the body (unsubscribed, or closed).
+    Leave = 0x0d,
     /// The worker's answer to Hello: its version and capabilities.
     Ready = 0x41,
     /// Acknowledges handled events; the body is a list of event ids.
@@ -96,6 +106,18 @@ pub enum Kind {
     TaskDone = 0x4e,
     /// Answer to `Ping` (same `id`).
     Pong = 0x4f,
+    /// Add connection `conn` to a channel (`id`: request id, 0 for no
+    /// reply); with `FROM`, replay what it missed since a position.
+    Subscribe = 0x50,
+    /// Remove connection `conn` from a channel.
+    Unsubscribe = 0x51,
+    /// Publish to a channel's members (`id`: request id, 0 for no reply;
+    /// with `EXCEPT`, not to connection `conn`).
+    Publish = 0x52,
+    /// Ask for a channel's members; answered by `Reply`.
+    Members = 0x53,
+    /// Ask for the channels connection `conn` is in; answered by `Reply`.
+    ConnChannels = 0x54,
 }
 
 impl Kind {
@@ -113,6 +135,8 @@ impl Kind {
             0x09 => Kind::Task,
             0x0a => Kind::Finish,
             0x0b => Kind::Ping,
+            0x0c => Kind::Join,
+            0x0d => Kind::Leave,
             0x41 => Kind::Ready,
             0x42 => Kind::Ack,
             0x43 => Kind::Push,
@@ -128,6 +152,11 @@ impl Kind {
             0x4d => Kind::DispatchTask,
             0x4e => Kind::TaskDone,
             0x4f => Kind::Pong,
+            0x50 => Kind::Subscribe,
+            0x51 => Kind::Unsubscribe,
+            0x52 => Kind::Publish,
+            0x53 => Kind::Members,
+            0x54 => Kind::ConnChannels,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

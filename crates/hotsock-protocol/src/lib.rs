@@ -13,10 +13,14 @@
 #![deny(missing_docs)]
 
 mod body;
+mod channel;
 mod frame;
 mod message;
 
 pub use body::{ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role, TableSpec};
+pub use channel::{
+    ChannelError, Member, Position, Subscribed, decode_members, decode_names, encode_members, encode_names,
+};
 pub use frame::{Decoder, Frame, HEADER_LEN, Kind, PAYLOAD_MAX_BYTES, flags};
 pub use message::{ToServer, ToWorker, decode_conn_list, encode_conn_list};
 
@@ -51,6 +55,9 @@ pub mod capabilities {
     /// The worker hands state to its successor: before the successor starts,
     /// the server suspends this worker and asks for its state (`Snapshot`).
     pub const HANDOFF: u32 = 1 << 1;
+    /// The worker wants `Join` and `Leave` events when its connections
+    /// enter and leave channels (`on_join` / `on_leave`).
+    pub const CHANNEL_EVENTS: u32 = 1 << 2;
 }
 
 /// Everything that can be wrong with bytes received from the other side.

@@ -5,7 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::body::{FieldReader, decode_ids, encode_ids};
+use crate::body::{FieldReader, decode_ids, encode_ids, put_bytes};
+use crate::channel::Position;
 use crate::frame::put_header;
 use crate::{Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, ProtocolError, Ready, flags};
 
@@ -100,6 +101,28 @@ pub enum ToWorker {
     Ping {
         /// Sequence number.
         seq: u64,
+    },
+    /// Event: the connection joined a channel (`CHANNEL_EVENTS` only).
+    Join {
+        /// Connection id.
+        conn: u64,
+        /// Event id, to acknowledge.
+        id: u64,
+        /// Sent before to a worker that died without acknowledging it.
+        redelivered: bool,
+        /// The channel.
+        channel: String,
+    },
+    /// Event: the connection left a channel (`CHANNEL_EVENTS` only).
+    Leave {
+        /// Connection id.
+        conn: u64,
+        /// Event id, to acknowledge.
+        id: u64,
+        /// Sent before to a worker that died without acknowledging it.
+        redelivered: bool,
+        /// The channel.
+        channel: String,
     },
 }
 
@@ -203,6 +226,51 @@ pub enum ToServer {
         /// The `Ping`'s sequence number.
         seq: u64,
     },
+    /// Add a connection to a channel, optionally replaying what it missed.
+    Subscribe {
+        /// The connection.
+        conn: u64,
+        /// Request id echoed in the reply (0: no reply).
+        request: u64,
+        /// The channel.
+        channel: String,
+        /// Replay the publications after this position first.
+        from: Option<Position>,
+    },
+    /// Remove a connection from a channel.
+    Unsubscribe {
+        /// The connection.
+        conn: u64,
+        /// The channel.
+        channel: String,
+    },
+    /// Send to every member of a channel, with the channel's next offset.
+    Publish {
+        /// Request id echoed in the reply (0: no reply).
+        request: u64,
+        /// The channel.
+        channel: String,
+        /// A member that does not get it (typically the sender).
+        except: Option<u64>,
+        /// Binary (true) or text (false).
+        binary: bool,
+        /// Payload.
+        data: Bytes,
+    },
+    /// Ask for a channel's members.
+    Members {
+        /// Request id echoed in the reply.
+        request: u64,
+        /// The channel.
+        channel: String,
+    },
+    /// Ask for the channels a connection is in.
+    ConnChannels {
+        /// The connection.
+        conn: u64,
+        /// Request id echoed in the reply.
+        request: u64,
+    },
 }
 
 /// Encodes a frame whose body is written by `body`, patching the length into
@@ -236,6 +304,12 @@ fn close_body(kind: Kind, payload: &[u8]) -> Result<(u16, String), ProtocolError
         .map_err(|_| ProtocolError::BadBody { kind, reason: "close reason is not UTF-8" })?
         .to_owned();
     Ok((code, reason))
+}
+
+fn utf8(kind: Kind, payload: &[u8]) -> Result<String, ProtocolError> {
+    std::str::from_utf8(payload)
+        .map(str::to_owned)
+        .map_err(|_| ProtocolError::BadBody { kind, reason: "channel name is not UTF-8" })
 }
 
 fn expect_empty(frame: &Frame) -> Result<(), ProtocolError> {
@@ -289,6 +363,12 @@ impl ToWorker {
                 put_raw(dst, Kind::Finish, flags, *task, 0, payload)
             }
             ToWorker::Ping { seq } => put_raw(dst, Kind::Ping, 0, 0, *seq, &[]),
+            ToWorker::Join { conn, id, redelivered, channel } => {
+                put_raw(dst, Kind::Join, event_flags(*redelivered), *conn, *id, channel.as_bytes())
+            }
+            ToWorker::Leave { conn, id, redelivered, channel } => {
+                put_raw(dst, Kind::Leave, event_flags(*redelivered), *conn, *id, channel.as_bytes())
+            }
         }
     }
 
@@ -334,6 +414,8 @@ impl ToWorker {
                 expect_empty(&frame)?;
                 ToWorker::Ping { seq: id }
             }
+            Kind::Join => ToWorker::Join { conn, id, redelivered, channel: utf8(frame.kind, &frame.payload)? },
+            Kind::Leave => ToWorker::Leave { conn, id, redelivered, channel: utf8(frame.kind, &frame.payload)? },
             other => return Err(ProtocolError::WrongDirection(other)),
         })
     }
@@ -345,7 +427,9 @@ impl ToWorker {
             | ToWorker::Open { conn, id, .. }
             | ToWorker::Message { conn, id, .. }
             | ToWorker::Close { conn, id, .. }
-            | ToWorker::Task { task: conn, id, .. } => Some((*conn, *id)),
+            | ToWorker::Task { task: conn, id, .. }
+            | ToWorker::Join { conn, id, .. }
+            | ToWorker::Leave { conn, id, .. } => Some((*conn, *id)),
             _ => None,
         }
     }
@@ -381,6 +465,26 @@ impl ToServer {
                 put_raw(dst, Kind::Panicked, 0, *conn, *event, message.as_bytes())
             }
             ToServer::Pong { seq } => put_raw(dst, Kind::Pong, 0, 0, *seq, &[]),
+            ToServer::Subscribe { conn, request, channel, from } => {
+                let flags = if from.is_some() { flags::FROM } else { 0 };
+                encode_with(dst, Kind::Subscribe, flags, *conn, *request, |b| {
+                    put_bytes(b, channel.as_bytes());
+                    if let Some(from) = from {
+                        b.put_u64_le(from.epoch);
+                        b.put_u64_le(from.offset);
+                    }
+                })
+            }
+            ToServer::Unsubscribe { conn, channel } => put_raw(dst, Kind::Unsubscribe, 0, *conn, 0, channel.as_bytes()),
+            ToServer::Publish { request, channel, except, binary, data } => {
+                let flags = data_flags(*binary) | if except.is_some() { flags::EXCEPT } else { 0 };
+                encode_with(dst, Kind::Publish, flags, except.unwrap_or(0), *request, |b| {
+                    put_bytes(b, channel.as_bytes());
+                    b.extend_from_slice(data);
+                })
+            }
+            ToServer::Members { request, channel } => put_raw(dst, Kind::Members, 0, 0, *request, channel.as_bytes()),
+            ToServer::ConnChannels { conn, request } => put_raw(dst, Kind::ConnChannels, 0, *conn, *request, &[]),
         }
     }
 
@@ -426,6 +530,31 @@ impl ToServer {
             Kind::Pong => {
                 expect_empty(&frame)?;
                 ToServer::Pong { seq: id }
+            }
+            Kind::Subscribe => {
+                let mut r = FieldReader::new(frame.kind, &frame.payload);
+                let channel = r.string()?;
+                let from = if frame.flags & flags::FROM != 0 {
+                    Some(Position { epoch: r.u64()?, offset: r.u64()? })
+                } else {
+                    None
+                };
+                r.finish()?;
+                ToServer::Subscribe { conn, request: id, channel, from }
+            }
+            Kind::Unsubscribe => ToServer::Unsubscribe { conn, channel: utf8(frame.kind, &frame.payload)? },
+            Kind::Publish => {
+                let mut r = FieldReader::new(frame.kind, &frame.payload);
+                let channel = r.string()?;
+                // The data is the rest of the payload: slice it, no copy.
+                let data = frame.payload.slice(frame.payload.len() - r.rest().len()..);
+                let except = (frame.flags & flags::EXCEPT != 0).then_some(conn);
+                ToServer::Publish { request: id, channel, except, binary, data }
+            }
+            Kind::Members => ToServer::Members { request: id, channel: utf8(frame.kind, &frame.payload)? },
+            Kind::ConnChannels => {
+                expect_empty(&frame)?;
+                ToServer::ConnChannels { conn, request: id }
             }
             other => return Err(ProtocolError::WrongDirection(other)),
         })

@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use hotsock_protocol::{
-    ConnInfo, Decoder, Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, PROTOCOL_VERSION,
+    ConnInfo, Decoder, Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, PROTOCOL_VERSION, Position,
     ProtocolError, Ready, Role, TableSpec, ToServer, ToWorker, decode_conn_list, encode_conn_list,
 };
 use proptest::prelude::*;
@@ -87,6 +87,13 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
         }),
         Just(ToWorker::Stop),
         any::<u64>().prop_map(|seq| ToWorker::Ping { seq }),
+        (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,40}", any::<bool>()).prop_map(
+            |(conn, id, redelivered, channel, join)| if join {
+                ToWorker::Join { conn, id, redelivered, channel }
+            } else {
+                ToWorker::Leave { conn, id, redelivered, channel }
+            }
+        ),
     ]
 }
 
@@ -126,6 +133,20 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
                 reply: HandshakeReply { status, uid, headers, body }
             }
         ),
+        (any::<u64>(), any::<u64>(), ".{0,40}", proptest::option::of((any::<u64>(), any::<u64>()))).prop_map(
+            |(conn, request, channel, from)| ToServer::Subscribe {
+                conn,
+                request,
+                channel,
+                from: from.map(|(epoch, offset)| Position { epoch, offset })
+            }
+        ),
+        (any::<u64>(), ".{0,40}").prop_map(|(conn, channel)| ToServer::Unsubscribe { conn, channel }),
+        (any::<u64>(), ".{0,40}", proptest::option::of(any::<u64>()), arb_bytes()).prop_map(
+            |(request, channel, except, data)| ToServer::Publish { request, channel, except, binary: true, data }
+        ),
+        (any::<u64>(), ".{0,40}").prop_map(|(request, channel)| ToServer::Members { request, channel }),
+        (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnChannels { conn, request }),
     ]
 }
 
@@ -260,4 +281,18 @@ fn wire_layout_is_stable() {
     let mut buf = BytesMut::new();
     ToServer::Push { conn: 0x0102, binary: true, data: Bytes::from_static(b"hi") }.encode(&mut buf);
     assert_eq!(&buf[..], &[2, 0, 0, 0, 0x43, 1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'h', b'i']);
+    // Publish: flags BINARY|EXCEPT, conn = the excepted connection, id = the
+    // request, body = u32 name length, name, data.
+    let mut buf = BytesMut::new();
+    ToServer::Publish {
+        request: 3,
+        channel: "r".into(),
+        except: Some(7),
+        binary: true,
+        data: Bytes::from_static(b"x"),
+    }
+    .encode(&mut buf);
+    let mut expected = vec![6, 0, 0, 0, 0x52, 0x41, 7, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
+    expected.extend_from_slice(&[1, 0, 0, 0, b'r', b'x']);
+    assert_eq!(&buf[..], &expected[..]);
 }

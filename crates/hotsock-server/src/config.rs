@@ -13,6 +13,9 @@ use serde::Deserialize;
 /// Largest message a server can be configured to accept. The worker protocol
 /// reserves a little room above it for framing (`PAYLOAD_MAX_BYTES`).
 pub const MESSAGE_BYTES_CEILING: usize = 64 << 20;
+/// Largest `channels.history_size`: a history is a ring scanned on
+/// recovery, and a million publications per channel is a database's job.
+pub(crate) const CHANNEL_HISTORY_MAX: usize = 1_000_000;
 
 // The bounds validation enforces. Each error message is built from these.
 
@@ -102,6 +105,9 @@ pub struct Config {
     /// `[tables.NAME]`: shared-memory tables every worker maps.
     #[serde(default)]
     pub tables: std::collections::BTreeMap<String, TableConfig>,
+    /// `[channels]`: server-side groups with history and recovery.
+    #[serde(default)]
+    pub channels: ChannelsConfig,
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -378,6 +384,59 @@ impl Default for LimitsConfig {
     }
 }
 
+/// How publications reach clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Envelope {
+    /// The app's bytes, as published.
+    None,
+    /// A JSON text message with channel, epoch, offset and data, plus a
+    /// `subscribed` message on every subscribe: what a client needs to
+    /// recover after reconnecting (`docs/protocol.md`).
+    Json,
+}
+
+/// `[channels]`: every bound named, with defaults sized for a chat or
+/// lobby service on one box.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// Publications kept per channel for recovery (0: no history; a
+    /// channel then disappears with its last member).
+    pub history_size: usize,
+    /// Bytes of publications kept per channel; older ones go first.
+    pub history_max_bytes: usize,
+    /// How long a publication stays in the history.
+    pub history_ttl_ms: u64,
+    /// Channels the server holds at once (with members or history).
+    pub max_channels: usize,
+    /// Connections one channel may have.
+    pub max_members: usize,
+    /// Channels one connection may be in.
+    pub max_channels_per_conn: usize,
+    /// Publications one recovery may replay; a longer gap reports
+    /// `recovered = false` instead (the app then sends a full state).
+    pub max_replay: usize,
+    /// `none` (default): publications go out as the app's bytes. `json`:
+    /// wrapped with what a client needs to recover.
+    pub envelope: Envelope,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig {
+            history_size: 100,
+            history_max_bytes: 256 << 10,
+            history_ttl_ms: 300_000,
+            max_channels: 100_000,
+            max_members: 100_000,
+            max_channels_per_conn: 128,
+            max_replay: 1_000,
+            envelope: Envelope::None,
+        }
+    }
+}
+
 /// How a reload replaces workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -641,6 +700,23 @@ impl Config {
             if let Err(problem) = table.schema() {
                 return Err(invalid(&format!("tables.{name}.columns"), problem));
             }
+        }
+        let c = &self.channels;
+        for (key, value) in [
+            ("channels.max_channels", c.max_channels),
+            ("channels.max_members", c.max_members),
+            ("channels.max_channels_per_conn", c.max_channels_per_conn),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if c.history_size > CHANNEL_HISTORY_MAX {
+            let problem = format!("is {}; it must be at most {CHANNEL_HISTORY_MAX}", c.history_size);
+            return Err(invalid("channels.history_size", problem));
+        }
+        if c.history_size > 0 && c.history_ttl_ms == 0 {
+            return Err(invalid("channels.history_ttl_ms", "must be at least 1 when channels.history_size > 0".into()));
         }
         if let Some(watch) = &self.reload.watch {
             if watch.paths.is_empty() {

@@ -168,6 +168,31 @@ pub struct TaskCounters {
     pub refused: u64,
 }
 
+/// Channel totals, for `status` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelCounters {
+    /// Channels held now (with members or history).
+    #[serde(default)]
+    pub channels: usize,
+    /// Connection-in-channel memberships now.
+    pub memberships: u64,
+    /// Bytes held in histories now.
+    #[serde(default)]
+    pub history_bytes: usize,
+    /// Publications since start.
+    pub publications: u64,
+    /// Publications queued to members since start (one per member).
+    pub deliveries: u64,
+    /// Subscribes with a position that replayed everything missed.
+    pub recovered: u64,
+    /// Subscribes with a position whose gap could not be filled.
+    pub unrecovered: u64,
+    /// Publications replayed by recoveries.
+    pub replayed: u64,
+    /// Channel requests refused (limits, bad names).
+    pub refused: u64,
+}
+
 /// A worker process's lifecycle, as the supervisor sees it. `status` shows
 /// it under `state` (with its details beside it in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,6 +371,9 @@ pub struct ServerStatus {
     pub watch: Option<WatchStatus>,
     /// Task queue and totals.
     pub tasks: TaskCounters,
+    /// Channel figures.
+    #[serde(default)]
+    pub channels: ChannelCounters,
     /// The shared tables.
     pub tables: Vec<TableStatus>,
     /// The address clients connect to.

@@ -235,7 +235,13 @@ pub async fn connect(url: &str) -> Client {
 /// Connects to a server running `hotsock-testworker` and reads its
 /// `open CONN slot=S` greeting; returns the client and its connection id.
 pub async fn open_testworker(server: &TestServer, path: &str) -> (Client, u64) {
-    let mut client = connect(&server.url(path)).await;
+    open_testworker_url(&server.url(path)).await
+}
+
+/// [`open_testworker`] for a whole URL (for tasks that do not hold the
+/// server).
+pub async fn open_testworker_url(url: &str) -> (Client, u64) {
+    let mut client = connect(url).await;
     let greeting = recv(&mut client).await;
     let conn = greeting
         .strip_prefix("open ")

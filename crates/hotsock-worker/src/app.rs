@@ -24,6 +24,11 @@ pub trait App: Send + Sync + 'static {
     /// successor fails to start, this worker simply receives events again.
     const HANDOFF: bool = false;
 
+    /// Set to `true` to get [`App::on_join`] and [`App::on_leave`] when a
+    /// connection enters or leaves a channel (off by default: most apps
+    /// know, since they subscribe).
+    const CHANNEL_EVENTS: bool = false;
+
     /// Runs once when the worker starts, before it tells the server it is
     /// ready: load configuration and code-dependent state here. A worker
     /// that panics here never receives an event (and a reload to its code
@@ -66,6 +71,20 @@ pub trait App: Send + Sync + 'static {
         async {}
     }
 
+    /// A connection joined a channel (with [`App::CHANNEL_EVENTS`]). Runs
+    /// in the connection's order, like its messages.
+    fn on_join(&self, ctx: &Ctx, join: Join) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, join);
+        async {}
+    }
+
+    /// A connection left a channel (with [`App::CHANNEL_EVENTS`]):
+    /// unsubscribed, or closed (then before its [`App::on_close`]).
+    fn on_leave(&self, ctx: &Ctx, leave: Leave) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, leave);
+        async {}
+    }
+
     /// Task workers (`workers.task_count`) run tasks here; the returned
     /// bytes go back to the worker that called [`Ctx::task`]. A task may run
     /// again (`redelivered`) if its task worker died; its result is
@@ -82,6 +101,28 @@ pub trait App: Send + Sync + 'static {
         let _ = (ctx, finish);
         async {}
     }
+}
+
+/// A connection joined a channel.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// Connection id.
+    pub conn: u64,
+    /// A previous worker received this event and died before finishing.
+    pub redelivered: bool,
+    /// The channel.
+    pub channel: String,
+}
+
+/// A connection left a channel.
+#[derive(Debug, Clone)]
+pub struct Leave {
+    /// Connection id.
+    pub conn: u64,
+    /// A previous worker received this event and died before finishing.
+    pub redelivered: bool,
+    /// The channel.
+    pub channel: String,
 }
 
 /// A task to run (task workers).

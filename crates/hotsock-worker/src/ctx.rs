@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use hotsock_protocol::{ConnInfo, HandshakeReply, Role, ToServer, decode_conn_list};
+use hotsock_protocol::{
+    ChannelError, ConnInfo, HandshakeReply, Member, Position, Role, Subscribed, ToServer, decode_conn_list,
+    decode_members, decode_names,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Error, Finish, Payload};
@@ -286,12 +289,94 @@ impl Ctx {
         self.send(ToServer::Broadcast { binary, data });
     }
 
-    async fn query(&self, message: impl FnOnce(u64) -> ToServer) -> Result<(bool, Bytes), Error> {
+    /// Sends a request now and returns the receiver of its reply, so the
+    /// request goes out whether or not the caller ever awaits the answer.
+    fn request(&self, message: impl FnOnce(u64) -> ToServer) -> oneshot::Receiver<(bool, Bytes)> {
         let request = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
         self.send(message(request));
-        rx.await.map_err(|_| Error::Disconnected)
+        rx
+    }
+
+    async fn query(&self, message: impl FnOnce(u64) -> ToServer) -> Result<(bool, Bytes), Error> {
+        self.request(message).await.map_err(|_| Error::Disconnected)
+    }
+
+    /// Adds a connection to a channel: from now on it gets every
+    /// publication of the channel, in offset order, after everything pushed
+    /// to it before. Membership lives in the server: it survives reloads,
+    /// rollbacks and worker crashes, and ends when the connection closes.
+    /// The request is sent at once; await the [`Reply`] for the outcome
+    /// (a refusal names the limit), or drop it.
+    pub fn subscribe(&self, conn: u64, channel: impl Into<String>) -> Reply<Subscribed> {
+        let channel = channel.into();
+        Reply::new(
+            self.request(|request| ToServer::Subscribe { conn, request, channel, from: None }),
+            decode_subscribed,
+        )
+    }
+
+    /// Like [`Ctx::subscribe`], for a client that reconnects and says it saw
+    /// the channel up to `since`: the server first replays what came after
+    /// (nothing twice, nothing skipped) and reports
+    /// [`Subscribed::recovered`]; when it cannot (the history no longer
+    /// reaches back, the epoch changed, or the gap exceeds
+    /// `channels.max_replay`) the connection joins live with
+    /// `recovered = false`, so send it a full state.
+    pub fn subscribe_from(&self, conn: u64, channel: impl Into<String>, since: Position) -> Reply<Subscribed> {
+        let channel = channel.into();
+        Reply::new(
+            self.request(|request| ToServer::Subscribe { conn, request, channel, from: Some(since) }),
+            decode_subscribed,
+        )
+    }
+
+    /// Removes a connection from a channel (nothing happens if it is not in
+    /// it). Nothing published afterwards reaches it.
+    pub fn unsubscribe(&self, conn: u64, channel: impl Into<String>) {
+        self.send(ToServer::Unsubscribe { conn, channel: channel.into() });
+    }
+
+    /// Sends `payload` to every member of `channel` with the channel's next
+    /// offset; also kept in the channel's history for recovery. Framed once
+    /// in the server, whatever the number of members. The reply carries
+    /// the publication's position.
+    pub fn publish(&self, channel: impl Into<String>, payload: impl Into<Payload>) -> Reply<Position> {
+        self.publish_inner(channel.into(), payload.into(), None)
+    }
+
+    /// [`Ctx::publish`] to every member but `except` (typically the sender).
+    pub fn publish_except(
+        &self,
+        channel: impl Into<String>,
+        payload: impl Into<Payload>,
+        except: u64,
+    ) -> Reply<Position> {
+        self.publish_inner(channel.into(), payload.into(), Some(except))
+    }
+
+    fn publish_inner(&self, channel: String, payload: Payload, except: Option<u64>) -> Reply<Position> {
+        let (binary, data) = payload.into_parts();
+        let rx = self.request(|request| ToServer::Publish { request, channel, except, binary, data });
+        Reply::new(rx, decode_position)
+    }
+
+    /// The members of a channel (connection ids and bound uids), in
+    /// ascending connection order; empty for a channel that does not exist.
+    pub async fn members(&self, channel: impl Into<String>) -> Result<Vec<Member>, Error> {
+        let channel = channel.into();
+        let (_, body) = self.query(|request| ToServer::Members { request, channel }).await?;
+        Ok(decode_members(&body)?)
+    }
+
+    /// The channels a connection is in.
+    pub async fn channels(&self, conn: u64) -> Result<Vec<String>, Error> {
+        let (refused, body) = self.query(|request| ToServer::ConnChannels { conn, request }).await?;
+        if refused {
+            return Err(Error::Channel(ChannelError::decode(&body)?));
+        }
+        Ok(decode_names(&body)?)
     }
 
     /// Details of an open connection; `None` if it is not open.
@@ -307,5 +392,57 @@ impl Ctx {
     pub async fn connections(&self) -> Result<Vec<u64>, Error> {
         let (_, body) = self.query(|request| ToServer::ConnList { request }).await?;
         Ok(decode_conn_list(&body)?)
+    }
+}
+
+/// The server's answer to a channel request that was already sent: await
+/// it for the outcome, or drop it if the outcome does not matter.
+#[must_use = "the request is sent either way; await the reply to see a refusal"]
+#[derive(Debug)]
+pub struct Reply<T> {
+    rx: oneshot::Receiver<(bool, Bytes)>,
+    decode: fn(&[u8]) -> Result<T, hotsock_protocol::ProtocolError>,
+}
+
+impl<T> Reply<T> {
+    fn new(
+        rx: oneshot::Receiver<(bool, Bytes)>,
+        decode: fn(&[u8]) -> Result<T, hotsock_protocol::ProtocolError>,
+    ) -> Self {
+        Reply { rx, decode }
+    }
+}
+
+impl<T> std::future::Future for Reply<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let decode = self.decode;
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|reply| {
+            let (refused, body) = reply.map_err(|_| Error::Disconnected)?;
+            if refused {
+                return Err(Error::Channel(ChannelError::decode(&body)?));
+            }
+            Ok(decode(&body)?)
+        })
+    }
+}
+
+fn decode_subscribed(body: &[u8]) -> Result<Subscribed, hotsock_protocol::ProtocolError> {
+    Subscribed::decode(body)
+}
+
+fn decode_position(body: &[u8]) -> Result<Position, hotsock_protocol::ProtocolError> {
+    match <[u8; 16]>::try_from(body) {
+        Ok(raw) => {
+            let (epoch, offset) = raw.split_at(8);
+            let epoch = u64::from_le_bytes(epoch.try_into().unwrap_or_default());
+            let offset = u64::from_le_bytes(offset.try_into().unwrap_or_default());
+            Ok(Position { epoch, offset })
+        }
+        Err(_) => Err(hotsock_protocol::ProtocolError::BadBody {
+            kind: hotsock_protocol::Kind::Reply,
+            reason: "publish reply is not 16 bytes",
+        }),
     }
 }

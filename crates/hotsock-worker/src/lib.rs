@@ -33,10 +33,10 @@ mod app;
 mod ctx;
 mod runtime;
 
-pub use app::{App, Close, Decision, Finish, Handshake, Message, Open, Payload, Task};
+pub use app::{App, Close, Decision, Finish, Handshake, Join, Leave, Message, Open, Payload, Task};
 pub use bytes::Bytes;
-pub use ctx::{Ctx, TaskHandle};
-pub use hotsock_protocol::{ConnInfo, HandshakeRequest, Role};
+pub use ctx::{Ctx, Reply, TaskHandle};
+pub use hotsock_protocol::{ChannelError, ConnInfo, HandshakeRequest, Member, Position, Role, Subscribed};
 pub use hotsock_table::{Row, Table, TableError, Value};
 pub use runtime::run;
 
@@ -77,4 +77,7 @@ pub enum Error {
     /// The shared tables could not be mapped.
     #[error("shared tables: {0}")]
     Tables(String),
+    /// The server refused a channel request.
+    #[error("channel request refused: {0}")]
+    Channel(#[from] ChannelError),
 }

@@ -26,7 +26,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::app::{Close, Decision, Finish, Handshake, Message, Open, Task};
+use crate::app::{Close, Decision, Finish, Handshake, Join, Leave, Message, Open, Task};
 use crate::ctx::{Ctx, Out};
 use crate::{App, Error};
 
@@ -128,6 +128,9 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
     let mut caps = if A::HANDLES_HANDSHAKE { capabilities::HANDSHAKE } else { 0 };
     if A::HANDOFF {
         caps |= capabilities::HANDOFF;
+    }
+    if A::CHANNEL_EVENTS {
+        caps |= capabilities::CHANNEL_EVENTS;
     }
     write_ready(&mut wr, caps).await?;
     let writer = tokio::spawn(write_loop(wr, outbox));
@@ -346,6 +349,12 @@ impl<A: App> Runner<A> {
                     let result = app.on_task(ctx, Task { id: task, redelivered, payload }).await;
                     ctx.task_done(task, false, result);
                 }
+                ToWorker::Join { conn, redelivered, channel, .. } => {
+                    app.on_join(ctx, Join { conn, redelivered, channel }).await
+                }
+                ToWorker::Leave { conn, redelivered, channel, .. } => {
+                    app.on_leave(ctx, Leave { conn, redelivered, channel }).await
+                }
                 _ => {}
             }
         };
@@ -400,7 +409,9 @@ fn redelivered(event: &ToWorker) -> bool {
         | ToWorker::Open { redelivered, .. }
         | ToWorker::Message { redelivered, .. }
         | ToWorker::Close { redelivered, .. }
-        | ToWorker::Task { redelivered, .. } => *redelivered,
+        | ToWorker::Task { redelivered, .. }
+        | ToWorker::Join { redelivered, .. }
+        | ToWorker::Leave { redelivered, .. } => *redelivered,
         _ => false,
     }
 }

@@ -87,6 +87,19 @@ pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
             tasks.queued, tasks.completed, tasks.failed, tasks.refused
         ));
     }
+    let channels = &status.channels;
+    if channels.channels > 0 || channels.publications > 0 {
+        sections.push(format!(
+            "channels: {} held, {} memberships, {} publications ({} deliveries), recoveries {} ok / {} lost, {} refused",
+            channels.channels,
+            channels.memberships,
+            channels.publications,
+            channels.deliveries,
+            channels.recovered,
+            channels.unrecovered,
+            channels.refused
+        ));
+    }
     for table in &status.tables {
         sections.push(format!("table {}: {} of {} rows in use", table.name, table.rows, table.capacity));
     }

@@ -71,6 +71,11 @@ async fn metrics_pass_promtool_and_move_with_traffic_refusals_reloads_and_crashe
         send(&mut client, &format!("echo:{n}")).await;
         assert_eq!(recv(&mut client).await, n.to_string());
     }
+    // A channel with one member and one publication.
+    send(&mut client, "sub:news").await;
+    assert!(recv(&mut client).await.starts_with("subscribed news"));
+    send(&mut client, "pub:news:hello").await;
+    assert_eq!(recv(&mut client).await, "hello");
     // A plain request to the WebSocket port is refused with 426.
     assert!(raw_http(server.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.starts_with("HTTP/1.1 426"));
     let output = server.cli(&["reload", "--wait"]);
@@ -94,6 +99,11 @@ async fn metrics_pass_promtool_and_move_with_traffic_refusals_reloads_and_crashe
     assert_eq!(sample(&body, "hotsock_generation"), Some(2.0), "{body}");
     assert!(sample(&body, r#"hotsock_worker_exits_total{slot="0",cause="stopped"}"#).is_some(), "{body}");
     assert_eq!(sample(&body, r#"hotsock_worker_crashes_total{slot="0",role="event"}"#), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "hotsock_channels"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "hotsock_channel_memberships"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "hotsock_channel_publications_total"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "hotsock_channel_deliveries_total"), Some(1.0), "{body}");
+    assert!(sample(&body, "hotsock_channel_history_bytes").is_some_and(|n| n >= 5.0), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -123,6 +123,16 @@ fn render(shared: &Shared) -> String {
     m.total("hotsock_tasks_completed_total", &[], status.tasks.completed);
     m.total("hotsock_tasks_failed_total", &[], status.tasks.failed);
     m.total("hotsock_tasks_refused_total", &[], status.tasks.refused);
+    let c = &status.channels;
+    m.gauge("hotsock_channels", &[], c.channels as f64);
+    m.gauge("hotsock_channel_memberships", &[], c.memberships as f64);
+    m.gauge("hotsock_channel_history_bytes", &[], c.history_bytes as f64);
+    m.total("hotsock_channel_publications_total", &[], c.publications);
+    m.total("hotsock_channel_deliveries_total", &[], c.deliveries);
+    m.total("hotsock_channel_replayed_total", &[], c.replayed);
+    m.total("hotsock_channel_recoveries_total", &[("outcome", "recovered".into())], c.recovered);
+    m.total("hotsock_channel_recoveries_total", &[("outcome", "unrecovered".into())], c.unrecovered);
+    m.total("hotsock_channel_refused_total", &[], c.refused);
     for table in &status.tables {
         let labels = [("table", table.name.clone())];
         m.gauge("hotsock_table_rows", &labels, table.rows as f64);

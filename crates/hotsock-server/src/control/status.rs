@@ -32,6 +32,7 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
         last_reload: view.last_reload,
         watch: shared.watch_status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         tasks: shared.hub.task_counters(),
+        channels: shared.hub.channel_counters(),
         tables: shared
             .tables
             .iter()

@@ -18,6 +18,10 @@ pub(crate) enum EventBody {
     },
     /// A task, for a task slot (the pending's `conn` is the task id).
     Task(Bytes),
+    /// The connection joined a channel (workers with `CHANNEL_EVENTS`).
+    Join(std::sync::Arc<str>),
+    /// The connection left a channel (workers with `CHANNEL_EVENTS`).
+    Leave(std::sync::Arc<str>),
 }
 
 /// Connection facts fixed at accept time.

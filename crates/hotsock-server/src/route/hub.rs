@@ -21,15 +21,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use hotsock_protocol::{ConnInfo, HandshakeReply, ToServer, ToWorker, encode_conn_list};
+use hotsock_protocol::{
+    ChannelError, ConnInfo, HandshakeReply, Member, Position, ToServer, ToWorker, capabilities, encode_conn_list,
+    encode_members, encode_names,
+};
 use tokio::sync::oneshot;
 
 use crate::close;
-use crate::config::{Config, DispatchMode};
+use crate::config::{Config, DispatchMode, Envelope};
+use crate::route::channels::{Channels, unsubscribed_envelope};
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::outbox::{ConnShared, NotUtf8, Outgoing};
 use crate::route::slot::{Attached, Pending, Poisoned, Slot, SlotCounters, WorkerId};
-use crate::wire::{ClientStatus, TaskCounters};
+use crate::wire::{ChannelCounters, ClientStatus, TaskCounters};
 
 #[derive(Debug)]
 struct ConnEntry {
@@ -67,6 +71,9 @@ struct HubState {
     round_robin: usize,
     /// From the workers' Ready: they want to decide on upgrades.
     worker_handshakes: bool,
+    /// From the workers' Ready: they want Join and Leave events.
+    channel_events: bool,
+    channels: Channels,
 }
 
 /// What a batch from a worker reported, beyond its effects.
@@ -126,6 +133,9 @@ pub(crate) struct Hub {
     event_slots: usize,
     task_queue_max: usize,
     next_conn: AtomicU64,
+    envelope: Envelope,
+    /// The clock channel histories age by.
+    started: std::time::Instant,
 }
 
 impl Hub {
@@ -154,6 +164,8 @@ impl Hub {
                 next_event: 1,
                 round_robin: 0,
                 worker_handshakes: false,
+                channel_events: false,
+                channels: Channels::new(config.channels.clone(), limits.max_message_bytes, epoch_seed()),
             }),
             dispatch,
             max_inflight_per_conn,
@@ -162,6 +174,8 @@ impl Hub {
             event_slots,
             task_queue_max,
             next_conn: AtomicU64::new(1),
+            envelope: config.channels.envelope,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -206,6 +220,9 @@ impl Hub {
     pub(crate) fn remove(&self, conn: u64) {
         let mut state = self.lock();
         state.handshakes.remove(&conn);
+        // Normally it left its channels with its Close event; a connection
+        // refused at the handshake never had one.
+        state.channels.leave_all(conn);
         if let Some(entry) = state.conns.remove(&conn)
             && let Some(uid) = entry.uid
         {
@@ -224,7 +241,20 @@ impl Hub {
     /// slot has a live worker; otherwise they wait in the slot for the next.
     pub(crate) fn dispatch(&self, conn: u64, bodies: impl IntoIterator<Item = EventBody>) {
         let mut guard = self.lock();
-        let state = &mut *guard;
+        for body in bodies {
+            if matches!(body, EventBody::Close { .. }) {
+                // A closing connection leaves its channels first, so the
+                // app sees its Leave events before its Close.
+                let left = guard.channels.leave_all(conn);
+                if guard.channel_events {
+                    self.dispatch_locked(&mut guard, conn, left.into_iter().map(EventBody::Leave));
+                }
+            }
+            self.dispatch_locked(&mut guard, conn, [body]);
+        }
+    }
+
+    fn dispatch_locked(&self, state: &mut HubState, conn: u64, bodies: impl IntoIterator<Item = EventBody>) {
         let slot_count = self.event_slots;
         let Some(entry) = state.conns.get_mut(&conn) else { return };
         for body in bodies {
@@ -250,9 +280,14 @@ impl Hub {
     }
 
     /// Registers a worker that said Ready; it gets events once current.
-    pub(crate) fn attach(&self, slot_index: usize, worker: Attached, handshakes: bool) {
+    /// An event worker's capabilities (`capabilities` bits) say what the
+    /// serving code wants from the server from now on.
+    pub(crate) fn attach(&self, slot_index: usize, worker: Attached, caps: u32) {
         let mut state = self.lock();
-        state.worker_handshakes = handshakes;
+        if slot_index < self.event_slots {
+            state.worker_handshakes = caps & capabilities::HANDSHAKE != 0;
+            state.channel_events = caps & capabilities::CHANNEL_EVENTS != 0;
+        }
         state.slots[slot_index].slot.attach(worker);
     }
 
@@ -338,12 +373,12 @@ impl Hub {
                 ToServer::Push { conn, binary, data } => {
                     let message = Outgoing::data(binary, data)?;
                     if let Some(entry) = state.conns.get(&conn) {
-                        self.send(entry, message);
+                        self.send(&entry.shared, message);
                     }
                 }
                 ToServer::CloseConn { conn, code, reason } => {
                     if let Some(entry) = state.conns.get(&conn) {
-                        self.send(entry, Outgoing::Close(code, reason));
+                        self.send(&entry.shared, Outgoing::Close(code, reason));
                     }
                 }
                 ToServer::Bind { conn, uid } => bind(state, conn, uid),
@@ -351,14 +386,14 @@ impl Hub {
                     let message = Outgoing::data(binary, data)?;
                     for conn in state.uids.get(&uid).into_iter().flatten() {
                         if let Some(entry) = state.conns.get(conn) {
-                            self.send(entry, message.clone());
+                            self.send(&entry.shared, message.clone());
                         }
                     }
                 }
                 ToServer::Broadcast { binary, data } => {
                     let message = Outgoing::data(binary, data)?;
                     for entry in state.conns.values().filter(|e| e.open) {
-                        self.send(entry, message.clone());
+                        self.send(&entry.shared, message.clone());
                     }
                 }
                 ToServer::ConnInfo { conn, request } => {
@@ -407,6 +442,54 @@ impl Hub {
                     state.slots[slot_index].slot.send_to(worker, reply);
                 }
                 ToServer::TaskDone { task, failed, payload } => self.finish_task(state, task, failed, payload),
+                ToServer::Subscribe { conn, request, channel, from } => {
+                    let reply = self.subscribe(state, conn, &channel, from);
+                    self.reply(state, slot_index, worker, request, reply.map(|s| s.to_bytes()));
+                }
+                ToServer::Unsubscribe { conn, channel } => {
+                    if let Some(name) = state.channels.unsubscribe(conn, &channel) {
+                        if let Some(entry) = state.conns.get(&conn)
+                            && self.envelope == Envelope::Json
+                        {
+                            self.send(&entry.shared, unsubscribed_envelope(&name));
+                        }
+                        if state.channel_events {
+                            self.dispatch_locked(state, conn, [EventBody::Leave(name)]);
+                        }
+                    }
+                }
+                ToServer::Publish { request, channel, except, binary, data } => {
+                    let message = Outgoing::data(binary, data)?;
+                    let now = self.now_ms();
+                    let reply = state.channels.publish(&channel, message, now).map(|published| {
+                        for (conn, shared) in state.channels.members(&channel) {
+                            if Some(conn) != except {
+                                self.send(shared, published.message.clone());
+                            }
+                        }
+                        position_bytes(published.position)
+                    });
+                    self.reply(state, slot_index, worker, request, reply);
+                }
+                ToServer::Members { request, channel } => {
+                    let mut members: Vec<Member> = state
+                        .channels
+                        .members(&channel)
+                        .map(|(conn, _)| Member { conn, uid: state.conns.get(&conn).and_then(|e| e.uid) })
+                        .collect();
+                    members.sort_unstable_by_key(|m| m.conn);
+                    let body = encode_members(&members);
+                    state.slots[slot_index]
+                        .slot
+                        .send_to(worker, ToWorker::Reply { id: request, not_found: false, body });
+                }
+                ToServer::ConnChannels { conn, request } => {
+                    let reply = match state.conns.get(&conn) {
+                        Some(_) => Ok(encode_names(state.channels.of_conn(conn).iter().map(|n| &**n))),
+                        None => Err(ChannelError::NoSuchConnection),
+                    };
+                    self.reply(state, slot_index, worker, request, reply);
+                }
                 ToServer::Panicked { conn, event, message } => {
                     tracing::warn!(slot = slot_index, conn, event, "handler panicked in the worker: {message}");
                     state.slots[slot_index].panics += 1;
@@ -430,6 +513,72 @@ impl Hub {
             }
         }
         Ok(applied)
+    }
+
+    /// Adds `conn` to a channel, queueing the `subscribed` envelope and any
+    /// replay before the live publications (all under the hub lock, so none
+    /// is missed or doubled).
+    fn subscribe(
+        &self,
+        state: &mut HubState,
+        conn: u64,
+        channel: &str,
+        from: Option<Position>,
+    ) -> Result<hotsock_protocol::Subscribed, ChannelError> {
+        let now = self.now_ms();
+        let Some(entry) = state.conns.get(&conn) else { return Err(ChannelError::NoSuchConnection) };
+        let shared = entry.shared.clone();
+        // A replay must not make the connection a slow reader by itself:
+        // one that would not fit what its outbox may still take is not
+        // made, and the client is told it did not recover.
+        let queued = shared.queued_bytes.load(Ordering::Relaxed);
+        let budget = self.output_buffer_bytes.saturating_sub(queued);
+        let joined = state.channels.subscribe(conn, &shared, channel, from, budget, now)?;
+        for out in joined.queue {
+            self.send(&shared, out);
+        }
+        if !joined.already && state.channel_events {
+            self.dispatch_locked(state, conn, [EventBody::Join(joined.name)]);
+        }
+        Ok(joined.subscribed)
+    }
+
+    /// Answers a channel request (request id 0: the worker wants no answer).
+    fn reply(
+        &self,
+        state: &mut HubState,
+        slot_index: usize,
+        worker: WorkerId,
+        request: u64,
+        result: Result<Bytes, ChannelError>,
+    ) {
+        let reply = match result {
+            Ok(body) => ToWorker::Reply { id: request, not_found: false, body },
+            Err(error) => {
+                state.channels.counters.refused += 1;
+                tracing::debug!(slot = slot_index, reason = error.reason(), "channel request refused: {error}");
+                ToWorker::Reply { id: request, not_found: true, body: error.to_bytes() }
+            }
+        };
+        if request != 0 {
+            state.slots[slot_index].slot.send_to(worker, reply);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Channel totals for `status` and `/metrics`; sweeps expired history
+    /// on the way, so an idle server's figures (and memory) go down too.
+    pub(crate) fn channel_counters(&self) -> ChannelCounters {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        state.channels.sweep(now);
+        let mut counters = state.channels.counters;
+        counters.channels = state.channels.len();
+        counters.history_bytes = state.channels.history_bytes();
+        counters
     }
 
     /// Queues a task on the least busy task slot; returns its id, or why it
@@ -509,8 +658,7 @@ impl Hub {
     /// when nothing waits ahead of it, so a connection's queued output never
     /// exceeds the larger of the limit and one message. Past that the client
     /// is a slow reader and is closed instead.
-    fn send(&self, entry: &ConnEntry, out: Outgoing) {
-        let shared = &entry.shared;
+    fn send(&self, shared: &ConnShared, out: Outgoing) {
         if shared.overflowed.load(Ordering::Relaxed) {
             return;
         }
@@ -595,6 +743,23 @@ impl Hub {
     pub(crate) fn all_ready(&self) -> bool {
         self.lock().slots.iter().all(|s| s.slot.has_current())
     }
+}
+
+/// The body of a `Reply` to `Publish`: the publication's epoch and offset.
+fn position_bytes(position: Position) -> Bytes {
+    let mut body = Vec::with_capacity(16);
+    body.extend_from_slice(&position.epoch.to_le_bytes());
+    body.extend_from_slice(&position.offset.to_le_bytes());
+    Bytes::from(body)
+}
+
+/// A value no earlier run of this server used, mixed into every channel
+/// epoch: a restart loses the histories, so a client recovering across it
+/// must see a new epoch.
+fn epoch_seed() -> u64 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 fn least_busy(slots: &[SlotEntry]) -> usize {

@@ -98,6 +98,8 @@ impl Pending {
                 ToWorker::Close { conn, id, redelivered, code: *code, reason: reason.clone() }
             }
             EventBody::Task(payload) => ToWorker::Task { task: conn, id, redelivered, payload: payload.clone() },
+            EventBody::Join(channel) => ToWorker::Join { conn, id, redelivered, channel: channel.to_string() },
+            EventBody::Leave(channel) => ToWorker::Leave { conn, id, redelivered, channel: channel.to_string() },
         }
     }
 }

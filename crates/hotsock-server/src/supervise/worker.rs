@@ -202,7 +202,7 @@ impl WorkerTask {
         let (link, outbox) = mpsc::unbounded_channel();
         let pinger = link.clone();
         let handoff = caps & capabilities::HANDOFF != 0;
-        shared.hub.attach(slot, Attached::new(worker, link, handoff), caps & capabilities::HANDSHAKE != 0);
+        shared.hub.attach(slot, Attached::new(worker, link, handoff), caps);
         self.was_ready = true;
         let _ = events.send(WorkerEvent::Ready { worker, pid, handoff });
         tracing::info!(slot, pid, generation, "worker ready");

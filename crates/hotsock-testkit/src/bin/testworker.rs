@@ -7,8 +7,16 @@
 //! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
 //! `push_close:X`, `panic`, `panic_abort` (a panic that aborts the process), `exit`, `sleep:MS:X` (awaits), `block:MS` (blocks
 //! the event loop), `threads` (thread count), `count:N:SIZE` (numbered), `flood:N:SIZE`, `binary:X`.
+//! Channels: `sub:CH`, `subfrom:CH:EPOCH:OFFSET` (both answer
+//! `subscribed CH recovered=B epoch=E offset=N replayed=N` or
+//! `sub error: ...`), `unsub:CH`, `pub:CH:X` (no answer), `pubr:CH:X`
+//! (answers `published CH offset=N` or `pub error: ...`), `pubx:CH:X` (not
+//! to the sender), `members:CH` (JSON `[[conn, uid], ...]`), `channels`.
 //! Tasks (`on_task`): `sleep:MS:X`, `block:MS:X`, `panic`, anything else.
-//! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays.
+//! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays,
+//! `join=A,B` subscribes, `since=CH.EPOCH.OFFSET,...` subscribes from a
+//! position (each answered as `sub:` is, before `open`). `on_join` and
+//! `on_leave` append `join conn=C ch=X` / `leave conn=C ch=X` to the log.
 //! `on_open` pushes `open CONN slot=S`; lifecycle events are appended to the
 //! file named by `TESTWORKER_LOG`.
 //!
@@ -28,7 +36,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hotsock_protocol::{Decoder, PROTOCOL_VERSION, Ready, ToServer, ToWorker};
-use hotsock_worker::{App, Bytes, Close, Ctx, Decision, Finish, Handshake, Message, Open, Task};
+use hotsock_worker::{
+    App, Bytes, Close, Ctx, Decision, Error, Finish, Handshake, Join, Leave, Message, Open, Position, Subscribed, Task,
+};
 
 /// `panic-from=N` for this generation: every message from the worker's Nth
 /// on panics (read at start from `TESTWORKER_GEN_DIR/gen<generation>`).
@@ -50,9 +60,29 @@ fn log(line: String) {
     }
 }
 
+/// How the `sub` commands report a subscribe.
+fn subscribed_line(channel: &str, result: Result<Subscribed, Error>) -> String {
+    match result {
+        Ok(s) => format!(
+            "subscribed {channel} recovered={} epoch={:016x} offset={} replayed={}",
+            s.recovered, s.epoch, s.offset, s.replayed
+        ),
+        Err(e) => format!("sub error: {e}"),
+    }
+}
+
 impl App for Test {
     const HANDLES_HANDSHAKE: bool = true;
     const HANDOFF: bool = true;
+    const CHANNEL_EVENTS: bool = true;
+
+    async fn on_join(&self, _ctx: &Ctx, join: Join) {
+        log(format!("join conn={} ch={}", join.conn, join.channel));
+    }
+
+    async fn on_leave(&self, _ctx: &Ctx, leave: Leave) {
+        log(format!("leave conn={} ch={}", leave.conn, leave.channel));
+    }
 
     async fn on_worker_start(&self, ctx: &Ctx, handoff: Option<Bytes>) {
         let handoff = handoff.map(|state| String::from_utf8_lossy(&state).into_owned());
@@ -81,13 +111,28 @@ impl App for Test {
         Some(Bytes::from(memory))
     }
 
-    async fn on_handshake(&self, _ctx: &Ctx, handshake: Handshake) -> Decision {
+    async fn on_handshake(&self, ctx: &Ctx, handshake: Handshake) -> Decision {
         let request = &handshake.request;
         if let Some(ms) = request.query("slow").and_then(|v| v.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if let Some(status) = request.query("status").and_then(|v| v.parse().ok()) {
             return Decision::reject(status, format!("rejected by test worker with {status}\n"));
+        }
+        for channel in request.query("join").unwrap_or("").split(',').filter(|c| !c.is_empty()) {
+            let result = ctx.subscribe(handshake.conn, channel).await;
+            ctx.push(handshake.conn, subscribed_line(channel, result));
+        }
+        for since in request.query("since").unwrap_or("").split(',').filter(|c| !c.is_empty()) {
+            let mut parts = since.splitn(3, '.');
+            let (channel, epoch, offset) = (parts.next(), parts.next(), parts.next());
+            let (Some(channel), Some(position)) = (channel, epoch.zip(offset).and_then(|(e, o)| Position::parse(e, o)))
+            else {
+                ctx.push(handshake.conn, format!("sub error: bad since {since}"));
+                continue;
+            };
+            let result = ctx.subscribe_from(handshake.conn, channel, position).await;
+            ctx.push(handshake.conn, subscribed_line(channel, result));
         }
         let decision = Decision::accept().header("X-Testworker", "yes");
         match request.query("uid").and_then(|v| v.parse().ok()) {
@@ -269,6 +314,54 @@ impl App for Test {
                 }
             }
             "binary" => ctx.push(conn, arg.as_bytes().to_vec()),
+            "sub" => {
+                let result = ctx.subscribe(conn, arg).await;
+                ctx.push(conn, format!("{mark}{}", subscribed_line(arg, result)));
+            }
+            "subfrom" => {
+                let mut parts = arg.splitn(3, ':');
+                let (channel, epoch, offset) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+                let Some(position) = epoch.zip(offset).and_then(|(e, o)| Position::parse(e, o)) else {
+                    ctx.push(conn, format!("sub error: bad position {arg}"));
+                    return;
+                };
+                let result = ctx.subscribe_from(conn, channel, position).await;
+                ctx.push(conn, subscribed_line(channel, result));
+            }
+            "unsub" => {
+                ctx.unsubscribe(conn, arg);
+                ctx.push(conn, format!("unsubscribed {arg}"));
+            }
+            "pub" | "pubr" | "pubx" => {
+                let (channel, body) = arg.split_once(':').unwrap_or((arg, ""));
+                let reply = match command {
+                    "pubx" => ctx.publish_except(channel, body, conn),
+                    _ => ctx.publish(channel, body),
+                };
+                if command == "pubr" {
+                    let line = match reply.await {
+                        Ok(position) => format!("published {channel} offset={}", position.offset),
+                        Err(e) => format!("pub error: {e}"),
+                    };
+                    ctx.push(conn, line);
+                }
+            }
+            "members" => {
+                let reply = match ctx.members(arg).await {
+                    Ok(members) => {
+                        serde_json::json!(members.iter().map(|m| (m.conn, m.uid)).collect::<Vec<_>>()).to_string()
+                    }
+                    Err(e) => format!("error {e}"),
+                };
+                ctx.push(conn, reply);
+            }
+            "channels" => {
+                let reply = match ctx.channels(conn).await {
+                    Ok(names) => serde_json::json!(names).to_string(),
+                    Err(e) => format!("error {e}"),
+                };
+                ctx.push(conn, reply);
+            }
             _ => ctx.push(conn, format!("unknown command {text}")),
         }
     }
