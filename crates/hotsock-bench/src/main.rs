@@ -14,6 +14,7 @@ mod baseline;
 mod chart;
 mod echo;
 mod edit;
+mod fanout;
 mod idle;
 mod load;
 mod matchmaker;
@@ -102,6 +103,22 @@ enum Scenario {
         /// Operations per process and per kind.
         #[arg(long, default_value_t = 2_000_000)]
         ops: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// One publisher fanning out to channel members: hotsock channels vs the
+    /// Node.js ws broadcast loop vs Socket.IO rooms, same rate, same run.
+    Fanout {
+        /// Layouts `CHANNELSxMEMBERS@PUBS_PER_S`, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = ["1x10000@10".to_owned(), "100x100@1000".to_owned()])]
+        layouts: Vec<String>,
+        /// Seconds of publishing per target and layout.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Publication size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -219,6 +236,10 @@ fn main() -> Result<()> {
         }
         Scenario::MatchmakerPool { waiting, out } => matchmaker_pool::run(&matchmaker_pool::Params { waiting }, &out),
         Scenario::Tasks { connections, seconds, out } => tasks::run(connections, seconds, &out),
+        Scenario::Fanout { layouts, seconds, size, out } => {
+            let layouts = layouts.iter().map(|l| parse_layout(l)).collect::<Result<Vec<_>>>()?;
+            fanout::run(&fanout::Params { layouts, seconds, size }, &out)
+        }
         Scenario::TableChild { op, ops } => table::child(&op, ops),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
@@ -348,10 +369,34 @@ pub(crate) fn start_baseline() -> Result<Target> {
     Ok(target)
 }
 
+/// `CHANNELSxMEMBERS@RATE`, e.g. `1x10000@10`.
+fn parse_layout(text: &str) -> Result<fanout::Layout> {
+    let parse = || {
+        let (shape, rate) = text.split_once('@')?;
+        let (channels, members) = shape.split_once('x')?;
+        Some(fanout::Layout {
+            channels: channels.parse().ok().filter(|n| *n > 0)?,
+            members_per_channel: members.parse().ok().filter(|n| *n > 0)?,
+            rate: rate.parse().ok().filter(|n| *n > 0)?,
+        })
+    };
+    parse().with_context(|| format!("layout {text:?}: expected CHANNELSxMEMBERS@PUBS_PER_S, e.g. 1x10000@10"))
+}
+
+/// tests/node: the Node.js peers and their `node_modules`.
+pub(crate) fn node_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node")
+}
+
 /// The peer: Node.js `ws` (tests/node/echo_server.js), installed with
 /// `npm ci` if needed.
 pub(crate) fn start_node_peer() -> Result<Target> {
-    let node_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
+    start_node_script("echo_server.js", "Node.js ws (peer)", "Node.js ws")
+}
+
+/// Starts `node tests/node/SCRIPT PORT`, after `npm ci` if `ws` is missing.
+pub(crate) fn start_node_script(script: &str, name: &'static str, label: &'static str) -> Result<Target> {
+    let node_dir = node_dir();
     if !node_dir.join("node_modules/ws").exists() {
         eprintln!("== installing the Node ws peer (npm ci in tests/node)");
         let status = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&node_dir).status()?;
@@ -361,12 +406,12 @@ pub(crate) fn start_node_peer() -> Result<Target> {
     }
     let port = free_port()?;
     let child = pin::command("node")
-        .arg(node_dir.join("echo_server.js"))
+        .arg(node_dir.join(script))
         .arg(port.to_string())
         .stdout(Stdio::null())
         .spawn()
         .context("starting node (is Node.js installed?)")?;
-    let target = Target { name: "Node.js ws (peer)", label: "Node.js ws", child, port, _dir: None };
+    let target = Target { name, label, child, port, _dir: None };
     load::wait_listening(port)?;
     Ok(target)
 }

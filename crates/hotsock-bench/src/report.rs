@@ -24,7 +24,7 @@ what to read. Each section is rewritten by its own scenario (`hotsock-bench <sce
 them all. Charts are in `docs/bench/`, each run's figures as JSON in `target/bench/<scenario>.json`.\n";
 
 /// The order of the sections in the report (that of `hotsock-bench all`).
-const ORDER: [&str; 11] = [
+const ORDER: [&str; 12] = [
     "echo",
     "echo-pinned",
     "pipelined",
@@ -32,6 +32,7 @@ const ORDER: [&str; 11] = [
     "idle",
     "reload",
     "tasks",
+    "fanout",
     "table",
     "matchmaker",
     "matchmaker-pool",
