@@ -105,6 +105,17 @@ pub struct Config {
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file and its text, so errors found after parsing (a certificate
+    /// that does not load, a key a reload cannot change) name the line.
+    #[serde(skip)]
+    pub(crate) source: Source,
+}
+
+/// Where a [`Config`] came from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Source {
+    pub(crate) path: PathBuf,
+    pub(crate) text: String,
 }
 
 /// `[server]`.
@@ -140,6 +151,21 @@ pub struct ServerConfig {
     /// start when listening beyond loopback). Requests without an Origin
     /// header (not from a browser) are not affected.
     pub allowed_origins: Option<Vec<String>>,
+    /// `[server.tls]`: serve `wss://` (every connection on the listener is
+    /// TLS). Absent: plain `ws://`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the certificate and key, PEM files (relative to the
+/// config file). Both are read again at every reload, so a renewed
+/// certificate takes effect without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +180,7 @@ impl Default for ServerConfig {
             static_dir: None,
             stop_timeout_ms: 10_000,
             allowed_origins: None,
+            tls: None,
         }
     }
 }
@@ -505,7 +532,17 @@ impl Config {
             _ => PathBuf::from("."),
         };
         config.validate(path, text)?;
+        config.source = Source { path: path.to_owned(), text: text.to_owned() };
         Ok(config)
+    }
+
+    /// `file:line` of a dotted key (`server.tls.cert`), or just the file
+    /// when the key is not in it; for messages.
+    pub(crate) fn locate(&self, key: &str) -> String {
+        match find_line(&self.source.text, key) {
+            Some(line) => format!("{}:{line}", self.source.path.display()),
+            None => self.source.path.display().to_string(),
+        }
     }
 
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {

@@ -30,10 +30,11 @@ mod wire;
 
 pub use config::{
     Config, ConfigError, DispatchMode, LimitsConfig, LogConfig, LogFormat, MESSAGE_BYTES_CEILING, MetricsConfig,
-    ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, WatchConfig, WorkersConfig,
+    ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, TlsConfig, WatchConfig, WorkersConfig,
 };
 pub use control::admin::{ADMIN_SOCKET, AdminError, PID_FILE, request as admin_request};
 pub use error::ServerError;
+pub use net::tls::TlsError;
 pub use server::Server;
 pub use wire::{
     ADMIN_VERSION, AdminReply, AdminRequest, AdminResponse, BuildOutcome, ClientStatus, EXITS_KEPT, ExitCause,

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -55,6 +56,12 @@ impl Server {
     /// Binds the listener and the admin socket and prepares the run
     /// directory. Must be called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        // First: a certificate that does not load is the operator's to fix
+        // before anything is bound or written.
+        let tls = load_tls(&config)?.map(ArcSwap::new);
+        if let Some(files) = &config.server.tls {
+            tracing::info!(cert = %config.base_dir.join(&files.cert).display(), "serving wss:// (TLS)");
+        }
         let mut run_files = RunFiles::create(&config.run_dir())?;
         let listener = crate::net::listen::bind(config.server.listen, config.server.backlog, "server.listen")?;
         let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
@@ -88,6 +95,7 @@ impl Server {
             accepted_total: AtomicU64::new(0),
             metrics: Metrics::new(),
             origins,
+            tls,
             per_ip,
             notifier: Notifier::from_env(),
             stopping: watch::Sender::new(false),
@@ -98,6 +106,12 @@ impl Server {
             listen,
         });
         Ok(Server { shared, listener, metrics_listener, admin, run_files, generations })
+    }
+
+    /// What `bind` checks that needs no socket: the `[server.tls]` files
+    /// load and belong together (`hotsock check`).
+    pub fn check(config: &Config) -> Result<(), ServerError> {
+        load_tls(config).map(|_| ())
     }
 
     /// The address clients connect to (useful with port 0).
@@ -115,7 +129,7 @@ impl Server {
         let _ = shared.supervisor.set(supervisor.clone());
         let mut supervise = tokio::spawn(supervise);
         let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
-        let signal_task = tokio::spawn(reload_signals(supervisor.clone()));
+        let signal_task = tokio::spawn(reload_signals(shared.clone(), supervisor.clone()));
         tokio::pin!(shutdown);
         let started = tokio::select! {
             ready = wait_ready(&shared) => ready,
@@ -174,8 +188,10 @@ impl Server {
     }
 }
 
-/// SIGUSR1 reloads the event workers, SIGUSR2 the task workers.
-async fn reload_signals(supervisor: SupervisorHandle) {
+/// SIGUSR1 reloads the event workers, SIGUSR2 the task workers; like
+/// `hotsock reload`, each first re-reads what a reload re-reads, and a
+/// failure there is logged and reloads nothing.
+async fn reload_signals(shared: Arc<Shared>, supervisor: SupervisorHandle) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut usr1), Ok(mut usr2)) = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
     else {
@@ -188,8 +204,20 @@ async fn reload_signals(supervisor: SupervisorHandle) {
             _ = usr2.recv() => ReloadKind::Tasks,
         };
         tracing::info!(?kind, "reload requested by signal");
+        if let Err(error) = crate::control::reconfig::prepare(&shared) {
+            tracing::error!("reload refused, nothing changed: {error}");
+            continue;
+        }
         supervisor.reload(ReloadRequest { kind, canary: None, reply: None, reason: None });
     }
+}
+
+/// Loads `[server.tls]`, if set; the error names the config line.
+fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ServerError> {
+    let Some(files) = &config.server.tls else { return Ok(None) };
+    crate::net::tls::load(files, &config.base_dir)
+        .map(Some)
+        .map_err(|source| ServerError::Tls { at: config.locate(source.config_key()), source })
 }
 
 /// Creates every `[tables.NAME]` segment.

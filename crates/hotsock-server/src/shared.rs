@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use arc_swap::ArcSwap;
 use hotsock_protocol::TableSpec;
 use hotsock_table::Table;
 use tokio::sync::{Semaphore, watch};
@@ -38,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// `server.allowed_origins`, parsed.
     pub(crate) origins: Option<Vec<OriginPattern>>,
+    /// `[server.tls]`, loaded: every handshake takes the one current when
+    /// it starts; a reload swaps in a freshly read one. `None`: plain.
+    pub(crate) tls: Option<ArcSwap<rustls::ServerConfig>>,
     /// Per-address connection cap and handshake rate.
     pub(crate) per_ip: PerIp,
     /// systemd's notify socket, when started by systemd with `Type=notify`.

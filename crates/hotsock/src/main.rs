@@ -192,6 +192,7 @@ async fn shutdown_signal() {
 
 fn check(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
+    Server::check(&config)?;
     let program = config.worker_program();
     if program.components().count() > 1 && !program.exists() {
         bail!(
