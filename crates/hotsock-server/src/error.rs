@@ -27,6 +27,9 @@ pub enum ServerError {
         /// What is wrong.
         source: crate::net::tls::TlsError,
     },
+    /// The socket passed by systemd (`LISTEN_FDS`) cannot be used.
+    #[error("socket activation: {0}")]
+    Activation(#[from] hotsock_table::activation::ActivationError),
     /// Workers did not all become ready in time at start.
     #[error("workers did not become ready: {0}")]
     WorkersNotReady(String),

@@ -63,7 +63,7 @@ impl Server {
             tracing::info!(cert = %config.base_dir.join(&files.cert).display(), "serving wss:// (TLS)");
         }
         let mut run_files = RunFiles::create(&config.run_dir())?;
-        let listener = crate::net::listen::bind(config.server.listen, config.server.backlog, "server.listen")?;
+        let listener = crate::net::listen::client_listener(config.server.listen, config.server.backlog)?;
         let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
             Some(addr) => Some(crate::net::listen::bind(addr, METRICS_BACKLOG, "metrics.listen")?),
             None => None,
