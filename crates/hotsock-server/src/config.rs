@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod diff;
+pub(crate) use diff::{RestartOnly, diff};
+
 /// Largest message a server can be configured to accept. The worker protocol
 /// reserves a little room above it for framing (`PAYLOAD_MAX_BYTES`).
 pub const MESSAGE_BYTES_CEILING: usize = 64 << 20;
@@ -119,7 +122,7 @@ pub(crate) struct Source {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on for WebSocket clients.
@@ -186,7 +189,7 @@ impl Default for ServerConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` (default, one line an event) or `json` (one object a line,
@@ -217,7 +220,7 @@ pub enum LogFormat {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the listener serving `/metrics` (Prometheus text),
@@ -241,7 +244,7 @@ pub enum DispatchMode {
 }
 
 /// `[tables.NAME]`: a shared table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// Exact capacity in rows.
@@ -267,7 +270,7 @@ impl TableConfig {
 }
 
 /// `[workers]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersConfig {
     /// The worker program and its arguments. A relative program path is
@@ -365,7 +368,7 @@ fn default_crash_loop_window() -> u64 {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest message a client may send; larger ones close the connection
@@ -417,7 +420,7 @@ pub enum ReloadStrategy {
 }
 
 /// `[reload]`: starting, switching and stopping workers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
     /// `rolling` (default) or `all-at-once`.
@@ -453,7 +456,7 @@ pub struct ReloadConfig {
 }
 
 /// `[reload.watch]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     /// Watch without `hotsock start --watch`.

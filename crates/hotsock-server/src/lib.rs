@@ -21,6 +21,7 @@ mod control;
 mod error;
 mod metrics;
 mod net;
+mod options;
 mod route;
 mod server;
 mod shared;
@@ -35,6 +36,7 @@ pub use config::{
 pub use control::admin::{ADMIN_SOCKET, AdminError, PID_FILE, request as admin_request};
 pub use error::ServerError;
 pub use net::tls::TlsError;
+pub use options::{LogControl, Options};
 pub use server::Server;
 pub use wire::{
     ADMIN_VERSION, AdminReply, AdminRequest, AdminResponse, BuildOutcome, ClientStatus, EXITS_KEPT, ExitCause,

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use crate::control::notify::{self, Notifier};
 use crate::error::{ServerError, io_error};
 use crate::metrics::Metrics;
 use crate::net::admit::PerIp;
+use crate::options::Options;
 use crate::route::hub::Hub;
 use crate::shared::Shared;
 use crate::supervise::driver;
@@ -56,6 +57,12 @@ impl Server {
     /// Binds the listener and the admin socket and prepares the run
     /// directory. Must be called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        Server::bind_with(config, Options::default()).await
+    }
+
+    /// [`Server::bind`], with what `hotsock start` hands over besides the
+    /// config (the log filter's control, `--watch`).
+    pub async fn bind_with(config: Config, options: Options) -> Result<Server, ServerError> {
         // First: a certificate that does not load is the operator's to fix
         // before anything is bound or written.
         let tls = load_tls(&config)?.map(ArcSwap::new);
@@ -83,12 +90,15 @@ impl Server {
                 "server.allowed_origins is not set: any web page can open a WebSocket here with its visitors' cookies"
             );
         }
-        let origins = config.origin_patterns();
+        let origins = ArcSwapOption::new(config.origin_patterns().map(Arc::new));
         let view = SupervisionView::starting(config.workers.count, config.workers.task_count);
         let per_ip = PerIp::new(config.limits.max_connections_per_ip, config.limits.handshakes_per_ip_per_s);
         let shared = Arc::new(Shared {
             conn_permits: Arc::new(Semaphore::new(config.server.max_connections)),
-            config,
+            current: ArcSwap::from_pointee(config),
+            reconfigured: watch::Sender::new(0),
+            reconfiguring: Mutex::new(()),
+            options,
             hub,
             spawner,
             tables,
@@ -147,19 +157,13 @@ impl Server {
             drop(run_files);
             return Err(error);
         }
-        tracing::info!(listen = %shared.listen, workers = shared.config.workers.count, "hotsock is serving");
+        tracing::info!(listen = %shared.listen, workers = shared.config().workers.count, "hotsock is serving");
         let watchdog = shared.notifier.clone().and_then(|notifier| {
             notifier.ready(&format!("serving on {}", shared.listen));
             notify::watchdog_interval().map(|every| tokio::spawn(notify::watchdog(notifier, every)))
         });
         let accept_task = tokio::spawn(crate::net::listen::accept_loop(shared.clone(), listener));
-        let watch_task = shared
-            .config
-            .reload
-            .watch
-            .clone()
-            .filter(|watch| watch.enabled)
-            .map(|watch| tokio::spawn(crate::control::watch::run(shared.clone(), supervisor.clone(), watch)));
+        let watch_task = tokio::spawn(crate::control::watch::follow(shared.clone(), supervisor.clone()));
         let mut stop = shared.stop_signal();
         tokio::select! {
             () = &mut shutdown => tracing::info!("stop requested by signal"),
@@ -170,9 +174,7 @@ impl Server {
         }
         shared.request_stop();
         let _ = accept_task.await;
-        if let Some(task) = watch_task {
-            task.abort();
-        }
+        watch_task.abort();
         graceful_stop(&shared, &supervisor, &mut supervise).await;
         admin_task.abort();
         signal_task.abort();
@@ -239,7 +241,7 @@ fn create_tables(config: &Config) -> Result<Vec<(TableSpec, Table)>, ServerError
 /// Waits until every slot has a Ready worker, or fails with the reasons.
 async fn wait_ready(shared: &Shared) -> Result<(), ServerError> {
     // A slot gets ready_timeout for its Ready; allow one immediate restart.
-    let budget = Duration::from_millis(shared.config.reload.ready_timeout_ms) * 2;
+    let budget = Duration::from_millis(shared.config().reload.ready_timeout_ms) * 2;
     let deadline = Instant::now() + budget;
     while !shared.hub.all_ready() {
         if Instant::now() >= deadline {
@@ -262,7 +264,7 @@ async fn wait_ready(shared: &Shared) -> Result<(), ServerError> {
 }
 
 async fn graceful_stop(shared: &Shared, supervisor: &SupervisorHandle, supervise: &mut JoinHandle<()>) {
-    let budget = StopBudget::of(&shared.config);
+    let budget = StopBudget::of(&shared.config());
     let (code, reason) = crate::close::SERVER_STOPPING;
     shared.hub.close_all(code, reason);
     wait_until(budget.close, || shared.hub.connection_count() == 0).await;

@@ -185,7 +185,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                     shared.request_stop();
                     AdminResponse::Stopping {
                         pid: std::process::id(),
-                        deadline_ms: shared.config.stop_budget().total().as_millis() as u64,
+                        deadline_ms: shared.config().stop_budget().total().as_millis() as u64,
                     }
                 }
                 Ok(AdminRequest::Reload { tasks, wait, canary }) => {

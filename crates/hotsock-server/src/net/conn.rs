@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::close;
+use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Flow, Refused};
 use crate::net::admit::{self, Held, PerIp};
 use crate::net::http;
@@ -52,20 +53,23 @@ const ABNORMAL: (u16, &str) = (1006, "");
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let accepted_at = Instant::now();
-    let deadline = accepted_at + Duration::from_millis(shared.config.server.handshake_timeout_ms);
+    // The config current at accept serves this connection's handshake;
+    // a reload that changes it affects connections accepted later.
+    let config = shared.config();
+    let deadline = accepted_at + Duration::from_millis(config.server.handshake_timeout_ms);
     // Take the connection slot before reading, so a flood of half-open
     // sockets counts against max_connections too.
     let permit = shared.conn_permits.clone().try_acquire_owned();
     let at_capacity = permit.is_err();
     let Some(tls) = &shared.tls else {
-        return serve_stream(&shared, stream, peer_addr, accepted_at, deadline, at_capacity).await;
+        return serve_stream(&shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await;
     };
     // The TLS handshake is part of the handshake: the same deadline bounds
     // it, so a client that stalls mid-handshake is dropped like one that
     // stalls mid-request.
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_stream(&shared, stream, peer_addr, accepted_at, deadline, at_capacity).await,
+        Ok(Ok(stream)) => serve_stream(&shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await,
         // Closed before finishing: dropped uncounted, as a plain client
         // that closes before its request is (a port probe, a health check
         // of the TCP port).
@@ -84,13 +88,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer_addr: Soc
 /// The upgrade and the WebSocket loop, on a plain or TLS stream.
 async fn serve_stream<S: Stream>(
     shared: &Shared,
+    config: Arc<Config>,
     mut stream: S,
     peer_addr: SocketAddr,
     accepted_at: Instant,
     deadline: Instant,
     at_capacity: bool,
 ) {
-    let config = &shared.config;
     let peer = peer_addr.to_string();
     let upgrade = match tokio::time::timeout_at(
         deadline,
@@ -119,7 +123,7 @@ async fn serve_stream<S: Stream>(
         let response = http::response(503, "Service Unavailable", &[("Retry-After", b"1")], body);
         return refuse(shared, stream, response, Refused::AtCapacity).await;
     }
-    if !admit::origin_allowed(shared.origins.as_deref(), upgrade.request.header("origin")) {
+    if !admit::origin_allowed(shared.origins.load().as_deref().map(Vec::as_slice), upgrade.request.header("origin")) {
         tracing::warn!(%peer, "refusing upgrade: Origin not in server.allowed_origins");
         let response = http::response(403, "Forbidden", &[], b"this origin may not open a WebSocket here\n");
         return refuse(shared, stream, response, Refused::ForbiddenOrigin).await;
@@ -175,10 +179,12 @@ async fn serve_stream<S: Stream>(
     // The request head (its buffer, headers, path) is not needed any more;
     // free it rather than keep it for the connection's lifetime.
     drop(upgrade);
-    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config(shared))).await;
+    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config(&config.limits))).await;
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
+    // Not kept for the connection's life: a reload frees the old one.
+    drop(config);
     let (code, reason) = Connection {
         ws,
         shared: &conn_shared,
@@ -195,8 +201,7 @@ async fn serve_stream<S: Stream>(
 }
 
 /// The WebSocket settings every connection gets, from `[limits]`.
-pub(crate) fn ws_config(shared: &Shared) -> WebSocketConfig {
-    let limits = &shared.config.limits;
+pub(crate) fn ws_config(limits: &LimitsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
         // Frames accumulate in the write buffer until a flush or this size;
@@ -243,7 +248,7 @@ async fn refuse(shared: &Shared, stream: impl Stream, response: Vec<u8>, why: Re
 
 /// Writes a whole HTTP response and closes (bounded by close_timeout_ms).
 async fn answer(shared: &Shared, mut stream: impl Stream, response: Vec<u8>) {
-    let close_timeout = Duration::from_millis(shared.config.server.close_timeout_ms);
+    let close_timeout = Duration::from_millis(shared.config().server.close_timeout_ms);
     let _ = timeout(close_timeout, async {
         stream.write_all(&response).await?;
         stream.shutdown().await
@@ -311,10 +316,12 @@ impl<S: Stream> Connection<'_, S> {
 
     /// Moves messages both ways until one side ends.
     async fn pump(&mut self) -> Ending {
-        let cap = self.hub.max_inflight_per_conn();
         loop {
             // Stop reading while this connection has too many events in
             // flight: TCP back-pressure, not memory, absorbs a fast client.
+            // Read each turn (one atomic load): a reload may change it, and
+            // then wakes every connection (`Hub::set_limits`).
+            let cap = self.hub.max_inflight_per_conn();
             let room = self.shared.inflight.load(Ordering::Relaxed) < cap;
             tokio::select! {
                 biased;
