@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod diff;
+pub(crate) use diff::{RestartOnly, diff};
+
 /// Largest message a server can be configured to accept. The worker protocol
 /// reserves a little room above it for framing (`PAYLOAD_MAX_BYTES`).
 pub const MESSAGE_BYTES_CEILING: usize = 64 << 20;
@@ -111,10 +114,21 @@ pub struct Config {
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file and its text, so errors found after parsing (a certificate
+    /// that does not load, a key a reload cannot change) name the line.
+    #[serde(skip)]
+    pub(crate) source: Source,
+}
+
+/// Where a [`Config`] came from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Source {
+    pub(crate) path: PathBuf,
+    pub(crate) text: String,
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on for WebSocket clients.
@@ -146,6 +160,21 @@ pub struct ServerConfig {
     /// start when listening beyond loopback). Requests without an Origin
     /// header (not from a browser) are not affected.
     pub allowed_origins: Option<Vec<String>>,
+    /// `[server.tls]`: serve `wss://` (every connection on the listener is
+    /// TLS). Absent: plain `ws://`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the certificate and key, PEM files (relative to the
+/// config file). Both are read again at every reload, so a renewed
+/// certificate takes effect without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -160,12 +189,13 @@ impl Default for ServerConfig {
             static_dir: None,
             stop_timeout_ms: 10_000,
             allowed_origins: None,
+            tls: None,
         }
     }
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` (default, one line an event) or `json` (one object a line,
@@ -196,7 +226,7 @@ pub enum LogFormat {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the listener serving `/metrics` (Prometheus text),
@@ -220,7 +250,7 @@ pub enum DispatchMode {
 }
 
 /// `[tables.NAME]`: a shared table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// Exact capacity in rows.
@@ -246,7 +276,7 @@ impl TableConfig {
 }
 
 /// `[workers]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersConfig {
     /// The worker program and its arguments. A relative program path is
@@ -344,7 +374,7 @@ fn default_crash_loop_window() -> u64 {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest message a client may send; larger ones close the connection
@@ -398,7 +428,7 @@ pub enum Envelope {
 
 /// `[channels]`: every bound named, with defaults sized for a chat or
 /// lobby service on one box.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     /// Publications kept per channel for recovery (0: no history; a
@@ -449,7 +479,7 @@ pub enum ReloadStrategy {
 }
 
 /// `[reload]`: starting, switching and stopping workers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
     /// `rolling` (default) or `all-at-once`.
@@ -485,7 +515,7 @@ pub struct ReloadConfig {
 }
 
 /// `[reload.watch]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     /// Watch without `hotsock start --watch`.
@@ -564,7 +594,17 @@ impl Config {
             _ => PathBuf::from("."),
         };
         config.validate(path, text)?;
+        config.source = Source { path: path.to_owned(), text: text.to_owned() };
         Ok(config)
+    }
+
+    /// `file:line` of a dotted key (`server.tls.cert`), or just the file
+    /// when the key is not in it; for messages.
+    pub(crate) fn locate(&self, key: &str) -> String {
+        match find_line(&self.source.text, key) {
+            Some(line) => format!("{}:{line}", self.source.path.display()),
+            None => self.source.path.display().to_string(),
+        }
     }
 
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {

@@ -19,6 +19,17 @@ pub enum ServerError {
     /// A shared table could not be created.
     #[error("{0}")]
     Table(String),
+    /// `[server.tls]` did not load; `at` is the config file and line.
+    #[error("{at}: {source}")]
+    Tls {
+        /// `file:line` of the key in the config.
+        at: String,
+        /// What is wrong.
+        source: crate::net::tls::TlsError,
+    },
+    /// The socket passed by systemd (`LISTEN_FDS`) cannot be used.
+    #[error("socket activation: {0}")]
+    Activation(#[from] hotsock_table::activation::ActivationError),
     /// Workers did not all become ready in time at start.
     #[error("workers did not become ready: {0}")]
     WorkersNotReady(String),

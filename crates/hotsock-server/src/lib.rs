@@ -21,6 +21,7 @@ mod control;
 mod error;
 mod metrics;
 mod net;
+mod options;
 mod route;
 mod server;
 mod shared;
@@ -30,10 +31,12 @@ mod wire;
 
 pub use config::{
     Config, ConfigError, DispatchMode, LimitsConfig, LogConfig, LogFormat, MESSAGE_BYTES_CEILING, MetricsConfig,
-    ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, WatchConfig, WorkersConfig,
+    ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, TlsConfig, WatchConfig, WorkersConfig,
 };
 pub use control::admin::{ADMIN_SOCKET, AdminError, PID_FILE, request as admin_request};
 pub use error::ServerError;
+pub use net::tls::TlsError;
+pub use options::{LogControl, Options};
 pub use server::Server;
 pub use wire::{
     ADMIN_VERSION, AdminReply, AdminRequest, AdminResponse, BuildOutcome, ClientStatus, EXITS_KEPT, ExitCause,

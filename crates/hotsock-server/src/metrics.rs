@@ -49,10 +49,13 @@ pub(crate) enum Refused {
     PerIpCap,
     /// 429: the address is over `limits.handshakes_per_ip_per_s`.
     RateLimited,
+    /// The TLS handshake failed or did not finish within
+    /// `server.handshake_timeout_ms` (no HTTP answer is possible).
+    Tls,
 }
 
 impl Refused {
-    const ALL: [Refused; 9] = [
+    const ALL: [Refused; 10] = [
         Refused::BadRequest,
         Refused::NotUpgrade,
         Refused::HeadTooLarge,
@@ -62,6 +65,7 @@ impl Refused {
         Refused::ForbiddenOrigin,
         Refused::PerIpCap,
         Refused::RateLimited,
+        Refused::Tls,
     ];
 
     fn label(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Refused {
             Refused::ForbiddenOrigin => "forbidden_origin",
             Refused::PerIpCap => "per_ip_cap",
             Refused::RateLimited => "rate_limited",
+            Refused::Tls => "tls",
         }
     }
 }

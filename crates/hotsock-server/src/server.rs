@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -24,6 +25,7 @@ use crate::control::notify::{self, Notifier};
 use crate::error::{ServerError, io_error};
 use crate::metrics::Metrics;
 use crate::net::admit::PerIp;
+use crate::options::Options;
 use crate::route::hub::Hub;
 use crate::shared::Shared;
 use crate::supervise::driver;
@@ -55,8 +57,20 @@ impl Server {
     /// Binds the listener and the admin socket and prepares the run
     /// directory. Must be called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        Server::bind_with(config, Options::default()).await
+    }
+
+    /// [`Server::bind`], with what `hotsock start` hands over besides the
+    /// config (the log filter's control, `--watch`).
+    pub async fn bind_with(config: Config, options: Options) -> Result<Server, ServerError> {
+        // First: a certificate that does not load is the operator's to fix
+        // before anything is bound or written.
+        let tls = load_tls(&config)?.map(ArcSwap::new);
+        if let Some(files) = &config.server.tls {
+            tracing::info!(cert = %config.base_dir.join(&files.cert).display(), "serving wss:// (TLS)");
+        }
         let mut run_files = RunFiles::create(&config.run_dir())?;
-        let listener = crate::net::listen::bind(config.server.listen, config.server.backlog, "server.listen")?;
+        let listener = crate::net::listen::client_listener(config.server.listen, config.server.backlog)?;
         let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
             Some(addr) => Some(crate::net::listen::bind(addr, METRICS_BACKLOG, "metrics.listen")?),
             None => None,
@@ -76,18 +90,22 @@ impl Server {
                 "server.allowed_origins is not set: any web page can open a WebSocket here with its visitors' cookies"
             );
         }
-        let origins = config.origin_patterns();
+        let origins = ArcSwapOption::new(config.origin_patterns().map(Arc::new));
         let view = SupervisionView::starting(config.workers.count, config.workers.task_count);
         let per_ip = PerIp::new(config.limits.max_connections_per_ip, config.limits.handshakes_per_ip_per_s);
         let shared = Arc::new(Shared {
             conn_permits: Arc::new(Semaphore::new(config.server.max_connections)),
-            config,
+            current: ArcSwap::from_pointee(config),
+            reconfigured: watch::Sender::new(0),
+            reconfiguring: Mutex::new(()),
+            options,
             hub,
             spawner,
             tables,
             accepted_total: AtomicU64::new(0),
             metrics: Metrics::new(),
             origins,
+            tls,
             per_ip,
             notifier: Notifier::from_env(),
             stopping: watch::Sender::new(false),
@@ -98,6 +116,12 @@ impl Server {
             listen,
         });
         Ok(Server { shared, listener, metrics_listener, admin, run_files, generations })
+    }
+
+    /// What `bind` checks that needs no socket: the `[server.tls]` files
+    /// load and belong together (`hotsock check`).
+    pub fn check(config: &Config) -> Result<(), ServerError> {
+        load_tls(config).map(|_| ())
     }
 
     /// The address clients connect to (useful with port 0).
@@ -115,7 +139,7 @@ impl Server {
         let _ = shared.supervisor.set(supervisor.clone());
         let mut supervise = tokio::spawn(supervise);
         let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
-        let signal_task = tokio::spawn(reload_signals(supervisor.clone()));
+        let signal_task = tokio::spawn(reload_signals(shared.clone(), supervisor.clone()));
         tokio::pin!(shutdown);
         let started = tokio::select! {
             ready = wait_ready(&shared) => ready,
@@ -133,19 +157,13 @@ impl Server {
             drop(run_files);
             return Err(error);
         }
-        tracing::info!(listen = %shared.listen, workers = shared.config.workers.count, "hotsock is serving");
+        tracing::info!(listen = %shared.listen, workers = shared.config().workers.count, "hotsock is serving");
         let watchdog = shared.notifier.clone().and_then(|notifier| {
             notifier.ready(&format!("serving on {}", shared.listen));
             notify::watchdog_interval().map(|every| tokio::spawn(notify::watchdog(notifier, every)))
         });
         let accept_task = tokio::spawn(crate::net::listen::accept_loop(shared.clone(), listener));
-        let watch_task = shared
-            .config
-            .reload
-            .watch
-            .clone()
-            .filter(|watch| watch.enabled)
-            .map(|watch| tokio::spawn(crate::control::watch::run(shared.clone(), supervisor.clone(), watch)));
+        let watch_task = tokio::spawn(crate::control::watch::follow(shared.clone(), supervisor.clone()));
         let mut stop = shared.stop_signal();
         tokio::select! {
             () = &mut shutdown => tracing::info!("stop requested by signal"),
@@ -156,9 +174,7 @@ impl Server {
         }
         shared.request_stop();
         let _ = accept_task.await;
-        if let Some(task) = watch_task {
-            task.abort();
-        }
+        watch_task.abort();
         graceful_stop(&shared, &supervisor, &mut supervise).await;
         admin_task.abort();
         signal_task.abort();
@@ -174,8 +190,10 @@ impl Server {
     }
 }
 
-/// SIGUSR1 reloads the event workers, SIGUSR2 the task workers.
-async fn reload_signals(supervisor: SupervisorHandle) {
+/// SIGUSR1 reloads the event workers, SIGUSR2 the task workers; like
+/// `hotsock reload`, each first re-reads what a reload re-reads, and a
+/// failure there is logged and reloads nothing.
+async fn reload_signals(shared: Arc<Shared>, supervisor: SupervisorHandle) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut usr1), Ok(mut usr2)) = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
     else {
@@ -188,8 +206,20 @@ async fn reload_signals(supervisor: SupervisorHandle) {
             _ = usr2.recv() => ReloadKind::Tasks,
         };
         tracing::info!(?kind, "reload requested by signal");
+        if let Err(error) = crate::control::reconfig::prepare(&shared) {
+            tracing::error!("reload refused, nothing changed: {error}");
+            continue;
+        }
         supervisor.reload(ReloadRequest { kind, canary: None, reply: None, reason: None });
     }
+}
+
+/// Loads `[server.tls]`, if set; the error names the config line.
+fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ServerError> {
+    let Some(files) = &config.server.tls else { return Ok(None) };
+    crate::net::tls::load(files, &config.base_dir)
+        .map(Some)
+        .map_err(|source| ServerError::Tls { at: config.locate(source.config_key()), source })
 }
 
 /// Creates every `[tables.NAME]` segment.
@@ -211,7 +241,7 @@ fn create_tables(config: &Config) -> Result<Vec<(TableSpec, Table)>, ServerError
 /// Waits until every slot has a Ready worker, or fails with the reasons.
 async fn wait_ready(shared: &Shared) -> Result<(), ServerError> {
     // A slot gets ready_timeout for its Ready; allow one immediate restart.
-    let budget = Duration::from_millis(shared.config.reload.ready_timeout_ms) * 2;
+    let budget = Duration::from_millis(shared.config().reload.ready_timeout_ms) * 2;
     let deadline = Instant::now() + budget;
     while !shared.hub.all_ready() {
         if Instant::now() >= deadline {
@@ -234,7 +264,7 @@ async fn wait_ready(shared: &Shared) -> Result<(), ServerError> {
 }
 
 async fn graceful_stop(shared: &Shared, supervisor: &SupervisorHandle, supervise: &mut JoinHandle<()>) {
-    let budget = StopBudget::of(&shared.config);
+    let budget = StopBudget::of(&shared.config());
     let (code, reason) = crate::close::SERVER_STOPPING;
     shared.hub.close_all(code, reason);
     wait_until(budget.close, || shared.hub.connection_count() == 0).await;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hotsock_protocol::TableSpec;
 use hotsock_table::Table;
 use tokio::sync::{Semaphore, watch};
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::control::notify::Notifier;
 use crate::metrics::Metrics;
 use crate::net::admit::{OriginPattern, PerIp};
+use crate::options::Options;
 use crate::route::hub::Hub;
 use crate::supervise::handle::SupervisorHandle;
 use crate::supervise::spawn::Spawner;
@@ -25,7 +27,17 @@ use crate::wire::WatchStatus;
 /// State every task of the server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    /// The config in force: read once per connection, per worker launch or
+    /// per decision, never per message; `control/reconfig.rs` swaps it.
+    pub(crate) current: ArcSwap<Config>,
+    /// Bumped after each config swap, for tasks that follow the config
+    /// (the file watcher).
+    pub(crate) reconfigured: watch::Sender<u64>,
+    /// Held while a reload re-reads and applies the config, so two at once
+    /// (a signal and `hotsock reload`) do not interleave their swaps.
+    pub(crate) reconfiguring: Mutex<()>,
+    /// What `hotsock start` handed over besides the config.
+    pub(crate) options: Options,
     pub(crate) hub: Hub,
     pub(crate) spawner: Spawner,
     /// The shared tables, created before any worker, living as long as the
@@ -36,8 +48,11 @@ pub(crate) struct Shared {
     pub(crate) accepted_total: AtomicU64,
     /// Counters and histograms for `/metrics`.
     pub(crate) metrics: Metrics,
-    /// `server.allowed_origins`, parsed.
-    pub(crate) origins: Option<Vec<OriginPattern>>,
+    /// `server.allowed_origins`, parsed (swapped with the config).
+    pub(crate) origins: ArcSwapOption<Vec<OriginPattern>>,
+    /// `[server.tls]`, loaded: every handshake takes the one current when
+    /// it starts; a reload swaps in a freshly read one. `None`: plain.
+    pub(crate) tls: Option<ArcSwap<rustls::ServerConfig>>,
     /// Per-address connection cap and handshake rate.
     pub(crate) per_ip: PerIp,
     /// systemd's notify socket, when started by systemd with `Type=notify`.
@@ -52,6 +67,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The config in force now.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
     pub(crate) fn is_stopping(&self) -> bool {
         *self.stopping.borrow()
     }

@@ -5,8 +5,9 @@
 //!
 //! Theory of operation.
 //! - The segment is an array of 64-bit atomic words (`segment.rs` says why;
-//!   it and `fdpass.rs`, which receives segments from another process,
-//!   hold the crate's only `unsafe`): a header, then `slots` rows.
+//!   it, `fdpass.rs`, which receives segments from another process, and
+//!   `activation.rs`, which adopts systemd's listening socket, hold the
+//!   crate's only `unsafe`): a header, then `slots` rows.
 //! - Rows are found by open addressing: FNV-1a of the key, then linear
 //!   probing. There are at least twice as many slots as rows, so probes stay
 //!   short; the capacity is exact (`TableFull` after `rows` live keys).
@@ -21,6 +22,7 @@
 //! - Every error is typed: a full table, a key or string too long, an
 //!   unknown column, a wrong type. Nothing is truncated; nothing panics.
 
+pub mod activation;
 mod fdpass;
 mod schema;
 mod segment;

@@ -121,6 +121,14 @@ impl TestServer {
 
     /// Starts the server without waiting for it to become ready.
     pub fn spawn(toml: &str, env: &[(&str, &str)]) -> TestServer {
+        Self::spawn_through(&[], None, toml, env)
+    }
+
+    /// Starts `hotsock start` through a launcher (`launcher` then the
+    /// hotsock command line: `systemd-socket-activate -l ADDR`), without
+    /// waiting. Clients connect to `addr` when given (the launcher's
+    /// socket), else to the config's `server.listen`.
+    pub fn spawn_through(launcher: &[&str], addr: Option<SocketAddr>, toml: &str, env: &[(&str, &str)]) -> TestServer {
         let dir = TempDir::new("srv");
         let port = free_port();
         let config = dir.path().join("hotsock.toml");
@@ -131,13 +139,21 @@ impl TestServer {
         };
         std::fs::write(&config, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
-        let mut command = Command::new(bin("hotsock"));
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin("hotsock"));
+                command
+            }
+            None => Command::new(bin("hotsock")),
+        };
         command.args(["start", "-c"]).arg(&config).stdout(Stdio::null()).stderr(log);
         for (key, value) in env {
             command.env(key, value);
         }
         let child = command.spawn().expect("spawn hotsock");
-        TestServer { dir, config, child: Some(child), addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+        let addr = addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)));
+        TestServer { dir, config, child: Some(child), addr }
     }
 
     /// Waits until the status says every worker is ready.

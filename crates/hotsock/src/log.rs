@@ -69,32 +69,72 @@ impl<'a> MakeWriter<'a> for LogFile {
     }
 }
 
+/// The log filter, which a reload may change (`log.level`) unless
+/// `HOTSOCK_LOG` overrides the file.
+pub(crate) struct LogLevel {
+    reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>,
+    /// Set by HOTSOCK_LOG: the file's level is checked but not applied.
+    overridden: bool,
+}
+
+/// Parses `log.level`; the error says what to write.
+fn level_filter(level: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(level).map_err(|error| {
+        format!("`log.level` = {level:?} is not a filter ({error}; try \"info\" or \"info,hotsock_server=debug\")")
+    })
+}
+
+impl hotsock_server::LogControl for LogLevel {
+    fn check(&self, filter: &str) -> Result<(), String> {
+        level_filter(filter).map(|_| ())
+    }
+
+    fn set(&self, filter: &str) {
+        if self.overridden {
+            tracing::info!("log.level changed to {filter:?}, but HOTSOCK_LOG overrides it");
+            return;
+        }
+        match level_filter(filter).and_then(|filter| (self.reload)(filter)) {
+            Ok(()) => tracing::info!("log.level is now {filter:?}"),
+            Err(error) => tracing::error!("cannot change the log filter: {error}"),
+        }
+    }
+}
+
 /// Installs the log the config asks for; returns the file to reopen on
-/// SIGHUP, if it writes to one.
-pub(crate) fn init(config: &Config) -> Result<Option<LogFile>> {
-    let filter = match std::env::var("HOTSOCK_LOG") {
-        Ok(level) => EnvFilter::try_new(&level).with_context(|| format!("HOTSOCK_LOG = {level:?} is not a filter"))?,
-        Err(_) => EnvFilter::try_new(&config.log.level).with_context(|| {
-            format!(
-                "`log.level` = {:?} is not a filter (try \"info\" or \"info,hotsock_server=debug\")",
-                config.log.level
-            )
-        })?,
+/// SIGHUP, if it writes to one, and the filter's control.
+pub(crate) fn init(config: &Config) -> Result<(Option<LogFile>, LogLevel)> {
+    let overridden = std::env::var("HOTSOCK_LOG").ok();
+    let filter = match &overridden {
+        Some(level) => EnvFilter::try_new(level).with_context(|| format!("HOTSOCK_LOG = {level:?} is not a filter"))?,
+        None => level_filter(&config.log.level).map_err(anyhow::Error::msg)?,
     };
     let file = match config.log_file() {
         Some(path) => Some(LogFile::open(&path).with_context(|| format!("cannot open `log.file` {}", path.display()))?),
         None => None,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match (&file, config.log.format) {
-        (Some(file), LogFormat::Text) => builder.with_ansi(false).with_writer(file.clone()).init(),
-        (Some(file), LogFormat::Json) => builder.json().with_writer(file.clone()).init(),
-        (None, LogFormat::Text) => {
-            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init()
-        }
-        (None, LogFormat::Json) => builder.json().with_writer(std::io::stderr).init(),
+    // Each writer and format is its own subscriber type, and so is its
+    // filter's reload handle: each branch boxes its handle into `reload`.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+        }};
     }
-    Ok(file)
+    let reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = match (&file, config.log.format) {
+        (Some(file), LogFormat::Text) => install!(builder.with_ansi(false).with_writer(file.clone())),
+        (Some(file), LogFormat::Json) => install!(builder.json().with_writer(file.clone())),
+        (None, LogFormat::Text) => {
+            install!(
+                builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr)
+            )
+        }
+        (None, LogFormat::Json) => install!(builder.json().with_writer(std::io::stderr)),
+    };
+    Ok((file, LogLevel { reload, overridden: overridden.is_some() }))
 }
 
 /// Reopens the log file on every SIGHUP until the process ends. Without a

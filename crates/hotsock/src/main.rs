@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use hotsock_server::{AdminError, AdminRequest, AdminResponse, Config, Server, admin_request};
+use hotsock_server::{AdminError, AdminRequest, AdminResponse, Config, Options, Server, admin_request};
 use out::say;
 
 /// The config file every command uses when `-c` is not given, looked up in
@@ -165,11 +165,12 @@ fn start(path: &Path, watch: bool) -> Result<()> {
             None => bail!("--watch needs a [reload.watch] section in {} (paths, build, ...)", path.display()),
         }
     }
-    let log_file = log::init(&config)?;
+    let (log_file, log_level) = log::init(&config)?;
     runtime()?.block_on(async {
         // Installed before anything can send SIGHUP's default (terminate).
         let hangups = tokio::spawn(log::reopen_on_sighup(log_file));
-        let server = Server::bind(config).await?;
+        let options = Options { watch, log: Some(Box::new(log_level)) };
+        let server = Server::bind_with(config, options).await?;
         server.run(shutdown_signal()).await?;
         hangups.abort();
         Ok(())
@@ -192,6 +193,7 @@ async fn shutdown_signal() {
 
 fn check(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
+    Server::check(&config)?;
     let program = config.worker_program();
     if program.components().count() > 1 && !program.exists() {
         bail!(

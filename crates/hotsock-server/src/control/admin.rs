@@ -101,6 +101,12 @@ async fn reload(shared: &Shared, kind: ReloadKind, canary: Option<usize>, wait: 
     if shared.is_stopping() {
         return AdminResponse::Error { message: "the server is stopping".into() };
     }
+    if kind != ReloadKind::Rollback
+        && let Err(error) = crate::control::reconfig::prepare(shared)
+    {
+        tracing::error!("reload refused, nothing changed: {error}");
+        return AdminResponse::Error { message: format!("reload refused, nothing changed: {error}") };
+    }
     if !wait {
         supervisor.reload(ReloadRequest { kind, canary, reply: None, reason: None });
         return AdminResponse::ReloadQueued;
@@ -179,7 +185,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                     shared.request_stop();
                     AdminResponse::Stopping {
                         pid: std::process::id(),
-                        deadline_ms: shared.config.stop_budget().total().as_millis() as u64,
+                        deadline_ms: shared.config().stop_budget().total().as_millis() as u64,
                     }
                 }
                 Ok(AdminRequest::Reload { tasks, wait, canary }) => {

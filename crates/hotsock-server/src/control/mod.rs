@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod notify;
+pub(crate) mod reconfig;
 pub(crate) mod scrape;
 pub(crate) mod status;
 pub(crate) mod watch;

@@ -57,10 +57,42 @@ const DEFAULT_IGNORES: &[&str] = &[
 /// Build output lines kept for `status` and the log.
 const BUILD_TAIL_LINES: usize = 20;
 
+/// Runs the watcher `[reload.watch]` asks for, and again with the new
+/// settings each time a reload changes them (none when they turn it off),
+/// until the server stops (this task is aborted, and its watcher with it).
+pub(crate) async fn follow(shared: Arc<Shared>, supervisor: SupervisorHandle) {
+    let mut reconfigured = shared.reconfigured.subscribe();
+    loop {
+        let settings = shared.config().reload.watch.clone().filter(|watch| watch.enabled);
+        let _watcher =
+            settings.clone().map(|watch| AbortOnDrop(tokio::spawn(run(shared.clone(), supervisor.clone(), watch))));
+        loop {
+            if reconfigured.changed().await.is_err() {
+                return;
+            }
+            if shared.config().reload.watch.clone().filter(|watch| watch.enabled) != settings {
+                break;
+            }
+        }
+        tracing::info!("[reload.watch] changed: the watcher restarts with the new settings");
+        *shared.watch_status.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Aborts the task when dropped: an aborted `follow` takes its watcher
+/// with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Watches until the server stops. Errors setting up are logged and shown
 /// in status; they never stop the server.
 pub(crate) async fn run(shared: Arc<Shared>, supervisor: SupervisorHandle, config: WatchConfig) {
-    let base = shared.config.base_dir.clone();
+    let base = shared.config().base_dir.clone();
     let roots: Vec<PathBuf> = config.paths.iter().map(|p| absolute(&base.join(p))).collect();
     let ignores = match ignore_set(&config.ignore) {
         Ok(set) => set,
@@ -69,7 +101,7 @@ pub(crate) async fn run(shared: Arc<Shared>, supervisor: SupervisorHandle, confi
             return;
         }
     };
-    let run_dir = absolute(&shared.config.run_dir());
+    let run_dir = absolute(&shared.config().run_dir());
     let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<Event>>();
     let (watcher, backend, fallback_reason) = match start_watcher(&config, &roots, tx) {
         Ok(started) => started,
@@ -268,7 +300,7 @@ async fn build(shared: Arc<Shared>, config: WatchConfig, trigger: String) -> Bui
         args: config.build[1..].to_vec(),
         title: config.build[0].clone(),
         worker: false,
-        cwd: Some(shared.config.base_dir.clone()),
+        cwd: Some(shared.config().base_dir.clone()),
         env: Vec::new(),
     };
     let mut spawned = match shared.spawner.spawn(spec).await {

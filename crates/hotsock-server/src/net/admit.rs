@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use crate::metrics::Refused;
@@ -82,10 +83,11 @@ struct Usage {
 /// The per-IP limits and what each address uses now.
 #[derive(Debug)]
 pub(crate) struct PerIp {
-    /// `limits.max_connections_per_ip` (0: no cap).
-    max_connections: u32,
+    /// `limits.max_connections_per_ip` (0: no cap). A reload may change
+    /// both limits (`set_limits`).
+    max_connections: AtomicU32,
     /// `limits.handshakes_per_ip_per_s` (0: no limit); also the burst.
-    rate: f64,
+    handshakes_per_s: AtomicU32,
     usage: Mutex<Book>,
 }
 
@@ -105,67 +107,82 @@ const SWEEP_MIN: usize = 1024;
 /// A connection an address holds; give it back with [`PerIp::release`].
 #[derive(Debug)]
 #[must_use]
-pub(crate) struct Held(IpAddr);
+pub(crate) struct Held {
+    ip: IpAddr,
+    /// Counted in the book (limits were on when it was admitted): only
+    /// those are given back, whatever the limits are by then.
+    tracked: bool,
+}
 
 impl PerIp {
     pub(crate) fn new(max_connections: u32, handshakes_per_s: u32) -> PerIp {
         let book = Book { by_ip: HashMap::new(), sweep_at: SWEEP_MIN };
-        PerIp { max_connections, rate: f64::from(handshakes_per_s), usage: Mutex::new(book) }
+        PerIp {
+            max_connections: AtomicU32::new(max_connections),
+            handshakes_per_s: AtomicU32::new(handshakes_per_s),
+            usage: Mutex::new(book),
+        }
+    }
+
+    /// New limits from a reload. Connections admitted while both limits
+    /// were off were not counted, so a cap turned on later counts only the
+    /// connections opened from then on.
+    pub(crate) fn set_limits(&self, max_connections: u32, handshakes_per_s: u32) {
+        self.max_connections.store(max_connections, Ordering::Relaxed);
+        self.handshakes_per_s.store(handshakes_per_s, Ordering::Relaxed);
     }
 
     /// Admits one more connection from `ip` at `now`, or says why not.
     pub(crate) fn admit(&self, ip: IpAddr, now: Instant) -> Result<Held, Refused> {
-        if self.max_connections == 0 && self.rate == 0.0 {
-            return Ok(Held(ip));
+        let max_connections = self.max_connections.load(Ordering::Relaxed);
+        let rate = f64::from(self.handshakes_per_s.load(Ordering::Relaxed));
+        if max_connections == 0 && rate == 0.0 {
+            return Ok(Held { ip, tracked: false });
         }
+        let full = |usage: &Usage, now: Instant| full(rate, usage, now);
         let mut book = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         // Addresses that hold nothing and whose bucket is full again (even
         // refused ones, which never come back through `release`) go, so the
         // map holds only addresses in use or limited within the last second.
         if book.by_ip.len() >= book.sweep_at {
-            book.by_ip.retain(|_, u| u.connections > 0 || !self.full(u, now));
+            book.by_ip.retain(|_, u| u.connections > 0 || !full(u, now));
             book.sweep_at = (2 * book.by_ip.len()).max(SWEEP_MIN);
         }
-        let entry = book.by_ip.entry(ip).or_insert(Usage { connections: 0, tokens: self.rate, refilled: now });
-        if self.rate > 0.0 {
+        let entry = book.by_ip.entry(ip).or_insert(Usage { connections: 0, tokens: rate, refilled: now });
+        if rate > 0.0 {
             let elapsed = now.saturating_duration_since(entry.refilled).as_secs_f64();
-            entry.tokens = (entry.tokens + elapsed * self.rate).min(self.rate);
+            entry.tokens = (entry.tokens + elapsed * rate).min(rate);
             entry.refilled = now;
             if entry.tokens < 1.0 {
                 return Err(Refused::RateLimited);
             }
         }
-        if self.max_connections > 0 && entry.connections >= self.max_connections {
+        if max_connections > 0 && entry.connections >= max_connections {
             return Err(Refused::PerIpCap);
         }
         entry.tokens -= 1.0;
         entry.connections += 1;
-        Ok(Held(ip))
+        Ok(Held { ip, tracked: true })
     }
 
     /// A connection from this address ended. An address that holds none
     /// and whose bucket would be full again is forgotten at once.
     pub(crate) fn release(&self, held: Held, now: Instant) {
-        if self.max_connections == 0 && self.rate == 0.0 {
+        if !held.tracked {
             return;
         }
+        let rate = f64::from(self.handshakes_per_s.load(Ordering::Relaxed));
         let mut book = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = match book.by_ip.get_mut(&held.0) {
+        let idle = match book.by_ip.get_mut(&held.ip) {
             Some(entry) => {
                 entry.connections = entry.connections.saturating_sub(1);
-                entry.connections == 0 && self.full(entry, now)
+                entry.connections == 0 && full(rate, entry, now)
             }
             None => false,
         };
         if idle {
-            book.by_ip.remove(&held.0);
+            book.by_ip.remove(&held.ip);
         }
-    }
-
-    /// Whether an address's bucket is (or would by `now` be) full.
-    fn full(&self, usage: &Usage, now: Instant) -> bool {
-        self.rate == 0.0
-            || usage.tokens + now.saturating_duration_since(usage.refilled).as_secs_f64() * self.rate >= self.rate
     }
 
     /// Addresses tracked now (for tests).
@@ -173,6 +190,11 @@ impl PerIp {
     fn tracked(&self) -> usize {
         self.usage.lock().map(|u| u.by_ip.len()).unwrap_or(0)
     }
+}
+
+/// Whether an address's bucket is (or would by `now` be) full at `rate`.
+fn full(rate: f64, usage: &Usage, now: Instant) -> bool {
+    rate == 0.0 || usage.tokens + now.saturating_duration_since(usage.refilled).as_secs_f64() * rate >= rate
 }
 
 #[cfg(test)]
@@ -223,6 +245,25 @@ mod tests {
         let _c = limits.admit(other, now).expect("another address is counted apart");
         limits.release(a, now);
         let _d = limits.admit(ip, now).expect("room again");
+    }
+
+    #[test]
+    fn limits_changed_by_a_reload_apply_to_new_connections_and_releases_stay_exact() {
+        let ip: IpAddr = "10.0.0.9".parse().expect("ip");
+        let now = Instant::now();
+        let limits = PerIp::new(0, 0);
+        let before = limits.admit(ip, now).expect("no limits");
+        limits.set_limits(1, 0);
+        let first = limits.admit(ip, now).expect("the one counted");
+        assert_eq!(limits.admit(ip, now).map(|_| ()), Err(Refused::PerIpCap), "opened before the cap: not counted");
+        // Turned off and on again: the counted connection is still given back.
+        limits.set_limits(0, 0);
+        limits.release(first, now);
+        limits.release(before, now);
+        limits.set_limits(1, 0);
+        let again = limits.admit(ip, now).expect("nothing stale left behind");
+        limits.release(again, now);
+        assert_eq!(limits.tracked(), 0);
     }
 
     #[test]

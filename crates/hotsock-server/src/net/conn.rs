@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hotsock_protocol::PAYLOAD_MAX_BYTES;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::close;
+use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Flow, Refused};
 use crate::net::admit::{self, Held, PerIp};
 use crate::net::http;
@@ -46,18 +47,55 @@ const WRITE_BATCH_BYTES: usize = 64 << 10;
 /// without a close frame (RFC 6455's 1006, never sent on the wire).
 const ABNORMAL: (u16, &str) = (1006, "");
 
-type Ws = WebSocketStream<TcpStream>;
-
-/// Serves one accepted TCP connection until it is gone.
-pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr: SocketAddr) {
-    let config = &shared.config;
+/// Serves one accepted TCP connection until it is gone: over TLS first
+/// when `[server.tls]` is set, then the same upgrade and loop either way
+/// (generic over the stream, so the plain path is the code it always was).
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let peer = peer_addr.to_string();
     let accepted_at = Instant::now();
+    // The config current at accept serves this connection's handshake;
+    // a reload that changes it affects connections accepted later.
+    let config = shared.config();
     let deadline = accepted_at + Duration::from_millis(config.server.handshake_timeout_ms);
     // Take the connection slot before reading, so a flood of half-open
     // sockets counts against max_connections too.
     let permit = shared.conn_permits.clone().try_acquire_owned();
+    let at_capacity = permit.is_err();
+    let Some(tls) = &shared.tls else {
+        return serve_stream(&shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await;
+    };
+    // The TLS handshake is part of the handshake: the same deadline bounds
+    // it, so a client that stalls mid-handshake is dropped like one that
+    // stalls mid-request.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_stream(&shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await,
+        // Closed before finishing: dropped uncounted, as a plain client
+        // that closes before its request is (a port probe, a health check
+        // of the TCP port).
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Ok(Err(error)) => {
+            tracing::debug!(peer = %peer_addr, %error, "TLS handshake failed");
+            shared.metrics.refused(Refused::Tls);
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer_addr, "TLS handshake not done within server.handshake_timeout_ms");
+            shared.metrics.refused(Refused::Tls);
+        }
+    }
+}
+
+/// The upgrade and the WebSocket loop, on a plain or TLS stream.
+async fn serve_stream<S: Stream>(
+    shared: &Shared,
+    config: Arc<Config>,
+    mut stream: S,
+    peer_addr: SocketAddr,
+    accepted_at: Instant,
+    deadline: Instant,
+    at_capacity: bool,
+) {
+    let peer = peer_addr.to_string();
     let upgrade = match tokio::time::timeout_at(
         deadline,
         http::read_head(&mut stream, config.limits.max_request_head_bytes, &peer),
@@ -67,7 +105,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr:
         Err(_) | Ok(Ok(None)) => return,
         Ok(Err(http::Refusal::Plain { method, path })) if config.server.static_dir.is_some() => {
             let dir = config.base_dir.join(config.server.static_dir.as_deref().unwrap_or(std::path::Path::new(".")));
-            return answer(&shared, stream, http::static_file(&dir, &method, &path)).await;
+            return answer(shared, stream, http::static_file(&dir, &method, &path)).await;
         }
         Ok(Err(refusal)) => {
             let why = match refusal {
@@ -75,20 +113,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr:
                 http::Refusal::UpgradeRequired | http::Refusal::Plain { .. } => Refused::NotUpgrade,
                 http::Refusal::TooLarge => Refused::HeadTooLarge,
             };
-            return refuse(&shared, stream, refusal.response(), why).await;
+            return refuse(shared, stream, refusal.response(), why).await;
         }
         Ok(Ok(Some(upgrade))) => upgrade,
     };
-    if permit.is_err() || shared.is_stopping() {
+    if at_capacity || shared.is_stopping() {
         tracing::warn!(%peer, "refusing upgrade: server at max_connections or stopping");
         let body = b"server is at its connection limit or stopping; retry later\n";
         let response = http::response(503, "Service Unavailable", &[("Retry-After", b"1")], body);
-        return refuse(&shared, stream, response, Refused::AtCapacity).await;
+        return refuse(shared, stream, response, Refused::AtCapacity).await;
     }
-    if !admit::origin_allowed(shared.origins.as_deref(), upgrade.request.header("origin")) {
+    if !admit::origin_allowed(shared.origins.load().as_deref().map(Vec::as_slice), upgrade.request.header("origin")) {
         tracing::warn!(%peer, "refusing upgrade: Origin not in server.allowed_origins");
         let response = http::response(403, "Forbidden", &[], b"this origin may not open a WebSocket here\n");
-        return refuse(&shared, stream, response, Refused::ForbiddenOrigin).await;
+        return refuse(shared, stream, response, Refused::ForbiddenOrigin).await;
     }
     let _per_ip = match shared.per_ip.admit(peer_addr.ip(), Instant::now().into_std()) {
         Ok(held) => PerIpHeld { per_ip: &shared.per_ip, held: Some(held) },
@@ -103,7 +141,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr:
                     http::response(503, "Service Unavailable", &[("Retry-After", b"5")], body)
                 }
             };
-            return refuse(&shared, stream, response, why).await;
+            return refuse(shared, stream, response, why).await;
         }
     };
     let hub = &shared.hub;
@@ -120,13 +158,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr:
             Ok(Ok(reply)) if reply.status == 101 => (reply.uid, reply.headers),
             Ok(Ok(reply)) => {
                 let response = http::worker_rejection(reply.status, &reply.headers, &reply.body);
-                return refuse(&shared, stream, response, Refused::WorkerRejected).await;
+                return refuse(shared, stream, response, Refused::WorkerRejected).await;
             }
             _ => {
                 tracing::warn!(conn, %peer, "no worker decided on the handshake within handshake_timeout_ms");
                 let body = b"no worker answered the handshake in time\n";
                 let response = http::response(503, "Service Unavailable", &[], body);
-                return refuse(&shared, stream, response, Refused::HandshakeTimeout).await;
+                return refuse(shared, stream, response, Refused::HandshakeTimeout).await;
             }
         }
     } else {
@@ -141,10 +179,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr:
     // The request head (its buffer, headers, path) is not needed any more;
     // free it rather than keep it for the connection's lifetime.
     drop(upgrade);
-    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config(&shared))).await;
+    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config(&config.limits))).await;
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
+    // Not kept for the connection's life: a reload frees the old one.
+    drop(config);
     let (code, reason) = Connection {
         ws,
         shared: &conn_shared,
@@ -161,8 +201,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer_addr:
 }
 
 /// The WebSocket settings every connection gets, from `[limits]`.
-pub(crate) fn ws_config(shared: &Shared) -> WebSocketConfig {
-    let limits = &shared.config.limits;
+pub(crate) fn ws_config(limits: &LimitsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_bytes)
         // Frames accumulate in the write buffer until a flush or this size;
@@ -202,14 +241,14 @@ impl Drop for Registered<'_> {
     }
 }
 
-async fn refuse(shared: &Shared, stream: TcpStream, response: Vec<u8>, why: Refused) {
+async fn refuse(shared: &Shared, stream: impl Stream, response: Vec<u8>, why: Refused) {
     shared.metrics.refused(why);
     answer(shared, stream, response).await;
 }
 
 /// Writes a whole HTTP response and closes (bounded by close_timeout_ms).
-async fn answer(shared: &Shared, mut stream: TcpStream, response: Vec<u8>) {
-    let close_timeout = Duration::from_millis(shared.config.server.close_timeout_ms);
+async fn answer(shared: &Shared, mut stream: impl Stream, response: Vec<u8>) {
+    let close_timeout = Duration::from_millis(shared.config().server.close_timeout_ms);
     let _ = timeout(close_timeout, async {
         stream.write_all(&response).await?;
         stream.shutdown().await
@@ -217,8 +256,13 @@ async fn answer(shared: &Shared, mut stream: TcpStream, response: Vec<u8>) {
     .await;
 }
 
-struct Connection<'a> {
-    ws: Ws,
+/// What a client connection runs on: a `TcpStream`, or a TLS stream over one.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for S {}
+
+struct Connection<'a, S> {
+    ws: WebSocketStream<S>,
     shared: &'a ConnShared,
     hub: &'a Hub,
     conn: u64,
@@ -250,7 +294,7 @@ enum Ending {
     Abnormal,
 }
 
-impl Connection<'_> {
+impl<S: Stream> Connection<'_, S> {
     /// Runs until the connection is closed; returns the code and reason to
     /// report in the Close event.
     async fn run(mut self) -> (u16, String) {
@@ -272,10 +316,12 @@ impl Connection<'_> {
 
     /// Moves messages both ways until one side ends.
     async fn pump(&mut self) -> Ending {
-        let cap = self.hub.max_inflight_per_conn();
         loop {
             // Stop reading while this connection has too many events in
             // flight: TCP back-pressure, not memory, absorbs a fast client.
+            // Read each turn (one atomic load): a reload may change it, and
+            // then wakes every connection (`Hub::set_limits`).
+            let cap = self.hub.max_inflight_per_conn();
             let room = self.shared.inflight.load(Ordering::Relaxed) < cap;
             tokio::select! {
                 biased;

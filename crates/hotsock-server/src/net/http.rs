@@ -8,8 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 use hotsock_protocol::HandshakeRequest;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Most headers a request may carry; more gets 431.
@@ -62,7 +61,7 @@ pub(crate) struct Upgrade {
 /// Reads until the end of the request head. `Ok(None)` means the client
 /// closed before sending a whole head.
 pub(crate) async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     max_bytes: usize,
     peer: &str,
 ) -> Result<Option<Upgrade>, Refusal> {

@@ -1,5 +1,5 @@
-//! The listening socket: binding it, and the accept loop that gives each
-//! client its own task.
+//! The listening socket: binding it (or adopting the one systemd passed),
+//! and the accept loop that gives each client its own task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +25,22 @@ pub(crate) fn bind(addr: SocketAddr, backlog: u32, key: &str) -> Result<TcpListe
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX)).map_err(io_error(context.clone()))?;
     socket.set_nonblocking(true).map_err(io_error(context.clone()))?;
     TcpListener::from_std(socket.into()).map_err(io_error(context))
+}
+
+/// The client listener: the socket systemd passed (socket activation:
+/// `LISTEN_PID` names us, fd 3), or else `server.listen` bound here.
+pub(crate) fn client_listener(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ServerError> {
+    let activated = hotsock_table::activation::take_listener()?;
+    let Some(listener) = activated else { return bind(addr, backlog, "server.listen") };
+    let context = "cannot use the socket systemd passed";
+    listener.set_nonblocking(true).map_err(io_error(context))?;
+    let listener = TcpListener::from_std(listener).map_err(io_error(context))?;
+    let local = listener.local_addr().map_err(io_error(context))?;
+    tracing::info!(
+        listen = %local,
+        "listening on the socket systemd passed (fd 3, LISTEN_FDS); server.listen = {addr} and server.backlog are not used"
+    );
+    Ok(listener)
 }
 
 /// Accepts until the server stops; one task per connection.

@@ -6,3 +6,4 @@ pub(crate) mod admit;
 pub(crate) mod conn;
 pub(crate) mod http;
 pub(crate) mod listen;
+pub(crate) mod tls;

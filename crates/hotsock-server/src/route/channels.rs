@@ -113,6 +113,13 @@ impl Channels {
         }
     }
 
+    /// New limits from a config reload; the envelope stays (a restart-only
+    /// key), and lowered history bounds apply at each channel's next trim.
+    pub(crate) fn set_config(&mut self, config: ChannelsConfig, max_message_bytes: usize) {
+        self.config = ChannelsConfig { envelope: self.config.envelope, ..config };
+        self.max_message_bytes = max_message_bytes;
+    }
+
     /// Adds `conn` to `name`. With `from`, first queues what it missed since
     /// that position, if the history still holds all of it and it fits in
     /// `replay_budget` bytes and `channels.max_replay` publications;

@@ -17,7 +17,7 @@
 //! a slow client can never stall a worker.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -126,12 +126,14 @@ pub(crate) enum WorkerFault {
 pub(crate) struct Hub {
     state: Mutex<HubState>,
     dispatch: DispatchMode,
-    max_inflight_per_conn: u32,
-    output_buffer_bytes: usize,
-    handoff_max_bytes: usize,
+    /// The limits a reload may change (`Hub::set_limits`): atomics, so the
+    /// paths that read them take no lock for it.
+    max_inflight_per_conn: AtomicU32,
+    output_buffer_bytes: AtomicUsize,
+    handoff_max_bytes: AtomicUsize,
     /// Slots `0..event_slots` take connection events; the rest run tasks.
     event_slots: usize,
-    task_queue_max: usize,
+    task_queue_max: AtomicUsize,
     next_conn: AtomicU64,
     envelope: Envelope,
     /// The clock channel histories age by.
@@ -168,11 +170,11 @@ impl Hub {
                 channels: Channels::new(config.channels.clone(), limits.max_message_bytes, epoch_seed()),
             }),
             dispatch,
-            max_inflight_per_conn,
-            output_buffer_bytes,
-            handoff_max_bytes,
+            max_inflight_per_conn: AtomicU32::new(max_inflight_per_conn),
+            output_buffer_bytes: AtomicUsize::new(output_buffer_bytes),
+            handoff_max_bytes: AtomicUsize::new(handoff_max_bytes),
             event_slots,
-            task_queue_max,
+            task_queue_max: AtomicUsize::new(task_queue_max),
             next_conn: AtomicU64::new(1),
             envelope: config.channels.envelope,
             started: std::time::Instant::now(),
@@ -192,7 +194,24 @@ impl Hub {
     }
 
     pub(crate) fn max_inflight_per_conn(&self) -> u32 {
-        self.max_inflight_per_conn
+        self.max_inflight_per_conn.load(Ordering::Relaxed)
+    }
+
+    /// A reload changed the limits the hub keeps (see `config/diff.rs`).
+    /// Every connection is woken once, so one that stopped reading at the
+    /// old in-flight cap looks again at the new one.
+    pub(crate) fn set_limits(&self, config: &Config) {
+        let (limits, reload) = (&config.limits, &config.reload);
+        self.output_buffer_bytes.store(limits.output_buffer_bytes, Ordering::Relaxed);
+        self.handoff_max_bytes.store(reload.handoff_max_bytes, Ordering::Relaxed);
+        self.task_queue_max.store(config.workers.task_queue_max, Ordering::Relaxed);
+        self.lock().channels.set_config(config.channels.clone(), limits.max_message_bytes);
+        let before = self.max_inflight_per_conn.swap(limits.max_inflight_per_conn, Ordering::Relaxed);
+        if before != limits.max_inflight_per_conn {
+            for entry in self.lock().conns.values() {
+                entry.shared.wake.notify_one();
+            }
+        }
     }
 
     pub(crate) fn worker_handshakes(&self) -> bool {
@@ -364,7 +383,7 @@ impl Hub {
                         let Some(conn) = slot.ack(worker, id) else { continue };
                         if let Some(entry) = state.conns.get(&conn).filter(|_| conns) {
                             let before = entry.shared.inflight.fetch_sub(1, Ordering::Relaxed);
-                            if before == self.max_inflight_per_conn {
+                            if before == self.max_inflight_per_conn.load(Ordering::Relaxed) {
                                 entry.shared.wake.notify_one();
                             }
                         }
@@ -496,13 +515,14 @@ impl Hub {
                     applied.panics += 1;
                 }
                 ToServer::Handoff(handoff) => {
+                    let handoff_max_bytes = self.handoff_max_bytes.load(Ordering::Relaxed);
                     let handoff = match handoff {
-                        Some(bytes) if bytes.len() > self.handoff_max_bytes => {
+                        Some(bytes) if bytes.len() > handoff_max_bytes => {
                             tracing::error!(
                                 slot = slot_index,
                                 bytes = bytes.len(),
                                 "handoff state over reload.handoff_max_bytes = {}; the successor starts without it",
-                                self.handoff_max_bytes
+                                handoff_max_bytes
                             );
                             None
                         }
@@ -532,7 +552,7 @@ impl Hub {
         // one that would not fit what its outbox may still take is not
         // made, and the client is told it did not recover.
         let queued = shared.queued_bytes.load(Ordering::Relaxed);
-        let budget = self.output_buffer_bytes.saturating_sub(queued);
+        let budget = self.output_buffer_bytes.load(Ordering::Relaxed).saturating_sub(queued);
         let joined = state.channels.subscribe(conn, &shared, channel, from, budget, now)?;
         for out in joined.queue {
             self.send(&shared, out);
@@ -595,8 +615,9 @@ impl Hub {
             return Err("no task workers are configured (workers.task_count = 0)".into());
         }
         let queued: usize = task_slots.iter().map(|s| s.slot.unacked_len()).sum();
-        if queued >= self.task_queue_max {
-            return Err(format!("task queue full (workers.task_queue_max = {})", self.task_queue_max));
+        let task_queue_max = self.task_queue_max.load(Ordering::Relaxed);
+        if queued >= task_queue_max {
+            return Err(format!("task queue full (workers.task_queue_max = {task_queue_max})"));
         }
         let target = self.event_slots + least_busy(task_slots);
         let task = state.next_task;
@@ -664,7 +685,7 @@ impl Hub {
         }
         let len = out.len();
         let ahead = shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if ahead > 0 && ahead + len > self.output_buffer_bytes {
+        if ahead > 0 && ahead + len > self.output_buffer_bytes.load(Ordering::Relaxed) {
             shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             shared.overflowed.store(true, Ordering::Relaxed);
             shared.wake.notify_one();

@@ -18,7 +18,7 @@ use crate::route::slot::WorkerId;
 use crate::shared::Shared;
 use crate::supervise::core::{Command, Core, CoreConfig, Input, Request, Waiter};
 use crate::supervise::generations::{GenerationCopy, Generations, Stored};
-use crate::supervise::handle::{Msg, ReloadRequest, SupervisorHandle};
+use crate::supervise::handle::{Msg, Reconfigure, ReloadRequest, SupervisorHandle};
 use crate::supervise::messages::{Control, WorkerEvent};
 use crate::supervise::worker::{self, Launch};
 use crate::wire::{ReloadKind, ReloadOutcome};
@@ -39,7 +39,7 @@ pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (Superviso
             }
         }
     });
-    let core = Core::new(CoreConfig::from_config(&shared.config), Instant::now().into_std());
+    let core = Core::new(CoreConfig::from_config(&shared.config()), Instant::now().into_std());
     let driver = Driver {
         shared,
         generations,
@@ -83,8 +83,10 @@ impl Driver {
             let commands = tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return };
-                    let input = self.input(msg);
-                    self.core.handle(Instant::now().into_std(), input)
+                    match self.input(msg) {
+                        Some(input) => self.core.handle(Instant::now().into_std(), input),
+                        None => Vec::new(),
+                    }
                 }
                 () = crate::wait::sleep_until_opt(wake) => self.core.tick(Instant::now().into_std()),
                 copied = async {
@@ -107,9 +109,10 @@ impl Driver {
     }
 
     /// Turns a message into the core's input, keeping the parts the core
-    /// does not hold (reply channels, control channels of ended workers).
-    fn input(&mut self, msg: Msg) -> Input {
-        match msg {
+    /// does not hold (reply channels, control channels of ended workers);
+    /// new settings are applied here and are no input.
+    fn input(&mut self, msg: Msg) -> Option<Input> {
+        Some(match msg {
             Msg::Worker(WorkerEvent::Ready { worker, pid, handoff }) => Input::Ready { worker, pid, handoff },
             Msg::Worker(WorkerEvent::HandedOff { slot }) => Input::HandedOff { slot },
             Msg::Worker(WorkerEvent::Recycle { worker }) => Input::Recycle { worker },
@@ -128,7 +131,12 @@ impl Driver {
                 Input::Reload(Request { kind, canary, reason, waiter })
             }
             Msg::Retire => Input::Retire,
-        }
+            Msg::Reconfigure(Reconfigure { core, program, keep_generations }) => {
+                self.core.reconfigure(core);
+                self.generations.reconfigure(program, keep_generations);
+                return None;
+            }
+        })
     }
 
     fn execute(&mut self, commands: Vec<Command>) {

@@ -156,6 +156,16 @@ impl Generations {
         self.source.components().count() > 1
     }
 
+    /// A reload re-read the config: later generations copy `source` and
+    /// the store keeps `keep`. The file name inside each generation's
+    /// directory stays what it was, so older generations are still found;
+    /// a switch between a path and a bare name (copied or not) needs a
+    /// restart (`config/diff.rs`).
+    pub(crate) fn reconfigure(&mut self, source: PathBuf, keep: usize) {
+        self.source = source;
+        self.keep = keep.max(2);
+    }
+
     /// The executable of a generation.
     pub(crate) fn program(&self, generation: u64) -> PathBuf {
         if self.copies() { self.dir.join(generation.to_string()).join(&self.file_name) } else { self.source.clone() }

@@ -1,8 +1,11 @@
 //! How the rest of the server talks to the supervisor: one channel, so every
 //! decision is made in one place, in order.
 
+use std::path::PathBuf;
+
 use tokio::sync::{mpsc, oneshot};
 
+use crate::supervise::core::CoreConfig;
 use crate::supervise::messages::WorkerEvent;
 use crate::wire::{ReloadKind, ReloadOutcome};
 
@@ -17,10 +20,21 @@ pub(crate) struct ReloadRequest {
     pub(crate) reason: Option<String>,
 }
 
+/// The supervisor's part of a re-read config: its decision settings and
+/// the generation store's source and size.
+#[derive(Debug)]
+pub(crate) struct Reconfigure {
+    pub(crate) core: CoreConfig,
+    /// `workers.command[0]`, resolved: what the next generation copies.
+    pub(crate) program: PathBuf,
+    pub(crate) keep_generations: usize,
+}
+
 #[derive(Debug)]
 pub(crate) enum Msg {
     Worker(WorkerEvent),
     Reload(ReloadRequest),
+    Reconfigure(Reconfigure),
     Retire,
 }
 
@@ -33,6 +47,12 @@ pub(crate) struct SupervisorHandle {
 impl SupervisorHandle {
     pub(crate) fn reload(&self, request: ReloadRequest) {
         let _ = self.tx.send(Msg::Reload(request));
+    }
+
+    /// New settings from a re-read config; sent before the reload request
+    /// it goes with, so that reload's decisions already use them.
+    pub(crate) fn reconfigure(&self, reconfigure: Reconfigure) {
+        let _ = self.tx.send(Msg::Reconfigure(reconfigure));
     }
 
     /// Graceful stop: drain every worker and restart none.

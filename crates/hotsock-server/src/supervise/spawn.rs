@@ -131,6 +131,11 @@ fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
+    // Socket activation is the server's, not its children's: they must not
+    // read LISTEN_* as theirs (the adopted socket itself is close-on-exec).
+    for key in hotsock_table::activation::ENV_VARS {
+        command.env_remove(key);
+    }
     command
         .envs(spec.env.iter().map(|(key, value)| (key, value)))
         .args(&spec.args)

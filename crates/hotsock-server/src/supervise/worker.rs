@@ -112,7 +112,7 @@ struct WorkerTask {
 impl WorkerTask {
     async fn run(&mut self, events: &mpsc::UnboundedSender<WorkerEvent>) -> Exit {
         let shared = self.shared.clone();
-        let config = &shared.config;
+        let config = shared.config();
         let Launch { slot, generation, worker, .. } = self.launch;
         let role = if slot < config.workers.count { Role::Event } else { Role::Task };
         let spec = SpawnSpec {
@@ -261,7 +261,7 @@ impl WorkerTask {
             LoopEnd::Violation(fault) => Some(Exit::new(ExitCause::ProtocolViolation, fault)),
             LoopEnd::Kill(reason) => Some(Exit::killed(reason)),
             LoopEnd::Unresponsive(silent) => {
-                let key = if slot < self.shared.config.workers.count {
+                let key = if slot < self.shared.config().workers.count {
                     "workers.unresponsive_ms"
                 } else {
                     "workers.task_unresponsive_ms"
@@ -275,7 +275,7 @@ impl WorkerTask {
                 ExitCause::DrainDeadline,
                 format!(
                     "still running reload.max_wait_ms = {} after it was told to drain",
-                    self.shared.config.reload.max_wait_ms
+                    self.shared.config().reload.max_wait_ms
                 ),
             )),
         };
@@ -310,7 +310,8 @@ impl WorkerTask {
         let Launch { slot, worker, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
         let mut deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let workers = &self.shared.config.workers;
+        let config = self.shared.config();
+        let workers = &config.workers;
         let max_requests = if slot < workers.count { workers.max_requests } else { workers.task_max_requests };
         let mut recycle_asked = false;
         // Heartbeats: a Ping every heartbeat_ms; no Pong for unresponsive_ms

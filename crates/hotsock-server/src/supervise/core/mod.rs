@@ -243,6 +243,14 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// New settings from a reload that re-read the config. The slot counts
+    /// cannot change (they need a restart), so the slots stay as they are;
+    /// every later decision uses the new timeouts, back-offs and strategy.
+    pub(crate) fn reconfigure(&mut self, config: CoreConfig) {
+        debug_assert_eq!((config.event_slots, config.task_slots), (self.config.event_slots, self.config.task_slots));
+        self.config = config;
+    }
+
     /// A supervisor whose slots all want generation 1; `start` fills them.
     pub(crate) fn new(config: CoreConfig, now: Instant) -> Core {
         let slots = (0..config.event_slots + config.task_slots)
