@@ -175,3 +175,32 @@ async fn a_cut_connection_reconnects_from_its_position_and_misses_nothing() {
     let (_, (_, _, recovered)) = join(&server, "room=cut&name=Dee&since=room%3Acut.0000000000000001.2").await;
     assert!(!recovered);
 }
+
+/// Two headless Chromium pages (Debian's chromium, driven by playwright-core
+/// from tests/node) in one room: they chat, see each other present and
+/// typing; then one page's network is cut (a proxy in the script resets its
+/// TCP connection and refuses reconnects) while the other sends five lines.
+/// Back online, the page shows every line once, in order, recovered.
+#[test]
+fn two_browser_pages_chat_and_a_cut_page_recovers_every_message_once() {
+    let chromium = hotsock_testkit::chromium();
+    let node = hotsock_testkit::node();
+    let server = TestServer::start(&config());
+    let output = std::process::Command::new(node)
+        .arg(repo_root().join("tests/node/chat_page.js"))
+        .arg(format!("http://{}/", server.addr))
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for line in [
+        "presence shows Ada and Bea on both pages",
+        "the pages chat; markup shows as text",
+        "typing indicator shown on the other page",
+        "Bea cut off while Ada sent 5",
+        "Bea recovered: 8 messages, each once, in order",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+}
