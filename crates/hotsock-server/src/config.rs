@@ -42,6 +42,9 @@ pub(crate) const REQUEST_HEAD_BYTES_MIN: usize = 512;
 /// The largest request head limit: nothing legitimate needs more, and every
 /// connection mid-handshake may hold this much.
 pub(crate) const REQUEST_HEAD_BYTES_MAX: usize = 1 << 20;
+/// Most `server.static_files` entries: they are for the odd file that lives
+/// outside `static_dir` (a shared client library), not a second tree.
+pub(crate) const STATIC_FILES_MAX: usize = 64;
 /// The smallest WebSocket read buffer: smaller costs a syscall per frame.
 pub(crate) const READ_BUFFER_BYTES_MIN: usize = 1024;
 /// The largest WebSocket read buffer: it is paid per idle connection.
@@ -150,6 +153,12 @@ pub struct ServerConfig {
     /// Serve plain HTTP GET requests from this directory (relative to the
     /// config file): a page for the service. Without it, plain HTTP gets 426.
     pub static_dir: Option<PathBuf>,
+    /// Single files served besides `static_dir` (which they need), each at
+    /// the exact URL path given: `{ "/hotsock.js" = "../../clients/js/hotsock.js" }`.
+    /// For a file that lives outside the directory (the browser client);
+    /// `static_dir` itself never follows a link out of it. Paths are
+    /// relative to the config file; at most [`STATIC_FILES_MAX`].
+    pub static_files: std::collections::BTreeMap<String, PathBuf>,
     /// A graceful stop waits this long for workers to acknowledge every
     /// event (the clients' Close events included) before they drain.
     pub stop_timeout_ms: u64,
@@ -187,6 +196,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 5_000,
             close_timeout_ms: 1_000,
             static_dir: None,
+            static_files: std::collections::BTreeMap::new(),
             stop_timeout_ms: 10_000,
             allowed_origins: None,
             tls: None,
@@ -674,6 +684,27 @@ impl Config {
             let problem = format!("names {}, which is not a directory", self.base_dir.join(dir).display());
             return Err(invalid("server.static_dir", problem));
         }
+        if !s.static_files.is_empty() && s.static_dir.is_none() {
+            return Err(invalid("server.static_files", "needs server.static_dir".into()));
+        }
+        if s.static_files.len() > STATIC_FILES_MAX {
+            let problem = format!("has {} entries, at most {STATIC_FILES_MAX}", s.static_files.len());
+            return Err(invalid("server.static_files", problem));
+        }
+        for (path, file) in &s.static_files {
+            let plain = path.starts_with('/')
+                && !path.contains(['?', '#', '%', '\\'])
+                && !path.split('/').any(|part| part == ".." || part == ".");
+            if !plain {
+                let problem =
+                    format!("has the URL path {path:?}: it must start with / and have no ?, #, %, \\, . or ..");
+                return Err(invalid("server.static_files", problem));
+            }
+            if !self.base_dir.join(file).is_file() {
+                let problem = format!("maps {path} to {}, which is not a file", self.base_dir.join(file).display());
+                return Err(invalid("server.static_files", problem));
+            }
+        }
         if let Some(origins) = &s.allowed_origins {
             for origin in origins {
                 if let Err(problem) = crate::net::admit::OriginPattern::parse(origin) {
@@ -902,6 +933,38 @@ mod tests {
             .to_string();
         assert!(err.contains("lisen"), "{err}");
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn static_files_need_a_plain_path_an_existing_file_and_static_dir() {
+        let dir = std::env::temp_dir().join(format!("hotsock-static-files-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("www")).expect("mkdir");
+        std::fs::write(dir.join("client.js"), "").expect("write");
+        let config = |server: &str| {
+            Config::parse(&dir.join("hotsock.toml"), &format!("[server]\n{server}\n[workers]\ncommand = [\"w\"]\n"))
+        };
+        let ok = config("static_dir = \"www\"\nstatic_files = { \"/client.js\" = \"client.js\" }").expect("valid");
+        assert_eq!(ok.server.static_files.get("/client.js"), Some(&PathBuf::from("client.js")));
+        for (server, problem) in [
+            ("static_files = { \"/client.js\" = \"client.js\" }", "needs server.static_dir"),
+            ("static_dir = \"www\"\nstatic_files = { \"client.js\" = \"client.js\" }", "must start with /"),
+            ("static_dir = \"www\"\nstatic_files = { \"/a/../b.js\" = \"client.js\" }", "must start with /"),
+            ("static_dir = \"www\"\nstatic_files = { \"/x.js?v\" = \"client.js\" }", "must start with /"),
+            ("static_dir = \"www\"\nstatic_files = { \"/x.js\" = \"missing.js\" }", "which is not a file"),
+            ("static_dir = \"www\"\nstatic_files = { \"/x.js\" = \"www\" }", "which is not a file"),
+        ] {
+            let err = config(server).expect_err(server).to_string();
+            let line = 2 + server.matches('\n').count();
+            assert!(
+                err.contains(&format!(":{line}: `server.static_files`")) && err.contains(problem),
+                "{server}: {err}"
+            );
+        }
+        let many: Vec<String> = (0..=STATIC_FILES_MAX).map(|n| format!("\"/{n}.js\" = \"client.js\"")).collect();
+        let err =
+            config(&format!("static_dir = \"www\"\nstatic_files = {{ {} }}", many.join(", "))).expect_err("too many");
+        assert!(err.to_string().contains(&format!("at most {STATIC_FILES_MAX}")), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

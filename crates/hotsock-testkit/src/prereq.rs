@@ -20,6 +20,7 @@ const BIN_SOURCES: &[(&str, &str)] = &[
     ("echo", "examples/echo"),
     ("matchmaker", "examples/matchmaker"),
     ("tasks", "examples/tasks"),
+    ("chat", "examples/chat"),
 ];
 
 /// What of a package goes into its binary: its sources, the files it

@@ -21,7 +21,7 @@ fn watch_builds_select_the_packages_of_the_documented_first_build() {
     let root = repo_root();
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
     let mut checked = 0;
-    for example in ["echo", "matchmaker"] {
+    for example in ["echo", "matchmaker", "chat"] {
         let relative = format!("examples/{example}/hotsock.dev.toml");
         let config = Config::load(&root.join(&relative)).unwrap_or_else(|e| panic!("{relative}: {e}"));
         let watch = config.reload.watch.as_ref().unwrap_or_else(|| panic!("{relative} has no [reload.watch]"));
@@ -36,5 +36,5 @@ fn watch_builds_select_the_packages_of_the_documented_first_build() {
             checked += 1;
         }
     }
-    assert!(checked >= 4, "the README and each config's header document the first build ({checked} found)");
+    assert!(checked >= 5, "the README and each config's header document the first build ({checked} found)");
 }

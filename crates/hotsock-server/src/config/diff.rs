@@ -102,6 +102,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Result<LiveChanges, Vec<Restar
         handshake_timeout_ms: Live,
         close_timeout_ms: Live,
         static_dir: Live,
+        static_files: Live,
         stop_timeout_ms: Live,
         allowed_origins: Live,
         tls: Live,

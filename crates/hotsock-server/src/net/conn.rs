@@ -105,7 +105,8 @@ async fn serve_stream<S: Stream>(
         Err(_) | Ok(Ok(None)) => return,
         Ok(Err(http::Refusal::Plain { method, path })) if config.server.static_dir.is_some() => {
             let dir = config.base_dir.join(config.server.static_dir.as_deref().unwrap_or(std::path::Path::new(".")));
-            return answer(shared, stream, http::static_file(&dir, &method, &path)).await;
+            let files = &config.server.static_files;
+            return answer(shared, stream, http::static_answer(&dir, files, &config.base_dir, &method, &path)).await;
         }
         Ok(Err(refusal)) => {
             let why = match refusal {

@@ -173,7 +173,36 @@ pub(crate) fn static_file(dir: &std::path::Path, method: &str, target: &str) -> 
     if !file.starts_with(&root) || !meta.is_file() || meta.len() > STATIC_FILE_MAX_BYTES {
         return not_found();
     }
-    let Ok(body) = std::fs::read(&file) else { return not_found() };
+    file_response(&file, method)
+}
+
+/// Answers a plain GET/HEAD: first `server.static_files` (a path the
+/// operator mapped to one file, which may live outside `dir`: nothing of
+/// the request is resolved against the file system), then `dir`.
+pub(crate) fn static_answer(
+    dir: &std::path::Path,
+    files: &std::collections::BTreeMap<String, std::path::PathBuf>,
+    base: &std::path::Path,
+    method: &str,
+    target: &str,
+) -> Vec<u8> {
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    match files.get(path) {
+        Some(_) if method != "GET" && method != "HEAD" => static_file(dir, method, target),
+        Some(file) => file_response(&base.join(file), method),
+        None => static_file(dir, method, target),
+    }
+}
+
+/// A 200 with the file, or 404 if it cannot be read or is larger than
+/// [`STATIC_FILE_MAX_BYTES`].
+fn file_response(file: &std::path::Path, method: &str) -> Vec<u8> {
+    let not_found = || response(404, "Not Found", &[], b"not found\n");
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() && meta.len() <= STATIC_FILE_MAX_BYTES => {}
+        _ => return not_found(),
+    }
+    let Ok(body) = std::fs::read(file) else { return not_found() };
     let content_type: &[u8] = match file.extension().and_then(|e| e.to_str()) {
         Some("html") => b"text/html; charset=utf-8",
         Some("js") => b"text/javascript; charset=utf-8",
@@ -264,6 +293,29 @@ mod tests {
         }
         assert!(static_file(&dir, "POST", "/").starts_with(b"HTTP/1.1 405"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn static_files_serve_exactly_the_paths_named() {
+        let root = std::env::temp_dir().join(format!("hotsock-static-named-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("www")).expect("mkdir");
+        std::fs::create_dir_all(root.join("lib")).expect("mkdir");
+        std::fs::write(root.join("www/index.html"), "<h1>page</h1>").expect("write");
+        std::fs::write(root.join("lib/client.js"), "export {};").expect("write");
+        std::fs::write(root.join("lib/secret.txt"), "SECRET").expect("write");
+        let files = std::collections::BTreeMap::from([("/client.js".to_owned(), "lib/client.js".into())]);
+        let answer = |method: &str, target: &str| {
+            String::from_utf8(static_answer(&root.join("www"), &files, &root, method, target)).expect("utf8")
+        };
+        let js = answer("GET", "/client.js?v=2");
+        assert!(js.starts_with("HTTP/1.1 200") && js.contains("text/javascript") && js.ends_with("export {};"), "{js}");
+        assert!(answer("GET", "/").ends_with("<h1>page</h1>"));
+        for other in ["/secret.txt", "/client.js/", "/Client.js", "/lib/client.js", "/../lib/secret.txt"] {
+            let text = answer("GET", other);
+            assert!(text.starts_with("HTTP/1.1 404") && !text.contains("SECRET"), "{other}: {text}");
+        }
+        assert!(answer("POST", "/client.js").starts_with("HTTP/1.1 405"));
+        let _ = std::fs::remove_dir_all(root);
     }
 
     #[test]
