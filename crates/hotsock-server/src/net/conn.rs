@@ -195,6 +195,7 @@ async fn serve_stream<S: Stream>(
         batch: VecDeque::new(),
         received: &shared.metrics.received,
         sent: &shared.metrics.sent,
+        read_drained: false,
     }
     .run()
     .await;
@@ -258,9 +259,28 @@ async fn answer(shared: &Shared, mut stream: impl Stream, response: Vec<u8>) {
 }
 
 /// What a client connection runs on: a `TcpStream`, or a TLS stream over one.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin {
+    /// Ready once the socket underneath has bytes (or an error) to read;
+    /// otherwise registers the waker for that. Asking this is far cheaper
+    /// than a read attempt through the WebSocket library (which readies a
+    /// buffer first), and a connection asks after every write.
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()>;
+}
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Stream for S {}
+impl Stream for TcpStream {
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // An error is "readable": the read that follows reports it.
+        self.poll_read_ready(cx).map(|_| ())
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Plaintext rustls already decrypted is only left behind when a
+        // read stopped early, and then the gate is open (`read_drained`).
+        self.get_ref().0.poll_read_ready(cx).map(|_| ())
+    }
+}
 
 struct Connection<'a, S> {
     ws: WebSocketStream<S>,
@@ -274,6 +294,10 @@ struct Connection<'a, S> {
     /// The server's message counters: one add per batch each way.
     received: &'a Flow,
     sent: &'a Flow,
+    /// The last read attempt found nothing more: everything the library
+    /// had buffered is consumed, so the next message needs the socket to
+    /// become readable first (see `Stream::poll_readable`).
+    read_drained: bool,
 }
 
 /// How a write batch ended.
@@ -339,7 +363,12 @@ impl<S: Stream> Connection<'_, S> {
                         return Ending::Overflow;
                     }
                 }
-                read = self.ws.next(), if room => {
+                read = std::future::poll_fn(|cx| {
+                    if self.read_drained {
+                        std::task::ready!(self.ws.get_ref().poll_readable(cx));
+                    }
+                    self.ws.poll_next_unpin(cx)
+                }), if room => {
                     match self.read_batch(read, cap) {
                         Ok(()) => {}
                         Err(end) => return Ending::Read(end),
@@ -351,6 +380,9 @@ impl<S: Stream> Connection<'_, S> {
 
     /// Hands one message, and any others already buffered, to the hub.
     fn read_batch(&mut self, first: Option<Result<Message, WsError>>, cap: u32) -> Result<(), ReadEnd> {
+        // Stopped early (batch or in-flight cap), the library may still
+        // hold whole frames: read again without waiting for the socket.
+        self.read_drained = false;
         let mut events = Vec::new();
         let mut next = first;
         let result = loop {
@@ -372,7 +404,10 @@ impl<S: Stream> Connection<'_, S> {
             }
             match self.ws.next().now_or_never() {
                 Some(more) => next = more,
-                None => break Ok(()),
+                None => {
+                    self.read_drained = true;
+                    break Ok(());
+                }
             }
         };
         if !events.is_empty() {
