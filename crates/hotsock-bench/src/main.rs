@@ -111,7 +111,7 @@ enum Scenario {
     /// Node.js ws broadcast loop vs Socket.IO rooms, same rate, same run.
     Fanout {
         /// Layouts `CHANNELSxMEMBERS@PUBS_PER_S`, comma-separated.
-        #[arg(long, value_delimiter = ',', default_values_t = ["1x10000@10".to_owned(), "100x100@1000".to_owned()])]
+        #[arg(long, value_delimiter = ',', default_values_t = ["1x10000@4".to_owned(), "100x100@400".to_owned()])]
         layouts: Vec<String>,
         /// Seconds of publishing per target and layout.
         #[arg(long, default_value_t = 5)]
