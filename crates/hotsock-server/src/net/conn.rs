@@ -64,12 +64,30 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer_addr: Soc
     let Some(tls) = &shared.tls else {
         return serve_stream(&shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await;
     };
+    // Boxed: a task is allocated at the size of its largest state, and the
+    // TLS states (rustls' connection, the TLS stream's WebSocket loop) are
+    // several KiB that every plain connection would otherwise carry too.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+    Box::pin(serve_tls(&shared, config, acceptor, stream, peer_addr, accepted_at, deadline, at_capacity)).await;
+}
+
+/// The TLS handshake, then `serve_stream` on the TLS stream.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    shared: &Shared,
+    config: Arc<Config>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    accepted_at: Instant,
+    deadline: Instant,
+    at_capacity: bool,
+) {
     // The TLS handshake is part of the handshake: the same deadline bounds
     // it, so a client that stalls mid-handshake is dropped like one that
     // stalls mid-request.
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_stream(&shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await,
+        Ok(Ok(stream)) => serve_stream(shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await,
         // Closed before finishing: dropped uncounted, as a plain client
         // that closes before its request is (a port probe, a health check
         // of the TCP port).
@@ -573,4 +591,30 @@ fn truncate_reason(reason: &str) -> String {
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, F: std::future::Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every connection's task is allocated at the size of `serve`'s
+    /// largest state, idle or not: the TLS path once made every plain
+    /// connection carry its states (13.5 instead of 7.3 KiB per idle
+    /// connection in `hotsock-bench idle`; the future was 8712 bytes in a
+    /// debug build, 2160 with the TLS path boxed). The bound (debug layout,
+    /// which is larger than release) leaves room for the plain path to grow
+    /// a little, not for another stream type inline.
+    #[test]
+    fn the_connection_task_stays_small() {
+        let size = future_size(serve);
+        eprintln!("serve future: {size} bytes");
+        assert!(size <= CONNECTION_TASK_MAX_BYTES, "serve's future is {size} bytes");
+    }
+
+    const CONNECTION_TASK_MAX_BYTES: usize = 3072;
 }
