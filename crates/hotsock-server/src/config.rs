@@ -398,8 +398,11 @@ pub struct LimitsConfig {
     pub max_inflight_per_conn: u32,
     /// Largest HTTP upgrade request head; larger gets 431.
     pub max_request_head_bytes: usize,
-    /// WebSocket read buffer per connection. tungstenite's 128 KiB default
-    /// costs ~135 KiB per idle connection; 4 KiB keeps idle ones small.
+    /// The read buffer each connection keeps (tungstenite's, for its whole
+    /// life). The socket itself is read through a 64 KiB buffer per thread
+    /// (`net/readahead.rs`), so this bounds only how much the WebSocket
+    /// library takes per step; tungstenite's 128 KiB default cost ~135 KiB
+    /// per idle connection, 1 KiB keeps an idle one under 5 KiB.
     pub read_buffer_bytes: usize,
     /// Connections one client address may hold at once (open or
     /// mid-handshake); one more gets 503. 0: no cap (the default, since
@@ -417,7 +420,7 @@ impl Default for LimitsConfig {
             output_buffer_bytes: 1 << 20,
             max_inflight_per_conn: 64,
             max_request_head_bytes: 8 << 10,
-            read_buffer_bytes: 4 << 10,
+            read_buffer_bytes: 1 << 10,
             max_connections_per_ip: 0,
             handshakes_per_ip_per_s: 0,
         }

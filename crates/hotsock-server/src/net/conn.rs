@@ -30,6 +30,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Flow, Refused};
 use crate::net::admit::{self, Held, PerIp};
 use crate::net::http;
+use crate::net::readahead::ReadAhead;
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::hub::Hub;
 use crate::route::outbox::{ConnShared, Outgoing};
@@ -198,6 +199,7 @@ async fn serve_stream<S: Stream>(
     // The request head (its buffer, headers, path) is not needed any more;
     // free it rather than keep it for the connection's lifetime.
     drop(upgrade);
+    let stream = ReadAhead::new(stream);
     let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config(&config.limits))).await;
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
@@ -301,7 +303,7 @@ impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 struct Connection<'a, S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<ReadAhead<S>>,
     shared: &'a ConnShared,
     hub: &'a Hub,
     conn: u64,
@@ -383,7 +385,10 @@ impl<S: Stream> Connection<'_, S> {
                 }
                 read = std::future::poll_fn(|cx| {
                     if self.read_drained {
-                        std::task::ready!(self.ws.get_ref().poll_readable(cx));
+                        let stream = self.ws.get_ref();
+                        if !stream.has_pending() {
+                            std::task::ready!(stream.get_ref().poll_readable(cx));
+                        }
                     }
                     self.ws.poll_next_unpin(cx)
                 }), if room => {

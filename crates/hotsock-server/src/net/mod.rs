@@ -6,4 +6,5 @@ pub(crate) mod admit;
 pub(crate) mod conn;
 pub(crate) mod http;
 pub(crate) mod listen;
+pub(crate) mod readahead;
 pub(crate) mod tls;
