@@ -1,8 +1,14 @@
 //! The PHP SDK (`sdk/php`) through the real `hotsock` binary, beyond the
 //! echo tests: stray output, a throwing handler, queries and channels,
-//! tasks, table descriptors, handoff and a blocked loop.
+//! tasks, table descriptors, handoff, a blocked loop, and the watch loop
+//! on examples/echo-php with no build step.
 
-use hotsock_testkit::{TestServer, close_code, open_testworker, php, recv, repo_root, send, wait_for};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hotsock_testkit::{
+    TempDir, TestServer, close_code, connect, open_testworker, php, recv, repo_root, send, wait_for,
+};
 
 /// `[workers]` running the PHP test worker (`sdk/php/tests/testworker.php`).
 fn testworker(count: usize, extra: &str) -> String {
@@ -119,4 +125,65 @@ async fn a_php_handler_that_blocks_its_loop_gets_the_worker_replaced() {
     wait_for("slot serving again", || (server.status()["workers"][0]["state"] == "ready").then_some(()));
     send(&mut bystander, "echo:after").await;
     assert_eq!(recv(&mut bystander).await, "after");
+}
+
+/// Copies `examples/echo-php/worker.php` into `dir`, pointing its
+/// `require` at this repository's SDK.
+fn copy_echo_php(dir: &Path) -> std::path::PathBuf {
+    let source = std::fs::read_to_string(repo_root().join("examples/echo-php/worker.php")).expect("read worker.php");
+    let require = "require __DIR__ . '/../../sdk/php/autoload.php';";
+    assert!(source.contains(require), "examples/echo-php/worker.php changed; update this test");
+    let autoload = repo_root().join("sdk/php/autoload.php");
+    let script = dir.join("worker.php");
+    std::fs::write(&script, source.replace(require, &format!("require '{}';", autoload.display()))).expect("write");
+    script
+}
+
+/// The point of PHP workers: no build. Save the file and the next
+/// generation runs it, on a connection opened before the edit.
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_the_php_file_goes_live_without_a_build() {
+    php();
+    let project = TempDir::new("php-live");
+    let script = copy_echo_php(project.path());
+    let config = format!(
+        "[workers]\ncommand = [\"php\", \"{}\"]\ncount = 2\n[reload.watch]\nenabled = true\npaths = [\"{}\"]\ndebounce_ms = 100\n",
+        script.display(),
+        project.path().display()
+    );
+    let server = TestServer::start(&config);
+    wait_for("watcher up", || server.try_status()?["watch"]["backend"].as_str().map(|_| ()));
+    let mut client = connect(&server.url("/")).await;
+    send(&mut client, "before").await;
+    assert_eq!(recv(&mut client).await, "v1:before");
+
+    let text = std::fs::read_to_string(&script).expect("read");
+    assert!(text.contains("$this->prefix = 'v1:';"), "the PHP echo example changed; update this test");
+    let saved = Instant::now();
+    std::fs::write(&script, text.replace("$this->prefix = 'v1:';", "$this->prefix = 'v2:';")).expect("edit");
+
+    loop {
+        send(&mut client, "after").await;
+        let reply = recv(&mut client).await;
+        if reply == "v2:after" {
+            break;
+        }
+        assert_eq!(reply, "v1:after", "only the old or the new code may answer");
+        assert!(saved.elapsed() < hotsock_testkit::WAIT, "the edit did not go live; server log:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("save to live: {:?}", saved.elapsed());
+    let status = server.status();
+    assert_eq!(status["generation"], 2, "one save, one reload: {status}");
+    assert!(status["watch"]["last_build"].is_null(), "no build ran: {status}");
+    assert_eq!(status["connections"], 1);
+
+    // A save that does not parse never takes traffic: generation 2 keeps serving.
+    std::fs::write(&script, "<?php this is not php;").expect("break");
+    wait_for("the broken generation refused", || {
+        let status = server.try_status()?;
+        (status["last_reload"]["ok"] == false).then_some(())
+    });
+    send(&mut client, "still").await;
+    assert_eq!(recv(&mut client).await, "v2:still");
 }
