@@ -5,11 +5,11 @@
 //! Binaries are found next to the test executable (`target/<profile>/`), so
 //! the workspace's binaries must be built first: `.ci/run` does
 //! `cargo build --workspace --bins` before the tests. What else the tests
-//! need (Python venv, Node modules, Chromium) is checked in `prereq.rs`.
+//! need (Python venv, Node modules, Chromium, PHP) is checked in `prereq.rs`.
 
 mod prereq;
 
-pub use prereq::{chromium, node, promtool, python};
+pub use prereq::{chromium, node, php, promtool, python};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -127,3 +127,15 @@ pub fn promtool() -> PathBuf {
     }
     promtool
 }
+
+/// `php` on PATH: the PHP 8.2 CLI that runs `sdk/php` workers (Debian's
+/// `php8.2-cli`, which bundles the `sockets` and `pcntl` extensions the SDK
+/// uses).
+pub fn php() -> PathBuf {
+    let Some(php) = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("php")).find(|p| p.is_file()))
+    else {
+        missing("php on PATH (PHP 8.2 CLI)", "`apt-get install php8.2-cli` as root (bash .ci/run does)")
+    };
+    php
+}

@@ -1,8 +1,13 @@
 //! Workers that die or misbehave: connections survive, events are
-//! redelivered in order, bad workers are contained.
+//! redelivered in order, bad workers are contained. The SIGKILL soak runs
+//! once per worker language (`common::EchoWorker`).
+
+#[macro_use]
+mod common;
 
 use std::time::Duration;
 
+use common::EchoWorker;
 use futures_util::{SinkExt, StreamExt};
 use hotsock_testkit::{TempDir, TestServer, bin, close_code, connect, next_text, recv, send, wait_for};
 use nix::sys::signal::{Signal, kill};
@@ -13,6 +18,8 @@ fn config(program: &str, extra: &str) -> String {
     format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{extra}", bin(program).display())
 }
 
+each_echo_worker!(sigkill_under_load_loses_nothing_and_keeps_order);
+
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill");
 }
@@ -21,11 +28,10 @@ fn sigkill(pid: u32) {
 /// every 10 ms while a worker is SIGKILLed. No connection closes, every
 /// message is answered, only redelivered events may be answered twice, and
 /// per-connection order holds.
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_under_load_loses_nothing_and_keeps_order() {
+async fn sigkill_under_load_loses_nothing_and_keeps_order(worker: EchoWorker) {
     const CONNS: usize = 50;
     const MESSAGES: usize = 150;
-    let server = TestServer::start(&config("echo", ""));
+    let server = TestServer::start(&worker.config(2, ""));
     let victim = server.worker_pid(0);
     let mut tasks = Vec::new();
     for c in 0..CONNS {

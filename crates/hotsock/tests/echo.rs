@@ -1,23 +1,35 @@
 //! The echo example through the real `hotsock` binary, and every bad input
-//! with its defined outcome.
+//! with its defined outcome. The tests of the worker's behaviour run once
+//! per worker language (`common::EchoWorker`: Rust and PHP).
+
+#[macro_use]
+mod common;
 
 use bytes::Bytes;
+use common::EchoWorker;
 use futures_util::SinkExt;
-use hotsock_testkit::{TestServer, bin, close_code, connect, next, raw_http, recv, send};
+use hotsock_testkit::{TestServer, close_code, connect, next, raw_http, recv, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
+/// The Rust echo example on two workers, for the tests of the server itself.
 fn echo_config(extra: &str) -> String {
-    format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{extra}", bin("echo").display())
+    EchoWorker::Rust.config(2, extra)
 }
+
+each_echo_worker!(
+    echo_replies_through_workers_on_every_slot,
+    prefix_is_read_from_the_file_at_worker_start,
+    worker_rejects_handshake_with_403,
+    messages_larger_than_the_output_buffer_are_echoed_whole_or_fragmented,
+);
 
 const UPGRADE: &str = "GET /PATH HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn echo_replies_through_workers_on_every_slot() {
-    let server = TestServer::start(&echo_config(""));
+async fn echo_replies_through_workers_on_every_slot(worker: EchoWorker) {
+    let server = TestServer::start(&worker.config(2, ""));
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(connect(&server.url("/echo")).await);
@@ -42,20 +54,19 @@ async fn echo_replies_through_workers_on_every_slot() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn prefix_is_read_from_the_file_at_worker_start() {
+async fn prefix_is_read_from_the_file_at_worker_start(worker: EchoWorker) {
     let dir = hotsock_testkit::TempDir::new("prefix");
     let file = dir.path().join("prefix");
     std::fs::write(&file, "v2:\n").expect("write");
-    let server = TestServer::start_with_env(&echo_config(""), &[("ECHO_PREFIX_FILE", file.to_str().expect("utf8"))]);
+    let server =
+        TestServer::start_with_env(&worker.config(2, ""), &[("ECHO_PREFIX_FILE", file.to_str().expect("utf8"))]);
     let mut client = connect(&server.url("/")).await;
     send(&mut client, "x").await;
     assert_eq!(recv(&mut client).await, "v2:x");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn worker_rejects_handshake_with_403() {
-    let server = TestServer::start(&echo_config(""));
+async fn worker_rejects_handshake_with_403(worker: EchoWorker) {
+    let server = TestServer::start(&worker.config(2, ""));
     let response = raw_http(server.addr, UPGRADE.replace("/PATH", "/?deny=1").as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{response}");
     assert!(response.ends_with("denied by the echo example (?deny=1)\n"), "{response}");
@@ -187,10 +198,9 @@ async fn ping_is_answered_by_the_server_and_close_is_completed() {
 /// A reply larger than `limits.output_buffer_bytes` is not a slow reader:
 /// with a 16 MiB message limit and the default 1 MiB output buffer, 4, 8
 /// and 16 MiB messages, text and binary, whole and in fragments, come back.
-#[tokio::test(flavor = "multi_thread")]
-async fn messages_larger_than_the_output_buffer_are_echoed_whole_or_fragmented() {
+async fn messages_larger_than_the_output_buffer_are_echoed_whole_or_fragmented(worker: EchoWorker) {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-    let server = TestServer::start(&echo_config("[limits]\nmax_message_bytes = 16777216\n"));
+    let server = TestServer::start(&worker.config(2, "[limits]\nmax_message_bytes = 16777216\n"));
     let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
     let (mut client, _) =
         tokio_tungstenite::connect_async_with_config(server.url("/big"), Some(config), false).await.expect("connect");

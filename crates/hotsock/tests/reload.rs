@@ -1,12 +1,17 @@
 //! Hot reload under traffic: no dropped connection, no lost, duplicated or
 //! reordered message, the new code answering after each reload, and broken
-//! generations that never take traffic.
+//! generations that never take traffic. The echo tests run once per worker
+//! language (`common::EchoWorker`: Rust and PHP).
+
+#[macro_use]
+mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::EchoWorker;
 use futures_util::{SinkExt, StreamExt};
 use hotsock_testkit::{Client, TempDir, TestServer, bin, connect, next_text, recv, send, wait_for};
 use nix::sys::signal::{Signal, kill};
@@ -20,11 +25,11 @@ struct Echo {
     _dir: TempDir,
 }
 
-fn start_echo(extra: &str) -> Echo {
+fn start_echo(worker: EchoWorker, extra: &str) -> Echo {
     let dir = TempDir::new("reload");
     let prefix = dir.path().join("prefix");
     std::fs::write(&prefix, "p0:").expect("write prefix");
-    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{extra}", bin("echo").display());
+    let config = worker.config(2, extra);
     let server = TestServer::start_with_env(&config, &[("ECHO_PREFIX_FILE", prefix.to_str().expect("utf8"))]);
     Echo { server, prefix, _dir: dir }
 }
@@ -168,8 +173,14 @@ impl Echo {
 
 /// 20 reloads, alternating CLI and SIGUSR1, with the prefix file changed
 /// before each; after each, a probe connection sees the new prefix.
-async fn soak_with_reloads(extra: &str, conns: usize, interval: Duration, message: fn(usize, usize) -> String) {
-    let echo = start_echo(extra);
+async fn soak_with_reloads(
+    worker: EchoWorker,
+    extra: &str,
+    conns: usize,
+    interval: Duration,
+    message: fn(usize, usize) -> String,
+) {
+    let echo = start_echo(worker, extra);
     let mut probe = connect(&echo.server.url("/probe")).await;
     let soak = Soak::start(&echo.server, conns, interval, message).await;
     for k in 1..=20 {
@@ -195,27 +206,34 @@ async fn soak_with_reloads(extra: &str, conns: usize, interval: Duration, messag
     println!("{total} messages over 20 reloads, {} prefixes", prefixes.len());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn soak_20_reloads_loses_duplicates_and_reorders_nothing() {
-    soak_with_reloads("", 50, Duration::from_millis(10), |c, n| format!("{c}:{n}")).await;
+each_echo_worker!(
+    soak_20_reloads_loses_duplicates_and_reorders_nothing,
+    soak_20_reloads_with_work_in_flight_at_every_switch,
+    soak_with_all_at_once_strategy,
+    old_workers_past_max_wait_are_killed_and_their_events_redelivered,
+    a_generation_that_fails_at_start_never_takes_traffic,
+    sigusr2_without_task_workers_blocks_nothing,
+    rollback_returns_to_the_previous_generation,
+    workers_are_recycled_after_max_requests_without_loss,
+);
+
+async fn soak_20_reloads_loses_duplicates_and_reorders_nothing(worker: EchoWorker) {
+    soak_with_reloads(worker, "", 50, Duration::from_millis(10), |c, n| format!("{c}:{n}")).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn soak_20_reloads_with_work_in_flight_at_every_switch() {
-    soak_with_reloads("", 50, Duration::from_millis(60), |c, n| format!("sleep:50:{c}:{n}")).await;
+async fn soak_20_reloads_with_work_in_flight_at_every_switch(worker: EchoWorker) {
+    soak_with_reloads(worker, "", 50, Duration::from_millis(60), |c, n| format!("sleep:50:{c}:{n}")).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn soak_with_all_at_once_strategy() {
-    soak_with_reloads("[reload]\nstrategy = \"all-at-once\"\n", 20, Duration::from_millis(10), |c, n| {
+async fn soak_with_all_at_once_strategy(worker: EchoWorker) {
+    soak_with_reloads(worker, "[reload]\nstrategy = \"all-at-once\"\n", 20, Duration::from_millis(10), |c, n| {
         format!("{c}:{n}")
     })
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn old_workers_past_max_wait_are_killed_and_their_events_redelivered() {
-    let echo = start_echo("[reload]\nmax_wait_ms = 1000\n");
+async fn old_workers_past_max_wait_are_killed_and_their_events_redelivered(worker: EchoWorker) {
+    let echo = start_echo(worker, "[reload]\nmax_wait_ms = 1000\n");
     let mut clients = Vec::new();
     for c in 0..10 {
         let mut client = connect(&echo.server.url("/")).await;
@@ -240,9 +258,8 @@ async fn old_workers_past_max_wait_are_killed_and_their_events_redelivered() {
     assert_eq!(status["connections"], 10);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_generation_that_fails_at_start_never_takes_traffic() {
-    let echo = start_echo("");
+async fn a_generation_that_fails_at_start_never_takes_traffic(worker: EchoWorker) {
+    let echo = start_echo(worker, "");
     let soak = Soak::start(&echo.server, 20, Duration::from_millis(10), |c, n| format!("{c}:{n}")).await;
     // The echo worker panics in on_worker_start when its prefix file is gone.
     std::fs::remove_file(&echo.prefix).expect("remove");
@@ -327,9 +344,8 @@ async fn concurrent_reloads_are_coalesced_and_all_answered() {
     assert!((2..=3).contains(&generation), "five requests, at most two reloads: generation {generation}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigusr2_without_task_workers_blocks_nothing() {
-    let echo = start_echo("");
+async fn sigusr2_without_task_workers_blocks_nothing(worker: EchoWorker) {
+    let echo = start_echo(worker, "");
     let pid = echo.server.child.as_ref().expect("server").id();
     kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("SIGUSR2");
     wait_for("SIGUSR2 handled", || echo.server.log().contains("no task workers are configured").then_some(()));
@@ -341,9 +357,8 @@ async fn sigusr2_without_task_workers_blocks_nothing() {
     assert_eq!(recv(&mut client).await, "p1:x");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rollback_returns_to_the_previous_generation() {
-    let echo = start_echo("");
+async fn rollback_returns_to_the_previous_generation(worker: EchoWorker) {
+    let echo = start_echo(worker, "");
     echo.set_prefix("p1:");
     echo.reload_cli();
     echo.set_prefix("p9:");
@@ -356,8 +371,11 @@ async fn rollback_returns_to_the_previous_generation() {
     // file when they started.
     assert_eq!(recv(&mut client).await, "p9:x");
     assert_eq!(echo.server.status()["previous_generation"], 2);
-    let run = echo.server.dir.path().join("run/generations");
-    assert!(run.join("1/echo").exists() && run.join("2/echo").exists());
+    if worker == EchoWorker::Rust {
+        // A PHP worker's program is `php` from PATH: nothing of ours to copy.
+        let run = echo.server.dir.path().join("run/generations");
+        assert!(run.join("1/echo").exists() && run.join("2/echo").exists());
+    }
 }
 
 /// A test-worker server whose generations can be made to panic.
@@ -471,9 +489,8 @@ async fn a_healthy_canary_completes_the_reload() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn workers_are_recycled_after_max_requests_without_loss() {
-    let echo = start_echo("max_requests = 200\n");
+async fn workers_are_recycled_after_max_requests_without_loss(worker: EchoWorker) {
+    let echo = start_echo(worker, "max_requests = 200\n");
     let soak = Soak::start(&echo.server, 10, Duration::from_millis(5), |c, n| format!("{c}:{n}")).await;
     wait_for("several recycles", || {
         let status = echo.server.try_status()?;

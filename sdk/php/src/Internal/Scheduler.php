@@ -1,0 +1,326 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Hotsock\Internal;
+
+use Hotsock\Finish;
+use Hotsock\ProtocolError;
+
+/**
+ * Runs handlers as fibers: one lane per connection (or task), so a
+ * connection's events run one at a time and in order, while events of
+ * different connections interleave whenever a handler waits (`Ctx::sleep`,
+ * a query, a task result), up to Hello's `max_concurrency`. PHP runs one
+ * fiber at a time; a handler that computes without waiting holds the
+ * loop, which the server's heartbeat notices, as the protocol intends.
+ *
+ * It also routes what arrives between events: Replies and Finishes to the
+ * handler waiting for them, Pings to a Pong from this loop, Stop and
+ * Snapshot to flags the runtime acts on once idle.
+ *
+ * The one rule: an event is acknowledged after its handler returned, its
+ * ack queued behind the frames the handler sent; and around redelivered
+ * events, an ack is written before the lane's next event starts.
+ */
+final class Scheduler
+{
+    /** @var array<int, list<Event>> events waiting per lane, oldest first */
+    private array $lanes = [];
+    /** @var array<int, true> lanes whose event is running */
+    private array $busy = [];
+    /** @var array<int, array{fiber:\Fiber, wait:Wait, event:?Event}> suspended handlers by fiber id */
+    private array $suspended = [];
+    /** @var array<int, bool> lanes with an ack not yet written, and whether that event was redelivered */
+    private array $unwrittenAck = [];
+    private int $running = 0;
+    private ?\Fiber $current = null;
+
+    /** @var array<int, array{0:bool,1:string}> replies by request id: (not found, body) */
+    private array $replies = [];
+    /** @var array<int, true|\WeakReference> requests whose reply someone may still read */
+    private array $wanted = [];
+    /** @var array<int, true> DispatchTask requests, whose Reply names a task id */
+    private array $taskRequests = [];
+    /** @var array<int, true|\WeakReference> task ids whose TaskHandle may still read the result */
+    private array $taskWanted = [];
+    /** @var array<int, Finish> results waiting for their TaskHandle */
+    private array $finishes = [];
+    /** @var list<Finish> results for `App::onFinish` */
+    private array $unclaimed = [];
+
+    private int $nextRequest = 1;
+    public bool $stopRequested = false;
+    public bool $snapshotRequested = false;
+    /** Set when an event arrives: a worker resumed after a Snapshot runs `onWorkerStop` again at Stop. */
+    public bool $eventSinceStop = false;
+
+    private ?Handlers $handlers = null;
+
+    public function __construct(
+        private readonly Transport $transport,
+        private readonly Decoder $decoder,
+        private readonly Outbox $out,
+        private readonly int $maxConcurrency,
+    ) {
+    }
+
+    public function attach(Handlers $handlers): void
+    {
+        $this->handlers = $handlers;
+    }
+
+    public function nextRequest(): int
+    {
+        return $this->nextRequest++;
+    }
+
+    /** Runs everything runnable: resumes satisfied waits, starts waiting lanes and unclaimed results. */
+    public function turn(): void
+    {
+        do {
+            $progressed = false;
+            foreach ($this->suspended as $key => $entry) {
+                if ($this->satisfied($entry['wait'])) {
+                    unset($this->suspended[$key]);
+                    $this->step($entry['fiber'], $entry['event'], fn (\Fiber $f) => $f->resume());
+                    $progressed = true;
+                }
+            }
+            foreach (array_keys($this->lanes) as $lane) {
+                if ($this->running >= $this->maxConcurrency) {
+                    break;
+                }
+                if (!isset($this->busy[$lane])) {
+                    $this->startLane($lane);
+                    $progressed = true;
+                }
+            }
+            while ($this->unclaimed !== [] && $this->running < $this->maxConcurrency) {
+                $finish = array_shift($this->unclaimed);
+                $handlers = $this->handlers();
+                $this->step(new \Fiber(static fn () => $handlers->finish($finish)), null, fn (\Fiber $f) => $f->start());
+                $progressed = true;
+            }
+        } while ($progressed);
+    }
+
+    private function startLane(int $lane): void
+    {
+        $event = array_shift($this->lanes[$lane]);
+        if ($this->lanes[$lane] === []) {
+            unset($this->lanes[$lane]);
+        }
+        // When this event or the one before it in its lane is a redelivery,
+        // the earlier ack goes out first: if this event kills the worker,
+        // the server must blame it, not the finished one.
+        if (isset($this->unwrittenAck[$lane]) && ($this->unwrittenAck[$lane] || $event->redelivered)) {
+            $this->flush();
+        }
+        $this->busy[$lane] = true;
+        $handlers = $this->handlers();
+        $this->step(new \Fiber(static fn () => $handlers->event($event)), $event, fn (\Fiber $f) => $f->start());
+    }
+
+    /** Starts or resumes `$fiber` until it waits or ends; an ended event is acknowledged. */
+    private function step(\Fiber $fiber, ?Event $event, \Closure $go): void
+    {
+        if (!$fiber->isStarted()) {
+            $this->running++;
+        }
+        $this->current = $fiber;
+        try {
+            $wait = $go($fiber);
+        } finally {
+            $this->current = null;
+        }
+        if (!$fiber->isTerminated()) {
+            $this->suspended[spl_object_id($fiber)] = ['fiber' => $fiber, 'wait' => $wait, 'event' => $event];
+            return;
+        }
+        $this->running--;
+        if ($event !== null) {
+            $this->out->ack($event->id);
+            $this->unwrittenAck[$event->lane] = $event->redelivered;
+            unset($this->busy[$event->lane]);
+        }
+    }
+
+    private function handlers(): Handlers
+    {
+        return $this->handlers ?? throw new \LogicException('scheduler used before attach()');
+    }
+
+    public function idle(): bool
+    {
+        return $this->running === 0 && $this->lanes === [] && $this->unclaimed === [];
+    }
+
+    /** Writes everything queued, acks last. */
+    public function flush(): void
+    {
+        $this->out->flush();
+        $this->unwrittenAck = [];
+    }
+
+    /** How long the loop may block: 0 when something can run, until the nearest timer, or forever. */
+    public function timeout(): ?float
+    {
+        $nearest = null;
+        foreach ($this->suspended as $entry) {
+            $wait = $entry['wait'];
+            if ($this->satisfied($wait)) {
+                return 0.0;
+            }
+            if ($wait->type === Wait::TIMER) {
+                $nearest = min($nearest ?? PHP_FLOAT_MAX, $wait->deadline);
+            }
+        }
+        return $nearest === null ? null : max(0.0, $nearest - Wait::now());
+    }
+
+    /**
+     * Suspends the calling handler until `$wait` is satisfied. Outside a
+     * handler (in onWorkerStart or onWorkerStop) it reads the socket right
+     * here instead, queueing events for later and answering Pings.
+     */
+    public function wait(Wait $wait): void
+    {
+        if ($this->current !== null && \Fiber::getCurrent() === $this->current) {
+            \Fiber::suspend($wait);
+            return;
+        }
+        while (!$this->satisfied($wait)) {
+            $this->flush();
+            $timeout = $wait->type === Wait::TIMER ? max(0.0, $wait->deadline - Wait::now()) : null;
+            $this->pump($timeout);
+        }
+    }
+
+    private function satisfied(Wait $wait): bool
+    {
+        return match ($wait->type) {
+            Wait::TIMER => Wait::now() >= $wait->deadline,
+            Wait::REPLY => isset($this->replies[$wait->key]),
+            Wait::FINISH => isset($this->finishes[$wait->key]),
+        };
+    }
+
+    /** Handles frames already decoded, or else waits up to `$timeout` for bytes and handles those. */
+    public function pump(?float $timeout): void
+    {
+        if ($this->dispatchBuffered()) {
+            return;
+        }
+        $bytes = $this->transport->read($timeout);
+        if ($bytes !== null) {
+            $this->decoder->feed($bytes);
+            $this->dispatchBuffered();
+        }
+    }
+
+    private function dispatchBuffered(): bool
+    {
+        $any = false;
+        while (($frame = $this->decoder->next()) !== null) {
+            $this->dispatch($frame);
+            $any = true;
+        }
+        return $any;
+    }
+
+    private function dispatch(Frame $frame): void
+    {
+        if (isset(Kind::EVENTS[$frame->kind])) {
+            $event = Event::decode($frame);
+            $this->lanes[$event->lane][] = $event;
+            $this->eventSinceStop = true;
+            return;
+        }
+        match ($frame->kind) {
+            // Answered from the loop handlers run on: a handler that holds
+            // the loop stops the answers, which is what the server watches.
+            Kind::PING => $this->out->frame(Kind::PONG, 0, 0, $frame->id),
+            Kind::REPLY => $this->reply($frame),
+            Kind::FINISH => $this->finish(new Finish($frame->conn, $frame->has(Kind::ORPHANED), $frame->has(Kind::FAILED), $frame->payload)),
+            Kind::STOP => $frame->payload === '' ? $this->stopRequested = true : throw new ProtocolError('Stop with a payload'),
+            Kind::SNAPSHOT => $frame->payload === '' ? $this->snapshotRequested = true : throw new ProtocolError('Snapshot with a payload'),
+            Kind::HELLO => throw new ProtocolError('a second Hello'),
+            default => throw new ProtocolError(sprintf('unexpected frame kind 0x%02x', $frame->kind)),
+        };
+    }
+
+    private function reply(Frame $frame): void
+    {
+        $id = $frame->id;
+        $notFound = $frame->has(Kind::NOT_FOUND);
+        if (isset($this->taskRequests[$id])) {
+            unset($this->taskRequests[$id]);
+            // Filed now, before any later frame (the result) is read.
+            if (!$notFound && strlen($frame->payload) === 8) {
+                $this->taskWanted[unpack('P', $frame->payload)[1]] = true;
+            }
+        }
+        $wanted = $this->wanted[$id] ?? null;
+        unset($this->wanted[$id]);
+        if ($wanted === true || ($wanted instanceof \WeakReference && $wanted->get() !== null)) {
+            $this->replies[$id] = [$notFound, $frame->payload];
+        }
+    }
+
+    private function finish(Finish $finish): void
+    {
+        $wanted = $this->taskWanted[$finish->task] ?? null;
+        if ($wanted === true || ($wanted instanceof \WeakReference && $wanted->get() !== null)) {
+            $this->finishes[$finish->task] = $finish;
+            return;
+        }
+        unset($this->taskWanted[$finish->task]);
+        $this->unclaimed[] = $finish;
+    }
+
+    /** Registers a request whose reply is read by whoever holds `$holder` (null: the caller, right away). */
+    public function expect(int $request, ?object $holder = null, bool $task = false): void
+    {
+        $this->wanted[$request] = $holder === null ? true : \WeakReference::create($holder);
+        if ($task) {
+            $this->taskRequests[$request] = true;
+        }
+    }
+
+    /** @return array{0:bool,1:string} (not found, body) of an arrived reply */
+    public function takeReply(int $request): array
+    {
+        $reply = $this->replies[$request] ?? throw new \LogicException("no reply {$request}");
+        unset($this->replies[$request]);
+        return $reply;
+    }
+
+    /** A reply nobody will read: dropped now or when it arrives. */
+    public function forget(int $request): void
+    {
+        unset($this->wanted[$request], $this->replies[$request]);
+    }
+
+    public function claimTask(int $task, object $handle): void
+    {
+        $this->taskWanted[$task] = \WeakReference::create($handle);
+    }
+
+    public function takeFinish(int $task): Finish
+    {
+        $finish = $this->finishes[$task] ?? throw new \LogicException("no result for task {$task}");
+        unset($this->finishes[$task], $this->taskWanted[$task]);
+        return $finish;
+    }
+
+    /** A TaskHandle went away unread: its result, now or later, goes to `App::onFinish`. */
+    public function dropTask(int $task): void
+    {
+        unset($this->taskWanted[$task]);
+        if (isset($this->finishes[$task])) {
+            $this->unclaimed[] = $this->finishes[$task];
+            unset($this->finishes[$task]);
+        }
+    }
+}
