@@ -10,13 +10,14 @@ use anyhow::{Context, Result};
 
 use crate::chart::{self, Axes, Series};
 use crate::load::{self, Throughput};
-use crate::{Target, pin, report, start_baseline, start_hotsock, start_node_peer};
+use crate::{Target, pin, report, start_baseline, start_hotsock, start_hotsock_php, start_node_peer};
 
 /// The connection count the targets in the issue are stated at.
 const HEADLINE_CONNECTIONS: usize = 100;
 
-/// The three targets, in report order: ceiling, hotsock, peer.
-const TARGETS: [fn() -> Result<Target>; 3] = [start_baseline, start_hotsock, start_node_peer];
+/// The targets, in report order: ceiling, hotsock, peer, hotsock with the
+/// PHP worker (the last is compared with hotsock's Rust worker).
+const TARGETS: [fn() -> Result<Target>; 4] = [start_baseline, start_hotsock, start_node_peer, start_hotsock_php];
 
 struct Row {
     target: &'static str,
@@ -129,13 +130,14 @@ pub(crate) fn pipelined(connections: usize, depth: usize, seconds: u64, out: &Pa
         placement(),
     );
     text.push_str(&table(&rows));
-    if let [ceiling, hotsock, peer] = &rows[..] {
+    if let [ceiling, hotsock, peer, rest @ ..] = &rows[..] {
         text.push_str(&format!(
             "\n**hotsock / Node.js ws: {:.2}**, hotsock / ceiling: {:.2}. With many messages in flight every hop \
-             writes many frames per syscall (batched writes).{}\n\n",
+             writes many frames per syscall (batched writes).{}{}\n\n",
             hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
             hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
             if pin::pinned() { " Aim when pinned: hotsock / ceiling at least 0.5." } else { "" },
+            php_line(hotsock, rest.first()),
         ));
     }
     text.push_str(CPU_PER_MESSAGE);
@@ -151,6 +153,17 @@ pub(crate) fn pipelined(connections: usize, depth: usize, seconds: u64, out: &Pa
     report::write_section(out, &scenario, &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     Ok(())
+}
+
+/// The PHP worker against the Rust worker, both through hotsock.
+fn php_line(rust: &Row, php: Option<&Row>) -> String {
+    let Some(php) = php else { return String::new() };
+    format!(
+        " The PHP worker: **{:.2}x the Rust worker's msg/s** (aim: at least 0.5), p99 {} µs vs {} µs.",
+        php.result.msgs_per_s / rust.result.msgs_per_s.max(1.0),
+        php.result.p99_us,
+        rust.result.p99_us
+    )
 }
 
 /// What the CPU-per-message column means.
@@ -222,13 +235,14 @@ fn headline(rows: &[Row]) -> String {
         return String::new();
     };
     let at: Vec<&Row> = rows.iter().filter(|r| r.connections == count).collect();
-    let [ceiling, hotsock, peer] = at[..] else { return String::new() };
+    let [ceiling, hotsock, peer, ref rest @ ..] = at[..] else { return String::new() };
     let mut text = format!(
         "\nAt {count} connections: **hotsock / ceiling: {:.2}** (target: at least {}), **hotsock / Node.js ws: \
-         {:.2}** (target: above 1).\n",
+         {:.2}** (target: above 1).{}\n",
         hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
         if pin::pinned() { "0.65 when pinned" } else { "0.6" },
         hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
+        php_line(hotsock, rest.first().copied()),
     );
     if pin::pinned() {
         text.push_str(

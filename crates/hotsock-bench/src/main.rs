@@ -357,6 +357,24 @@ pub(crate) fn start_hotsock() -> Result<Target> {
     spawn_hotsock("hotsock (server + 1 echo worker)", dir, &config, &[])
 }
 
+/// The same echo behaviour from a PHP worker (examples/echo-php on
+/// sdk/php), one worker process like the Rust target.
+pub(crate) fn start_hotsock_php() -> Result<Target> {
+    let dir = std::env::temp_dir().join(format!("hotsock-bench-php-{}", std::process::id()));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/echo-php/worker.php");
+    let script = script.canonicalize().with_context(|| format!("{} (the PHP echo worker)", script.display()))?;
+    if Command::new("php").arg("--version").stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+        bail!("php is not installed: apt-get install php8.2-cli (bash .ci/run does)");
+    }
+    let config = format!(
+        "max_connections = 20000\n[workers]\ncommand = [\"php\", \"{}\"]\ncount = {ECHO_WORKERS}\n",
+        script.display()
+    );
+    let mut target = spawn_hotsock("hotsock (server + 1 PHP echo worker)", dir, &config, &[])?;
+    target.label = "hotsock PHP";
+    Ok(target)
+}
+
 pub(crate) fn start_baseline() -> Result<Target> {
     let port = free_port()?;
     let child = pin::command(std::env::current_exe()?)
