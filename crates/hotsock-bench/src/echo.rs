@@ -137,7 +137,7 @@ pub(crate) fn pipelined(connections: usize, depth: usize, seconds: u64, out: &Pa
             hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
             hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
             if pin::pinned() { " Aim when pinned: hotsock / ceiling at least 0.5." } else { "" },
-            php_line(hotsock, rest.first()),
+            php_line(hotsock, rest.first(), false),
         ));
     }
     text.push_str(CPU_PER_MESSAGE);
@@ -155,12 +155,14 @@ pub(crate) fn pipelined(connections: usize, depth: usize, seconds: u64, out: &Pa
     Ok(())
 }
 
-/// The PHP worker against the Rust worker, both through hotsock.
-fn php_line(rust: &Row, php: Option<&Row>) -> String {
+/// The PHP worker against the Rust worker, both through hotsock; the aim
+/// (issue 16) is stated for ping-pong at 100 connections.
+fn php_line(rust: &Row, php: Option<&Row>, aim: bool) -> String {
     let Some(php) = php else { return String::new() };
     format!(
-        " The PHP worker: **{:.2}x the Rust worker's msg/s** (aim: at least 0.5), p99 {} µs vs {} µs.",
+        " The PHP worker: **{:.2}x the Rust worker's msg/s**{}, p99 {} µs vs {} µs.",
         php.result.msgs_per_s / rust.result.msgs_per_s.max(1.0),
+        if aim { " (aim: at least 0.5)" } else { " (one PHP process runs every handler in turn; no aim here)" },
         php.result.p99_us,
         rust.result.p99_us
     )
@@ -242,7 +244,7 @@ fn headline(rows: &[Row]) -> String {
         hotsock.result.msgs_per_s / ceiling.result.msgs_per_s.max(1.0),
         if pin::pinned() { "0.65 when pinned" } else { "0.6" },
         hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
-        php_line(hotsock, rest.first().copied()),
+        php_line(hotsock, rest.first().copied(), true),
     );
     if pin::pinned() {
         text.push_str(
