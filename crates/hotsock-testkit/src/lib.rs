@@ -267,6 +267,29 @@ pub async fn open_testworker_url(url: &str) -> (Client, u64) {
     (client, conn)
 }
 
+/// After an edit of the echo prefix from `v1:` to `v2:`: asks `after`
+/// every `every` until the new code answers `v2:after` on this (already
+/// open) connection, failing if anything but the old or new answer comes
+/// or `within` passes (`log` is shown then).
+pub async fn until_new_code_answers(
+    client: &mut Client,
+    within: std::time::Duration,
+    every: std::time::Duration,
+    log: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        send(client, "after").await;
+        let reply = recv(client).await;
+        if reply == "v2:after" {
+            return;
+        }
+        assert_eq!(reply, "v1:after", "only the old or the new code may answer");
+        assert!(std::time::Instant::now() < deadline, "the edit did not go live; server log:\n{}", log());
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Sends a text message.
 pub async fn send(client: &mut Client, text: &str) {
     client.send(Message::text(text)).await.expect("send");

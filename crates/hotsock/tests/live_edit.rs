@@ -68,17 +68,7 @@ async fn editing_the_echo_source_goes_live_on_an_open_connection() {
     std::fs::write(&source, text.replace("\"v1:\".to_owned()", "\"v2:\".to_owned()")).expect("edit");
 
     // The connection opened before the edit gets the new code's reply.
-    let deadline = Instant::now() + GO_LIVE;
-    loop {
-        send(&mut client, "after").await;
-        let reply = recv(&mut client).await;
-        if reply == "v2:after" {
-            break;
-        }
-        assert_eq!(reply, "v1:after", "only the old or the new code may answer");
-        assert!(Instant::now() < deadline, "the edit did not go live; server log:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hotsock_testkit::until_new_code_answers(&mut client, GO_LIVE, Duration::from_millis(100), || server.log()).await;
     let status = server.status();
     assert_eq!(status["watch"]["last_build"]["ok"], true, "{status}");
     assert_eq!(status["generation"], 2, "one build, one reload: {status}");

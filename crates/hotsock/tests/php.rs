@@ -162,16 +162,8 @@ async fn editing_the_php_file_goes_live_without_a_build() {
     let saved = Instant::now();
     std::fs::write(&script, text.replace("$this->prefix = 'v1:';", "$this->prefix = 'v2:';")).expect("edit");
 
-    loop {
-        send(&mut client, "after").await;
-        let reply = recv(&mut client).await;
-        if reply == "v2:after" {
-            break;
-        }
-        assert_eq!(reply, "v1:after", "only the old or the new code may answer");
-        assert!(saved.elapsed() < hotsock_testkit::WAIT, "the edit did not go live; server log:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = hotsock_testkit::WAIT;
+    hotsock_testkit::until_new_code_answers(&mut client, within, Duration::from_millis(50), || server.log()).await;
     println!("save to live: {:?}", saved.elapsed());
     let status = server.status();
     assert_eq!(status["generation"], 2, "one save, one reload: {status}");

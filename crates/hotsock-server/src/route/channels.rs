@@ -45,8 +45,9 @@ struct Channel {
 
 impl Channel {
     /// Drops what the history may no longer hold: past the size, the byte
-    /// budget or the age.
-    fn trim(&mut self, config: &ChannelsConfig, now_ms: u64) {
+    /// budget or the age; returns the bytes it freed.
+    fn trim(&mut self, config: &ChannelsConfig, now_ms: u64) -> usize {
+        let before = self.history_bytes;
         while let Some(front) = self.history.front() {
             let expired = front.at_ms.saturating_add(config.history_ttl_ms) <= now_ms;
             let over = self.history.len() > config.history_size || self.history_bytes > config.history_max_bytes;
@@ -56,6 +57,7 @@ impl Channel {
             self.history_bytes -= front.message.len();
             self.history.pop_front();
         }
+        before - self.history_bytes
     }
 
     /// A channel nobody is in and with nothing to recover from is gone.
@@ -96,6 +98,9 @@ pub(crate) struct Channels {
     created: u64,
     /// Channel count after the last sweep of idle ones (see `make_room`).
     swept_at: usize,
+    /// Bytes held in all histories (kept as they change, so reading it
+    /// does not walk every channel under the hub lock).
+    history_total: usize,
     pub(crate) counters: ChannelCounters,
 }
 
@@ -109,6 +114,7 @@ impl Channels {
             seed,
             created: 0,
             swept_at: 0,
+            history_total: 0,
             counters: ChannelCounters::default(),
         }
     }
@@ -150,7 +156,7 @@ impl Channels {
         if channel.members.len() >= config.max_members {
             return Err(ChannelError::ChannelFull { max: config.max_members as u64 });
         }
-        channel.trim(config, now_ms);
+        self.history_total -= channel.trim(config, now_ms);
         let replay = match from {
             Some(from) if from.epoch == channel.epoch => {
                 if from.offset > channel.head {
@@ -234,9 +240,10 @@ impl Channels {
         };
         if config.history_size > 0 {
             channel.history_bytes += message.len();
+            self.history_total += message.len();
             channel.history.push_back(Stored { offset: position.offset, at_ms: now_ms, message: message.clone() });
         }
-        channel.trim(config, now_ms);
+        self.history_total -= channel.trim(config, now_ms);
         self.counters.publications += 1;
         self.counters.deliveries += channel.members.len() as u64;
         if channel.is_idle() {
@@ -263,15 +270,15 @@ impl Channels {
 
     /// Bytes held in histories.
     pub(crate) fn history_bytes(&self) -> usize {
-        self.map.values().map(|c| c.history_bytes).sum()
+        self.history_total
     }
 
     /// Drops expired publications and channels left with neither members
     /// nor history.
     pub(crate) fn sweep(&mut self, now_ms: u64) {
-        let config = &self.config;
+        let (config, total) = (&self.config, &mut self.history_total);
         self.map.retain(|_, channel| {
-            channel.trim(config, now_ms);
+            *total -= channel.trim(config, now_ms);
             !channel.is_idle()
         });
         self.swept_at = self.map.len();
@@ -506,8 +513,10 @@ mod tests {
         assert_eq!(ch.len(), 1);
         ch.sweep(99);
         assert_eq!(ch.len(), 1);
+        assert_eq!(ch.history_bytes(), 1);
         ch.sweep(100);
         assert_eq!(ch.len(), 0);
+        assert_eq!(ch.history_bytes(), 0, "the running total follows what the sweep freed");
         // Recreated: a new epoch, so a client of the old one learns it
         // lost the stream.
         let joined =
