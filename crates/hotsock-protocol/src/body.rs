@@ -197,6 +197,10 @@ impl<'a> FieldReader<'a> {
         self.buf.is_empty()
     }
 
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }

@@ -121,6 +121,10 @@ pub enum ChannelError {
         /// The limit.
         max: u64,
     },
+    /// Cluster mode: the request needs Redis, which cannot be reached now
+    /// (the detail says why). Nothing took effect.
+    #[error("the cluster is unavailable: {0}")]
+    ClusterUnavailable(String),
 }
 
 impl ChannelError {
@@ -133,6 +137,7 @@ impl ChannelError {
             ChannelError::AheadOfHead { .. } => 5,
             ChannelError::NoSuchConnection => 6,
             ChannelError::TooLarge { .. } => 7,
+            ChannelError::ClusterUnavailable(_) => 8,
         }
     }
 
@@ -146,13 +151,14 @@ impl ChannelError {
             ChannelError::AheadOfHead { .. } => "ahead_of_head",
             ChannelError::NoSuchConnection => "no_such_connection",
             ChannelError::TooLarge { .. } => "too_large",
+            ChannelError::ClusterUnavailable(_) => "cluster_unavailable",
         }
     }
 
     /// Encodes this as the body of a refusing `Reply`.
     pub fn to_bytes(&self) -> Bytes {
         let (number, detail) = match self {
-            ChannelError::BadName(why) => (0, why.clone()),
+            ChannelError::BadName(why) | ChannelError::ClusterUnavailable(why) => (0, why.clone()),
             ChannelError::TooManyChannels { max }
             | ChannelError::ChannelFull { max }
             | ChannelError::TooManyForConnection { max } => (*max, String::new()),
@@ -183,6 +189,7 @@ impl ChannelError {
             5 => ChannelError::AheadOfHead { offset: detail.parse().map_err(|_| bad)?, head: number },
             6 => ChannelError::NoSuchConnection,
             7 => ChannelError::TooLarge { len: detail.parse().map_err(|_| bad)?, max: number },
+            8 => ChannelError::ClusterUnavailable(detail.to_owned()),
             _ => return Err(ProtocolError::BadBody { kind: Kind::Reply, reason: "unknown channel error code" }),
         })
     }
@@ -258,6 +265,7 @@ mod tests {
             ChannelError::AheadOfHead { offset: 99, head: 7 },
             ChannelError::NoSuchConnection,
             ChannelError::TooLarge { len: 5000, max: 4096 },
+            ChannelError::ClusterUnavailable("connection refused".into()),
         ];
         for error in errors {
             assert_eq!(ChannelError::decode(&error.to_bytes()), Ok(error));

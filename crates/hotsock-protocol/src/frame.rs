@@ -118,6 +118,9 @@ pub enum Kind {
     Members = 0x53,
     /// Ask for the channels connection `conn` is in; answered by `Reply`.
     ConnChannels = 0x54,
+    /// Worker → server: where a uid is connected, cluster-wide (reply:
+    /// `encode_presence`).
+    Presence = 0x70,
 }
 
 impl Kind {
@@ -157,6 +160,7 @@ impl Kind {
             0x52 => Kind::Publish,
             0x53 => Kind::Members,
             0x54 => Kind::ConnChannels,
+            0x70 => Kind::Presence,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

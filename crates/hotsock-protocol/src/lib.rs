@@ -16,6 +16,7 @@ mod body;
 mod channel;
 mod frame;
 mod message;
+mod presence;
 
 pub use body::{ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role, TableSpec};
 pub use channel::{
@@ -23,6 +24,7 @@ pub use channel::{
 };
 pub use frame::{Decoder, Frame, HEADER_LEN, Kind, PAYLOAD_MAX_BYTES, flags};
 pub use message::{ToServer, ToWorker, decode_conn_list, encode_conn_list};
+pub use presence::{LOCAL_NODE, PresenceEntry, decode_presence, encode_presence};
 
 /// The protocol version spoken by this crate. The server sends it in
 /// [`Hello`]; a worker whose SDK speaks another version must answer with its

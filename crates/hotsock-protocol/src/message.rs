@@ -271,6 +271,13 @@ pub enum ToServer {
         /// Request id echoed in the reply.
         request: u64,
     },
+    /// Ask where a uid is connected (every node of a cluster).
+    Presence {
+        /// Request id echoed in the reply.
+        request: u64,
+        /// The uid.
+        uid: u64,
+    },
 }
 
 /// Encodes a frame whose body is written by `body`, patching the length into
@@ -485,6 +492,7 @@ impl ToServer {
             }
             ToServer::Members { request, channel } => put_raw(dst, Kind::Members, 0, 0, *request, channel.as_bytes()),
             ToServer::ConnChannels { conn, request } => put_raw(dst, Kind::ConnChannels, 0, *conn, *request, &[]),
+            ToServer::Presence { request, uid } => put_raw(dst, Kind::Presence, 0, *uid, *request, &[]),
         }
     }
 
@@ -555,6 +563,10 @@ impl ToServer {
             Kind::ConnChannels => {
                 expect_empty(&frame)?;
                 ToServer::ConnChannels { conn, request: id }
+            }
+            Kind::Presence => {
+                expect_empty(&frame)?;
+                ToServer::Presence { request: id, uid: conn }
             }
             other => return Err(ProtocolError::WrongDirection(other)),
         })

@@ -147,6 +147,7 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
         ),
         (any::<u64>(), ".{0,40}").prop_map(|(request, channel)| ToServer::Members { request, channel }),
         (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnChannels { conn, request }),
+        (any::<u64>(), any::<u64>()).prop_map(|(request, uid)| ToServer::Presence { request, uid }),
     ]
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod cluster;
 mod diff;
+pub use cluster::ClusterConfig;
 pub(crate) use diff::{RestartOnly, diff};
 
 /// Largest message a server can be configured to accept. The worker protocol
@@ -114,6 +116,9 @@ pub struct Config {
     /// `[channels]`: server-side groups with history and recovery.
     #[serde(default)]
     pub channels: ChannelsConfig,
+    /// `[cluster]`: nodes sharing one Redis (off without it).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -791,6 +796,11 @@ impl Config {
         }
         if c.history_size > 0 && c.history_ttl_ms == 0 {
             return Err(invalid("channels.history_ttl_ms", "must be at least 1 when channels.history_size > 0".into()));
+        }
+        if let Some(cluster) = &self.cluster
+            && let Err((key, problem)) = cluster.validate()
+        {
+            return Err(invalid(key, problem));
         }
         if let Some(watch) = &self.reload.watch {
             if watch.paths.is_empty() {

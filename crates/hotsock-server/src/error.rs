@@ -30,6 +30,10 @@ pub enum ServerError {
     /// The socket passed by systemd (`LISTEN_FDS`) cannot be used.
     #[error("socket activation: {0}")]
     Activation(#[from] hotsock_table::activation::ActivationError),
+    /// `[cluster]`: Redis cannot be reached at start, or the node id is
+    /// taken; the message names the config line.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// Workers did not all become ready in time at start.
     #[error("workers did not become ready: {0}")]
     WorkersNotReady(String),

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod close;
+mod cluster;
 mod config;
 mod control;
 mod error;
@@ -30,8 +31,9 @@ mod wait;
 mod wire;
 
 pub use config::{
-    Config, ConfigError, DispatchMode, LimitsConfig, LogConfig, LogFormat, MESSAGE_BYTES_CEILING, MetricsConfig,
-    ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, TlsConfig, WatchConfig, WorkersConfig,
+    ClusterConfig, Config, ConfigError, DispatchMode, LimitsConfig, LogConfig, LogFormat, MESSAGE_BYTES_CEILING,
+    MetricsConfig, ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, TlsConfig, WatchConfig,
+    WorkersConfig,
 };
 pub use control::admin::{ADMIN_SOCKET, AdminError, PID_FILE, request as admin_request};
 pub use error::ServerError;

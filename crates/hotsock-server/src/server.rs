@@ -38,6 +38,9 @@ use crate::wire::{ReloadKind, WorkerPhase};
 use hotsock_protocol::TableSpec;
 use hotsock_table::Table;
 
+/// How long a stopping node waits for its cluster task to unregister.
+const CLUSTER_LEAVE_MAX: Duration = Duration::from_secs(2);
+
 /// `listen(2)` backlog of the metrics listener: scrapers are few.
 const METRICS_BACKLOG: u32 = 64;
 
@@ -51,6 +54,9 @@ pub struct Server {
     admin: UnixListener,
     run_files: RunFiles,
     generations: Generations,
+    /// `[cluster]`: the task talking to Redis (it leaves the cluster when
+    /// the stop begins).
+    cluster: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -115,7 +121,8 @@ impl Server {
             started: Instant::now(),
             listen,
         });
-        Ok(Server { shared, listener, metrics_listener, admin, run_files, generations })
+        let cluster = crate::cluster::start(&shared).await?;
+        Ok(Server { shared, listener, metrics_listener, admin, run_files, generations, cluster })
     }
 
     /// What `bind` checks that needs no socket: the `[server.tls]` files
@@ -132,7 +139,7 @@ impl Server {
     /// Starts the workers, serves until `shutdown` resolves or a `stop`
     /// arrives on the admin socket, then stops gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { shared, listener, metrics_listener, admin, run_files, generations } = self;
+        let Server { shared, listener, metrics_listener, admin, run_files, generations, cluster } = self;
         // Up before the workers, so /readyz can say why they are not ready.
         let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::control::scrape::serve(shared.clone(), l)));
         let (supervisor, supervise) = driver::start(shared.clone(), generations);
@@ -183,6 +190,11 @@ impl Server {
         }
         if let Some(task) = &watchdog {
             task.abort();
+        }
+        if let Some(task) = cluster
+            && timeout(CLUSTER_LEAVE_MAX, task).await.is_err()
+        {
+            tracing::warn!("cluster: leaving took too long; presence expires with cluster.node_ttl_ms");
         }
         drop(run_files);
         tracing::info!("hotsock stopped");

@@ -168,6 +168,34 @@ pub struct TaskCounters {
     pub refused: u64,
 }
 
+/// `[cluster]`: this node and its link to Redis, for `status` and
+/// `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `cluster.node_id`.
+    pub node: String,
+    /// This boot's epoch (presence entries carry it).
+    pub epoch: u64,
+    /// Redis answers; false while the node reconnects.
+    pub redis_connected: bool,
+    /// Why Redis is unreachable, while it is.
+    pub last_error: Option<String>,
+    /// Live nodes at the last heartbeat.
+    pub nodes: u64,
+    /// Messages handed to other nodes (one per node reached).
+    pub routed: u64,
+    /// Cross-node messages delivered here.
+    pub received: u64,
+    /// Messages that never reached Redis (queue full or Redis away).
+    pub dropped: u64,
+    /// Missed Pub/Sub messages read back from a stream.
+    pub refetched: u64,
+    /// Messages missed and no longer in Redis.
+    pub lost: u64,
+    /// Times the node lost Redis.
+    pub outages: u64,
+}
+
 /// Channel totals, for `status` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelCounters {
@@ -374,6 +402,9 @@ pub struct ServerStatus {
     /// Channel figures.
     #[serde(default)]
     pub channels: ChannelCounters,
+    /// `[cluster]`: the node and its Redis (absent on a single server).
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
     /// The shared tables.
     pub tables: Vec<TableStatus>,
     /// The address clients connect to.

@@ -9,7 +9,9 @@
 
 mod prereq;
 
-pub use prereq::{chromium, node, php, promtool, python};
+mod redis;
+pub use prereq::{chromium, node, php, promtool, python, redis_server};
+pub use redis::RedisServer;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

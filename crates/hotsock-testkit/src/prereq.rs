@@ -139,3 +139,12 @@ pub fn php() -> PathBuf {
     };
     php
 }
+
+/// Debian's `redis-server`, which cluster tests start on a free port.
+pub fn redis_server() -> PathBuf {
+    let redis = PathBuf::from("/usr/bin/redis-server");
+    if !redis.exists() {
+        missing("/usr/bin/redis-server", "`apt-get install redis-server` as root (bash .ci/run does)");
+    }
+    redis
+}

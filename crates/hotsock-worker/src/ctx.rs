@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hotsock_protocol::{
-    ChannelError, ConnInfo, HandshakeReply, Member, Position, Role, Subscribed, ToServer, decode_conn_list,
-    decode_members, decode_names,
+    ChannelError, ConnInfo, HandshakeReply, Member, Position, PresenceEntry, Role, Subscribed, ToServer,
+    decode_conn_list, decode_members, decode_names, decode_presence,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -368,6 +368,17 @@ impl Ctx {
         let channel = channel.into();
         let (_, body) = self.query(|request| ToServer::Members { request, channel }).await?;
         Ok(decode_members(&body)?)
+    }
+
+    /// Where `uid` is connected: one entry per node holding it (in a
+    /// cluster, every live node; on a single server, node `local`). Fails
+    /// with `ChannelError::ClusterUnavailable` while Redis is unreachable.
+    pub async fn presence(&self, uid: u64) -> Result<Vec<PresenceEntry>, Error> {
+        let (refused, body) = self.query(|request| ToServer::Presence { request, uid }).await?;
+        if refused {
+            return Err(Error::Channel(ChannelError::decode(&body)?));
+        }
+        Ok(decode_presence(&body)?)
     }
 
     /// The channels a connection is in.

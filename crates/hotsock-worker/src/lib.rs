@@ -36,7 +36,9 @@ mod runtime;
 pub use app::{App, Close, Decision, Finish, Handshake, Join, Leave, Message, Open, Payload, Task};
 pub use bytes::Bytes;
 pub use ctx::{Ctx, Reply, TaskHandle};
-pub use hotsock_protocol::{ChannelError, ConnInfo, HandshakeRequest, Member, Position, Role, Subscribed};
+pub use hotsock_protocol::{
+    ChannelError, ConnInfo, HandshakeRequest, Member, Position, PresenceEntry, Role, Subscribed,
+};
 pub use hotsock_table::{Row, Table, TableError, Value};
 pub use runtime::run;
 

@@ -100,6 +100,24 @@ pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
             channels.refused
         ));
     }
+    if let Some(cluster) = &status.cluster {
+        let redis = match (&cluster.last_error, cluster.redis_connected) {
+            (_, true) => "redis connected".to_owned(),
+            (Some(why), false) => format!("redis unreachable ({why})"),
+            (None, false) => "redis unreachable".to_owned(),
+        };
+        sections.push(format!(
+            "cluster: node {} of {} live, {redis}; {} routed out, {} received, {} read back, {} dropped, {} lost, {} outages",
+            cluster.node,
+            cluster.nodes,
+            cluster.routed,
+            cluster.received,
+            cluster.refetched,
+            cluster.dropped,
+            cluster.lost,
+            cluster.outages
+        ));
+    }
     for table in &status.tables {
         sections.push(format!("table {}: {} of {} rows in use", table.name, table.rows, table.capacity));
     }

@@ -87,6 +87,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Result<LiveChanges, Vec<Restar
         metrics: _,
         tables: _,
         channels: _,
+        cluster: _,
         base_dir: _,
         source: _,
     } = new;
@@ -178,6 +179,10 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Result<LiveChanges, Vec<Restar
     // The log's writer (stderr or a file) and its format are set up once by
     // the binary; the filter is behind a reload handle.
     section!(v, log: LogConfig { format: Restart, file: Restart, level: Live });
+    // The node registers once, under one id, with one Redis: joining
+    // another cluster or renaming the node under live connections would
+    // orphan their presence and channel state.
+    v.note(Kind::Restart, "cluster".into(), old.cluster != new.cluster);
     // The metrics listener is bound at start, like the client listener.
     v.note(Kind::Restart, "metrics.listen".into(), old.metrics != new.metrics);
     // Tables are created before the first worker and shared by every one;
@@ -259,6 +264,17 @@ mod tests {
         let new = format!("{BASE}[channels]\nenvelope = \"json\"\n");
         let restart = diff(&parse(BASE), &parse(&new)).expect_err("clients parse the envelope");
         assert_eq!(keys(&restart), [("channels.envelope", Some(8))]);
+    }
+
+    #[test]
+    fn joining_or_changing_a_cluster_needs_a_restart() {
+        let joined = format!("{BASE}[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\n");
+        let restart = diff(&parse(BASE), &parse(&joined)).expect_err("joining is a restart");
+        assert_eq!(keys(&restart), [("cluster", Some(7))]);
+        let renamed = format!("{joined}node_id = \"b\"\n");
+        let restart = diff(&parse(&joined), &parse(&renamed)).expect_err("renaming is a restart");
+        assert_eq!(keys(&restart)[0].0, "cluster");
+        assert!(diff(&parse(&joined), &parse(&joined)).is_ok());
     }
 
     #[test]

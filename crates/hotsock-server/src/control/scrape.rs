@@ -98,6 +98,13 @@ pub(crate) fn readiness(status: &ServerStatus) -> Result<(), String> {
         // The supervisor has not published its first view yet.
         return Err("the workers are starting".into());
     }
+    // A node cut off from its cluster serves a split view (uid sends,
+    // channels and presence stop at its edge): a balancer should prefer
+    // the others until Redis is back.
+    if let Some(cluster) = status.cluster.as_ref().filter(|c| !c.redis_connected) {
+        let why = cluster.last_error.as_deref().unwrap_or("reconnecting");
+        return Err(format!("cluster: redis unreachable ({why})"));
+    }
     for slot in &status.workers {
         if slot.phase != WorkerPhase::Ready {
             return Err(format!("slot {} is {}", slot.slot, slot.phase.name()));
@@ -133,6 +140,16 @@ fn render(shared: &Shared) -> String {
     m.total("hotsock_channel_recoveries_total", &[("outcome", "recovered".into())], c.recovered);
     m.total("hotsock_channel_recoveries_total", &[("outcome", "unrecovered".into())], c.unrecovered);
     m.total("hotsock_channel_refused_total", &[], c.refused);
+    if let Some(cluster) = &status.cluster {
+        m.gauge("hotsock_cluster_redis_up", &[], f64::from(u8::from(cluster.redis_connected)));
+        m.gauge("hotsock_cluster_nodes", &[], cluster.nodes as f64);
+        m.total("hotsock_cluster_routed_total", &[], cluster.routed);
+        m.total("hotsock_cluster_received_total", &[], cluster.received);
+        m.total("hotsock_cluster_dropped_total", &[], cluster.dropped);
+        m.total("hotsock_cluster_refetched_total", &[], cluster.refetched);
+        m.total("hotsock_cluster_lost_total", &[], cluster.lost);
+        m.total("hotsock_cluster_outages_total", &[], cluster.outages);
+    }
     for table in &status.tables {
         let labels = [("table", table.name.clone())];
         m.gauge("hotsock_table_rows", &labels, table.rows as f64);

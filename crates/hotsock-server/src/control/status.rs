@@ -33,6 +33,7 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
         watch: shared.watch_status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         tasks: shared.hub.task_counters(),
         channels: shared.hub.channel_counters(),
+        cluster: shared.hub.cluster().map(crate::cluster::status),
         tables: shared
             .tables
             .iter()

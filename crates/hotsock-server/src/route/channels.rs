@@ -19,6 +19,7 @@ use base64::Engine;
 use bytes::Bytes;
 use hotsock_protocol::{ChannelError, Position, Subscribed};
 
+use crate::cluster::cursor::{Cursor, Verdict};
 use crate::config::{ChannelsConfig, Envelope};
 use crate::route::outbox::{ConnShared, Outgoing};
 use crate::wire::ChannelCounters;
@@ -60,9 +61,11 @@ impl Channel {
         before - self.history_bytes
     }
 
-    /// A channel nobody is in and with nothing to recover from is gone.
-    fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.history.is_empty()
+    /// A channel nobody is in and with nothing to recover from is gone. In
+    /// a cluster the history is Redis's and the local one only a cache of
+    /// it while the node follows the channel for its members.
+    fn is_idle(&self, external: bool) -> bool {
+        self.members.is_empty() && (external || self.history.is_empty())
     }
 }
 
@@ -101,7 +104,22 @@ pub(crate) struct Channels {
     /// Bytes held in all histories (kept as they change, so reading it
     /// does not walk every channel under the hub lock).
     history_total: usize,
+    /// Cluster mode: offsets come from Redis (`follow`, `deliver`), not
+    /// from `publish`.
+    external: bool,
+    /// Cluster mode: channels whose last member left since the last
+    /// `take_emptied` (the node stops following them).
+    emptied: Vec<Arc<str>>,
     pub(crate) counters: ChannelCounters,
+}
+
+/// A publication read back from the cluster's stream of a channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetched {
+    pub(crate) offset: u64,
+    pub(crate) at_ms: u64,
+    /// The app's bytes (not yet in the envelope).
+    pub(crate) data: Outgoing,
 }
 
 impl Channels {
@@ -115,8 +133,15 @@ impl Channels {
             created: 0,
             swept_at: 0,
             history_total: 0,
+            external: false,
+            emptied: Vec::new(),
             counters: ChannelCounters::default(),
         }
+    }
+
+    /// Cluster mode: offsets and epochs come from Redis (see `follow`).
+    pub(crate) fn set_external(&mut self) {
+        self.external = true;
     }
 
     /// New limits from a config reload; the envelope stays (a restart-only
@@ -160,9 +185,17 @@ impl Channels {
         let replay = match from {
             Some(from) if from.epoch == channel.epoch => {
                 if from.offset > channel.head {
-                    return Err(ChannelError::AheadOfHead { offset: from.offset, head: channel.head });
+                    if !self.external {
+                        return Err(ChannelError::AheadOfHead { offset: from.offset, head: channel.head });
+                    }
+                    // In a cluster the client may come from a node that is
+                    // a few publications ahead of this one: it cannot be
+                    // caught up without seeing some twice, so it is told it
+                    // did not recover.
+                    None
+                } else {
+                    replayable(channel, from.offset, config.max_replay, replay_budget)
                 }
-                replayable(channel, from.offset, config.max_replay, replay_budget)
             }
             _ => None,
         };
@@ -216,8 +249,13 @@ impl Channels {
             if channel.members.remove(&conn).is_some() {
                 self.counters.memberships -= 1;
             }
-            if channel.is_idle() {
-                self.map.remove(name);
+            if channel.is_idle(self.external)
+                && let Some((key, channel)) = self.map.remove_entry(name)
+            {
+                self.history_total -= channel.history_bytes;
+                if self.external {
+                    self.emptied.push(key);
+                }
             }
         }
     }
@@ -246,7 +284,7 @@ impl Channels {
         self.history_total -= channel.trim(config, now_ms);
         self.counters.publications += 1;
         self.counters.deliveries += channel.members.len() as u64;
-        if channel.is_idle() {
+        if channel.is_idle(self.external) {
             self.map.remove(&key);
         }
         Ok(Published { position, message })
@@ -276,12 +314,133 @@ impl Channels {
     /// Drops expired publications and channels left with neither members
     /// nor history.
     pub(crate) fn sweep(&mut self, now_ms: u64) {
-        let (config, total) = (&self.config, &mut self.history_total);
+        let (config, total, external) = (&self.config, &mut self.history_total, self.external);
         self.map.retain(|_, channel| {
             *total -= channel.trim(config, now_ms);
-            !channel.is_idle()
+            !channel.is_idle(external)
         });
         self.swept_at = self.map.len();
+    }
+
+    /// What a publication must pass before it goes to the cluster (there,
+    /// `publish` is not called: offsets come back in `deliver`).
+    pub(crate) fn check_publish(&self, name: &str, len: usize) -> Result<(), ChannelError> {
+        check_name(name)?;
+        if len > self.max_message_bytes {
+            return Err(ChannelError::TooLarge { len: len as u64, max: self.max_message_bytes as u64 });
+        }
+        Ok(())
+    }
+
+    /// Cluster mode, before a subscribe: the node follows `name` from
+    /// `(epoch, head)` if it did not already, and the publications read back
+    /// from the cluster's stream fill the history below what it holds, so
+    /// the ordinary subscribe replays from it.
+    pub(crate) fn follow(
+        &mut self,
+        name: &str,
+        head: Option<Position>,
+        fetched: (u64, Vec<Fetched>),
+        now_ms: u64,
+    ) -> Result<(), ChannelError> {
+        check_name(name)?;
+        if !self.map.contains_key(name) {
+            let key = self.get_or_create(name, now_ms)?;
+            if let (Some(channel), Some(head)) = (self.map.get_mut(&key), head) {
+                channel.epoch = head.epoch;
+                channel.head = head.offset;
+            }
+        }
+        let (config, envelope) = (&self.config, self.config.envelope);
+        let Some(key) = self.map.get_key_value(name).map(|(key, _)| key.clone()) else { return Ok(()) };
+        let Some(channel) = self.map.get_mut(&key) else { return Ok(()) };
+        let (epoch, fetched) = fetched;
+        if epoch != channel.epoch {
+            return Ok(());
+        }
+        let mut below = channel.history.front().map_or(channel.head + 1, |s| s.offset);
+        for entry in fetched.into_iter().rev() {
+            if entry.offset + 1 != below || entry.offset == 0 {
+                continue;
+            }
+            below = entry.offset;
+            let message = match envelope {
+                Envelope::None => entry.data,
+                Envelope::Json => publication_envelope(&key, Position { epoch, offset: entry.offset }, &entry.data),
+            };
+            channel.history_bytes += message.len();
+            self.history_total += message.len();
+            channel.history.push_front(Stored { offset: entry.offset, at_ms: entry.at_ms, message });
+        }
+        self.history_total -= channel.trim(config, now_ms);
+        Ok(())
+    }
+
+    /// Cluster mode: a publication at `position` for the local members of
+    /// `name`. Delivered (kept in the history, the bytes for the members
+    /// returned) only if it is the channel's next; a gap is for the caller
+    /// to fill from the stream first (`jump`: accept it, it cannot be).
+    /// A channel this node does not follow gets nothing (`Duplicate`).
+    pub(crate) fn deliver(
+        &mut self,
+        name: &str,
+        position: Position,
+        data: Outgoing,
+        at_ms: u64,
+        jump: bool,
+    ) -> (Verdict, Option<Outgoing>) {
+        let (config, envelope) = (&self.config, self.config.envelope);
+        let Some(key) = self.map.get_key_value(name).map(|(key, _)| key.clone()) else {
+            return (Verdict::Duplicate, None);
+        };
+        let Some(channel) = self.map.get_mut(&key) else { return (Verdict::Duplicate, None) };
+        let mut cursor = Cursor::at(channel.epoch, channel.head);
+        let verdict = cursor.accept(position.epoch, position.offset, jump);
+        if !matches!(verdict, Verdict::Deliver { .. }) {
+            return (verdict, None);
+        }
+        if channel.epoch != position.epoch {
+            // A new run: the history of the old one cannot be replayed in it.
+            self.history_total -= channel.history_bytes;
+            channel.history.clear();
+            channel.history_bytes = 0;
+        }
+        (channel.epoch, channel.head) = (position.epoch, position.offset);
+        let message = match envelope {
+            Envelope::None => data,
+            Envelope::Json => publication_envelope(&key, position, &data),
+        };
+        if config.history_size > 0 {
+            channel.history_bytes += message.len();
+            self.history_total += message.len();
+            channel.history.push_back(Stored { offset: position.offset, at_ms, message: message.clone() });
+        }
+        self.history_total -= channel.trim(config, at_ms);
+        self.counters.publications += 1;
+        self.counters.deliveries += channel.members.len() as u64;
+        (verdict, Some(message))
+    }
+
+    /// Cluster mode: the channels whose last local member left.
+    pub(crate) fn take_emptied(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.emptied)
+    }
+
+    /// Cluster mode: every followed channel and where it is.
+    pub(crate) fn positions(&self) -> Vec<(Arc<str>, Position)> {
+        self.map.iter().map(|(name, c)| (name.clone(), Position { epoch: c.epoch, offset: c.head })).collect()
+    }
+
+    /// Cluster mode: a subscribe that failed may leave a followed channel
+    /// without members; it goes, and the node stops following it.
+    pub(crate) fn drop_if_empty(&mut self, name: &str) {
+        if let Some(channel) = self.map.get(name)
+            && channel.is_idle(self.external)
+            && let Some((key, channel)) = self.map.remove_entry(name)
+        {
+            self.history_total -= channel.history_bytes;
+            self.emptied.push(key);
+        }
     }
 
     fn get_or_create(&mut self, name: &str, now_ms: u64) -> Result<Arc<str>, ChannelError> {

@@ -18,16 +18,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use hotsock_protocol::{
-    ChannelError, ConnInfo, HandshakeReply, Member, Position, ToServer, ToWorker, capabilities, encode_conn_list,
-    encode_members, encode_names,
+    ChannelError, ConnInfo, HandshakeReply, LOCAL_NODE, Member, Position, PresenceEntry, ToServer, ToWorker,
+    capabilities, encode_conn_list, encode_members, encode_names, encode_presence,
 };
 use tokio::sync::oneshot;
 
 use crate::close;
+use crate::cluster::link::{ClusterLink, Command, ReplyTo};
 use crate::config::{Config, DispatchMode, Envelope};
 use crate::route::channels::{Channels, unsubscribed_envelope};
 use crate::route::event::{ConnMeta, EventBody};
@@ -74,6 +75,9 @@ struct HubState {
     /// From the workers' Ready: they want Join and Leave events.
     channel_events: bool,
     channels: Channels,
+    /// Uids whose local connections changed since the cluster was last
+    /// told (`flush_cluster`).
+    touched: Vec<u64>,
 }
 
 /// What a batch from a worker reported, beyond its effects.
@@ -138,7 +142,12 @@ pub(crate) struct Hub {
     envelope: Envelope,
     /// The clock channel histories age by.
     started: std::time::Instant,
+    /// `[cluster]`: the handle on the task that talks to Redis (set once,
+    /// before the first connection; see `cluster.rs` beside this file).
+    cluster: OnceLock<ClusterLink>,
 }
+
+mod cluster;
 
 impl Hub {
     pub(crate) fn new(config: &Config) -> Hub {
@@ -168,6 +177,7 @@ impl Hub {
                 worker_handshakes: false,
                 channel_events: false,
                 channels: Channels::new(config.channels.clone(), limits.max_message_bytes, epoch_seed()),
+                touched: Vec::new(),
             }),
             dispatch,
             max_inflight_per_conn: AtomicU32::new(max_inflight_per_conn),
@@ -178,6 +188,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             envelope: config.channels.envelope,
             started: std::time::Instant::now(),
+            cluster: OnceLock::new(),
         }
     }
 
@@ -233,6 +244,7 @@ impl Hub {
         if let Some(uid) = uid {
             bind(&mut state, conn, uid);
         }
+        self.flush_cluster(&mut state);
     }
 
     /// Forgets a connection. Its unacknowledged events stay in their slot.
@@ -247,6 +259,7 @@ impl Hub {
         {
             unbind(&mut state, conn, uid);
         }
+        self.flush_cluster(&mut state);
     }
 
     /// Registers interest in the worker's answer to `conn`'s handshake.
@@ -271,6 +284,7 @@ impl Hub {
             }
             self.dispatch_locked(&mut guard, conn, [body]);
         }
+        self.flush_cluster(&mut guard);
     }
 
     fn dispatch_locked(&self, state: &mut HubState, conn: u64, bodies: impl IntoIterator<Item = EventBody>) {
@@ -402,17 +416,18 @@ impl Hub {
                 }
                 ToServer::Bind { conn, uid } => bind(state, conn, uid),
                 ToServer::SendToUid { uid, binary, data } => {
-                    let message = Outgoing::data(binary, data)?;
-                    for conn in state.uids.get(&uid).into_iter().flatten() {
-                        if let Some(entry) = state.conns.get(conn) {
-                            self.send(&entry.shared, message.clone());
-                        }
+                    let message = Outgoing::data(binary, data.clone())?;
+                    self.to_uid(state, uid, &message);
+                    if let Some(link) = self.cluster.get() {
+                        // Refused: counted as dropped (docs/scaling.md).
+                        let _ = link.send(Command::ToUid { uid, binary, data });
                     }
                 }
                 ToServer::Broadcast { binary, data } => {
-                    let message = Outgoing::data(binary, data)?;
-                    for entry in state.conns.values().filter(|e| e.open) {
-                        self.send(&entry.shared, message.clone());
+                    let message = Outgoing::data(binary, data.clone())?;
+                    self.to_all(state, &message);
+                    if let Some(link) = self.cluster.get() {
+                        let _ = link.send(Command::Broadcast { binary, data });
                     }
                 }
                 ToServer::ConnInfo { conn, request } => {
@@ -461,11 +476,17 @@ impl Hub {
                     state.slots[slot_index].slot.send_to(worker, reply);
                 }
                 ToServer::TaskDone { task, failed, payload } => self.finish_task(state, task, failed, payload),
+                ToServer::Subscribe { conn, request, channel, from } if self.cluster.get().is_some() => {
+                    let reply = ReplyTo { slot: slot_index, worker, request };
+                    self.to_cluster(state, Command::Subscribe { conn, channel, from, reply });
+                }
                 ToServer::Subscribe { conn, request, channel, from } => {
                     let reply = self.subscribe(state, conn, &channel, from);
                     self.reply(state, slot_index, worker, request, reply.map(|s| s.to_bytes()));
                 }
                 ToServer::Unsubscribe { conn, channel } => {
+                    // In a cluster, a channel left without local members is
+                    // unfollowed by `flush_cluster`.
                     if let Some(name) = state.channels.unsubscribe(conn, &channel) {
                         if let Some(entry) = state.conns.get(&conn)
                             && self.envelope == Envelope::Json
@@ -475,6 +496,14 @@ impl Hub {
                         if state.channel_events {
                             self.dispatch_locked(state, conn, [EventBody::Leave(name)]);
                         }
+                    }
+                }
+                ToServer::Publish { request, channel, except, binary, data } if self.cluster.get().is_some() => {
+                    Outgoing::data(binary, data.clone())?;
+                    let reply = ReplyTo { slot: slot_index, worker, request };
+                    match state.channels.check_publish(&channel, data.len()) {
+                        Ok(()) => self.to_cluster(state, Command::Publish { channel, except, binary, data, reply }),
+                        Err(error) => self.answer_locked(state, reply, Err(error)),
                     }
                 }
                 ToServer::Publish { request, channel, except, binary, data } => {
@@ -501,6 +530,19 @@ impl Hub {
                     state.slots[slot_index]
                         .slot
                         .send_to(worker, ToWorker::Reply { id: request, not_found: false, body });
+                }
+                ToServer::Presence { request, uid } if self.cluster.get().is_some() => {
+                    let reply = ReplyTo { slot: slot_index, worker, request };
+                    self.to_cluster(state, Command::PresenceQuery { uid, reply });
+                }
+                ToServer::Presence { request, uid } => {
+                    let conns = state.uids.get(&uid).cloned().unwrap_or_default();
+                    let entries: Vec<PresenceEntry> = Some(PresenceEntry { node: LOCAL_NODE.into(), conns })
+                        .filter(|entry| !entry.conns.is_empty())
+                        .into_iter()
+                        .collect();
+                    let reply = ReplyTo { slot: slot_index, worker, request };
+                    self.answer_locked(state, reply, Ok(encode_presence(&entries)));
                 }
                 ToServer::ConnChannels { conn, request } => {
                     let reply = match state.conns.get(&conn) {
@@ -532,6 +574,7 @@ impl Hub {
                 }
             }
         }
+        self.flush_cluster(state);
         Ok(applied)
     }
 
@@ -572,16 +615,36 @@ impl Hub {
         request: u64,
         result: Result<Bytes, ChannelError>,
     ) {
+        self.answer_locked(state, ReplyTo { slot: slot_index, worker, request }, result);
+    }
+
+    fn answer_locked(&self, state: &mut HubState, to: ReplyTo, result: Result<Bytes, ChannelError>) {
         let reply = match result {
-            Ok(body) => ToWorker::Reply { id: request, not_found: false, body },
+            Ok(body) => ToWorker::Reply { id: to.request, not_found: false, body },
             Err(error) => {
                 state.channels.counters.refused += 1;
-                tracing::debug!(slot = slot_index, reason = error.reason(), "channel request refused: {error}");
-                ToWorker::Reply { id: request, not_found: true, body: error.to_bytes() }
+                tracing::debug!(slot = to.slot, reason = error.reason(), "channel request refused: {error}");
+                ToWorker::Reply { id: to.request, not_found: true, body: error.to_bytes() }
             }
         };
-        if request != 0 {
-            state.slots[slot_index].slot.send_to(worker, reply);
+        if to.request != 0 {
+            state.slots[to.slot].slot.send_to(to.worker, reply);
+        }
+    }
+
+    /// To every local connection bound to `uid`.
+    fn to_uid(&self, state: &HubState, uid: u64, message: &Outgoing) {
+        for conn in state.uids.get(&uid).into_iter().flatten() {
+            if let Some(entry) = state.conns.get(conn) {
+                self.send(&entry.shared, message.clone());
+            }
+        }
+    }
+
+    /// To every open local connection.
+    fn to_all(&self, state: &HubState, message: &Outgoing) {
+        for entry in state.conns.values().filter(|e| e.open) {
+            self.send(&entry.shared, message.clone());
         }
     }
 
@@ -766,7 +829,7 @@ impl Hub {
 }
 
 /// The body of a `Reply` to `Publish`: the publication's epoch and offset.
-fn position_bytes(position: Position) -> Bytes {
+pub(crate) fn position_bytes(position: Position) -> Bytes {
     let mut body = Vec::with_capacity(16);
     body.extend_from_slice(&position.epoch.to_le_bytes());
     body.extend_from_slice(&position.offset.to_le_bytes());
@@ -801,9 +864,11 @@ fn bind(state: &mut HubState, conn: u64, uid: u64) {
         unbind(state, conn, previous);
     }
     state.uids.entry(uid).or_default().push(conn);
+    state.touched.push(uid);
 }
 
 fn unbind(state: &mut HubState, conn: u64, uid: u64) {
+    state.touched.push(uid);
     if let Some(conns) = state.uids.get_mut(&uid) {
         conns.retain(|c| *c != conn);
         if conns.is_empty() {

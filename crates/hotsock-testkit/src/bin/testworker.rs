@@ -11,7 +11,8 @@
 //! `subscribed CH recovered=B epoch=E offset=N replayed=N` or
 //! `sub error: ...`), `unsub:CH`, `pub:CH:X` (no answer), `pubr:CH:X`
 //! (answers `published CH offset=N` or `pub error: ...`), `pubx:CH:X` (not
-//! to the sender), `members:CH` (JSON `[[conn, uid], ...]`), `channels`.
+//! to the sender), `members:CH` (JSON `[[conn, uid], ...]`), `channels`,
+//! `presence:UID` (JSON `[[node, [conn, ...]], ...]`).
 //! Tasks (`on_task`): `sleep:MS:X`, `block:MS:X`, `panic`, anything else.
 //! Handshake query: `status=NNN` rejects, `uid=N` binds, `slow=MS` delays,
 //! `join=A,B` subscribes, `since=CH.EPOCH.OFFSET,...` subscribes from a
@@ -352,6 +353,19 @@ impl App for Test {
                         serde_json::json!(members.iter().map(|m| (m.conn, m.uid)).collect::<Vec<_>>()).to_string()
                     }
                     Err(e) => format!("error {e}"),
+                };
+                ctx.push(conn, reply);
+            }
+            "presence" => {
+                let reply = match arg.parse::<u64>() {
+                    Ok(uid) => match ctx.presence(uid).await {
+                        Ok(entries) => serde_json::json!(
+                            entries.iter().map(|e| (e.node.clone(), e.conns.clone())).collect::<Vec<_>>()
+                        )
+                        .to_string(),
+                        Err(e) => format!("error {e}"),
+                    },
+                    Err(_) => format!("error not a uid: {arg}"),
                 };
                 ctx.push(conn, reply);
             }

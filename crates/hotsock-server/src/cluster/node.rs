@@ -1,0 +1,839 @@
+//! The cluster task: this node's one conversation with Redis.
+//!
+//! It owns two connections: a multiplexed one for commands (sent in one
+//! pipeline per batch of requests the hub queued) and a Pub/Sub one that
+//! receives this node's inbox, the broadcast log and the channels it
+//! follows. Every log is read in sequence order through a [`Cursor`]; a
+//! missed message is read back from the log's stream. When Redis goes away
+//! the task fails what needs an answer, counts what it drops, and
+//! reconnects; back, it registers again, puts its presence back,
+//! resubscribes and catches every log up from its cursor, so nothing is
+//! delivered twice and nothing the streams still hold is missed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hotsock_protocol::{ChannelError, Position, PresenceEntry, encode_presence};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::cursor::{Cursor, Verdict};
+use crate::cluster::keys::{self, Entry, Keys};
+use crate::cluster::link::{ClusterShared, Command, ReplyTo};
+use crate::cluster::{fresh_epoch, unix_ms};
+use crate::config::ClusterConfig;
+use crate::route::channels::Fetched;
+use crate::route::hub::position_bytes;
+use crate::route::outbox::Outgoing;
+use crate::shared::Shared;
+
+/// Requests taken from the queue into one pipeline.
+const BATCH_MAX: usize = 512;
+/// Entries one read-back of a channel's stream returns at most.
+const CHANNEL_STREAM_MIN: usize = 100;
+/// The longest wait between two attempts to reach Redis.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Inbox and broadcast logs outlive an idle spell by this many node TTLs.
+const LOG_TTL_NODE_TTLS: u64 = 10;
+
+/// Why the task left `serve`.
+enum Exit {
+    Stopping,
+    Lost(String),
+}
+
+/// Which log a Pub/Sub message or a read-back belongs to.
+#[derive(Debug, Clone)]
+enum Log {
+    Inbox,
+    Broadcast,
+    Channel(String),
+}
+
+/// What a pipelined request waits for.
+enum Pending {
+    /// Commands sent with `ignore` (presence): no answer comes back.
+    Ignored,
+    /// An answer comes back, and nobody needs it.
+    Nothing,
+    Routed,
+    Published(ReplyTo),
+    Presence(ReplyTo),
+}
+
+struct Scripts {
+    append: Script,
+    route_uid: Script,
+    presence: Script,
+    register: Script,
+    unregister: Script,
+    head: Script,
+}
+
+/// The two connections.
+pub(super) struct Conns {
+    cmd: MultiplexedConnection,
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+pub(super) struct Node {
+    pub(super) shared: Arc<Shared>,
+    pub(super) config: ClusterConfig,
+    pub(super) keys: Keys,
+    pub(super) id: Arc<str>,
+    pub(super) epoch: u64,
+    pub(super) state: Arc<ClusterShared>,
+    pub(super) rx: mpsc::Receiver<Command>,
+    scripts: Scripts,
+    client: Client,
+    following: HashSet<String>,
+    inbox: Cursor,
+    broadcast: Cursor,
+    /// Registered at least once: a later `registered` means Redis lost the
+    /// registration (restart) and presence must be put back.
+    registered: bool,
+}
+
+/// Maps a Redis failure to what the worker is told.
+fn unavailable(error: &RedisError) -> ChannelError {
+    ChannelError::ClusterUnavailable(error.to_string())
+}
+
+impl Node {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        config: ClusterConfig,
+        id: Arc<str>,
+        epoch: u64,
+        state: Arc<ClusterShared>,
+        rx: mpsc::Receiver<Command>,
+    ) -> Result<Node, RedisError> {
+        let client = Client::open(config.redis.as_str())?;
+        let scripts = Scripts {
+            append: Script::new(&keys::append_script()),
+            route_uid: Script::new(&keys::route_uid_script()),
+            presence: Script::new(keys::PRESENCE_SCRIPT),
+            register: Script::new(keys::REGISTER_SCRIPT),
+            unregister: Script::new(keys::UNREGISTER_SCRIPT),
+            head: Script::new(keys::HEAD_SCRIPT),
+        };
+        Ok(Node {
+            keys: Keys::new(&config.prefix),
+            shared,
+            config,
+            id,
+            epoch,
+            state,
+            rx,
+            scripts,
+            client,
+            following: HashSet::new(),
+            inbox: Cursor::default(),
+            broadcast: Cursor::default(),
+            registered: false,
+        })
+    }
+
+    /// Connects, registers, subscribes and catches up. An error at the
+    /// first start is the operator's (`hotsock start` refuses to run).
+    pub(super) async fn connect(&mut self) -> Result<Conns, String> {
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let redis = self.config.redis.clone();
+        let connecting = async {
+            let config =
+                AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
+            let cmd = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+            let mut cmd = cmd;
+            load_scripts(&mut cmd).await?;
+            let (sink, stream) = self.client.get_async_pubsub().await?.split();
+            Ok::<_, RedisError>(Conns { cmd, sink, stream })
+        };
+        let mut conns = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conns)) => conns,
+            Ok(Err(error)) => return Err(format!("cannot reach {redis}: {error}")),
+            Err(_) => return Err(format!("cannot reach {redis}: no answer within {} ms", timeout.as_millis())),
+        };
+        self.register(&mut conns.cmd).await?;
+        self.resubscribe(&mut conns).await.map_err(|e| format!("subscribing on {redis}: {e}"))?;
+        self.put_presence_back(&mut conns.cmd).await.map_err(|e| format!("restoring presence on {redis}: {e}"))?;
+        Ok(conns)
+    }
+
+    /// Registers (or renews) this node; the live node count comes back.
+    async fn register(&mut self, cmd: &mut MultiplexedConnection) -> Result<bool, String> {
+        let stale_ms = self.config.heartbeat_ms * 2;
+        let reply: (String, String, u64) = self
+            .scripts
+            .register
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(&*self.id)
+            .arg(self.epoch)
+            .arg(self.config.node_ttl_ms)
+            .arg(stale_ms)
+            .invoke_async(cmd)
+            .await
+            .map_err(|e| format!("registering on {}: {e}", self.config.redis))?;
+        let (outcome, holder, live) = reply;
+        if outcome == "taken" {
+            return Err(format!(
+                "cluster.node_id {:?} is in use by a running node (epoch {holder}); give each node its own",
+                self.id
+            ));
+        }
+        self.state.nodes.store(live, Ordering::Relaxed);
+        let lost = outcome == "registered" && self.registered;
+        self.registered = true;
+        Ok(lost)
+    }
+
+    /// Subscribes to the inbox, the broadcast log and every channel with
+    /// local members, then reads back what each missed.
+    async fn resubscribe(&mut self, conns: &mut Conns) -> Result<(), RedisError> {
+        let followed = self.shared.hub.followed();
+        let mut logs = vec![self.keys.inbox(&self.id), self.keys.broadcast()];
+        logs.extend(followed.iter().map(|(name, _)| self.keys.channel(name)));
+        conns.sink.subscribe(&logs).await?;
+        self.following = followed.iter().map(|(name, _)| name.to_string()).collect();
+        for log in [Log::Inbox, Log::Broadcast] {
+            let cursor = match log {
+                Log::Inbox => self.inbox,
+                _ => self.broadcast,
+            };
+            let (epoch, seq) = self.head(&mut conns.cmd, &self.log_name(&log)).await?;
+            match cursor.epoch {
+                // The first start: what was sent before is not ours.
+                None => self.set_cursor(&log, Cursor::at(epoch, seq)),
+                Some(_) => self.catch_up(&mut conns.cmd, &log, epoch, cursor.head, seq).await?,
+            }
+        }
+        for (name, position) in followed {
+            let log = Log::Channel(name.to_string());
+            let (epoch, seq) = self.head(&mut conns.cmd, &self.log_name(&log)).await?;
+            let after = if epoch == position.epoch { position.offset } else { 0 };
+            self.catch_up(&mut conns.cmd, &log, epoch, after, seq).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every local uid's connections to presence and removes what
+    /// this node no longer holds.
+    async fn put_presence_back(&mut self, cmd: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        self.state.presence_dirty.store(false, Ordering::Relaxed);
+        let local = self.shared.hub.local_presence();
+        let held: Vec<u64> = redis::cmd("SMEMBERS").arg(self.keys.node_uids(&self.id)).query_async(cmd).await?;
+        let mut pipe = redis::pipe();
+        let now: HashSet<u64> = local.iter().map(|(uid, _)| *uid).collect();
+        for uid in held.into_iter().filter(|uid| !now.contains(uid)) {
+            self.presence_command(&mut pipe, uid, &[]);
+        }
+        for (uid, conns) in &local {
+            self.presence_command(&mut pipe, *uid, conns);
+        }
+        if pipe.cmd_iter().next().is_none() {
+            return Ok(());
+        }
+        pipe.query_async::<()>(cmd).await
+    }
+
+    fn presence_command(&self, pipe: &mut redis::Pipeline, uid: u64, conns: &[u64]) {
+        let (key, uids) = (self.keys.presence(uid), self.keys.node_uids(&self.id));
+        if conns.is_empty() {
+            pipe.cmd("HDEL").arg(&key).arg(&*self.id).ignore();
+            pipe.cmd("SREM").arg(&uids).arg(uid).ignore();
+        } else {
+            let list: Vec<String> = conns.iter().map(u64::to_string).collect();
+            let value = format!("{}|{}", self.epoch, list.join(","));
+            pipe.cmd("HSET").arg(&key).arg(&*self.id).arg(value).ignore();
+            pipe.cmd("SADD").arg(&uids).arg(uid).ignore();
+        }
+    }
+
+    /// The task's life: serve while Redis answers, reconnect while it does
+    /// not, unregister on a graceful stop.
+    pub(super) async fn run(mut self, conns: Conns) {
+        let mut stopping = self.shared.stopping.subscribe();
+        let mut conns = Some(conns);
+        loop {
+            if let Some(mut live) = conns.take() {
+                self.state.connected.store(true, Ordering::Relaxed);
+                if let Ok(mut error) = self.state.last_error.lock() {
+                    *error = None;
+                }
+                match self.serve(&mut live, &mut stopping).await {
+                    Exit::Stopping => {
+                        self.unregister(&mut live.cmd).await;
+                        return;
+                    }
+                    Exit::Lost(error) => self.lost(error),
+                }
+            }
+            match self.reconnect(&mut stopping).await {
+                Some(live) => conns = Some(live),
+                None => return,
+            }
+        }
+    }
+
+    fn lost(&self, error: String) {
+        tracing::error!(redis = %self.config.redis, "cluster: lost Redis ({error}); local traffic goes on, cluster requests fail until it is back");
+        self.state.connected.store(false, Ordering::Relaxed);
+        self.state.outages.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.state.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    async fn serve(&mut self, conns: &mut Conns, stopping: &mut watch::Receiver<bool>) -> Exit {
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        loop {
+            if *stopping.borrow() {
+                return Exit::Stopping;
+            }
+            let step = tokio::select! {
+                _ = stopping.changed() => Ok(()),
+                message = conns.stream.next() => match message {
+                    Some(message) => self.on_message(&mut conns.cmd, message).await,
+                    None => return Exit::Lost("the Pub/Sub connection closed".into()),
+                },
+                taken = self.rx.recv_many(&mut batch, BATCH_MAX) => {
+                    if taken == 0 {
+                        return Exit::Stopping;
+                    }
+                    self.run_batch(conns, &mut batch).await
+                }
+                _ = heartbeat.tick() => self.heartbeat(conns).await,
+            };
+            if let Err(error) = step {
+                return Exit::Lost(error);
+            }
+        }
+    }
+
+    /// Fails requests while Redis is away and tries it again with back-off.
+    async fn reconnect(&mut self, stopping: &mut watch::Receiver<bool>) -> Option<Conns> {
+        let mut backoff = Duration::from_millis(100);
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        loop {
+            if *stopping.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = stopping.changed() => {}
+                taken = self.rx.recv_many(&mut batch, BATCH_MAX) => {
+                    if taken == 0 {
+                        return None;
+                    }
+                    let why = self.state.last_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
+                    for command in batch.drain(..) {
+                        self.refuse(command, &why);
+                    }
+                }
+                _ = tokio::time::sleep(backoff) => match self.connect().await {
+                    Ok(conns) => {
+                        tracing::info!(redis = %self.config.redis, "cluster: Redis is back; registered, resubscribed and caught up");
+                        return Some(conns);
+                    }
+                    Err(error) => {
+                        tracing::debug!("cluster: still no Redis: {error}");
+                        if let Ok(mut last) = self.state.last_error.lock() {
+                            *last = Some(error);
+                        }
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                    }
+                },
+            }
+        }
+    }
+
+    /// A request while Redis is unreachable.
+    fn refuse(&mut self, command: Command, why: &str) {
+        let error = || Err(ChannelError::ClusterUnavailable(format!("Redis is unreachable: {why}")));
+        match command {
+            Command::Publish { reply, .. }
+            | Command::Subscribe { reply, .. }
+            | Command::PresenceQuery { reply, .. } => {
+                self.shared.hub.answer(reply, error());
+            }
+            Command::ToUid { .. } | Command::Broadcast { .. } => {
+                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // Put back in full once Redis is.
+            Command::Presence { .. } => self.state.presence_dirty.store(true, Ordering::Relaxed),
+            Command::Unfollow { channel } => {
+                self.following.remove(&*channel);
+            }
+        }
+    }
+
+    async fn unregister(&mut self, cmd: &mut MultiplexedConnection) {
+        let result: Result<i64, RedisError> = self
+            .scripts
+            .unregister
+            .prepare_invoke()
+            .arg(self.keys.prefix())
+            .arg(&*self.id)
+            .arg(self.epoch)
+            .invoke_async(cmd)
+            .await;
+        match result {
+            Ok(_) => tracing::info!(node = %self.id, "cluster: left the cluster (presence removed)"),
+            Err(error) => {
+                tracing::warn!(node = %self.id, "cluster: could not unregister ({error}); presence expires with the node's TTL")
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self, conns: &mut Conns) -> Result<(), String> {
+        let lost = self.register(&mut conns.cmd).await?;
+        if lost || self.state.presence_dirty.load(Ordering::Relaxed) {
+            if lost {
+                tracing::warn!(node = %self.id, "cluster: Redis had lost this node's registration; presence put back");
+            }
+            self.put_presence_back(&mut conns.cmd).await.map_err(|e| e.to_string())?;
+        }
+        // An unfollow the queue could not take leaves a subscription
+        // without members: drop it here.
+        let wanted: HashSet<String> = self.shared.hub.followed().iter().map(|(n, _)| n.to_string()).collect();
+        let extra: Vec<String> = self.following.difference(&wanted).cloned().collect();
+        for name in extra {
+            conns.sink.unsubscribe(self.keys.channel(&name)).await.map_err(|e| e.to_string())?;
+            self.following.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// Runs a batch of requests: every request that needs only a command
+    /// goes into one pipeline; a subscribe or unfollow (Pub/Sub changes)
+    /// first sends what is pending, keeping the queue's order.
+    async fn run_batch(&mut self, conns: &mut Conns, batch: &mut Vec<Command>) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut pending = Vec::new();
+        for command in batch.drain(..) {
+            match command {
+                Command::Subscribe { conn, channel, from, reply } => {
+                    self.flush(&mut conns.cmd, &mut pipe, &mut pending).await?;
+                    self.subscribe(conns, conn, channel, from, reply).await?;
+                }
+                Command::Unfollow { channel } => {
+                    self.flush(&mut conns.cmd, &mut pipe, &mut pending).await?;
+                    if self.following.remove(&*channel) {
+                        conns.sink.unsubscribe(self.keys.channel(&channel)).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                other => pending.push(self.pipeline(&mut pipe, other)),
+            }
+        }
+        self.flush(&mut conns.cmd, &mut pipe, &mut pending).await
+    }
+
+    /// Adds one request to the pipeline; what its answer is for.
+    fn pipeline(&self, pipe: &mut redis::Pipeline, command: Command) -> Pending {
+        let now = unix_ms();
+        let log_ttl = self.config.node_ttl_ms * LOG_TTL_NODE_TTLS;
+        match command {
+            Command::ToUid { uid, binary, data } => {
+                let payload = Entry::ToUid { uid, binary, data }.encode();
+                let args = [
+                    self.keys.prefix().as_bytes().to_vec(),
+                    uid.to_string().into_bytes(),
+                    self.id.as_bytes().to_vec(),
+                    self.config.inbox_size.to_string().into_bytes(),
+                    log_ttl.to_string().into_bytes(),
+                    now.to_string().into_bytes(),
+                    payload.to_vec(),
+                    fresh_epoch().to_string().into_bytes(),
+                ];
+                evalsha(pipe, &self.scripts.route_uid, &args);
+                Pending::Routed
+            }
+            Command::Broadcast { binary, data } => {
+                let payload = Entry::Broadcast { origin: self.id.to_string(), binary, data }.encode();
+                let args = self.append_args(&self.keys.broadcast(), self.config.inbox_size, log_ttl, now, &payload);
+                evalsha(pipe, &self.scripts.append, &args);
+                Pending::Nothing
+            }
+            Command::Publish { channel, except, binary, data, reply } => {
+                let payload = Entry::Publication { origin: self.id.to_string(), except, binary, data }.encode();
+                let channels = &self.shared.current.load().channels;
+                let maxlen = channels.history_size.max(CHANNEL_STREAM_MIN);
+                let args =
+                    self.append_args(&self.keys.channel(&channel), maxlen, channels.history_ttl_ms, now, &payload);
+                evalsha(pipe, &self.scripts.append, &args);
+                Pending::Published(reply)
+            }
+            Command::Presence { uid, conns } => {
+                self.presence_command(pipe, uid, &conns);
+                Pending::Ignored
+            }
+            Command::PresenceQuery { uid, reply } => {
+                let args = vec![self.keys.prefix().as_bytes().to_vec(), uid.to_string().into_bytes()];
+                evalsha(pipe, &self.scripts.presence, &args);
+                Pending::Presence(reply)
+            }
+            Command::Subscribe { .. } | Command::Unfollow { .. } => Pending::Ignored,
+        }
+    }
+
+    fn append_args(&self, log: &str, maxlen: usize, ttl_ms: u64, now: u64, payload: &[u8]) -> Vec<Vec<u8>> {
+        vec![
+            log.as_bytes().to_vec(),
+            maxlen.to_string().into_bytes(),
+            ttl_ms.to_string().into_bytes(),
+            now.to_string().into_bytes(),
+            payload.to_vec(),
+            fresh_epoch().to_string().into_bytes(),
+        ]
+    }
+
+    /// Sends the pipeline and hands every answer to whoever waits for it.
+    async fn flush(
+        &mut self,
+        cmd: &mut MultiplexedConnection,
+        pipe: &mut redis::Pipeline,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), String> {
+        if pipe.cmd_iter().next().is_none() {
+            pending.clear();
+            return Ok(());
+        }
+        let sent = std::mem::replace(pipe, redis::pipe());
+        pipe.ignore_errors();
+        let waiting = std::mem::take(pending);
+        let answers: Vec<Result<Value, RedisError>> = match sent.query_async(cmd).await {
+            Ok(answers) => answers,
+            Err(error) => {
+                for wait in waiting {
+                    self.settle(wait, Err(unavailable(&error)));
+                }
+                return Err(error.to_string());
+            }
+        };
+        // Presence commands are `ignore`d; every other request has one
+        // answer, in order.
+        let mut answers = answers.into_iter();
+        let mut script_missing = None;
+        for wait in waiting {
+            if matches!(wait, Pending::Ignored) {
+                continue;
+            }
+            let answer = answers.next().unwrap_or_else(|| Ok(Value::Nil));
+            if let Err(error) = &answer
+                && error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            {
+                script_missing = Some(error.to_string());
+            }
+            self.settle(wait, answer.map_err(|e| unavailable(&e)));
+        }
+        match script_missing {
+            // Redis lost its scripts (a SCRIPT FLUSH, a restart we did not
+            // see): reconnecting loads them again.
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn settle(&self, wait: Pending, answer: Result<Value, ChannelError>) {
+        match wait {
+            Pending::Ignored | Pending::Nothing => {}
+            Pending::Routed => {
+                if let Ok(Value::Int(reached)) = answer {
+                    self.state.routed.fetch_add(reached.max(0) as u64, Ordering::Relaxed);
+                } else {
+                    self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Pending::Published(reply) => {
+                let result = answer.and_then(|value| {
+                    parse_head(&value).ok_or_else(|| ChannelError::ClusterUnavailable("unexpected reply".into()))
+                });
+                let result = result.map(|(epoch, offset)| position_bytes(Position { epoch, offset }));
+                self.shared.hub.answer(reply, result);
+            }
+            Pending::Presence(reply) => {
+                let result = answer.map(|value| encode_presence(&parse_presence(&value)));
+                self.shared.hub.answer(reply, result);
+            }
+        }
+    }
+
+    /// Follows the channel (if not yet), reads its head and what a
+    /// recovery from `from` needs, and lets the hub subscribe.
+    async fn subscribe(
+        &mut self,
+        conns: &mut Conns,
+        conn: u64,
+        channel: String,
+        from: Option<Position>,
+        reply: ReplyTo,
+    ) -> Result<(), String> {
+        let log = self.keys.channel(&channel);
+        let outcome = async {
+            if !self.following.contains(&channel) {
+                // Subscribed first: what is appended after the head read
+                // below arrives live; what came before is history.
+                conns.sink.subscribe(&log).await?;
+                self.following.insert(channel.clone());
+            }
+            let (epoch, seq) = self.head(&mut conns.cmd, &log).await?;
+            let max_replay = self.shared.current.load().channels.max_replay as u64;
+            let fetched = match from {
+                Some(from) if from.epoch == epoch && from.offset < seq => {
+                    let count = (seq - from.offset).min(max_replay + 1);
+                    self.read_back(&mut conns.cmd, &log, from.offset, count).await?
+                }
+                _ => Vec::new(),
+            };
+            let fetched = fetched
+                .into_iter()
+                .filter_map(|(seq, at, entry)| match entry {
+                    Entry::Publication { binary, data, .. } => {
+                        Some(Fetched { offset: seq, at_ms: at, data: data_of(binary, data) })
+                    }
+                    _ => None,
+                })
+                .collect();
+            Ok::<_, RedisError>((Position { epoch, offset: seq }, fetched))
+        }
+        .await;
+        match outcome {
+            Ok((head, fetched)) => {
+                self.shared.hub.cluster_subscribe(conn, &channel, from, head, (head.epoch, fetched), reply);
+                Ok(())
+            }
+            Err(error) => {
+                self.shared.hub.answer(reply, Err(unavailable(&error)));
+                Err(error.to_string())
+            }
+        }
+    }
+
+    /// A log's `(epoch, seq)`; gives it an epoch if it has none.
+    async fn head(&self, cmd: &mut MultiplexedConnection, log: &str) -> Result<(u64, u64), RedisError> {
+        let ttl = match log.starts_with(&self.keys.channel("")) {
+            true => self.shared.current.load().channels.history_ttl_ms,
+            false => self.config.node_ttl_ms * LOG_TTL_NODE_TTLS,
+        };
+        let value: Value =
+            self.scripts.head.prepare_invoke().arg(log).arg(fresh_epoch()).arg(ttl).invoke_async(cmd).await?;
+        parse_head(&value).ok_or_else(|| RedisError::from((redis::ErrorKind::Parse, "unexpected head reply")))
+    }
+
+    /// Up to `count` entries of a log's stream after `after`:
+    /// `(seq, unix_ms, entry)`; entries that do not decode are skipped.
+    async fn read_back(
+        &self,
+        cmd: &mut MultiplexedConnection,
+        log: &str,
+        after: u64,
+        count: u64,
+    ) -> Result<Vec<(u64, u64, Entry)>, RedisError> {
+        let value: Value = redis::cmd("XRANGE")
+            .arg(Keys::stream(log))
+            .arg(format!("{}-0", after + 1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(cmd)
+            .await?;
+        Ok(parse_range(&value))
+    }
+
+    /// A Pub/Sub message of one of the logs.
+    async fn on_message(&mut self, cmd: &mut MultiplexedConnection, message: redis::Msg) -> Result<(), String> {
+        let name = message.get_channel_name().to_owned();
+        let log = if name == self.keys.inbox(&self.id) {
+            Log::Inbox
+        } else if name == self.keys.broadcast() {
+            Log::Broadcast
+        } else if let Some(channel) = self.keys.channel_of(&name) {
+            Log::Channel(channel.to_owned())
+        } else {
+            return Ok(());
+        };
+        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+        let Ok((epoch, seq, payload)) = keys::split_message(&payload) else {
+            tracing::warn!(log = %name, "cluster: a message that does not decode (another hotsock version?); skipped");
+            return Ok(());
+        };
+        let Ok(entry) = Entry::decode(&payload) else {
+            tracing::warn!(log = %name, "cluster: an entry that does not decode; skipped");
+            return Ok(());
+        };
+        if let Verdict::Gap { after } = self.deliver(&log, epoch, seq, unix_ms(), entry, false) {
+            self.catch_up(cmd, &log, epoch, after, seq).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Reads back `after + 1 ..= upto` of a log and delivers it in order;
+    /// the first entry may jump a gap the stream no longer holds.
+    async fn catch_up(
+        &mut self,
+        cmd: &mut MultiplexedConnection,
+        log: &Log,
+        epoch: u64,
+        after: u64,
+        upto: u64,
+    ) -> Result<(), RedisError> {
+        if upto <= after {
+            return Ok(());
+        }
+        let name = self.log_name(log);
+        let entries = self.read_back(cmd, &name, after, upto - after).await?;
+        let mut first = true;
+        for (seq, at, entry) in entries {
+            self.state.refetched.fetch_add(1, Ordering::Relaxed);
+            self.deliver(log, epoch, seq, at, entry, first);
+            first = false;
+        }
+        Ok(())
+    }
+
+    /// Hands one entry, in sequence order, to the hub.
+    fn deliver(&mut self, log: &Log, epoch: u64, seq: u64, at: u64, entry: Entry, jump: bool) -> Verdict {
+        let verdict = match log {
+            Log::Inbox => self.inbox.accept(epoch, seq, jump),
+            Log::Broadcast => self.broadcast.accept(epoch, seq, jump),
+            Log::Channel(channel) => match entry {
+                Entry::Publication { ref origin, except, binary, ref data } => {
+                    let except = except.filter(|_| **origin == *self.id);
+                    let position = Position { epoch, offset: seq };
+                    let data = data_of(binary, data.clone());
+                    let verdict = self.shared.hub.cluster_deliver(channel, position, except, data, at, jump);
+                    self.count(verdict);
+                    return verdict;
+                }
+                _ => Verdict::Duplicate,
+            },
+        };
+        self.count(verdict);
+        if let Verdict::Deliver { .. } = verdict {
+            match entry {
+                Entry::ToUid { uid, binary, data } => self.shared.hub.cluster_to_uid(uid, &data_of(binary, data)),
+                Entry::Broadcast { origin, binary, data } if *origin != *self.id => {
+                    self.shared.hub.cluster_broadcast(&data_of(binary, data));
+                }
+                _ => {}
+            }
+        }
+        verdict
+    }
+
+    fn count(&self, verdict: Verdict) {
+        if let Verdict::Deliver { lost } = verdict {
+            self.state.received.fetch_add(1, Ordering::Relaxed);
+            if lost > 0 {
+                tracing::warn!("cluster: {lost} messages were missed and are no longer in Redis");
+                self.state.lost.fetch_add(lost, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn log_name(&self, log: &Log) -> String {
+        match log {
+            Log::Inbox => self.keys.inbox(&self.id),
+            Log::Broadcast => self.keys.broadcast(),
+            Log::Channel(channel) => self.keys.channel(channel),
+        }
+    }
+
+    fn set_cursor(&mut self, log: &Log, cursor: Cursor) {
+        match log {
+            Log::Inbox => self.inbox = cursor,
+            Log::Broadcast => self.broadcast = cursor,
+            Log::Channel(_) => {}
+        }
+    }
+}
+
+/// `EVALSHA` of a script with raw arguments, into a pipeline (scripts are
+/// loaded at connect, see `load_scripts`).
+fn evalsha(pipe: &mut redis::Pipeline, script: &Script, args: &[Vec<u8>]) {
+    let command = pipe.cmd("EVALSHA").arg(script.get_hash()).arg(0);
+    for arg in args {
+        command.arg(&arg[..]);
+    }
+}
+
+/// Loads every script, so pipelines can use `EVALSHA`.
+pub(super) async fn load_scripts(cmd: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    let mut pipe = redis::pipe();
+    for source in [
+        keys::append_script(),
+        keys::route_uid_script(),
+        keys::PRESENCE_SCRIPT.to_owned(),
+        keys::REGISTER_SCRIPT.to_owned(),
+        keys::UNREGISTER_SCRIPT.to_owned(),
+        keys::HEAD_SCRIPT.to_owned(),
+    ] {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+    }
+    pipe.query_async::<()>(cmd).await
+}
+
+fn data_of(binary: bool, data: Bytes) -> Outgoing {
+    if binary { Outgoing::Binary(data) } else { Outgoing::Text(data) }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `{epoch, seq}` as the append and head scripts return it.
+fn parse_head(value: &Value) -> Option<(u64, u64)> {
+    let Value::Array(items) = value else { return None };
+    let [epoch, seq] = &items[..] else { return None };
+    Some((text(epoch)?.parse().ok()?, text(seq)?.parse().ok()?))
+}
+
+/// `{node, "c1,c2", ...}` as the presence script returns it.
+fn parse_presence(value: &Value) -> Vec<PresenceEntry> {
+    let Value::Array(items) = value else { return Vec::new() };
+    items
+        .chunks(2)
+        .filter_map(|pair| {
+            let [node, conns] = pair else { return None };
+            let conns = text(conns)?.split(',').filter_map(|c| c.parse().ok()).collect();
+            Some(PresenceEntry { node: text(node)?, conns })
+        })
+        .collect()
+}
+
+/// An `XRANGE` reply: `[[id, [field, value, ...]], ...]`.
+fn parse_range(value: &Value) -> Vec<(u64, u64, Entry)> {
+    let Value::Array(entries) = value else { return Vec::new() };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else { return None };
+            let [id, Value::Array(fields)] = &parts[..] else { return None };
+            let seq = keys::seq_of_id(&text(id)?)?;
+            let (mut at, mut payload) = (0, None);
+            for pair in fields.chunks(2) {
+                match pair {
+                    [name, value] if text(name).as_deref() == Some("t") => at = text(value)?.parse().ok()?,
+                    [name, Value::BulkString(bytes)] if text(name).as_deref() == Some("p") => {
+                        payload = Some(Bytes::copy_from_slice(bytes));
+                    }
+                    _ => {}
+                }
+            }
+            Some((seq, at, Entry::decode(&payload?).ok()?))
+        })
+        .collect()
+}

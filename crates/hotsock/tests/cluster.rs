@@ -1,0 +1,318 @@
+//! Cluster mode against the real binary: three `hotsock` nodes on
+//! 127.0.0.1 sharing a real `redis-server` started by the test.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hotsock_testkit::{Client, RedisServer, TestServer, bin, open_testworker, recv, send, wait_for};
+use serde_json::Value;
+
+fn node_config(redis: &RedisServer, node: &str, extra: &str) -> String {
+    format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 2\n\n[channels]\nenvelope = \"json\"\n\n[cluster]\nredis = \"{}\"\nnode_id = \"{node}\"\nheartbeat_ms = 100\nnode_ttl_ms = 600\n{extra}",
+        bin("hotsock-testworker").display(),
+        redis.url()
+    )
+}
+
+fn nodes(redis: &RedisServer, count: usize) -> Vec<TestServer> {
+    (0..count).map(|i| TestServer::start(&node_config(redis, &format!("n{i}"), ""))).collect()
+}
+
+fn cluster_status(server: &TestServer) -> Value {
+    server.status()["cluster"].clone()
+}
+
+/// Reads until a message satisfying `wanted` arrives (others are kept out
+/// of the way), failing after a few seconds.
+async fn recv_until(client: &mut Client, wanted: impl Fn(&str) -> bool) -> String {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let text = recv(client).await;
+            if wanted(&text) {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("the expected message within 5 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uid_sends_reach_only_the_nodes_holding_the_uid_and_broadcasts_reach_all() {
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 3);
+    let mut clients = Vec::new();
+    for (i, server) in cluster.iter().enumerate() {
+        let (client, _) = open_testworker(server, &format!("/?uid={}", 100 + i)).await;
+        clients.push(client);
+    }
+    wait_for("every node to see three live nodes", || {
+        cluster.iter().all(|s| cluster_status(s)["nodes"] == 3).then_some(())
+    });
+    // From node 1 to uid 100, held by node 0 only.
+    send(&mut clients[1], "to_uid:100:hello from n1").await;
+    assert_eq!(recv(&mut clients[0]).await, "hello from n1");
+    wait_for("node 0 to count the delivery", || (cluster_status(&cluster[0])["received"] == 1).then_some(()));
+    assert_eq!(cluster_status(&cluster[1])["routed"], 1, "one node reached");
+    assert_eq!(cluster_status(&cluster[2])["received"], 0, "node 2 holds no uid 100 and gets nothing");
+    // A broadcast from node 2 reaches every node's connections, once.
+    send(&mut clients[2], "broadcast:to everyone").await;
+    for client in &mut clients {
+        assert_eq!(recv(client).await, "to everyone");
+    }
+    // Presence, asked on node 2, of a uid held by node 0.
+    send(&mut clients[2], "presence:100").await;
+    let presence: Value = serde_json::from_str(&recv(&mut clients[2]).await).expect("json");
+    assert_eq!(presence[0][0], "n0", "{presence}");
+    assert_eq!(presence.as_array().map(Vec::len), Some(1), "{presence}");
+    // Nothing arrived twice.
+    for client in &mut clients {
+        send(client, "echo:done").await;
+        assert_eq!(recv(client).await, "done");
+    }
+}
+
+#[test]
+fn an_unreachable_redis_at_start_is_a_clear_error() {
+    let port = hotsock_testkit::free_port();
+    let config = format!(
+        "[workers]\ncommand = [\"{}\"]\n\n[cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nconnect_timeout_ms = 500\n",
+        bin("hotsock-testworker").display()
+    );
+    let mut server = TestServer::spawn(&config, &[]);
+    let code = server.wait_exit();
+    assert_ne!(code, Some(0), "the node must not start without its cluster");
+    let log = server.log();
+    assert!(log.contains("cluster.redis") || log.contains("hotsock.toml:"), "{log}");
+    assert!(log.contains(&format!("127.0.0.1:{port}")), "{log}");
+}
+
+#[test]
+fn a_node_id_in_use_by_a_running_node_is_refused() {
+    let redis = RedisServer::start();
+    let _first = TestServer::start(&node_config(&redis, "same", ""));
+    let mut second = TestServer::spawn(&node_config(&redis, "same", ""), &[]);
+    assert_ne!(second.wait_exit(), Some(0));
+    let log = second.log();
+    assert!(log.contains("\"same\" is in use by a running node"), "{log}");
+}
+
+/// A publication as the JSON envelope carries it: (channel, epoch, offset, data).
+fn publication(text: &str) -> Option<(String, String, u64, String)> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    if value["type"] != "publication" {
+        return None;
+    }
+    let field = |name: &str| value[name].as_str().map(str::to_owned);
+    Some((field("channel")?, field("epoch")?, value["offset"].as_u64()?, field("data")?))
+}
+
+/// Opens a member of `channel` on `server` and waits for its subscribe.
+async fn member(server: &TestServer, channel: &str) -> Client {
+    let (mut client, _) = open_testworker(server, "/").await;
+    send(&mut client, &format!("sub:{channel}")).await;
+    recv_until(&mut client, |t| t.starts_with("subscribed ") || t.starts_with("sub error")).await;
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_publications_from_every_node_reach_every_member_once_in_one_order() {
+    const MEMBERS_PER_NODE: usize = 200;
+    const CHANNELS: usize = 10;
+    const PER_NODE_PER_CHANNEL: usize = 5;
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 3);
+    let mut members = Vec::new();
+    for (node, server) in cluster.iter().enumerate() {
+        for k in 0..MEMBERS_PER_NODE {
+            let channel = format!("room{}", k % CHANNELS);
+            members.push((node, channel.clone(), member(server, &channel).await));
+        }
+    }
+    // Publishers on every node, all at once, into every channel.
+    let mut publishers = Vec::new();
+    for server in &cluster {
+        publishers.push(open_testworker(server, "/").await.0);
+    }
+    let sending = publishers.into_iter().enumerate().map(|(node, mut client)| {
+        tokio::spawn(async move {
+            for j in 0..PER_NODE_PER_CHANNEL {
+                for c in 0..CHANNELS {
+                    send(&mut client, &format!("pub:room{c}:n{node}-{j}")).await;
+                }
+            }
+            client
+        })
+    });
+    let publishers: Vec<Client> =
+        futures_util::future::join_all(sending).await.into_iter().map(|joined| joined.expect("publisher")).collect();
+    let expected = 3 * PER_NODE_PER_CHANNEL;
+    let reading = members.into_iter().map(|(node, channel, mut client)| {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < expected {
+                let text = recv_until(&mut client, |t| publication(t).is_some()).await;
+                let (got_channel, epoch, offset, data) = publication(&text).expect("publication");
+                assert_eq!(got_channel, channel);
+                seen.push((epoch, offset, data));
+            }
+            // Nothing more: an echo comes back next.
+            send(&mut client, "echo:end").await;
+            assert_eq!(recv(&mut client).await, "end", "a publication arrived twice on node {node}");
+            (channel, seen)
+        })
+    });
+    let mut orders: HashMap<String, Vec<(String, u64, String)>> = HashMap::new();
+    for joined in futures_util::future::join_all(reading).await {
+        let (channel, seen) = joined.expect("member");
+        let offsets: Vec<u64> = seen.iter().map(|(_, o, _)| *o).collect();
+        assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "offsets in order, no gap: {offsets:?}");
+        match orders.get(&channel) {
+            Some(order) => assert_eq!(order, &seen, "every member of {channel} sees one order"),
+            None => {
+                orders.insert(channel, seen);
+            }
+        }
+    }
+    assert_eq!(orders.len(), CHANNELS);
+    for (channel, order) in &orders {
+        let mut data: Vec<&str> = order.iter().map(|(_, _, d)| d.as_str()).collect();
+        data.sort_unstable();
+        data.dedup();
+        assert_eq!(data.len(), expected, "{channel}: every publication, once");
+    }
+    drop(publishers);
+}
+
+/// Publishes `count` messages `PREFIX-i` into `channel` and waits for each
+/// reply: the replies (`published ... offset=N` or `pub error: ...`).
+async fn publish(client: &mut Client, channel: &str, prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    let mut replies = Vec::new();
+    for i in range {
+        send(client, &format!("pubr:{channel}:{prefix}-{i}")).await;
+        replies.push(recv_until(client, |t| t.starts_with("published ") || t.starts_with("pub error")).await);
+    }
+    replies
+}
+
+/// Reads `count` publications.
+async fn publications(client: &mut Client, count: usize) -> Vec<(String, u64, String)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let text = recv_until(client, |t| publication(t).is_some()).await;
+        let (_, epoch, offset, data) = publication(&text).expect("publication");
+        seen.push((epoch, offset, data));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_reported_local_traffic_goes_on_and_nothing_arrives_twice() {
+    let mut redis = RedisServer::start();
+    let cluster = nodes(&redis, 2);
+    let (mut publisher, _) = open_testworker(&cluster[0], "/").await;
+    let (mut remote, _) = open_testworker(&cluster[1], "/?uid=77").await;
+    let mut member = self::member(&cluster[1], "live").await;
+    let before = publish(&mut publisher, "live", "before", 0..20).await;
+    assert!(before.iter().all(|r| r.starts_with("published live")), "{before:?}");
+    let first = publications(&mut member, 20).await;
+
+    redis.stop();
+    wait_for("both nodes to report Redis unreachable", || {
+        cluster.iter().all(|s| cluster_status(s)["redis_connected"] == false).then_some(())
+    });
+    let view = String::from_utf8_lossy(&cluster[0].cli(&["status"]).stdout).into_owned();
+    assert!(view.contains("redis unreachable"), "{view}");
+    // What the docs say: publish and presence fail at once, uid sends to
+    // other nodes are dropped and counted, local traffic goes on.
+    let during = publish(&mut publisher, "live", "during", 0..3).await;
+    assert!(during.iter().all(|r| r.contains("the cluster is unavailable")), "{during:?}");
+    send(&mut publisher, "presence:77").await;
+    assert!(recv(&mut publisher).await.contains("the cluster is unavailable"));
+    let dropped = cluster_status(&cluster[0])["dropped"].as_u64().expect("dropped");
+    send(&mut publisher, "to_uid:77:lost in the outage").await;
+    send(&mut publisher, "echo:local still works").await;
+    assert_eq!(recv(&mut publisher).await, "local still works");
+    wait_for("the drop to be counted", || {
+        (cluster_status(&cluster[0])["dropped"].as_u64() > Some(dropped)).then_some(())
+    });
+
+    redis.restart();
+    wait_for("both nodes to be back and registered", || {
+        cluster
+            .iter()
+            .all(|s| cluster_status(s)["redis_connected"] == true && cluster_status(s)["nodes"] == 2)
+            .then_some(())
+    });
+    assert!(cluster_status(&cluster[0])["outages"].as_u64() >= Some(1));
+    // Presence was put back: the uid send reaches node 1 again.
+    send(&mut publisher, "to_uid:77:after the outage").await;
+    assert_eq!(recv(&mut remote).await, "after the outage", "the outage's send must not arrive late");
+    // The member still follows the channel (resubscribed) and gets what is
+    // published now, in a new epoch (Redis came back empty), once.
+    let after = publish(&mut publisher, "live", "after", 0..20).await;
+    assert!(after.iter().all(|r| r.starts_with("published live")), "{after:?}");
+    let second = publications(&mut member, 20).await;
+    let data: Vec<&str> = first.iter().chain(&second).map(|(_, _, d)| d.as_str()).collect();
+    let expected: Vec<String> =
+        (0..20).map(|i| format!("before-{i}")).chain((0..20).map(|i| format!("after-{i}"))).collect();
+    assert_eq!(data, expected);
+    assert_ne!(first[0].0, second[0].0, "a Redis that lost the channel starts a new epoch");
+    assert_eq!(second.iter().map(|(_, o, _)| *o).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    send(&mut member, "echo:end").await;
+    assert_eq!(recv(&mut member).await, "end", "nothing arrived twice");
+    let readyz_free = cluster.iter().all(|s| cluster_status(s)["lost"] == 0);
+    assert!(readyz_free, "no message was lost in Redis while it was up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_presence_expires_and_its_clients_recover_on_another_node() {
+    let redis = RedisServer::start();
+    let mut cluster = nodes(&redis, 2);
+    let (mut publisher, _) = open_testworker(&cluster[0], "/").await;
+    let mut player = hotsock_testkit::connect(&cluster[1].url("/?uid=55&join=game")).await;
+    recv_until(&mut player, |t| t.starts_with("open ")).await;
+    send(&mut publisher, "presence:55").await;
+    assert!(recv(&mut publisher).await.contains("\"n1\""));
+    publish(&mut publisher, "game", "m", 0..10).await;
+    let seen = publications(&mut player, 10).await;
+    let (epoch, last, _) = seen.last().cloned().expect("seen");
+
+    let pid = cluster[1].child.as_ref().map(|c| c.id()).expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let killed = std::time::Instant::now();
+    let _ = cluster[1].wait_exit();
+    let gone = loop {
+        send(&mut publisher, "presence:55").await;
+        let reply = recv(&mut publisher).await;
+        if reply == "[]" {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(3), "presence still {reply} after 3 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(gone <= Duration::from_millis(600 + 300), "gone after {gone:?}, node_ttl_ms = 600");
+    // Published while the player is away.
+    publish(&mut publisher, "game", "m", 10..15).await;
+    let url = cluster[0].url(&format!("/?uid=55&since=game.{epoch}.{last}"));
+    let mut player = hotsock_testkit::connect(&url).await;
+    // The replay comes first, then the worker's answer to its subscribe.
+    let mut caught_up = Vec::new();
+    let line = loop {
+        let text = recv_until(&mut player, |_| true).await;
+        if let Some((_, epoch, offset, data)) = publication(&text) {
+            caught_up.push((epoch, offset, data));
+        } else if text.starts_with("subscribed ") || text.starts_with("sub error") {
+            break text;
+        }
+    };
+    assert!(line.contains("recovered=true") && line.contains("replayed=5"), "{line}");
+    publish(&mut publisher, "game", "m", 15..17).await;
+    caught_up.extend(publications(&mut player, 2).await);
+    let offsets: Vec<u64> = caught_up.iter().map(|(_, o, _)| *o).collect();
+    assert_eq!(offsets, (last + 1..=last + 7).collect::<Vec<_>>(), "no gap, nothing twice");
+    assert!(caught_up.iter().all(|(e, _, _)| *e == epoch));
+    let data: Vec<String> = caught_up.into_iter().map(|(_, _, d)| d).collect();
+    assert_eq!(data, (10..17).map(|i| format!("m-{i}")).collect::<Vec<_>>());
+}
