@@ -59,6 +59,20 @@ pub struct Hello {
     /// The shared tables, in the order of the file descriptors the server
     /// passed before Hello.
     pub tables: Vec<TableSpec>,
+    /// `[cluster]`: where the cluster-wide tables live (appended in
+    /// version 1's Hello; absent on a single server).
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// The cluster a worker's cluster-wide tables (`scope = "cluster"`) are in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterSpec {
+    /// `cluster.redis`.
+    pub redis: String,
+    /// `cluster.prefix`.
+    pub prefix: String,
+    /// The tables with `scope = "cluster"` (no segment is passed for them).
+    pub tables: Vec<TableSpec>,
 }
 
 /// A shared table's declaration, as the worker needs it to map the segment.
@@ -235,15 +249,12 @@ impl Hello {
         dst.put_u32_le(self.max_concurrency);
         dst.put_u8(u8::from(self.handoff.is_some()));
         put_bytes(dst, self.handoff.as_deref().unwrap_or_default());
-        dst.put_u16_le(u16::try_from(self.tables.len()).unwrap_or(u16::MAX));
-        for table in &self.tables {
-            put_bytes(dst, table.name.as_bytes());
-            dst.put_u32_le(table.rows);
-            dst.put_u16_le(u16::try_from(table.columns.len()).unwrap_or(u16::MAX));
-            for (name, ty) in &table.columns {
-                put_bytes(dst, name.as_bytes());
-                put_bytes(dst, ty.as_bytes());
-            }
+        put_specs(dst, &self.tables);
+        if let Some(cluster) = &self.cluster {
+            dst.put_u8(1);
+            put_bytes(dst, cluster.redis.as_bytes());
+            put_bytes(dst, cluster.prefix.as_bytes());
+            put_specs(dst, &cluster.tables);
         }
     }
 
@@ -260,18 +271,13 @@ impl Hello {
         let max_concurrency = r.u32()?;
         let has_handoff = r.u8()? != 0;
         let handoff = Bytes::copy_from_slice(r.bytes()?);
-        let count = r.u16()? as usize;
-        let mut tables = Vec::with_capacity(count.min(64));
-        for _ in 0..count {
-            let name = r.string()?;
-            let rows = r.u32()?;
-            let columns = r.u16()? as usize;
-            let mut spec = TableSpec { name, rows, columns: Vec::with_capacity(columns.min(256)) };
-            for _ in 0..columns {
-                spec.columns.push((r.string()?, r.string()?));
-            }
-            tables.push(spec);
-        }
+        let tables = read_specs(&mut r)?;
+        // Appended: an older server sends nothing here.
+        let cluster = match r.is_empty() {
+            true => None,
+            false if r.u8()? == 0 => None,
+            false => Some(ClusterSpec { redis: r.string()?, prefix: r.string()?, tables: read_specs(&mut r)? }),
+        };
         Ok(Hello {
             protocol_version,
             slot,
@@ -280,8 +286,38 @@ impl Hello {
             max_concurrency,
             handoff: has_handoff.then_some(handoff),
             tables,
+            cluster,
         })
     }
+}
+
+fn put_specs(dst: &mut BytesMut, tables: &[TableSpec]) {
+    dst.put_u16_le(u16::try_from(tables.len()).unwrap_or(u16::MAX));
+    for table in tables {
+        put_bytes(dst, table.name.as_bytes());
+        dst.put_u32_le(table.rows);
+        dst.put_u16_le(u16::try_from(table.columns.len()).unwrap_or(u16::MAX));
+        for (name, ty) in &table.columns {
+            put_bytes(dst, name.as_bytes());
+            put_bytes(dst, ty.as_bytes());
+        }
+    }
+}
+
+fn read_specs(r: &mut FieldReader<'_>) -> Result<Vec<TableSpec>, ProtocolError> {
+    let count = r.u16()? as usize;
+    let mut tables = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let name = r.string()?;
+        let rows = r.u32()?;
+        let columns = r.u16()? as usize;
+        let mut spec = TableSpec { name, rows, columns: Vec::with_capacity(columns.min(256)) };
+        for _ in 0..columns {
+            spec.columns.push((r.string()?, r.string()?));
+        }
+        tables.push(spec);
+    }
+    Ok(tables)
 }
 
 impl Ready {

@@ -121,6 +121,9 @@ pub enum Kind {
     /// Worker → server: where a uid is connected, cluster-wide (reply:
     /// `encode_presence`).
     Presence = 0x70,
+    /// Worker → server: close every connection bound to a uid
+    /// (cluster-wide).
+    CloseUid = 0x71,
 }
 
 impl Kind {
@@ -161,6 +164,7 @@ impl Kind {
             0x53 => Kind::Members,
             0x54 => Kind::ConnChannels,
             0x70 => Kind::Presence,
+            0x71 => Kind::CloseUid,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -18,7 +18,7 @@ mod frame;
 mod message;
 mod presence;
 
-pub use body::{ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role, TableSpec};
+pub use body::{ClusterSpec, ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role, TableSpec};
 pub use channel::{
     ChannelError, Member, Position, Subscribed, decode_members, decode_names, encode_members, encode_names,
 };

@@ -271,6 +271,16 @@ pub enum ToServer {
         /// Request id echoed in the reply.
         request: u64,
     },
+    /// Close every connection bound to `uid` (on every node of a cluster),
+    /// after what was sent to it before.
+    CloseUid {
+        /// The uid.
+        uid: u64,
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason (at most 123 bytes are sent).
+        reason: String,
+    },
     /// Ask where a uid is connected (every node of a cluster).
     Presence {
         /// Request id echoed in the reply.
@@ -493,6 +503,10 @@ impl ToServer {
             ToServer::Members { request, channel } => put_raw(dst, Kind::Members, 0, 0, *request, channel.as_bytes()),
             ToServer::ConnChannels { conn, request } => put_raw(dst, Kind::ConnChannels, 0, *conn, *request, &[]),
             ToServer::Presence { request, uid } => put_raw(dst, Kind::Presence, 0, *uid, *request, &[]),
+            ToServer::CloseUid { uid, code, reason } => encode_with(dst, Kind::CloseUid, 0, 0, *uid, |b| {
+                b.put_u16_le(*code);
+                b.extend_from_slice(reason.as_bytes());
+            }),
         }
     }
 
@@ -563,6 +577,10 @@ impl ToServer {
             Kind::ConnChannels => {
                 expect_empty(&frame)?;
                 ToServer::ConnChannels { conn, request: id }
+            }
+            Kind::CloseUid => {
+                let (code, reason) = close_body(frame.kind, &frame.payload)?;
+                ToServer::CloseUid { uid: id, code, reason }
             }
             Kind::Presence => {
                 expect_empty(&frame)?;

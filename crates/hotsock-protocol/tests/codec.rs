@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use hotsock_protocol::{
-    ConnInfo, Decoder, Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, PROTOCOL_VERSION, Position,
-    ProtocolError, Ready, Role, TableSpec, ToServer, ToWorker, decode_conn_list, encode_conn_list,
+    ClusterSpec, ConnInfo, Decoder, Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, PROTOCOL_VERSION,
+    Position, ProtocolError, Ready, Role, TableSpec, ToServer, ToWorker, decode_conn_list, encode_conn_list,
 };
 use proptest::prelude::*;
 
@@ -40,6 +40,12 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
             )
         )
             .prop_map(|(slot, generation, task, max_concurrency, handoff, tables)| {
+                // Every other Hello is a cluster node's, with its tables.
+                let cluster = (slot % 2 == 1).then(|| ClusterSpec {
+                    redis: format!("redis://127.0.0.1:{}/0", slot % 65536),
+                    prefix: "hs".into(),
+                    tables: tables.iter().rev().cloned().collect(),
+                });
                 ToWorker::Hello(Hello {
                     protocol_version: PROTOCOL_VERSION,
                     slot,
@@ -48,6 +54,7 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
                     max_concurrency,
                     handoff,
                     tables,
+                    cluster,
                 })
             }),
         Just(ToWorker::Snapshot),
@@ -148,6 +155,11 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
         (any::<u64>(), ".{0,40}").prop_map(|(request, channel)| ToServer::Members { request, channel }),
         (any::<u64>(), any::<u64>()).prop_map(|(conn, request)| ToServer::ConnChannels { conn, request }),
         (any::<u64>(), any::<u64>()).prop_map(|(request, uid)| ToServer::Presence { request, uid }),
+        (any::<u64>(), any::<u16>(), ".{0,40}").prop_map(|(uid, code, reason)| ToServer::CloseUid {
+            uid,
+            code,
+            reason
+        }),
     ]
 }
 

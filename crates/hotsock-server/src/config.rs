@@ -272,9 +272,33 @@ pub struct TableConfig {
     pub rows: u32,
     /// Column names and types: `i64`, `f64` or `str:N` (N bytes).
     pub columns: std::collections::BTreeMap<String, String>,
+    /// `local` (default): shared memory of this server's workers.
+    /// `cluster`: in the cluster's Redis, the same rows on every node.
+    #[serde(default)]
+    pub scope: TableScope,
+}
+
+/// Where a table's rows live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableScope {
+    /// A shared-memory segment every worker of this server maps.
+    #[default]
+    Local,
+    /// Redis (`[cluster]`): each operation one atomic step there.
+    Cluster,
 }
 
 impl TableConfig {
+    /// The declaration as Hello carries it.
+    pub(crate) fn spec(&self, name: &str) -> hotsock_protocol::TableSpec {
+        hotsock_protocol::TableSpec {
+            name: name.to_owned(),
+            rows: self.rows,
+            columns: self.columns.iter().map(|(n, t)| (n.clone(), t.clone())).collect(),
+        }
+    }
+
     /// The table crate's schema for this declaration.
     pub fn schema(&self) -> Result<hotsock_table::Schema, String> {
         let columns = self
@@ -778,6 +802,12 @@ impl Config {
             }
             if let Err(problem) = table.schema() {
                 return Err(invalid(&format!("tables.{name}.columns"), problem));
+            }
+            if table.scope == TableScope::Cluster && self.cluster.is_none() {
+                return Err(invalid(
+                    &format!("tables.{name}.scope"),
+                    "is \"cluster\", which needs a [cluster] section".into(),
+                ));
             }
         }
         let c = &self.channels;

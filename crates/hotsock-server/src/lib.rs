@@ -32,8 +32,8 @@ mod wire;
 
 pub use config::{
     ClusterConfig, Config, ConfigError, DispatchMode, LimitsConfig, LogConfig, LogFormat, MESSAGE_BYTES_CEILING,
-    MetricsConfig, ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, TlsConfig, WatchConfig,
-    WorkersConfig,
+    MetricsConfig, ReloadConfig, ReloadStrategy, ServerConfig, StopBudget, TableConfig, TableScope, TlsConfig,
+    WatchConfig, WorkersConfig,
 };
 pub use control::admin::{ADMIN_SOCKET, AdminError, PID_FILE, request as admin_request};
 pub use error::ServerError;

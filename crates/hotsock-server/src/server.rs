@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio::time::timeout;
 
-use crate::config::{Config, StopBudget};
+use crate::config::{Config, StopBudget, TableScope};
 use crate::control::admin::{self, RunFiles};
 use crate::control::notify::{self, Notifier};
 use crate::error::{ServerError, io_error};
@@ -237,15 +237,11 @@ fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Server
 /// Creates every `[tables.NAME]` segment.
 fn create_tables(config: &Config) -> Result<Vec<(TableSpec, Table)>, ServerError> {
     let mut tables = Vec::new();
-    for (name, table) in &config.tables {
+    // Cluster-wide tables live in Redis: the workers reach them themselves.
+    for (name, table) in config.tables.iter().filter(|(_, t)| t.scope == TableScope::Local) {
         let schema = table.schema().map_err(|e| ServerError::Table(format!("tables.{name}: {e}")))?;
         let created = Table::create(name, &schema).map_err(|e| ServerError::Table(format!("tables.{name}: {e}")))?;
-        let spec = TableSpec {
-            name: name.clone(),
-            rows: table.rows,
-            columns: table.columns.iter().map(|(n, t)| (n.clone(), t.clone())).collect(),
-        };
-        tables.push((spec, created));
+        tables.push((table.spec(name), created));
     }
     Ok(tables)
 }

@@ -113,6 +113,11 @@ pub enum TableError {
     /// Creating or mapping the segment failed.
     #[error("table segment: {0}")]
     Io(#[from] std::io::Error),
+    /// A cluster-wide table (`scope = "cluster"`): its Redis could not be
+    /// reached or answered unexpectedly; nothing is known to have changed
+    /// unless the detail says so.
+    #[error("cluster table: {0}")]
+    Unavailable(String),
 }
 
 /// Who holds a lock: recorded in the lock word so a dead holder can be
@@ -162,6 +167,12 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row of `values`, one per name in `names` (for tables kept
+    /// elsewhere than a segment: the SDK's cluster-wide tables).
+    pub fn from_parts(names: Arc<[String]>, values: Vec<Value>) -> Row {
+        Row { names, values }
+    }
+
     /// The value of a column.
     pub fn get(&self, column: &str) -> Option<&Value> {
         self.names.iter().position(|n| n == column).map(|i| &self.values[i])

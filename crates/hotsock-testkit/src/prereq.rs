@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// The crates every worker binary is built from, besides its own.
+/// The crates every worker binary is built from, besides its own (the
+/// server's are listed with it in `BIN_SOURCES`).
 const WORKER_SOURCES: &[&str] = &["crates/hotsock-worker", "crates/hotsock-protocol", "crates/hotsock-table"];
 
 /// The package directory of each workspace binary the tests start, so a
@@ -16,6 +17,8 @@ const WORKER_SOURCES: &[&str] = &["crates/hotsock-worker", "crates/hotsock-proto
 const BIN_SOURCES: &[(&str, &str)] = &[
     ("hotsock", "crates/hotsock"),
     ("hotsock", "crates/hotsock-server"),
+    ("hotsock", "crates/hotsock-protocol"),
+    ("hotsock", "crates/hotsock-table"),
     ("hotsock-testworker", "crates/hotsock-testkit"),
     ("echo", "examples/echo"),
     ("matchmaker", "examples/matchmaker"),
@@ -44,9 +47,11 @@ pub(crate) fn built_binary(name: &str, path: &Path) {
         return;
     }
     let root = crate::repo_root();
+    // The server does not link the worker SDK: only worker binaries count it.
+    let sdk = if name == "hotsock" { &[][..] } else { WORKER_SOURCES };
     let newest = packages
         .into_iter()
-        .chain(WORKER_SOURCES.iter().copied())
+        .chain(sdk.iter().copied())
         .flat_map(|dir| BUILD_INPUTS.iter().map(|input| root.join(dir).join(input)).collect::<Vec<_>>())
         .filter_map(|path| newest_source(&path))
         .max_by_key(|(time, _)| *time);

@@ -13,8 +13,8 @@ use hotsock_protocol::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::table::Table;
 use crate::{Error, Finish, Payload};
-use hotsock_table::Table;
 
 /// An item for the writer task.
 #[derive(Debug)]
@@ -268,6 +268,12 @@ impl Ctx {
     /// every message pushed to it before.
     pub fn close(&self, conn: u64, code: u16, reason: impl Into<String>) {
         self.send(ToServer::CloseConn { conn, code, reason: reason.into() });
+    }
+
+    /// Closes every connection bound to `uid` (on every node of a
+    /// cluster) after what was sent to it before (`send_to_uid`).
+    pub fn close_uid(&self, uid: u64, code: u16, reason: impl Into<String>) {
+        self.send(ToServer::CloseUid { uid, code, reason: reason.into() });
     }
 
     /// Binds a connection to a numeric user id, for [`Ctx::send_to_uid`] and

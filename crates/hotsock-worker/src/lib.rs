@@ -30,17 +30,20 @@
 #![deny(missing_docs)]
 
 mod app;
+mod cluster_table;
 mod ctx;
 mod runtime;
+mod table;
 
 pub use app::{App, Close, Decision, Finish, Handshake, Join, Leave, Message, Open, Payload, Task};
 pub use bytes::Bytes;
 pub use ctx::{Ctx, Reply, TaskHandle};
 pub use hotsock_protocol::{
-    ChannelError, ConnInfo, HandshakeRequest, Member, Position, PresenceEntry, Role, Subscribed,
+    ChannelError, ConnInfo, ENV_SERVER_PID, HandshakeRequest, Member, Position, PresenceEntry, Role, Subscribed,
 };
-pub use hotsock_table::{Row, Table, TableError, Value};
+pub use hotsock_table::{Row, TableError, Value};
 pub use runtime::run;
+pub use table::{Scope, Table};
 
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]

@@ -27,7 +27,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::app::{Close, Decision, Finish, Handshake, Join, Leave, Message, Open, Task};
+use crate::cluster_table::ClusterTable;
 use crate::ctx::{Ctx, Out};
+use crate::table::Table;
 use crate::{App, Error};
 
 /// Bytes encoded into one write to the server.
@@ -199,8 +201,9 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
     }
 }
 
-/// Maps the tables Hello declares, from the segments received before it.
-fn open_tables(hello: &Hello, files: Vec<std::fs::File>) -> Result<Vec<hotsock_table::Table>, Error> {
+/// Maps the tables Hello declares, from the segments received before it,
+/// and opens the cluster-wide ones (they connect to Redis on first use).
+fn open_tables(hello: &Hello, files: Vec<std::fs::File>) -> Result<Vec<Table>, Error> {
     if files.len() != hello.tables.len() {
         return Err(Error::Tables(format!("{} segments for {} declared tables", files.len(), hello.tables.len())));
     }
@@ -209,7 +212,7 @@ fn open_tables(hello: &Hello, files: Vec<std::fs::File>) -> Result<Vec<hotsock_t
         slot: u16::try_from(hello.slot).unwrap_or(u16::MAX - 1),
         generation: hello.generation as u16,
     };
-    hello
+    let mut tables: Vec<Table> = hello
         .tables
         .iter()
         .zip(files)
@@ -225,9 +228,17 @@ fn open_tables(hello: &Hello, files: Vec<std::fs::File>) -> Result<Vec<hotsock_t
                 .collect::<Result<Vec<_>, _>>()?;
             let schema = hotsock_table::Schema { rows: spec.rows, columns };
             hotsock_table::Table::open(&spec.name, file, &schema, owner)
+                .map(Table::shared)
                 .map_err(|e| Error::Tables(format!("table {}: {e}", spec.name)))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if let Some(cluster) = &hello.cluster {
+        for spec in &cluster.tables {
+            let table = ClusterTable::new(&cluster.redis, &cluster.prefix, spec).map_err(Error::Tables)?;
+            tables.push(Table::cluster(table));
+        }
+    }
+    Ok(tables)
 }
 
 async fn read_hello(rd: &mut OwnedReadHalf, buf: &mut BytesMut, decoder: &Decoder) -> Result<Hello, Error> {

@@ -316,3 +316,100 @@ async fn a_killed_nodes_presence_expires_and_its_clients_recover_on_another_node
     let data: Vec<String> = caught_up.into_iter().map(|(_, _, d)| d).collect();
     assert_eq!(data, (10..17).map(|i| format!("m-{i}")).collect::<Vec<_>>());
 }
+
+mod matchmaker {
+    use super::*;
+    use hmac::{Hmac, Mac};
+    use hotsock_testkit::{raw_http, repo_root};
+    use sha2::Sha256;
+
+    const SECRET: &str = "test-secret";
+
+    fn token(uid: u64) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+        mac.update(uid.to_string().as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A matchmaker node: the example's tables, cluster-wide.
+    fn node(redis: &RedisServer, id: &str) -> TestServer {
+        let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
+        let tables = example[example.find("[tables.players]").expect("tables")..]
+            .replace("[tables.players]", "[tables.players]\nscope = \"cluster\"")
+            .replace("[tables.pool]", "[tables.pool]\nscope = \"cluster\"");
+        let config = format!(
+            "[workers]\ncommand = [\"{}\"]\ncount = 2\n\n[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\n\n{tables}",
+            bin("matchmaker").display(),
+            redis.url()
+        );
+        TestServer::start_with_env(&config, &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", "60000")])
+    }
+
+    fn url(server: &TestServer, uid: u64, gender: &str, game: &str) -> String {
+        server.url(&format!("/match?uid={uid}&gender={gender}&game={game}&name=p{uid}&token={}", token(uid)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn players_on_two_nodes_are_matched_across_them_once_each() {
+        const PLAYERS: u64 = 400;
+        let redis = RedisServer::start();
+        let cluster = [node(&redis, "a"), node(&redis, "b")];
+        let games = ["chess", "go", "poker", "bridge"];
+        let mut players = Vec::new();
+        for uid in 1..=PLAYERS {
+            let gender = if uid.is_multiple_of(2) { "m" } else { "f" };
+            let game = games[(uid as usize / 2) % games.len()];
+            // Alternately on the two nodes.
+            let url = url(&cluster[(uid % 2) as usize], uid, gender, game);
+            players.push(tokio::spawn(async move {
+                let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+                let (message, code) = hotsock_testkit::matchmaker_outcome(&mut client).await;
+                (uid, gender, game, message, code)
+            }));
+        }
+        let mut seen = HashMap::new();
+        for player in players {
+            let (uid, gender, game, message, code) = player.await.expect("player");
+            assert_eq!(message["type"], "matched", "player {uid}: {message}");
+            assert_eq!(code, Some(1000), "player {uid} is closed after its result");
+            seen.insert(uid, (gender, game, message));
+        }
+        let mut partners = HashMap::new();
+        for (uid, (gender, game, message)) in &seen {
+            let peer = message["peer"]["uid"].as_u64().expect("peer uid");
+            let (peer_gender, peer_game, peer_message) = &seen[&peer];
+            assert_ne!(gender, peer_gender, "{uid} and {peer}: the rule pairs opposite genders");
+            assert_eq!(game, peer_game, "{uid} and {peer}: the same game");
+            assert_eq!(peer_message["peer"]["uid"].as_u64(), Some(*uid), "mutual: {uid} <-> {peer}");
+            assert_eq!(peer_message["room"], message["room"]);
+            assert!(partners.insert(peer, *uid).is_none(), "{peer} matched twice");
+        }
+        let crossed =
+            seen.keys().filter(|uid| seen[uid].2["peer"]["uid"].as_u64().is_some_and(|p| p % 2 != *uid % 2)).count();
+        assert!(crossed > 0, "some pairs span the two nodes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_uid_connected_to_one_node_is_refused_on_the_other() {
+        let redis = RedisServer::start();
+        let cluster = [node(&redis, "a"), node(&redis, "b")];
+        let (mut first, _) = tokio_tungstenite::connect_async(url(&cluster[0], 9, "m", "chess")).await.expect("first");
+        match hotsock_testkit::next(&mut first).await {
+            Some(tokio_tungstenite::tungstenite::Message::Text(text)) => assert!(text.contains("waiting"), "{text}"),
+            other => panic!("expected waiting, got {other:?}"),
+        }
+        let again = format!(
+            "GET /match?uid=9&gender=m&game=chess&token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            token(9)
+        );
+        let response = raw_http(cluster[1].addr, again.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 409"), "{response}");
+        // The partner may be on the other node: it still finds the first.
+        let (mut second, _) =
+            tokio_tungstenite::connect_async(url(&cluster[1], 10, "f", "chess")).await.expect("second");
+        let (message, code) = hotsock_testkit::matchmaker_outcome(&mut second).await;
+        assert_eq!((message["peer"]["uid"].as_u64(), code), (Some(9), Some(1000)), "{message}");
+        let (message, _) = hotsock_testkit::matchmaker_outcome(&mut first).await;
+        assert_eq!(message["peer"]["uid"].as_u64(), Some(10), "{message}");
+    }
+}

@@ -60,6 +60,7 @@ fn hello(version: u16, handoff: Option<Bytes>) -> ToWorker {
         max_concurrency: 16,
         handoff,
         tables: Vec::new(),
+        cluster: None,
     })
 }
 

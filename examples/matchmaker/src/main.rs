@@ -67,22 +67,24 @@ fn index(ctx: &Ctx) -> Option<&Table> {
 }
 
 /// A message to send once the pool lock is released: the player's result,
-/// then a close.
+/// then a close. Sent to the player's uid, not its connection: with a
+/// cluster-wide pool the partner may be connected to another node (a uid
+/// has one connection here: a second handshake is refused with 409).
 struct Delivery {
-    conn: u64,
+    uid: u64,
     message: String,
     reason: &'static str,
 }
 
 impl Delivery {
     fn send(self, ctx: &Ctx) {
-        ctx.push(self.conn, self.message);
-        ctx.close(self.conn, 1000, self.reason);
+        ctx.send_to_uid(self.uid, self.message);
+        ctx.close_uid(self.uid, 1000, self.reason);
     }
 
     fn of(player: &Player) -> Delivery {
         let reason = if player.state == MATCHED { "matched" } else { "no match in time" };
-        Delivery { conn: player.conn, message: player.result.clone(), reason }
+        Delivery { uid: player.id() as u64, message: player.result.clone(), reason }
     }
 }
 
@@ -105,11 +107,12 @@ impl Matchmaker {
                 &me.uid,
                 &[
                     ("conn", Value::Int(me.conn as i64)),
+                    ("node", Value::Str(me.node.clone())),
                     ("result", Value::Str(message.clone())),
                     ("changed", Value::Int(now)),
                 ],
             )?;
-            deliveries.push(Delivery { conn: me.conn, message, reason: "matched" });
+            deliveries.push(Delivery { uid: me.id() as u64, message, reason: "matched" });
         }
         for player in [a, b] {
             if player.state == WAITING {
@@ -137,6 +140,7 @@ impl Matchmaker {
         };
         let mut me = Player::from_row(uid, &row);
         me.conn = conn;
+        me.node = pool::this_node();
         let deliveries = match me.state {
             RESERVED => {
                 let now = now_ms();
@@ -145,7 +149,11 @@ impl Matchmaker {
                     None => {
                         // The state first: if this worker dies while linking,
                         // the rebuild finds a waiting player to put back.
-                        table.set(uid, &[("conn", Value::Int(conn as i64)), ("state", Value::Int(WAITING))])?;
+                        let node = Value::Str(me.node.clone());
+                        table.set(
+                            uid,
+                            &[("conn", Value::Int(conn as i64)), ("node", node), ("state", Value::Int(WAITING))],
+                        )?;
                         me.state = WAITING;
                         index::enter(&lock, &me)?;
                         // In the pool: tell the player (not a result, so no close).
@@ -195,7 +203,7 @@ impl Matchmaker {
                 index::leave_queues(&lock, &player)?;
                 table.set(&player.uid, &[("state", Value::Int(DONE))])?;
                 index::settle(&lock, player.id())?;
-                deliveries.push(Delivery { conn: player.conn, message, reason: "no match in time" });
+                deliveries.push(Delivery { uid: player.id() as u64, message, reason: "no match in time" });
                 next = pool::player(table, player.next)?;
             }
         }
@@ -288,6 +296,7 @@ impl App for Matchmaker {
         let row = [
             ("state", Value::Int(RESERVED)),
             ("conn", Value::Int(handshake.conn as i64)),
+            ("node", Value::Str(pool::this_node())),
             ("since", Value::Int(now_ms())),
             ("rating", Value::Int(params.rating)),
             ("gender", Value::Str(params.gender)),
@@ -320,7 +329,10 @@ impl App for Matchmaker {
         let uid = self.uids.lock().unwrap_or_else(|p| p.into_inner()).remove(&close.conn);
         // Another worker (before a reload) may have seen the open: find the
         // player by connection then.
-        let uid = uid.or_else(|| pool::players(table).into_iter().find(|p| p.conn == close.conn).map(|p| p.uid));
+        let node = pool::this_node();
+        let uid = uid.or_else(|| {
+            pool::players(table).into_iter().find(|p| p.conn == close.conn && p.node == node).map(|p| p.uid)
+        });
         let Some(uid) = uid else { return };
         let Ok(lock) = pool::lock(table, index).await else { return };
         // The connection is gone, whatever the state: a waiting player
@@ -328,6 +340,7 @@ impl App for Matchmaker {
         // needed. This is the only place rows of open players are deleted.
         if let Ok(Some(row)) = table.get(&uid)
             && row.int("conn") == Some(close.conn as i64)
+            && row.str("node") == Some(node.as_str())
         {
             let player = Player::from_row(&uid, &row);
             let unlinked = match player.state {

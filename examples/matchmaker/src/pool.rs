@@ -3,9 +3,11 @@
 //! pool's index beside it, in the shared table `pool`.
 //!
 //! Every change of a player's state, and of the index, happens under the
-//! pool lock: a table row (`~lock`) whose `conn` column holds the pid of the
-//! worker holding it, taken with compare-and-set and taken over if that
-//! process died. So an arriving player sees every waiting one, and no player
+//! pool lock: a table row (`~lock`) whose `result` column names the holder
+//! (`host|pid|since_ms`), taken with compare-and-set and taken over if that
+//! process died (same host, no such pid) or, in a cluster-wide table, if
+//! it held the lock longer than `LOCK_LEASE_MS` (a node that died with
+//! it cannot be asked). So an arriving player sees every waiting one, and no player
 //! is claimed twice. A holder may die in the middle of an update: whoever
 //! takes the lock over rebuilds the index from the player rows
 //! (`index::rebuild`), which are the truth; the index is only a way to find
@@ -13,7 +15,7 @@
 
 use std::time::Duration;
 
-use hotsock_worker::{Row, Table, TableError, Value};
+use hotsock_worker::{Row, Scope, Table, TableError, Value};
 
 use crate::index;
 
@@ -28,6 +30,10 @@ pub(crate) const LOCK_KEY: &str = "~lock";
 
 /// How long a worker waits before trying a held lock again.
 const LOCK_RETRY: Duration = Duration::from_micros(200);
+/// Cluster-wide pool only: a holder seen longer than this is presumed dead
+/// (its node cannot be asked). A hold is a few Redis round trips, so this
+/// is thousands of times longer than any live one.
+const LOCK_LEASE_MS: i64 = 10_000;
 
 /// A row of the pool.
 #[derive(Debug, Clone)]
@@ -35,6 +41,9 @@ pub(crate) struct Player {
     pub(crate) uid: String,
     pub(crate) state: i64,
     pub(crate) conn: u64,
+    /// The server the connection is on (`conn` ids are per server): see
+    /// `this_node`.
+    pub(crate) node: String,
     pub(crate) since: i64,
     pub(crate) rating: i64,
     pub(crate) gender: String,
@@ -59,6 +68,7 @@ impl Player {
             uid: uid.to_owned(),
             state: row.int("state").unwrap_or(DONE),
             conn: row.int("conn").unwrap_or(0) as u64,
+            node: row.str("node").unwrap_or_default().to_owned(),
             since: row.int("since").unwrap_or(0),
             rating: row.int("rating").unwrap_or(0),
             gender: row.str("gender").unwrap_or_default().to_owned(),
@@ -100,39 +110,64 @@ pub(crate) fn player(table: &Table, uid: i64) -> Result<Option<Player>, TableErr
 pub(crate) struct PoolLock<'a> {
     pub(crate) players: &'a Table,
     pub(crate) index: &'a Table,
-    pid: i64,
+    holder: Value,
 }
 
 impl Drop for PoolLock<'_> {
     fn drop(&mut self) {
-        let _ = self.players.compare_and_set(LOCK_KEY, "conn", &Value::Int(self.pid), &Value::Int(0));
+        let _ = self.players.compare_and_set(LOCK_KEY, "result", &self.holder, &Value::Str(String::new()));
     }
 }
 
 /// Creates the lock row (every worker tries; one succeeds).
 pub(crate) fn init(table: &Table) -> Result<(), TableError> {
-    table.insert(LOCK_KEY, &[("state", Value::Int(DONE)), ("conn", Value::Int(0))]).map(|_| ())
+    table.insert(LOCK_KEY, &[("state", Value::Int(DONE)), ("result", Value::Str(String::new()))]).map(|_| ())
+}
+
+/// This host's name (a lock holder's pid means something only on it).
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+/// Where this worker's connections are: the host and the server's pid
+/// (connection ids are numbered per server, so on a cluster-wide pool a
+/// connection is named by both).
+pub(crate) fn this_node() -> String {
+    let server = std::env::var(hotsock_worker::ENV_SERVER_PID).unwrap_or_default();
+    format!("{}:{server}", host())
+}
+
+/// Whether the holder `host|pid|since_ms` is gone.
+fn holder_is_gone(holder: &str, cluster: bool, now_ms: i64) -> bool {
+    let mut parts = holder.split('|');
+    let (Some(host_name), Some(pid), Some(since)) = (parts.next(), parts.next(), parts.next()) else {
+        return true;
+    };
+    let dead_here = host_name == host() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let expired = cluster && since.parse::<i64>().is_ok_and(|since| now_ms - since > LOCK_LEASE_MS);
+    dead_here || expired
 }
 
 /// Takes the pool lock, taking it over from a holder that died; after a
 /// takeover the index is rebuilt before anything reads it, since the dead
 /// holder may have left it half-updated.
 pub(crate) async fn lock<'a>(players: &'a Table, index: &'a Table) -> Result<PoolLock<'a>, TableError> {
-    let pid = i64::from(std::process::id());
+    let cluster = players.scope() == Scope::Cluster;
+    let free = Value::Str(String::new());
     loop {
-        if players.compare_and_set(LOCK_KEY, "conn", &Value::Int(0), &Value::Int(pid))? {
-            return Ok(PoolLock { players, index, pid });
+        let now = crate::now_ms();
+        let me = Value::Str(format!("{}|{}|{now}", host(), std::process::id()));
+        if players.compare_and_set(LOCK_KEY, "result", &free, &me)? {
+            return Ok(PoolLock { players, index, holder: me });
         }
-        let holder = players.get(LOCK_KEY)?.and_then(|row| row.int("conn")).unwrap_or(0);
-        if holder != 0
-            && !std::path::Path::new(&format!("/proc/{holder}")).exists()
-            && players.compare_and_set(LOCK_KEY, "conn", &Value::Int(holder), &Value::Int(pid))?
+        let holder = players.get(LOCK_KEY)?.and_then(|row| row.str("result").map(str::to_owned)).unwrap_or_default();
+        if !holder.is_empty()
+            && holder_is_gone(&holder, cluster, now)
+            && players.compare_and_set(LOCK_KEY, "result", &Value::Str(holder.clone()), &me)?
         {
-            let lock = PoolLock { players, index, pid };
+            let lock = PoolLock { players, index, holder: me };
             let repaired = index::rebuild(&lock)?;
-            eprintln!(
-                "matchmaker: took the pool lock over from dead worker {holder}; index rebuilt ({repaired} players)"
-            );
+            eprintln!("matchmaker: took the pool lock over from {holder}, gone; index rebuilt ({repaired} players)");
             return Ok(lock);
         }
         tokio::time::sleep(LOCK_RETRY).await;

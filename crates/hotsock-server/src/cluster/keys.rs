@@ -241,6 +241,8 @@ return {epoch, tonumber(redis.call('GET', sk) or '0')}"#;
 pub(crate) enum Entry {
     /// To the uid's connections on the receiving node.
     ToUid { uid: u64, binary: bool, data: Bytes },
+    /// Close the uid's connections on the receiving node.
+    CloseUid { uid: u64, code: u16, reason: String },
     /// To every connection of the receiving node.
     Broadcast { origin: String, binary: bool, data: Bytes },
     /// To the channel's members on the receiving node; `except` is a
@@ -251,6 +253,7 @@ pub(crate) enum Entry {
 const TO_UID: u8 = 1;
 const BROADCAST: u8 = 2;
 const PUBLICATION: u8 = 3;
+const CLOSE_UID: u8 = 4;
 const BINARY: u8 = 1;
 const EXCEPT: u8 = 2;
 
@@ -263,7 +266,18 @@ impl Entry {
     /// `kind u8, flags u8, origin (u8 length, bytes), [uid | except u64],
     /// data`.
     pub(crate) fn encode(&self) -> Bytes {
+        if let Entry::CloseUid { uid, code, reason } = self {
+            let mut buf = BytesMut::with_capacity(13 + reason.len());
+            buf.put_u8(CLOSE_UID);
+            buf.put_u8(0);
+            buf.put_u8(0);
+            buf.put_u64_le(*uid);
+            buf.put_u16_le(*code);
+            buf.extend_from_slice(reason.as_bytes());
+            return buf.freeze();
+        }
         let (kind, origin, binary, number, data) = match self {
+            Entry::CloseUid { .. } => return Bytes::new(),
             Entry::ToUid { uid, binary, data } => (TO_UID, "", *binary, Some(*uid), data),
             Entry::Broadcast { origin, binary, data } => (BROADCAST, origin.as_str(), *binary, None, data),
             Entry::Publication { origin, except, binary, data } => {
@@ -296,6 +310,15 @@ impl Entry {
         };
         Ok(match kind {
             TO_UID => Entry::ToUid { uid: number(origin_end)?, binary, data: payload.slice(origin_end + 8..) },
+            CLOSE_UID => {
+                let code = payload.get(origin_end + 8..origin_end + 10).ok_or(Malformed)?;
+                let reason = std::str::from_utf8(&payload[origin_end + 10..]).map_err(|_| Malformed)?;
+                Entry::CloseUid {
+                    uid: number(origin_end)?,
+                    code: u16::from_le_bytes([code[0], code[1]]),
+                    reason: reason.to_owned(),
+                }
+            }
             BROADCAST => Entry::Broadcast { origin, binary, data: payload.slice(origin_end..) },
             PUBLICATION if flags & EXCEPT != 0 => Entry::Publication {
                 origin,
@@ -335,6 +358,7 @@ mod tests {
             Entry::Broadcast { origin: "a:1".into(), binary: true, data: data.clone() },
             Entry::Publication { origin: "n".into(), except: Some(7), binary: false, data: data.clone() },
             Entry::Publication { origin: "n".into(), except: None, binary: true, data: Bytes::new() },
+            Entry::CloseUid { uid: 9, code: 1000, reason: "matched".into() },
         ] {
             assert_eq!(Entry::decode(&entry.encode()), Ok(entry));
         }

@@ -27,6 +27,8 @@ pub(crate) enum Command {
     /// `send_to_uid`: to the uid's connections on the other nodes (this
     /// node's were served by the hub already).
     ToUid { uid: u64, binary: bool, data: Bytes },
+    /// `close_uid`: closes the uid's connections on the other nodes.
+    CloseUid { uid: u64, code: u16, reason: String },
     /// `broadcast`: to every other node's connections.
     Broadcast { binary: bool, data: Bytes },
     /// A publication: the channel's next offset cluster-wide; every node

@@ -363,7 +363,7 @@ impl Node {
             | Command::PresenceQuery { reply, .. } => {
                 self.shared.hub.answer(reply, error());
             }
-            Command::ToUid { .. } | Command::Broadcast { .. } => {
+            Command::ToUid { .. } | Command::CloseUid { .. } | Command::Broadcast { .. } => {
                 self.state.dropped.fetch_add(1, Ordering::Relaxed);
             }
             // Put back in full once Redis is.
@@ -442,18 +442,11 @@ impl Node {
         let log_ttl = self.config.node_ttl_ms * LOG_TTL_NODE_TTLS;
         match command {
             Command::ToUid { uid, binary, data } => {
-                let payload = Entry::ToUid { uid, binary, data }.encode();
-                let args = [
-                    self.keys.prefix().as_bytes().to_vec(),
-                    uid.to_string().into_bytes(),
-                    self.id.as_bytes().to_vec(),
-                    self.config.inbox_size.to_string().into_bytes(),
-                    log_ttl.to_string().into_bytes(),
-                    now.to_string().into_bytes(),
-                    payload.to_vec(),
-                    fresh_epoch().to_string().into_bytes(),
-                ];
-                evalsha(pipe, &self.scripts.route_uid, &args);
+                self.route(pipe, uid, Entry::ToUid { uid, binary, data }, log_ttl, now);
+                Pending::Routed
+            }
+            Command::CloseUid { uid, code, reason } => {
+                self.route(pipe, uid, Entry::CloseUid { uid, code, reason }, log_ttl, now);
                 Pending::Routed
             }
             Command::Broadcast { binary, data } => {
@@ -482,6 +475,21 @@ impl Node {
             }
             Command::Subscribe { .. } | Command::Unfollow { .. } => Pending::Ignored,
         }
+    }
+
+    /// Routes `entry` to the inbox of every other node holding `uid`.
+    fn route(&self, pipe: &mut redis::Pipeline, uid: u64, entry: Entry, log_ttl: u64, now: u64) {
+        let args = [
+            self.keys.prefix().as_bytes().to_vec(),
+            uid.to_string().into_bytes(),
+            self.id.as_bytes().to_vec(),
+            self.config.inbox_size.to_string().into_bytes(),
+            log_ttl.to_string().into_bytes(),
+            now.to_string().into_bytes(),
+            entry.encode().to_vec(),
+            fresh_epoch().to_string().into_bytes(),
+        ];
+        evalsha(pipe, &self.scripts.route_uid, &args);
     }
 
     fn append_args(&self, log: &str, maxlen: usize, ttl_ms: u64, now: u64, payload: &[u8]) -> Vec<Vec<u8>> {
@@ -720,6 +728,7 @@ impl Node {
         if let Verdict::Deliver { .. } = verdict {
             match entry {
                 Entry::ToUid { uid, binary, data } => self.shared.hub.cluster_to_uid(uid, &data_of(binary, data)),
+                Entry::CloseUid { uid, code, reason } => self.shared.hub.cluster_close_uid(uid, code, &reason),
                 Entry::Broadcast { origin, binary, data } if *origin != *self.id => {
                     self.shared.hub.cluster_broadcast(&data_of(binary, data));
                 }

@@ -423,6 +423,12 @@ impl Hub {
                         let _ = link.send(Command::ToUid { uid, binary, data });
                     }
                 }
+                ToServer::CloseUid { uid, code, reason } => {
+                    self.to_uid(state, uid, &Outgoing::Close(code, reason.clone()));
+                    if let Some(link) = self.cluster.get() {
+                        let _ = link.send(Command::CloseUid { uid, code, reason });
+                    }
+                }
                 ToServer::Broadcast { binary, data } => {
                     let message = Outgoing::data(binary, data.clone())?;
                     self.to_all(state, &message);

@@ -14,9 +14,11 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::TableScope;
 use bytes::BytesMut;
 use hotsock_protocol::{
-    Decoder, ENV_WORKER_THREADS, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, ToServer, ToWorker, capabilities,
+    ClusterSpec, Decoder, ENV_WORKER_THREADS, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, ToServer, ToWorker,
+    capabilities,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -167,6 +169,16 @@ impl WorkerTask {
             max_concurrency: config.workers.max_concurrency,
             handoff: shared.hub.handoff_state(slot),
             tables: shared.tables.iter().map(|(spec, _)| spec.clone()).collect(),
+            cluster: config.cluster.as_ref().map(|cluster| ClusterSpec {
+                redis: cluster.redis.clone(),
+                prefix: cluster.prefix.clone(),
+                tables: config
+                    .tables
+                    .iter()
+                    .filter(|(_, table)| table.scope == TableScope::Cluster)
+                    .map(|(name, table)| table.spec(name))
+                    .collect(),
+            }),
         };
         let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
         let ready = tokio::select! {

@@ -39,7 +39,8 @@ impl Hub {
                 self.answer_locked(state, reply, Err(why()));
             }
             Command::Presence { .. } => link.shared.presence_dirty.store(true, Ordering::Relaxed),
-            Command::ToUid { .. } | Command::Broadcast { .. } | Command::Unfollow { .. } => {}
+            Command::ToUid { .. } | Command::CloseUid { .. } | Command::Broadcast { .. } | Command::Unfollow { .. } => {
+            }
         }
     }
 
@@ -125,6 +126,12 @@ impl Hub {
     pub(crate) fn cluster_to_uid(&self, uid: u64, message: &Outgoing) {
         let state = self.lock();
         self.to_uid(&state, uid, message);
+    }
+
+    /// A `close_uid` from another node.
+    pub(crate) fn cluster_close_uid(&self, uid: u64, code: u16, reason: &str) {
+        let state = self.lock();
+        self.to_uid(&state, uid, &Outgoing::Close(code, reason.to_owned()));
     }
 
     /// A broadcast from another node.
