@@ -418,21 +418,39 @@ impl Node {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut pending = Vec::new();
-        for command in batch.drain(..) {
-            match command {
+        let mut commands = batch.drain(..);
+        while let Some(command) = commands.next() {
+            let step = match command {
                 Command::Subscribe { conn, channel, from, reply } => {
-                    self.flush(&mut conns.cmd, &mut pipe, &mut pending).await?;
-                    self.subscribe(conns, conn, channel, from, reply).await?;
-                }
-                Command::Unfollow { channel } => {
-                    self.flush(&mut conns.cmd, &mut pipe, &mut pending).await?;
-                    if self.following.remove(&*channel) {
-                        conns.sink.unsubscribe(self.keys.channel(&channel)).await.map_err(|e| e.to_string())?;
+                    match self.flush(&mut conns.cmd, &mut pipe, &mut pending).await {
+                        Ok(()) => self.subscribe(conns, conn, channel, from, reply).await,
+                        Err(error) => {
+                            self.refuse(Command::Subscribe { conn, channel, from, reply }, &error);
+                            Err(error)
+                        }
                     }
                 }
-                other => pending.push(self.pipeline(&mut pipe, other)),
+                Command::Unfollow { channel } => match self.flush(&mut conns.cmd, &mut pipe, &mut pending).await {
+                    Ok(()) if self.following.remove(&*channel) => {
+                        conns.sink.unsubscribe(self.keys.channel(&channel)).await.map_err(|e| e.to_string())
+                    }
+                    other => other,
+                },
+                other => {
+                    pending.push(self.pipeline(&mut pipe, other));
+                    Ok(())
+                }
+            };
+            if let Err(error) = step {
+                // Redis is gone: whatever is left of the batch is answered
+                // (or counted) as during any outage, never left waiting.
+                for rest in commands.by_ref() {
+                    self.refuse(rest, &error);
+                }
+                return Err(error);
             }
         }
+        drop(commands);
         self.flush(&mut conns.cmd, &mut pipe, &mut pending).await
     }
 
