@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::body::{FieldReader, decode_ids, encode_ids, put_bytes};
 use crate::channel::Position;
 use crate::frame::put_header;
+use crate::table::TableOp;
 use crate::{Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, ProtocolError, Ready, flags};
 
 /// A message from the server to a worker.
@@ -127,7 +128,7 @@ pub enum ToWorker {
 }
 
 /// A message from a worker to the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ToServer {
     /// The answer to Hello.
     Ready(Ready),
@@ -270,6 +271,15 @@ pub enum ToServer {
         conn: u64,
         /// Request id echoed in the reply.
         request: u64,
+    },
+    /// A shared-table operation for the server to run (kinds 0x60-0x67).
+    Table {
+        /// Request id echoed in the reply.
+        request: u64,
+        /// The table's place in Hello's list.
+        table: u16,
+        /// What to do.
+        op: TableOp,
     },
 }
 
@@ -485,6 +495,9 @@ impl ToServer {
             }
             ToServer::Members { request, channel } => put_raw(dst, Kind::Members, 0, 0, *request, channel.as_bytes()),
             ToServer::ConnChannels { conn, request } => put_raw(dst, Kind::ConnChannels, 0, *conn, *request, &[]),
+            ToServer::Table { request, table, op } => {
+                encode_with(dst, op.kind(), 0, 0, *request, |b| op.encode_body(*table, b))
+            }
         }
     }
 
@@ -555,6 +568,17 @@ impl ToServer {
             Kind::ConnChannels => {
                 expect_empty(&frame)?;
                 ToServer::ConnChannels { conn, request: id }
+            }
+            Kind::TableGet
+            | Kind::TableSet
+            | Kind::TableInsert
+            | Kind::TableIncr
+            | Kind::TableIncrFloat
+            | Kind::TableCompareAndSet
+            | Kind::TableDelete
+            | Kind::TableIterate => {
+                let (table, op) = TableOp::decode_body(frame.kind, &frame.payload)?;
+                ToServer::Table { request: id, table, op }
             }
             other => return Err(ProtocolError::WrongDirection(other)),
         })
