@@ -149,7 +149,7 @@ impl<'a> FieldReader<'a> {
         FieldReader { kind, buf }
     }
 
-    fn bad(&self, reason: &'static str) -> ProtocolError {
+    pub(crate) fn bad(&self, reason: &'static str) -> ProtocolError {
         ProtocolError::BadBody { kind: self.kind, reason }
     }
 

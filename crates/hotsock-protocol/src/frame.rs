@@ -124,6 +124,24 @@ pub enum Kind {
     /// Worker → server: close every connection bound to a uid
     /// (cluster-wide).
     CloseUid = 0x71,
+    /// Read a shared-table row (`id`: request id); answered by `Reply`.
+    /// The table kinds (0x60-0x67) are for SDKs that cannot map the
+    /// segment; the server runs them on its own mapping (`table.rs`).
+    TableGet = 0x60,
+    /// Set columns of a row, creating it; answered by `Reply`.
+    TableSet = 0x61,
+    /// Insert a row if its key is new; answered by `Reply`.
+    TableInsert = 0x62,
+    /// Add to an `i64` column; answered by `Reply` with the new value.
+    TableIncr = 0x63,
+    /// Add to an `f64` column; answered by `Reply` with the new value.
+    TableIncrFloat = 0x64,
+    /// Set a column if it holds the expected value; answered by `Reply`.
+    TableCompareAndSet = 0x65,
+    /// Delete a row; answered by `Reply`.
+    TableDelete = 0x66,
+    /// Copy every live row; answered by `Reply`.
+    TableIterate = 0x67,
 }
 
 impl Kind {
@@ -165,6 +183,14 @@ impl Kind {
             0x54 => Kind::ConnChannels,
             0x70 => Kind::Presence,
             0x71 => Kind::CloseUid,
+            0x60 => Kind::TableGet,
+            0x61 => Kind::TableSet,
+            0x62 => Kind::TableInsert,
+            0x63 => Kind::TableIncr,
+            0x64 => Kind::TableIncrFloat,
+            0x65 => Kind::TableCompareAndSet,
+            0x66 => Kind::TableDelete,
+            0x67 => Kind::TableIterate,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -17,6 +17,7 @@ mod channel;
 mod frame;
 mod message;
 mod presence;
+mod table;
 
 pub use body::{ClusterSpec, ConnInfo, HandshakeReply, HandshakeRequest, Hello, Ready, Role, TableSpec};
 pub use channel::{
@@ -25,6 +26,10 @@ pub use channel::{
 pub use frame::{Decoder, Frame, HEADER_LEN, Kind, PAYLOAD_MAX_BYTES, flags};
 pub use message::{ToServer, ToWorker, decode_conn_list, encode_conn_list};
 pub use presence::{LOCAL_NODE, PresenceEntry, decode_presence, encode_presence};
+pub use table::{
+    ColumnKind, TableFailure, TableOp, TableValue, TableValues, decode_table_row, decode_table_rows, encode_table_row,
+    encode_table_rows,
+};
 
 /// The protocol version spoken by this crate. The server sends it in
 /// [`Hello`]; a worker whose SDK speaks another version must answer with its

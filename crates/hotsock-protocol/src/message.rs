@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::body::{FieldReader, decode_ids, encode_ids, put_bytes};
 use crate::channel::Position;
 use crate::frame::put_header;
+use crate::table::TableOp;
 use crate::{Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, ProtocolError, Ready, flags};
 
 /// A message from the server to a worker.
@@ -127,7 +128,7 @@ pub enum ToWorker {
 }
 
 /// A message from a worker to the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ToServer {
     /// The answer to Hello.
     Ready(Ready),
@@ -287,6 +288,15 @@ pub enum ToServer {
         request: u64,
         /// The uid.
         uid: u64,
+    },
+    /// A shared-table operation for the server to run (kinds 0x60-0x67).
+    Table {
+        /// Request id echoed in the reply.
+        request: u64,
+        /// The table's place in Hello's list.
+        table: u16,
+        /// What to do.
+        op: TableOp,
     },
 }
 
@@ -507,6 +517,9 @@ impl ToServer {
                 b.put_u16_le(*code);
                 b.extend_from_slice(reason.as_bytes());
             }),
+            ToServer::Table { request, table, op } => {
+                encode_with(dst, op.kind(), 0, 0, *request, |b| op.encode_body(*table, b))
+            }
         }
     }
 
@@ -585,6 +598,17 @@ impl ToServer {
             Kind::Presence => {
                 expect_empty(&frame)?;
                 ToServer::Presence { request: id, uid: conn }
+            }
+            Kind::TableGet
+            | Kind::TableSet
+            | Kind::TableInsert
+            | Kind::TableIncr
+            | Kind::TableIncrFloat
+            | Kind::TableCompareAndSet
+            | Kind::TableDelete
+            | Kind::TableIterate => {
+                let (table, op) = TableOp::decode_body(frame.kind, &frame.payload)?;
+                ToServer::Table { request: id, table, op }
             }
             other => return Err(ProtocolError::WrongDirection(other)),
         })

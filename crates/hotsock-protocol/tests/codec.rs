@@ -5,7 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use hotsock_protocol::{
     ClusterSpec, ConnInfo, Decoder, Frame, HEADER_LEN, HandshakeReply, HandshakeRequest, Hello, Kind, PROTOCOL_VERSION,
-    Position, ProtocolError, Ready, Role, TableSpec, ToServer, ToWorker, decode_conn_list, encode_conn_list,
+    Position, ProtocolError, Ready, Role, TableOp, TableSpec, TableValue, ToServer, ToWorker, decode_conn_list,
+    encode_conn_list,
 };
 use proptest::prelude::*;
 
@@ -160,6 +161,36 @@ fn arb_to_server() -> impl Strategy<Value = ToServer> {
             code,
             reason
         }),
+        (any::<u64>(), any::<u16>(), arb_table_op()).prop_map(|(request, table, op)| ToServer::Table {
+            request,
+            table,
+            op
+        }),
+    ]
+}
+
+fn arb_table_value() -> impl Strategy<Value = TableValue> {
+    prop_oneof![
+        any::<i64>().prop_map(TableValue::Int),
+        // Any bits but NaN's, which compare unequal to themselves.
+        any::<f64>().prop_filter("not NaN", |f| !f.is_nan()).prop_map(TableValue::Float),
+        ".{0,40}".prop_map(TableValue::Str),
+    ]
+}
+
+fn arb_table_op() -> impl Strategy<Value = TableOp> {
+    let values = || proptest::collection::vec(("[a-z]{1,8}", arb_table_value()), 0..5);
+    prop_oneof![
+        ".{0,20}".prop_map(|key| TableOp::Get { key }),
+        ".{0,20}".prop_map(|key| TableOp::Delete { key }),
+        (".{0,20}", values()).prop_map(|(key, values)| TableOp::Set { key, values }),
+        (".{0,20}", values()).prop_map(|(key, values)| TableOp::Insert { key, values }),
+        (".{0,20}", "[a-z]{0,8}", any::<i64>()).prop_map(|(key, column, delta)| TableOp::Incr { key, column, delta }),
+        (".{0,20}", "[a-z]{0,8}", any::<f64>().prop_filter("not NaN", |f| !f.is_nan()))
+            .prop_map(|(key, column, delta)| TableOp::IncrFloat { key, column, delta }),
+        (".{0,20}", "[a-z]{0,8}", arb_table_value(), arb_table_value())
+            .prop_map(|(key, column, expected, new)| TableOp::CompareAndSet { key, column, expected, new }),
+        Just(TableOp::Iterate),
     ]
 }
 
@@ -308,4 +339,40 @@ fn wire_layout_is_stable() {
     let mut expected = vec![6, 0, 0, 0, 0x52, 0x41, 7, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
     expected.extend_from_slice(&[1, 0, 0, 0, b'r', b'x']);
     assert_eq!(&buf[..], &expected[..]);
+    // TableCompareAndSet: id = the request, body = table u16, key string,
+    // column string, then the expected and new values (tag u8, 8 bytes).
+    let mut buf = BytesMut::new();
+    ToServer::Table {
+        request: 9,
+        table: 1,
+        op: TableOp::CompareAndSet {
+            key: "k".into(),
+            column: "c".into(),
+            expected: TableValue::Int(0),
+            new: TableValue::Int(-1),
+        },
+    }
+    .encode(&mut buf);
+    let mut expected = vec![30, 0, 0, 0, 0x65, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0];
+    expected.extend_from_slice(&[1, 0, 1, 0, 0, 0, b'k', 1, 0, 0, 0, b'c']);
+    expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend_from_slice(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(&buf[..], &expected[..]);
+}
+
+#[test]
+fn malformed_table_requests_are_errors() {
+    // A value tag nobody defined, and trailing bytes after a Get's key.
+    let mut bad_tag = header(12, 0x61);
+    bad_tag.extend_from_slice(&[0, 0, 1, 0, 0, 0, b'k', 1, 0, 1, 0, 0]);
+    let frame = Decoder::default().decode(&mut bad_tag).expect("frame").expect("whole");
+    assert!(matches!(ToServer::from_frame(frame), Err(ProtocolError::BadBody { kind: Kind::TableSet, .. })));
+    let mut trailing = header(8, 0x60);
+    trailing.extend_from_slice(&[0, 0, 1, 0, 0, 0, b'k', 0]);
+    let frame = Decoder::default().decode(&mut trailing).expect("frame").expect("whole");
+    assert!(ToServer::from_frame(frame).is_err());
+    // A table kind sent to a worker is in the wrong direction.
+    let mut backwards = header(0, 0x67);
+    let frame = Decoder::default().decode(&mut backwards).expect("frame").expect("whole");
+    assert_eq!(ToWorker::from_frame(frame), Err(ProtocolError::WrongDirection(Kind::TableIterate)));
 }

@@ -10,7 +10,9 @@
 //! Ack after the frames its handler sent, the REDELIVERED flag reaching
 //! the handler, Close events acknowledged, Ping answered with Pong,
 //! Snapshot answered with Handoff (state carried into the next worker's
-//! Hello), Stop ending the process with status 0 after its acks, and a
+//! Hello), Stop ending the process with status 0 after its acks, a
+//! shared table passed before Hello and used by the worker (mapped, or
+//! through table requests the kit answers as the server does), and a
 //! malformed frame from the server making the worker exit instead of
 //! guessing. Every frame the worker sends is decoded strictly: a malformed
 //! one fails the check that reads it.
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hotsock_protocol::{
-    Decoder, ENV_SERVER_PID, ENV_WORKER_FD, HEADER_LEN, Hello, PROTOCOL_VERSION, Role, ToServer, ToWorker,
+    Decoder, ENV_SERVER_PID, ENV_WORKER_FD, HEADER_LEN, Hello, PROTOCOL_VERSION, Role, TableOp, TableSpec, TableValue,
+    ToServer, ToWorker, encode_table_row,
 };
 use hotsock_testkit::bin;
 
@@ -51,7 +54,7 @@ fn command(sdk: &str) -> Command {
     }
 }
 
-fn hello(version: u16, handoff: Option<Bytes>) -> ToWorker {
+fn hello(version: u16, handoff: Option<Bytes>, tables: Vec<TableSpec>) -> ToWorker {
     ToWorker::Hello(Hello {
         protocol_version: version,
         slot: 0,
@@ -59,7 +62,7 @@ fn hello(version: u16, handoff: Option<Bytes>) -> ToWorker {
         role: Role::Event,
         max_concurrency: 16,
         handoff,
-        tables: Vec::new(),
+        tables,
         cluster: None,
     })
 }
@@ -68,6 +71,16 @@ impl Harness {
     /// Starts the worker as the server would: its socket as stdin, the
     /// environment variables, the pre-Hello byte (no tables), then Hello.
     fn start(sdk: &str, version: u16, handoff: Option<Bytes>) -> Harness {
+        Harness::start_with_tables(sdk, version, handoff, &[])
+    }
+
+    /// `start`, with shared tables passed before Hello and listed in it.
+    fn start_with_tables(
+        sdk: &str,
+        version: u16,
+        handoff: Option<Bytes>,
+        tables: &[(TableSpec, &hotsock_table::Table)],
+    ) -> Harness {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let child = command(sdk)
             .env(ENV_WORKER_FD, "0")
@@ -78,10 +91,12 @@ impl Harness {
             .spawn()
             .expect("start the worker");
         ours.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-        hotsock_table::send_files(&ours, &[]).expect("the pre-Hello byte");
+        let files: Vec<&std::fs::File> = tables.iter().map(|(_, table)| table.file()).collect();
+        hotsock_table::send_files(&ours, &files).expect("the pre-Hello byte");
         let mut harness =
             Harness { child, socket: ours, buf: BytesMut::new(), decoder: Decoder::default(), seen: Vec::new() };
-        harness.send(&[hello(version, handoff)]);
+        let specs = tables.iter().map(|(spec, _)| spec.clone()).collect();
+        harness.send(&[hello(version, handoff, specs)]);
         harness
     }
 
@@ -255,6 +270,63 @@ fn stop(sdk: &str) {
     assert_eq!(worker.exit_status(), Some(0));
 }
 
+/// A shared table: its segment passed before Hello, listed in Hello. The
+/// worker sees a row the kit wrote, and its increments land in the same
+/// segment, whether it maps it (Rust) or asks (PHP: the kit answers table
+/// requests on its own mapping, as the server does).
+fn shared_tables(sdk: &str) {
+    use hotsock_table::{Column, ColumnType, Schema, Table, Value};
+    let schema = Schema {
+        rows: 16,
+        columns: vec![
+            Column { name: "label".into(), ty: ColumnType::Str(8) },
+            Column { name: "n".into(), ty: ColumnType::Int },
+        ],
+    };
+    let table = Table::create("counters", &schema).expect("create a segment");
+    table.set("k", &[("n", Value::Int(40))]).expect("set");
+    let spec = TableSpec {
+        name: "counters".into(),
+        rows: 16,
+        columns: vec![("label".into(), "str:8".into()), ("n".into(), "i64".into())],
+    };
+    let mut worker = Harness::start_with_tables(sdk, PROTOCOL_VERSION, None, &[(spec, &table)]);
+    worker.ready();
+    let mut events = vec![ToWorker::Open { conn: 4, id: 1, redelivered: false }];
+    events.extend((0..3).map(|n| message(4, 2 + n, false, "tincr:k")));
+    events.push(message(4, 5, false, "tget:k"));
+    worker.send(&events);
+    let mut answers = Vec::new();
+    while answers.len() < 5 {
+        match worker.next().expect("frames until every answer") {
+            ToServer::Push { data, .. } => answers.push(text(&data)),
+            ToServer::Ack(_) => {}
+            ToServer::Table { request, table: 0, op } => {
+                let body = match op {
+                    TableOp::Incr { key, column, delta } => {
+                        let n = table.incr(&key, &column, delta).expect("incr");
+                        Bytes::copy_from_slice(&n.to_le_bytes())
+                    }
+                    TableOp::Get { key } => {
+                        let row = table.get(&key).expect("get").map(|row| {
+                            vec![
+                                ("label".to_owned(), TableValue::Str(row.str("label").unwrap_or_default().into())),
+                                ("n".to_owned(), TableValue::Int(row.int("n").unwrap_or_default())),
+                            ]
+                        });
+                        encode_table_row(row.as_deref())
+                    }
+                    other => panic!("unexpected table request {other:?}"),
+                };
+                worker.send(&[ToWorker::Reply { id: request, not_found: false, body }]);
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(answers[1..], ["41", "42", "43", "43"], "{answers:?}");
+    assert_eq!(table.get("k").expect("get").and_then(|row| row.int("n")), Some(43), "in the kit's segment");
+}
+
 /// Bytes that are no frame: the worker exits (with a failure) instead of
 /// guessing where the next frame starts.
 fn malformed_frames_from_the_server(sdk: &str) {
@@ -284,5 +356,6 @@ each_sdk!(
     heartbeats,
     snapshot_and_handoff,
     stop,
+    shared_tables,
     malformed_frames_from_the_server,
 );

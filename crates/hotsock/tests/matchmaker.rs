@@ -1,9 +1,15 @@
 //! The matchmaker example through the real server: handshake auth, the
 //! matching rule, timeouts, leaving, and many players at once with no
-//! player matched twice.
+//! player matched twice. Each test runs against examples/matchmaker (Rust)
+//! and examples/matchmaker-php (the PHP SDK, its tables through the
+//! server), which behave the same; the PHP one's rule is also edited live.
+
+#[macro_use]
+mod each_sdk;
 
 use std::collections::HashMap;
 
+use each_sdk::Sdk;
 use hmac::{Hmac, Mac};
 use hotsock_testkit::{TestServer, bin, next, raw_http, repo_root};
 use serde_json::Value;
@@ -18,12 +24,26 @@ fn token(uid: u64) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn start(timeout_ms: u64) -> TestServer {
+/// The example's tables (the same in both examples) and two workers of `sdk`'s matchmaker.
+fn config(sdk: Sdk) -> String {
     let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
     let tables = &example[example.find("[tables.players]").expect("tables")..];
-    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{tables}", bin("matchmaker").display());
-    TestServer::start_with_env(&config, &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", &timeout_ms.to_string())])
+    let command = sdk.command("matchmaker", "examples/matchmaker-php/worker.php");
+    format!("[workers]\ncommand = {command}\ncount = 2\n{tables}")
 }
+
+fn start(sdk: Sdk, timeout_ms: u64) -> TestServer {
+    TestServer::start_with_env(&config(sdk), &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", &timeout_ms.to_string())])
+}
+
+each_sdk!(
+    the_handshake_authenticates_players,
+    a_man_and_a_woman_of_the_same_game_are_matched_and_closed,
+    an_unmatched_player_times_out_and_a_leaving_player_leaves_the_pool,
+    two_hundred_players_are_paired_correctly_and_never_twice,
+    two_thousand_players_through_three_reloads_and_a_rule_switch,
+    sigkilled_workers_lose_no_waiting_player,
+);
 
 fn url(server: &TestServer, uid: u64, gender: &str, game: &str) -> String {
     server.url(&format!("/match?uid={uid}&gender={gender}&game={game}&name=p{uid}&token={}", token(uid)))
@@ -71,9 +91,8 @@ fn upgrade(path: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_handshake_authenticates_players() {
-    let server = start(30_000);
+async fn the_handshake_authenticates_players(sdk: Sdk) {
+    let server = start(sdk, 30_000);
     let bad = upgrade(&format!("/match?uid=7&gender=m&game=chess&token={}", token(8)));
     assert!(status_of(&server, &bad).await.starts_with("HTTP/1.1 401"));
     let missing = upgrade(&format!("/match?uid=7&game=chess&token={}", token(7)));
@@ -89,9 +108,8 @@ async fn the_handshake_authenticates_players() {
     first.close(None).await.expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_man_and_a_woman_of_the_same_game_are_matched_and_closed() {
-    let server = start(30_000);
+async fn a_man_and_a_woman_of_the_same_game_are_matched_and_closed(sdk: Sdk) {
+    let server = start(sdk, 30_000);
     // One at a time into the pool, so "longest waiting" is well defined.
     let (mut a, _) = tokio_tungstenite::connect_async(url(&server, 1, "m", "chess")).await.expect("a");
     waiting(&mut a).await;
@@ -115,14 +133,13 @@ async fn a_man_and_a_woman_of_the_same_game_are_matched_and_closed() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unmatched_player_times_out_and_a_leaving_player_leaves_the_pool() {
-    let server = start(600);
+async fn an_unmatched_player_times_out_and_a_leaving_player_leaves_the_pool(sdk: Sdk) {
+    let server = start(sdk, 600);
     let (mut lonely, _) = tokio_tungstenite::connect_async(url(&server, 10, "m", "chess")).await.expect("lonely");
     let (message, code) = outcome(&mut lonely).await;
     assert_eq!(message["type"], "timeout");
     assert_eq!(code, Some(1000));
-    let server = start(30_000);
+    let server = start(sdk, 30_000);
     let (mut leaver, _) = tokio_tungstenite::connect_async(url(&server, 11, "f", "chess")).await.expect("leaver");
     hotsock_testkit::wait_for("waiting", || (server.try_status()?["tables"][0]["rows"] == 2).then_some(()));
     leaver.close(None).await.expect("close");
@@ -133,9 +150,8 @@ async fn an_unmatched_player_times_out_and_a_leaving_player_leaves_the_pool() {
     late.close(None).await.expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_hundred_players_are_paired_correctly_and_never_twice() {
-    let server = start(30_000);
+async fn two_hundred_players_are_paired_correctly_and_never_twice(sdk: Sdk) {
+    let server = start(sdk, 30_000);
     let tasks: Vec<_> = (1..=200u64).map(|uid| spawn_player(&server, uid)).collect();
     let mut peers: HashMap<u64, u64> = HashMap::new();
     let mut info = HashMap::new();
@@ -162,23 +178,28 @@ async fn two_hundred_players_are_paired_correctly_and_never_twice() {
 /// few seconds while the server reloads three times and the rule switches
 /// to rating-window. Every player gets a valid `matched` (per the rule named
 /// in it) or a `timeout`, nobody is matched twice, nobody is dropped.
-#[tokio::test(flavor = "multi_thread")]
-async fn two_thousand_players_through_three_reloads_and_a_rule_switch() {
+async fn two_thousand_players_through_three_reloads_and_a_rule_switch(sdk: Sdk) {
     let dir = hotsock_testkit::TempDir::new("rules");
     let rules = dir.path().join("rules");
     std::fs::write(&rules, "opposite-gender").expect("write");
-    let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
-    let tables = &example[example.find("[tables.players]").expect("tables")..];
-    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{tables}", bin("matchmaker").display());
     let server = TestServer::start_with_env(
-        &config,
+        &config(sdk),
         &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", "3000"), ("MATCH_RULES_FILE", rules.to_str().expect("utf8"))],
     );
+    // Paced to what each matchmaker sustains: the PHP one pays a server
+    // round trip per table operation (docs/protocol.md, "Tables through
+    // the server"), about 300 arrivals/s on a loaded 2-core host (less across reloads,
+    // which redeliver what a drained worker still held), against the
+    // Rust one's thousands. The checks are the same.
+    let per_60ms = match sdk {
+        Sdk::Rust => 50,
+        Sdk::Php => 10,
+    };
     let mut tasks = Vec::new();
     let mut reloads = 0;
     for uid in 1..=2000u64 {
         tasks.push(spawn_player(&server, uid));
-        if uid % 50 == 0 {
+        if uid % per_60ms == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         }
         if uid % 500 == 0 && reloads < 3 {
@@ -221,9 +242,8 @@ async fn two_thousand_players_through_three_reloads_and_a_rule_switch() {
     assert_eq!(server.status()["generation"], 4);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkilled_workers_lose_no_waiting_player() {
-    let server = start(30_000);
+async fn sigkilled_workers_lose_no_waiting_player(sdk: Sdk) {
+    let server = start(sdk, 30_000);
     let mut waiting_players = Vec::new();
     for uid in 1..=20u64 {
         let (client, _) = tokio_tungstenite::connect_async(url(&server, uid, "m", "chess")).await.expect("connect");
@@ -249,6 +269,75 @@ async fn sigkilled_workers_lose_no_waiting_player() {
         assert_eq!(message["type"], "matched", "{message}");
         assert_eq!(code, Some(1000));
     }
+}
+
+/// Copies examples/matchmaker-php into `dir` (worker.php's `require` of
+/// the SDK pointed at this repository's) and returns the worker script.
+fn copy_matchmaker_php(dir: &std::path::Path) -> std::path::PathBuf {
+    let example = repo_root().join("examples/matchmaker-php");
+    std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+    for entry in std::fs::read_dir(example.join("src")).expect("src") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.join("src").join(path.file_name().expect("name"))).expect("copy");
+    }
+    let source = std::fs::read_to_string(example.join("worker.php")).expect("worker.php");
+    let require = "require __DIR__ . '/../../sdk/php/autoload.php';";
+    assert!(source.contains(require), "examples/matchmaker-php/worker.php changed; update this test");
+    let autoload = repo_root().join("sdk/php/autoload.php");
+    let script = dir.join("worker.php");
+    std::fs::write(&script, source.replace(require, &format!("require '{}';", autoload.display()))).expect("write");
+    script
+}
+
+/// The PHP dev loop: the rule file is edited and saved while a player
+/// waits; the watcher starts the next generation with no build, the waiting
+/// player stays in the pool, and the next match follows the new rule
+/// (rating-window pairs two men; opposite-gender never would).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_php_rule_edit_is_live_for_the_next_match_without_a_build() {
+    hotsock_testkit::php();
+    let dir = hotsock_testkit::TempDir::new("mm-php");
+    let script = copy_matchmaker_php(dir.path());
+    let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
+    let tables = &example[example.find("[tables.players]").expect("tables")..];
+    let config = format!(
+        "[workers]\ncommand = [\"php\", \"{}\"]\ncount = 2\n[reload.watch]\nenabled = true\npaths = [\"{}\"]\ndebounce_ms = 150\n{tables}",
+        script.display(),
+        dir.path().display()
+    );
+    let server = TestServer::start_with_env(&config, &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", "60000")]);
+    hotsock_testkit::wait_for("watcher up", || server.try_status()?["watch"]["backend"].as_str().map(|_| ()));
+    // Before the edit: opposite-gender.
+    let (mut a, _) = tokio_tungstenite::connect_async(url(&server, 1, "m", "chess")).await.expect("a");
+    waiting(&mut a).await;
+    let (mut b, _) = tokio_tungstenite::connect_async(url(&server, 2, "f", "chess")).await.expect("b");
+    let (first, _) = outcome(&mut b).await;
+    assert_eq!((first["type"].as_str(), first["rules"].as_str()), (Some("matched"), Some("opposite-gender")));
+    outcome(&mut a).await;
+    // A man waits; then the rule is edited and saved.
+    let (mut waiter, _) = tokio_tungstenite::connect_async(url(&server, 3, "m", "chess")).await.expect("waiter");
+    waiting(&mut waiter).await;
+    let rules = dir.path().join("src/Rules.php");
+    let text = std::fs::read_to_string(&rules).expect("read");
+    let before = "public const DEFAULT = 'opposite-gender';";
+    assert!(text.contains(before), "examples/matchmaker-php/src/Rules.php changed; update this test");
+    std::fs::write(&rules, text.replace(before, "public const DEFAULT = 'rating-window';")).expect("edit");
+    hotsock_testkit::wait_for("the edit live (generation 2)", || {
+        let status = server.try_status()?;
+        (status["generation"] == 2 && status["workers"].as_array()?.iter().all(|w| w["state"] == "ready")).then_some(())
+    });
+    // The next match follows the new rule: a man with the man who waited
+    // through the reload.
+    let (mut next_man, _) = tokio_tungstenite::connect_async(url(&server, 4, "m", "chess")).await.expect("next");
+    let (matched, code) = outcome(&mut next_man).await;
+    assert_eq!(matched["type"], "matched", "{matched}");
+    assert_eq!(matched["rules"], "rating-window", "{matched}");
+    assert_eq!(matched["peer"]["uid"], 3, "the player who waited through the reload: {matched}");
+    assert_eq!(code, Some(1000));
+    let (theirs, _) = outcome(&mut waiter).await;
+    assert_eq!(theirs["peer"]["uid"], 4, "{theirs}");
+    let status = server.status();
+    assert_eq!(status["watch"]["last_build"], serde_json::Value::Null, "no build ran: {status}");
 }
 
 /// Two headless Chromium pages (Debian's chromium, driven by playwright-core

@@ -3,12 +3,17 @@
 //! leaving player out at once, the rating window widening with waiting
 //! time), and a worker SIGKILLed while holding the pool lock in the middle
 //! of an update must leave nothing lost or matched twice once another
-//! worker has taken the lock over.
+//! worker has taken the lock over. Each test runs against the Rust and the
+//! PHP matchmaker (the same index in the same tables, the same fault points).
+
+#[macro_use]
+mod each_sdk;
 
 use std::time::{Duration, Instant};
 
+use each_sdk::Sdk;
 use hmac::{Hmac, Mac};
-use hotsock_testkit::{Client, TempDir, TestServer, bin, next, repo_root, wait_for};
+use hotsock_testkit::{Client, TempDir, TestServer, next, repo_root, wait_for};
 use sha2::Sha256;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -20,11 +25,19 @@ fn token(uid: u64) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The example's tables and two workers, with `env` added.
-fn start(env: &[(&str, &str)]) -> TestServer {
+each_sdk!(
+    the_longest_waiting_partner_comes_first_and_a_leaver_leaves_the_queue,
+    the_rating_window_picks_the_longest_waiting_and_widens_each_second,
+    a_worker_killed_while_linking_a_player_into_the_queue_loses_nobody,
+    a_worker_killed_between_the_two_states_of_a_pair_matches_nobody_twice,
+);
+
+/// The example's tables and two workers of `sdk`'s matchmaker, with `env` added.
+fn start(sdk: Sdk, env: &[(&str, &str)]) -> TestServer {
     let example = std::fs::read_to_string(repo_root().join("examples/matchmaker/hotsock.toml")).expect("config");
     let tables = &example[example.find("[tables.players]").expect("tables")..];
-    let config = format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{tables}", bin("matchmaker").display());
+    let command = sdk.command("matchmaker", "examples/matchmaker-php/worker.php");
+    let config = format!("[workers]\ncommand = {command}\ncount = 2\n{tables}");
     let mut all = vec![("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", "30000")];
     all.extend_from_slice(env);
     TestServer::start_with_env(&config, &all)
@@ -67,9 +80,8 @@ fn wait_emptied(server: &TestServer) {
     });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_longest_waiting_partner_comes_first_and_a_leaver_leaves_the_queue() {
-    let server = start(&[]);
+async fn the_longest_waiting_partner_comes_first_and_a_leaver_leaves_the_queue(sdk: Sdk) {
+    let server = start(sdk, &[]);
     let mut men = Vec::new();
     for uid in 1..=4u64 {
         men.push(waiting(&server, uid, "m", 1000).await);
@@ -90,12 +102,11 @@ async fn the_longest_waiting_partner_comes_first_and_a_leaver_leaves_the_queue()
     wait_emptied(&server);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_rating_window_picks_the_longest_waiting_and_widens_each_second() {
+async fn the_rating_window_picks_the_longest_waiting_and_widens_each_second(sdk: Sdk) {
     let dir = TempDir::new("rules");
     let rules = dir.path().join("rules");
     std::fs::write(&rules, "rating-window").expect("write");
-    let server = start(&[("MATCH_RULES_FILE", rules.to_str().expect("utf8"))]);
+    let server = start(sdk, &[("MATCH_RULES_FILE", rules.to_str().expect("utf8"))]);
     // 21 and 22 are 190 apart: compatible only after 2 s of waiting. 23 is
     // within 100 of both; 21 has waited longer, though 22 is in a lower
     // band (a scan by ascending rating would find it first).
@@ -134,17 +145,16 @@ fn kill_frozen_worker(server: &TestServer, fault: &std::path::Path) {
     });
 }
 
-fn start_with_fault(dir: &TempDir, point: &str, uid: &str) -> (TestServer, std::path::PathBuf) {
+fn start_with_fault(sdk: Sdk, dir: &TempDir, point: &str, uid: &str) -> (TestServer, std::path::PathBuf) {
     let fault = dir.path().join("fault");
     let env =
         [("MATCH_FAULT_POINT", point), ("MATCH_FAULT_UID", uid), ("MATCH_FAULT_FILE", fault.to_str().expect("utf8"))];
-    (start(&env), fault)
+    (start(sdk, &env), fault)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_while_linking_a_player_into_the_queue_loses_nobody() {
+async fn a_worker_killed_while_linking_a_player_into_the_queue_loses_nobody(sdk: Sdk) {
     let dir = TempDir::new("fault");
-    let (server, fault) = start_with_fault(&dir, "link", "5");
+    let (server, fault) = start_with_fault(sdk, &dir, "link", "5");
     let mut men = Vec::new();
     for uid in 1..=4u64 {
         men.push(waiting(&server, uid, "m", 1000).await);
@@ -167,10 +177,9 @@ async fn a_worker_killed_while_linking_a_player_into_the_queue_loses_nobody() {
     assert!(server.log().contains("index rebuilt"), "{}", server.log());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_between_the_two_states_of_a_pair_matches_nobody_twice() {
+async fn a_worker_killed_between_the_two_states_of_a_pair_matches_nobody_twice(sdk: Sdk) {
     let dir = TempDir::new("fault");
-    let (server, fault) = start_with_fault(&dir, "settle", "101");
+    let (server, fault) = start_with_fault(sdk, &dir, "settle", "101");
     let mut men = Vec::new();
     for uid in 1..=4u64 {
         men.push(waiting(&server, uid, "m", 1000).await);

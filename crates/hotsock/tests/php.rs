@@ -1,6 +1,6 @@
 //! The PHP SDK (`sdk/php`) through the real `hotsock` binary, beyond the
 //! echo tests: stray output, a throwing handler, queries and channels,
-//! tasks, table descriptors, handoff, a blocked loop, and the watch loop
+//! tasks, table descriptors and every table operation, handoff, a blocked loop, and the watch loop
 //! on examples/echo-php with no build step.
 
 use std::path::Path;
@@ -83,7 +83,7 @@ async fn queries_channels_and_tasks_answer_through_the_php_ctx() {
 }
 
 /// Table segments arrive as descriptors on the preamble byte; the SDK
-/// takes them (access to rows is a later part of issue 16) and serves.
+/// takes them (it reaches the rows through the server, the next test) and serves.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_php_worker_starts_with_shared_tables_declared() {
     let tables = "[tables.counters]\nrows = 16\ncolumns = { n = \"i64\" }\n[tables.names]\nrows = 4\ncolumns = { s = \"str:8\" }\n";
@@ -91,6 +91,46 @@ async fn a_php_worker_starts_with_shared_tables_declared() {
     let (mut client, _) = open_testworker(&server, "/").await;
     send(&mut client, "tables").await;
     assert_eq!(recv(&mut client).await, "tables=counters,names files=2");
+}
+
+/// Every table operation from PHP, through the server (kinds 0x60-0x67),
+/// with the Rust SDK's answers and its errors, typed.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_table_operation_answers_from_php_as_from_rust() {
+    let tables = "[tables.kinds]\nrows = 2\ncolumns = { i = \"i64\", f = \"f64\", s = \"str:4\" }\n";
+    let server = TestServer::start(&format!("{}{tables}", testworker(1, "")));
+    let (mut client, _) = open_testworker(&server, "/").await;
+    send(&mut client, "tops").await;
+    let answer: serde_json::Value = serde_json::from_str(&recv(&mut client).await).expect("json");
+    let results: std::collections::HashMap<String, serde_json::Value> = answer
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .map(|pair| (pair[0].as_str().expect("name").to_owned(), pair[1].clone()))
+        .collect();
+    let expect = |what: &str, value: serde_json::Value| assert_eq!(results[what], value, "{what}: {answer}");
+    use serde_json::json;
+    expect("missing table", json!(null));
+    expect("insert", json!(true));
+    expect("insert again", json!(false));
+    expect("get", json!({"i": 1, "f": 0.5, "s": "ab"}));
+    expect("get none", json!(null));
+    expect("incr", json!(42));
+    expect("incr float", json!(1.75));
+    expect("cas miss", json!(false));
+    expect("cas hit", json!(true));
+    expect("cas no row", json!(false));
+    expect("iterate", json!({"a": {"i": -7, "f": 1.75, "s": "cd"}}));
+    expect("wrong type", json!(["error", 5, "column \"f\" holds f64 values", "f", 2, 0]));
+    expect("too long", json!(["error", 6, "column \"s\" holds at most 4 bytes; got 5", "s", 5, 4]));
+    expect("unknown column", json!(["error", 4, "no column named \"nope\"", "nope", 0, 0]));
+    expect("bad key", json!(["error", 3, "key of 65 bytes; keys are 1 to 64 bytes", "", 65, 64]));
+    expect("overflow", json!(["error", 7, "incrementing column \"i\" would overflow", "i", 0, 0]));
+    expect("delete", json!(true));
+    expect("delete again", json!(false));
+    expect("fill", json!([true, true]));
+    expect("full", json!(["error", 2, "table full: all 2 rows are in use", "", 2, 0]));
+    assert_eq!(results.len(), 21, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,24 +1,36 @@
 //! Shared tables through the real server: every worker sees the same rows,
-//! which outlive reloads and crashes; limits come back as errors.
+//! which outlive reloads and crashes; limits come back as errors. Each test
+//! runs against the Rust test worker (the segment mapped in the worker)
+//! and the PHP one (every operation run by the server, kinds 0x60-0x67).
 
+#[macro_use]
+mod each_sdk;
+
+use each_sdk::Sdk;
 use futures_util::{SinkExt, StreamExt};
 use hotsock_testkit::{TestServer, bin, recv, send, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 
-fn start(rows: u32) -> TestServer {
+fn start(sdk: Sdk, rows: u32) -> TestServer {
+    let command = sdk.command("hotsock-testworker", "sdk/php/tests/testworker.php");
     TestServer::start(&format!(
-        "[workers]\ncommand = [\"{}\"]\ncount = 2\n[tables.counters]\nrows = {rows}\ncolumns = {{ n = \"i64\", label = \"str:8\" }}\n",
-        bin("hotsock-testworker").display()
+        "[workers]\ncommand = {command}\ncount = 2\n[tables.counters]\nrows = {rows}\ncolumns = {{ n = \"i64\", label = \"str:8\" }}\n"
     ))
 }
+
+each_sdk!(
+    workers_share_rows_and_counters_stay_exact,
+    rows_survive_reloads_and_crashes,
+    a_full_table_is_an_error_the_worker_sees,
+    table_round_trips_per_second
+);
 
 async fn client(server: &TestServer) -> hotsock_testkit::Client {
     hotsock_testkit::open_testworker(server, "/").await.0
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn workers_share_rows_and_counters_stay_exact() {
-    let server = start(64);
+async fn workers_share_rows_and_counters_stay_exact(sdk: Sdk) {
+    let server = start(sdk, 64);
     // Four connections (two per slot) increment the same key concurrently.
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -46,9 +58,8 @@ async fn workers_share_rows_and_counters_stay_exact() {
     assert_eq!(status["tables"][0]["capacity"], 64);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rows_survive_reloads_and_crashes() {
-    let server = start(64);
+async fn rows_survive_reloads_and_crashes(sdk: Sdk) {
+    let server = start(sdk, 64);
     let mut a = client(&server).await;
     for _ in 0..5 {
         send(&mut a, "tincr:persist").await;
@@ -71,9 +82,8 @@ async fn rows_survive_reloads_and_crashes() {
     assert_eq!(recv(&mut a).await, "6");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_table_is_an_error_the_worker_sees() {
-    let server = start(2);
+async fn a_full_table_is_an_error_the_worker_sees(sdk: Sdk) {
+    let server = start(sdk, 2);
     let mut a = client(&server).await;
     for key in ["one", "two"] {
         send(&mut a, &format!("tincr:{key}")).await;
@@ -83,6 +93,28 @@ async fn a_full_table_is_an_error_the_worker_sees() {
     assert_eq!(recv(&mut a).await, "error: table full: all 2 rows are in use");
     send(&mut a, &format!("tincr:{}", "k".repeat(65))).await;
     assert!(recv(&mut a).await.starts_with("error: key of 65 bytes"));
+}
+
+/// What a table operation costs from each SDK: a Rust worker's `incr` is
+/// a few atomics on its own mapping, a PHP worker's is a round trip
+/// through the server (printed, for docs/protocol.md; bounded so a broken
+/// path that stalls is caught, not so that a loaded host fails).
+async fn table_round_trips_per_second(sdk: Sdk) {
+    const OPS: u32 = 20_000;
+    let server = start(sdk, 64);
+    let mut a = client(&server).await;
+    send(&mut a, &format!("tbench:{OPS}")).await;
+    let answer = recv(&mut a).await;
+    let us: f64 = answer
+        .strip_prefix(&format!("{OPS} ops in "))
+        .and_then(|rest| rest.strip_suffix(" us"))
+        .and_then(|us| us.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
+    let per_second = f64::from(OPS) / (us.max(1.0) / 1e6);
+    println!("{sdk:?} worker: {OPS} incr in {us} us, {per_second:.0} ops/s, {:.2} us each", us / f64::from(OPS));
+    send(&mut a, "tget:bench").await;
+    assert_eq!(recv(&mut a).await, OPS.to_string(), "every increment landed");
+    assert!(per_second > 1_000.0, "{per_second:.0} ops/s");
 }
 
 #[test]

@@ -33,6 +33,9 @@ final class Ctx
     ) {
     }
 
+    /** @var array<string, ?Table> tables by name, made on first use */
+    private array $tables = [];
+
     /** This worker's slot (0-based). */
     public function slot(): int
     {
@@ -51,10 +54,47 @@ final class Ctx
         return $this->hello->role === Hello::ROLE_TASK;
     }
 
-    /** The shared tables Hello declared, by name, in order (access to their rows is not in this SDK yet). */
+    /** The shared tables Hello declared, by name, in order. */
     public function tableNames(): array
     {
         return array_map(static fn (array $t): string => $t['name'], $this->hello->tables);
+    }
+
+    /**
+     * A shared table (`[tables.NAME]` in the config), or null if the config
+     * declares none of that name. Its operations go through the server.
+     */
+    public function table(string $name): ?Table
+    {
+        if (!array_key_exists($name, $this->tables)) {
+            $this->tables[$name] = null;
+            foreach ($this->hello->tables as $index => $spec) {
+                if ($spec['name'] === $name) {
+                    $this->tables[$name] = new Table($this->scheduler, $this->out, $index, $name, $spec['rows'], $spec['columns']);
+                }
+            }
+        }
+        return $this->tables[$name];
+    }
+
+    /** A new lock for this worker's handlers (see `Mutex`). */
+    public function mutex(): Mutex
+    {
+        return new Mutex($this->scheduler);
+    }
+
+    /**
+     * Runs `$job` every `$ms` milliseconds, each run in its own fiber, from
+     * the worker's Ready until its Stop (a run under way then finishes
+     * first): the place for periodic work a Rust worker spawns a task for.
+     * A run that throws is logged and the next one still comes; runs never
+     * overlap (the next starts `$ms` after the previous ended).
+     *
+     * @param \Closure(): void $job
+     */
+    public function every(int $ms, \Closure $job): void
+    {
+        $this->scheduler->every(max(1, $ms) / 1000, $job);
     }
 
     /** Descriptors received for the shared tables (one per declared table). */

@@ -9,7 +9,10 @@
 // holds the loop), `stray:X` (prints to stdout, then answers X), `sub:CH`,
 // `pub:CH:X`, `pubr:CH:X`, `members:CH`, `channels`, `task:X`,
 // `remember:X` / `recall` (state handed to the slot's next worker),
-// `tables` (the declared tables' names and how many descriptors came).
+// `tables` (the declared tables' names and how many descriptors came),
+// `tincr:KEY` / `tget:KEY` (column `n` of table `counters`, as the Rust
+// test worker), `tops` (every table operation on table `kinds`, answered
+// as JSON), `tbench:N` (N increments of `counters`, answered `N ops in US us`).
 // `onOpen` pushes `open CONN slot=S`. Tasks answer `done:X`; `panic` throws.
 
 declare(strict_types=1);
@@ -22,6 +25,7 @@ use Hotsock\Ctx;
 use Hotsock\Message;
 use Hotsock\Open;
 use Hotsock\Runtime;
+use Hotsock\TableError;
 use Hotsock\Task;
 
 final class TestApp extends BaseApp
@@ -146,12 +150,74 @@ final class TestApp extends BaseApp
             case 'tables':
                 $ctx->push($conn, 'tables=' . implode(',', $ctx->tableNames()) . " files={$ctx->tableFileCount()}");
                 break;
+            case 'tincr':
+            case 'tget':
+                $table = $ctx->table('counters');
+                if ($table === null) {
+                    $ctx->push($conn, 'error: no table counters');
+                    break;
+                }
+                try {
+                    $answer = $command === 'tincr' ? (string) $table->incr($arg, 'n', 1) : (string) ($table->get($arg)['n'] ?? 'none');
+                } catch (TableError $error) {
+                    $answer = 'error: ' . $error->getMessage();
+                }
+                $ctx->push($conn, $answer);
+                break;
+            case 'tops':
+                $ctx->push($conn, json_encode(self::tableOps($ctx), JSON_THROW_ON_ERROR | JSON_PRESERVE_ZERO_FRACTION));
+                break;
+            case 'tbench':
+                $table = $ctx->table('counters');
+                $started = hrtime(true);
+                for ($n = 0; $n < (int) $arg; $n++) {
+                    $table->incr('bench', 'n', 1);
+                }
+                $us = intdiv(hrtime(true) - $started, 1000);
+                $ctx->push($conn, "{$arg} ops in {$us} us");
+                break;
             case 'recall':
                 $ctx->push($conn, 'memory=' . implode(',', $this->memory));
                 break;
             default:
                 $ctx->push($conn, "unknown command {$command}");
         }
+    }
+
+    /** Each table operation once, and each error, as [what, result] pairs. */
+    private static function tableOps(Ctx $ctx): array
+    {
+        $t = $ctx->table('kinds');
+        $out = [];
+        $try = static function (string $what, \Closure $op) use (&$out): void {
+            try {
+                $out[] = [$what, $op()];
+            } catch (TableError $e) {
+                $out[] = [$what, ['error', $e->getCode(), $e->getMessage(), $e->column, $e->value, $e->limit]];
+            }
+        };
+        $try('missing table', static fn () => $ctx->table('nope'));
+        $try('insert', static fn () => $t->insert('a', ['i' => 1, 'f' => 0.5, 's' => 'ab']));
+        $try('insert again', static fn () => $t->insert('a', ['i' => 2]));
+        $try('get', static fn () => $t->get('a'));
+        $try('get none', static fn () => $t->get('zz'));
+        $try('set', static fn () => $t->set('a', ['s' => 'cd']));
+        $try('incr', static fn () => $t->incr('a', 'i', 41));
+        $try('incr float', static fn () => $t->incrFloat('a', 'f', 1.25));
+        $try('cas miss', static fn () => $t->compareAndSet('a', 'i', 1, 7));
+        $try('cas hit', static fn () => $t->compareAndSet('a', 'i', 42, -7));
+        $try('cas no row', static fn () => $t->compareAndSet('b', 'i', 0, 1));
+        $try('iterate', static fn () => $t->iterate());
+        $try('wrong type', static fn () => $t->set('a', ['f' => 1]));
+        $try('too long', static fn () => $t->set('a', ['s' => 'abcde']));
+        $try('unknown column', static fn () => $t->get('a') === null ? null : $t->incr('a', 'nope', 1));
+        $try('bad key', static fn () => $t->get(str_repeat('k', 65)));
+        $try('overflow', static fn () => [$t->incr('a', 'i', PHP_INT_MAX), $t->incr('a', 'i', PHP_INT_MAX)]);
+        $try('delete', static fn () => $t->delete('a'));
+        $try('delete again', static fn () => $t->delete('a'));
+        $try('fill', static fn () => [$t->insert('x', []), $t->insert('y', [])]);
+        $try('full', static fn () => $t->insert('z', []));
+        return $out;
     }
 }
 

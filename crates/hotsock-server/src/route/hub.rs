@@ -389,6 +389,8 @@ impl Hub {
                 ToServer::Ready(_) => return Err(WorkerFault::SecondReady),
                 // Heartbeats are the worker task's business (worker.rs).
                 ToServer::Pong { .. } => {}
+                // So are table requests, run outside this lock (route/tables.rs).
+                ToServer::Table { .. } => {}
                 ToServer::Ack(ids) => {
                     let slot = &mut state.slots[slot_index].slot;
                     // In a task slot a lane is a task, not a connection.

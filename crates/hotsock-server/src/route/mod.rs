@@ -8,3 +8,4 @@ pub(crate) mod event;
 pub(crate) mod hub;
 pub(crate) mod outbox;
 pub(crate) mod slot;
+pub(crate) mod tables;

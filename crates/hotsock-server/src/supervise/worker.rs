@@ -17,9 +17,11 @@ use std::time::Duration;
 use crate::config::TableScope;
 use bytes::BytesMut;
 use hotsock_protocol::{
-    ClusterSpec, Decoder, ENV_WORKER_THREADS, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, ToServer, ToWorker,
+    ClusterSpec, Decoder, ENV_WORKER_THREADS, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, TableSpec, ToServer,
+    ToWorker,
     capabilities,
 };
+use hotsock_table::Table;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -28,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use crate::route::slot::{Attached, WorkerId};
+use crate::route::tables;
 use crate::shared::Shared;
 use crate::supervise::exit::{self, Exit};
 use crate::supervise::messages::{Control, Retire, WorkerEvent};
@@ -182,7 +185,7 @@ impl WorkerTask {
         };
         let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
         let ready = tokio::select! {
-            ready = timeout(ready_timeout, handshake(&mut rd, &mut wr, &mut buf, hello)) => ready,
+            ready = timeout(ready_timeout, handshake(&mut rd, &mut wr, &mut buf, hello, &shared.tables)) => ready,
             status = child.wait() => {
                 let why = format!("exited before Ready ({})", describe_wait(status));
                 return not_ready(with_tail(why, stderr_task).await);
@@ -212,14 +215,16 @@ impl WorkerTask {
             }
         };
         let (link, outbox) = mpsc::unbounded_channel();
-        let pinger = link.clone();
+        // What the worker task sends by itself, not through the hub: Pings
+        // and the replies to table requests.
+        let direct = link.clone();
         let handoff = caps & capabilities::HANDOFF != 0;
         shared.hub.attach(slot, Attached::new(worker, link, handoff), caps);
         self.was_ready = true;
         let _ = events.send(WorkerEvent::Ready { worker, pid, handoff });
         tracing::info!(slot, pid, generation, "worker ready");
         let writer = tokio::spawn(write_loop(wr, outbox));
-        let end = self.read_loop(rd, buf, pinger).await;
+        let end = self.read_loop(rd, buf, direct).await;
         writer.abort();
         // Nothing more can reach it; its events wait in the slot until the
         // exit status says whether they were to blame.
@@ -316,7 +321,7 @@ impl WorkerTask {
         &mut self,
         mut rd: OwnedReadHalf,
         mut buf: BytesMut,
-        pinger: mpsc::UnboundedSender<ToWorker>,
+        direct: mpsc::UnboundedSender<ToWorker>,
     ) -> LoopEnd {
         let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
         let Launch { slot, worker, .. } = self.launch;
@@ -347,6 +352,11 @@ impl WorkerTask {
                         Ok(ToServer::Pong { .. }) => {
                             answered = Instant::now();
                             self.shared.hub.heartbeat(slot);
+                        }
+                        // Run here, not under the hub's lock (route/tables.rs);
+                        // its Reply goes straight to this worker's writer.
+                        Ok(ToServer::Table { request, table, op }) => {
+                            let _ = direct.send(tables::execute(&self.shared.tables, request, table, op));
                         }
                         Ok(message) => batch.push(message),
                         Err(e) => {
@@ -405,7 +415,7 @@ impl WorkerTask {
                         return LoopEnd::Unresponsive(answered.elapsed());
                     }
                     seq += 1;
-                    let _ = pinger.send(ToWorker::Ping { seq });
+                    let _ = direct.send(ToWorker::Ping { seq });
                 }
                 () = tokio::time::sleep_until(deadline) => return LoopEnd::DrainDeadline,
             }
@@ -429,6 +439,7 @@ async fn handshake(
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
     hello: Hello,
+    shared_tables: &[(TableSpec, Table)],
 ) -> Result<u32, String> {
     let mut out = BytesMut::new();
     ToWorker::Hello(hello).encode(&mut out);
@@ -437,6 +448,14 @@ async fn handshake(
     loop {
         if let Some(frame) = decoder.decode(buf).map_err(|e| format!("malformed frame before Ready: {e}"))? {
             return match ToServer::from_frame(frame) {
+                // Start-up code may use the tables, as a Rust worker's
+                // `on_worker_start` does on its own mapping.
+                Ok(ToServer::Table { request, table, op }) => {
+                    out.clear();
+                    tables::execute(shared_tables, request, table, op).encode(&mut out);
+                    wr.write_all(&out).await.map_err(|e| format!("cannot answer a table request: {e}"))?;
+                    continue;
+                }
                 Ok(ToServer::Ready(ready)) if ready.protocol_version == PROTOCOL_VERSION => Ok(ready.capabilities),
                 Ok(ToServer::Ready(ready)) => Err(format!(
                     "worker speaks protocol version {}, this server speaks {PROTOCOL_VERSION}; rebuild the worker against a matching hotsock-worker",

@@ -2,7 +2,8 @@
 //! plus raw-protocol modes that misbehave on purpose.
 //!
 //! Text commands (`on_message`): `task:X` (awaits the result), `ftask:X`
-//! (fire and forget; `on_finish` reports), `tincr:KEY` / `tget:KEY` (table
+//! (fire and forget; `on_finish` reports), `tbench:N` (N increments of
+//! `counters`, answered `N ops in US us`), `tincr:KEY` / `tget:KEY` (table
 //! `counters`, column `n`), `echo:X`, `seq:N`, `bind:UID`, `to_uid:UID:X`,
 //! `broadcast:X`, `info`, `info_of:CONN`, `list`, `close:CODE:REASON`,
 //! `push_close:X`, `panic`, `panic_abort` (a panic that aborts the process), `exit`, `sleep:MS:X` (awaits), `block:MS` (blocks
@@ -195,6 +196,21 @@ impl App for Test {
         let mark = if message.redelivered { "[redelivered]" } else { "" };
         match command {
             "echo" => ctx.push(conn, format!("{mark}{arg}")),
+            "tbench" => {
+                let Some(table) = ctx.table("counters") else {
+                    ctx.push(conn, "error: no table counters");
+                    return;
+                };
+                let ops: u32 = arg.parse().unwrap_or(0);
+                let started = std::time::Instant::now();
+                for _ in 0..ops {
+                    if let Err(e) = table.incr("bench", "n", 1) {
+                        ctx.push(conn, format!("error: {e}"));
+                        return;
+                    }
+                }
+                ctx.push(conn, format!("{ops} ops in {} us", started.elapsed().as_micros()));
+            }
             "tincr" | "tget" => {
                 let Some(table) = ctx.table("counters") else {
                     ctx.push(conn, "error: no table counters");

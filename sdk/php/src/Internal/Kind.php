@@ -44,6 +44,14 @@ final class Kind
     public const PUBLISH = 0x52;
     public const MEMBERS = 0x53;
     public const CONN_CHANNELS = 0x54;
+    public const TABLE_GET = 0x60;
+    public const TABLE_SET = 0x61;
+    public const TABLE_INSERT = 0x62;
+    public const TABLE_INCR = 0x63;
+    public const TABLE_INCR_FLOAT = 0x64;
+    public const TABLE_COMPARE_AND_SET = 0x65;
+    public const TABLE_DELETE = 0x66;
+    public const TABLE_ITERATE = 0x67;
 
     /** The kinds that are events: acknowledged after their handler. */
     public const EVENTS = [

@@ -31,6 +31,19 @@ final class Scheduler
     private array $busy = [];
     /** @var array<int, array{fiber:\Fiber, wait:Wait, event:?Event}> suspended handlers by fiber id */
     private array $suspended = [];
+    /**
+     * Who waits for what, so an arrival wakes its handler without a look
+     * at every suspended one (a worker may hold hundreds waiting on a lock).
+     *
+     * @var array<int, int> request id => fiber id
+     */
+    private array $byReply = [];
+    /** @var array<int, int> task id => fiber id */
+    private array $byFinish = [];
+    /** @var array<int, float> fiber id => deadline, for the handlers in `sleep` */
+    private array $byTimer = [];
+    /** @var array<int, true> fiber ids whose wait is satisfied, in that order */
+    private array $runnable = [];
     /** @var array<int, bool> lanes with an ack not yet written, and whether that event was redelivered */
     private array $unwrittenAck = [];
     private int $running = 0;
@@ -48,6 +61,9 @@ final class Scheduler
     private array $finishes = [];
     /** @var list<Finish> results for `App::onFinish` */
     private array $unclaimed = [];
+
+    /** @var array<int, array{period:float, next:float, job:\Closure, running:bool}> periodic jobs (`Ctx::every`) */
+    private array $timers = [];
 
     private int $nextRequest = 1;
     public bool $stopRequested = false;
@@ -80,12 +96,20 @@ final class Scheduler
     {
         do {
             $progressed = false;
-            foreach ($this->suspended as $key => $entry) {
-                if ($this->satisfied($entry['wait'])) {
-                    unset($this->suspended[$key]);
-                    $this->step($entry['fiber'], $entry['event'], fn (\Fiber $f) => $f->resume());
-                    $progressed = true;
+            $now = null;
+            foreach ($this->byTimer as $key => $deadline) {
+                if ($deadline <= ($now ??= Wait::now())) {
+                    unset($this->byTimer[$key]);
+                    $this->runnable[$key] = true;
                 }
+            }
+            while ($this->runnable !== []) {
+                $key = array_key_first($this->runnable);
+                unset($this->runnable[$key]);
+                $entry = $this->suspended[$key];
+                unset($this->suspended[$key]);
+                $this->step($entry['fiber'], $entry['event'], fn (\Fiber $f) => $f->resume());
+                $progressed = true;
             }
             foreach (array_keys($this->lanes) as $lane) {
                 if ($this->running >= $this->maxConcurrency) {
@@ -96,6 +120,9 @@ final class Scheduler
                     $progressed = true;
                 }
             }
+            if ($this->startTimers()) {
+                $progressed = true;
+            }
             while ($this->unclaimed !== [] && $this->running < $this->maxConcurrency) {
                 $finish = array_shift($this->unclaimed);
                 $handlers = $this->handlers();
@@ -103,6 +130,42 @@ final class Scheduler
                 $progressed = true;
             }
         } while ($progressed);
+    }
+
+    /** Registers a periodic job: first run `$period` seconds from now. */
+    public function every(float $period, \Closure $job): void
+    {
+        $this->timers[] = ['period' => $period, 'next' => Wait::now() + $period, 'job' => $job, 'running' => false];
+    }
+
+    /** Starts the periodic jobs that are due; none once Stop or Snapshot came, so the worker can become idle. */
+    private function startTimers(): bool
+    {
+        if ($this->timers === [] || $this->stopRequested || $this->snapshotRequested) {
+            return false;
+        }
+        $now = Wait::now();
+        $started = false;
+        foreach ($this->timers as $n => $timer) {
+            if ($timer['running'] || $now < $timer['next']) {
+                continue;
+            }
+            $this->timers[$n]['running'] = true;
+            $job = $timer['job'];
+            $run = function () use ($n, $job): void {
+                try {
+                    $job();
+                } catch (\Throwable $error) {
+                    Log::line('periodic job failed: ' . Handlers::describe($error));
+                } finally {
+                    $this->timers[$n]['running'] = false;
+                    $this->timers[$n]['next'] = Wait::now() + $this->timers[$n]['period'];
+                }
+            };
+            $this->step(new \Fiber($run), null, fn (\Fiber $f) => $f->start());
+            $started = true;
+        }
+        return $started;
     }
 
     private function startLane(int $lane): void
@@ -135,7 +198,17 @@ final class Scheduler
             $this->current = null;
         }
         if (!$fiber->isTerminated()) {
-            $this->suspended[spl_object_id($fiber)] = ['fiber' => $fiber, 'wait' => $wait, 'event' => $event];
+            $key = spl_object_id($fiber);
+            $this->suspended[$key] = ['fiber' => $fiber, 'wait' => $wait, 'event' => $event];
+            if ($this->satisfied($wait)) {
+                $this->runnable[$key] = true;
+            } else {
+                match ($wait->type) {
+                    Wait::TIMER => $this->byTimer[$key] = $wait->deadline,
+                    Wait::REPLY => $this->byReply[$wait->key] = $key,
+                    Wait::FINISH => $this->byFinish[$wait->key] = $key,
+                };
+            }
             return;
         }
         $this->running--;
@@ -166,14 +239,15 @@ final class Scheduler
     /** How long the loop may block: 0 when something can run, until the nearest timer, or forever. */
     public function timeout(): ?float
     {
-        $nearest = null;
-        foreach ($this->suspended as $entry) {
-            $wait = $entry['wait'];
-            if ($this->satisfied($wait)) {
-                return 0.0;
-            }
-            if ($wait->type === Wait::TIMER) {
-                $nearest = min($nearest ?? PHP_FLOAT_MAX, $wait->deadline);
+        if ($this->runnable !== []) {
+            return 0.0;
+        }
+        $nearest = $this->byTimer === [] ? null : min($this->byTimer);
+        if (!$this->stopRequested && !$this->snapshotRequested) {
+            foreach ($this->timers as $timer) {
+                if (!$timer['running']) {
+                    $nearest = min($nearest ?? PHP_FLOAT_MAX, $timer['next']);
+                }
             }
         }
         return $nearest === null ? null : max(0.0, $nearest - Wait::now());
@@ -265,6 +339,7 @@ final class Scheduler
         unset($this->wanted[$id]);
         if ($wanted === true || ($wanted instanceof \WeakReference && $wanted->get() !== null)) {
             $this->replies[$id] = [$notFound, $frame->payload];
+            $this->wake($this->byReply, $id);
         }
     }
 
@@ -273,10 +348,20 @@ final class Scheduler
         $wanted = $this->taskWanted[$finish->task] ?? null;
         if ($wanted === true || ($wanted instanceof \WeakReference && $wanted->get() !== null)) {
             $this->finishes[$finish->task] = $finish;
+            $this->wake($this->byFinish, $finish->task);
             return;
         }
         unset($this->taskWanted[$finish->task]);
         $this->unclaimed[] = $finish;
+    }
+
+    /** @param array<int, int> $waiters key => fiber id: the one waiting for `$key` becomes runnable. */
+    private function wake(array &$waiters, int $key): void
+    {
+        if (isset($waiters[$key])) {
+            $this->runnable[$waiters[$key]] = true;
+            unset($waiters[$key]);
+        }
     }
 
     /** Registers a request whose reply is read by whoever holds `$holder` (null: the caller, right away). */
@@ -285,6 +370,16 @@ final class Scheduler
         $this->wanted[$request] = $holder === null ? true : \WeakReference::create($holder);
         if ($task) {
             $this->taskRequests[$request] = true;
+        }
+    }
+
+    /** Satisfies a request of this process's own (a `Mutex` handing over): no frame travels. */
+    public function resolve(int $request): void
+    {
+        if (isset($this->wanted[$request])) {
+            unset($this->wanted[$request]);
+            $this->replies[$request] = [false, ''];
+            $this->wake($this->byReply, $request);
         }
     }
 
