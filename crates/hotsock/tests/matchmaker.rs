@@ -66,7 +66,8 @@ fn spawn_player(server: &TestServer, uid: u64) -> tokio::task::JoinHandle<Seen> 
     let game = games[(uid as usize / 2) % games.len()];
     let url = url(server, uid, gender, game);
     tokio::spawn(async move {
-        let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let (mut client, _) =
+            tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("player {uid} connects: {e}"));
         let (message, code) = outcome(&mut client).await;
         (uid, gender, game, message, code)
     })
@@ -190,10 +191,12 @@ async fn two_thousand_players_through_three_reloads_and_a_rule_switch(sdk: Sdk) 
     // round trip per table operation (docs/protocol.md, "Tables through
     // the server"), about 300 arrivals/s on a loaded 2-core host (less across reloads,
     // which redeliver what a drained worker still held), against the
-    // Rust one's thousands. The checks are the same.
+    // Rust one's thousands; 10 per 60 ms already failed handshakes (503,
+    // timeouts) while another build shared the host. The checks are the
+    // same.
     let per_60ms = match sdk {
         Sdk::Rust => 50,
-        Sdk::Php => 10,
+        Sdk::Php => 5,
     };
     let mut tasks = Vec::new();
     let mut reloads = 0;

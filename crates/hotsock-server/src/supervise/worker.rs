@@ -18,8 +18,7 @@ use crate::config::TableScope;
 use bytes::BytesMut;
 use hotsock_protocol::{
     ClusterSpec, Decoder, ENV_WORKER_THREADS, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, TableSpec, ToServer,
-    ToWorker,
-    capabilities,
+    ToWorker, capabilities,
 };
 use hotsock_table::Table;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
