@@ -10,7 +10,7 @@
 mod prereq;
 
 mod redis;
-pub use prereq::{chromium, node, php, promtool, python, redis_server};
+pub use prereq::{chromium, node, php, promtool, promtool_check, python, redis_server};
 pub use redis::RedisServer;
 
 use std::net::SocketAddr;

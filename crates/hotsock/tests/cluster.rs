@@ -66,11 +66,45 @@ async fn uid_sends_reach_only_the_nodes_holding_the_uid_and_broadcasts_reach_all
     let presence: Value = serde_json::from_str(&recv(&mut clients[2]).await).expect("json");
     assert_eq!(presence[0][0], "n0", "{presence}");
     assert_eq!(presence.as_array().map(Vec::len), Some(1), "{presence}");
+    // A channel with members on node 0 only: nodes 1 and 2 get none of
+    // its traffic (they do not follow it).
+    send(&mut clients[0], "sub:only-here").await;
+    recv_until(&mut clients[0], |t| t.starts_with("subscribed ")).await;
+    let before: Vec<Value> = cluster.iter().map(|s| cluster_status(s)["received"].clone()).collect();
+    send(&mut clients[1], "pubr:only-here:x").await;
+    recv_until(&mut clients[1], |t| t.starts_with("published ")).await;
+    recv_until(&mut clients[0], |t| publication(t).is_some()).await;
+    wait_for("node 0 to count the publication", || {
+        (cluster_status(&cluster[0])["received"].as_u64() > before[0].as_u64()).then_some(())
+    });
+    for node in 1..3 {
+        assert_eq!(cluster_status(&cluster[node])["received"], before[node], "node {node} follows no such channel");
+    }
     // Nothing arrived twice.
     for client in &mut clients {
         send(client, "echo:done").await;
-        assert_eq!(recv(client).await, "done");
+        assert_eq!(recv_until(client, |t| publication(t).is_none()).await, "done");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_removes_presence_at_once() {
+    let redis = RedisServer::start();
+    // A long TTL: only the stop itself can explain a quick disappearance.
+    let long = |id: &str| node_config(&redis, id, "").replace("node_ttl_ms = 600", "node_ttl_ms = 30000");
+    let (first, mut second) = (TestServer::start(&long("n0")), TestServer::start(&long("n1")));
+    let (mut asker, _) = open_testworker(&first, "/").await;
+    let (_held, _) = open_testworker(&second, "/?uid=31").await;
+    send(&mut asker, "presence:31").await;
+    assert!(recv(&mut asker).await.contains("\"n1\""));
+    let output = second.cli(&["stop"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stopped = std::time::Instant::now();
+    let _ = second.wait_exit();
+    send(&mut asker, "presence:31").await;
+    assert_eq!(recv(&mut asker).await, "[]", "gone with the stop, {:?} after it", stopped.elapsed());
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    wait_for("one live node", || (cluster_status(&first)["nodes"] == 1).then_some(()));
 }
 
 #[test]
@@ -84,7 +118,9 @@ fn an_unreachable_redis_at_start_is_a_clear_error() {
     let code = server.wait_exit();
     assert_ne!(code, Some(0), "the node must not start without its cluster");
     let log = server.log();
-    assert!(log.contains("cluster.redis") || log.contains("hotsock.toml:"), "{log}");
+    // The line of `cluster.redis` in the file the test wrote (line 7:
+    // after the two lines the testkit adds and the workers section).
+    assert!(log.contains("hotsock.toml:7: cannot reach"), "{log}");
     assert!(log.contains(&format!("127.0.0.1:{port}")), "{log}");
 }
 
@@ -210,7 +246,16 @@ async fn publications(client: &mut Client, count: usize) -> Vec<(String, u64, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_is_reported_local_traffic_goes_on_and_nothing_arrives_twice() {
     let mut redis = RedisServer::start();
-    let cluster = nodes(&redis, 2);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], hotsock_testkit::free_port()));
+    let cluster = [
+        TestServer::start(&node_config(&redis, "n0", &format!("\n[metrics]\nlisten = \"{metrics}\"\n"))),
+        TestServer::start(&node_config(&redis, "n1", "")),
+    ];
+    let readyz = || async move {
+        let request = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        hotsock_testkit::raw_http(metrics, request).await
+    };
+    assert!(readyz().await.starts_with("HTTP/1.1 200"));
     let (mut publisher, _) = open_testworker(&cluster[0], "/").await;
     let (mut remote, _) = open_testworker(&cluster[1], "/?uid=77").await;
     let mut member = self::member(&cluster[1], "live").await;
@@ -224,6 +269,14 @@ async fn a_redis_outage_is_reported_local_traffic_goes_on_and_nothing_arrives_tw
     });
     let view = String::from_utf8_lossy(&cluster[0].cli(&["status"]).stdout).into_owned();
     assert!(view.contains("redis unreachable"), "{view}");
+    let answer = readyz().await;
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("cluster: redis unreachable"), "{answer}");
+    let scrape =
+        hotsock_testkit::raw_http(metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(scrape.contains("hotsock_cluster_redis_up 0"), "{scrape}");
+    let body = scrape.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+    let (passed, said) = hotsock_testkit::promtool_check(body);
+    assert!(passed, "promtool: {said}");
     // What the docs say: publish and presence fail at once, uid sends to
     // other nodes are dropped and counted, local traffic goes on.
     let during = publish(&mut publisher, "live", "during", 0..3).await;
@@ -246,6 +299,7 @@ async fn a_redis_outage_is_reported_local_traffic_goes_on_and_nothing_arrives_tw
             .then_some(())
     });
     assert!(cluster_status(&cluster[0])["outages"].as_u64() >= Some(1));
+    assert!(readyz().await.starts_with("HTTP/1.1 200"), "ready again with Redis back");
     // Presence was put back: the uid send reaches node 1 again.
     send(&mut publisher, "to_uid:77:after the outage").await;
     assert_eq!(recv(&mut remote).await, "after the outage", "the outage's send must not arrive late");

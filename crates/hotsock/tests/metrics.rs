@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use hotsock_testkit::{TestServer, bin, free_port, open_testworker, promtool, raw_http, recv, send, wait_for};
+use hotsock_testkit::{TestServer, bin, free_port, open_testworker, raw_http, recv, send, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -41,27 +41,13 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
-    let output = child.wait_with_output().expect("promtool output");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), said)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_pass_promtool_and_move_with_traffic_refusals_reloads_and_crashes() {
     let (text, metrics) = config("");
     let server = TestServer::start(&text);
     let (status, body) = get(metrics, "/metrics");
     assert_eq!(status, 200, "{body}");
-    let (ok, said) = promtool_check(&body);
+    let (ok, said) = hotsock_testkit::promtool_check(&body);
     assert!(ok, "promtool check metrics: {said}\n{body}");
     assert_eq!(sample(&body, "hotsock_generation"), Some(1.0));
     assert_eq!(sample(&body, r#"hotsock_worker_phase{slot="0",role="event",phase="ready"}"#), Some(1.0), "{body}");
@@ -86,7 +72,7 @@ async fn metrics_pass_promtool_and_move_with_traffic_refusals_reloads_and_crashe
         let (_, body) = get(metrics, "/metrics");
         (sample(&body, r#"hotsock_worker_exits_total{slot="0",cause="crashed"}"#) == Some(1.0)).then_some(body)
     });
-    let (ok, said) = promtool_check(&body);
+    let (ok, said) = hotsock_testkit::promtool_check(&body);
     assert!(ok, "promtool after traffic, a reload and a crash: {said}\n{body}");
     assert!(sample(&body, r#"hotsock_messages_total{direction="in"}"#).is_some_and(|n| n >= 10.0), "{body}");
     assert!(sample(&body, r#"hotsock_messages_total{direction="out"}"#).is_some_and(|n| n >= 11.0), "{body}");
