@@ -38,13 +38,33 @@ async fn recv_until(client: &mut Client, wanted: impl Fn(&str) -> bool) -> Strin
     .expect("the expected message within 5 s")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uid_sends_reach_only_the_nodes_holding_the_uid_and_broadcasts_reach_all() {
+#[macro_use]
+mod each_sdk;
+use each_sdk::Sdk;
+
+each_sdk!(uid_sends_reach_only_the_nodes_holding_the_uid_and_broadcasts_reach_all);
+
+/// Both SDKs' test workers: routing and presence are the server's, and the
+/// PHP SDK speaks the cluster's frames (presence) like the Rust one.
+async fn uid_sends_reach_only_the_nodes_holding_the_uid_and_broadcasts_reach_all(sdk: Sdk) {
     let redis = RedisServer::start();
-    let cluster = nodes(&redis, 3);
+    let command = sdk.command("hotsock-testworker", "sdk/php/tests/testworker.php");
+    let cluster: Vec<TestServer> = (0..3)
+        .map(|i| {
+            let config = node_config(&redis, &format!("n{i}"), "");
+            let config = config.replacen(
+                &format!("command = [\"{}\"]", bin("hotsock-testworker").display()),
+                &format!("command = {command}"),
+                1,
+            );
+            TestServer::start(&config)
+        })
+        .collect();
     let mut clients = Vec::new();
     for (i, server) in cluster.iter().enumerate() {
-        let (client, _) = open_testworker(server, &format!("/?uid={}", 100 + i)).await;
+        let (mut client, _) = open_testworker(server, "/").await;
+        send(&mut client, &format!("bind:{}", 100 + i)).await;
+        recv_until(&mut client, |t| t.starts_with("bound")).await;
         clients.push(client);
     }
     wait_for("every node to see three live nodes", || {

@@ -19,6 +19,7 @@ final class ChannelError extends HotsockException
     public const AHEAD_OF_HEAD = 5;
     public const NO_SUCH_CONNECTION = 6;
     public const TOO_LARGE = 7;
+    public const CLUSTER_UNAVAILABLE = 8;
 
     public function __construct(int $code, public readonly int $number, public readonly string $detail)
     {
@@ -30,6 +31,7 @@ final class ChannelError extends HotsockException
             self::AHEAD_OF_HEAD => "position {$detail} is ahead of the channel's head {$number}",
             self::NO_SUCH_CONNECTION => 'no such connection',
             self::TOO_LARGE => "publication of {$detail} bytes exceeds limits.max_message_bytes = {$number}",
+            self::CLUSTER_UNAVAILABLE => "the cluster is unavailable: {$detail}",
             default => "channel error {$code} ({$number}): {$detail}",
         };
         parent::__construct($what, $code);

@@ -132,6 +132,27 @@ final class Ctx
         $this->out->frame(Kind::SEND_TO_UID, self::dataFlags($data, $binary), 0, $uid, $data);
     }
 
+    /** Closes every connection bound to `$uid` (on every node of a cluster), after what was sent to it before. */
+    public function closeUid(int $uid, int $code = 1000, string $reason = ''): void
+    {
+        $this->out->frame(Kind::CLOSE_UID, 0, 0, $uid, pack('v', $code) . self::utf8($reason));
+    }
+
+    /**
+     * Where `$uid` is connected: one entry per node (`local` on a single server).
+     *
+     * @return list<PresenceEntry>
+     * @throws ChannelError with CLUSTER_UNAVAILABLE while the cluster's Redis cannot be reached
+     */
+    public function presence(int $uid): array
+    {
+        [$refused, $body] = $this->query(Kind::PRESENCE, $uid, '');
+        if ($refused) {
+            throw ChannelError::decode($body);
+        }
+        return PresenceEntry::decodeList($body);
+    }
+
     /** Sends a message to every open connection. */
     public function broadcast(string $data, bool $binary = false): void
     {

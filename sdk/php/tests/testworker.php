@@ -7,7 +7,7 @@
 // `broadcast:X`, `info`, `list`, `close:CODE:REASON`, `panic` (throws),
 // `exit` (exit code 3), `sleep:MS:X` (Ctx::sleep), `block:MS` (usleep:
 // holds the loop), `stray:X` (prints to stdout, then answers X), `sub:CH`,
-// `pub:CH:X`, `pubr:CH:X`, `members:CH`, `channels`, `task:X`,
+// `pub:CH:X`, `pubr:CH:X`, `members:CH`, `channels`, `presence:UID`, `task:X`,
 // `remember:X` / `recall` (state handed to the slot's next worker),
 // `tables` (the declared tables' names and how many descriptors came),
 // `tincr:KEY` / `tget:KEY` (column `n` of table `counters`, as the Rust
@@ -139,6 +139,14 @@ final class TestApp extends BaseApp
                 break;
             case 'channels':
                 $ctx->push($conn, implode(',', $ctx->channels($conn)));
+                break;
+            case 'presence':
+                try {
+                    $entries = array_map(static fn ($e) => [$e->node, $e->conns], $ctx->presence((int) $arg));
+                    $ctx->push($conn, json_encode($entries, JSON_THROW_ON_ERROR));
+                } catch (ChannelError $e) {
+                    $ctx->push($conn, 'error ' . $e->getMessage());
+                }
                 break;
             case 'task':
                 $ctx->push($conn, 'task result ' . $ctx->task($arg)->result());

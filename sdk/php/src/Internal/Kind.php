@@ -44,6 +44,8 @@ final class Kind
     public const PUBLISH = 0x52;
     public const MEMBERS = 0x53;
     public const CONN_CHANNELS = 0x54;
+    public const PRESENCE = 0x70;
+    public const CLOSE_UID = 0x71;
     public const TABLE_GET = 0x60;
     public const TABLE_SET = 0x61;
     public const TABLE_INSERT = 0x62;
