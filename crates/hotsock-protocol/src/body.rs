@@ -71,6 +71,9 @@ pub struct ClusterSpec {
     pub redis: String,
     /// `cluster.prefix`.
     pub prefix: String,
+    /// This node's `cluster.node_id`: with the connection id, what names a
+    /// connection cluster-wide.
+    pub node: String,
     /// The tables with `scope = "cluster"` (no segment is passed for them).
     pub tables: Vec<TableSpec>,
 }
@@ -254,6 +257,7 @@ impl Hello {
             dst.put_u8(1);
             put_bytes(dst, cluster.redis.as_bytes());
             put_bytes(dst, cluster.prefix.as_bytes());
+            put_bytes(dst, cluster.node.as_bytes());
             put_specs(dst, &cluster.tables);
         }
     }
@@ -276,7 +280,12 @@ impl Hello {
         let cluster = match r.is_empty() {
             true => None,
             false if r.u8()? == 0 => None,
-            false => Some(ClusterSpec { redis: r.string()?, prefix: r.string()?, tables: read_specs(&mut r)? }),
+            false => Some(ClusterSpec {
+                redis: r.string()?,
+                prefix: r.string()?,
+                node: r.string()?,
+                tables: read_specs(&mut r)?,
+            }),
         };
         Ok(Hello {
             protocol_version,

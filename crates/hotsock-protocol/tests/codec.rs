@@ -45,6 +45,7 @@ fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
                 let cluster = (slot % 2 == 1).then(|| ClusterSpec {
                     redis: format!("redis://127.0.0.1:{}/0", slot % 65536),
                     prefix: "hs".into(),
+                    node: format!("n{slot}"),
                     tables: tables.iter().rev().cloned().collect(),
                 });
                 ToWorker::Hello(Hello {

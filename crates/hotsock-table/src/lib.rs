@@ -114,8 +114,9 @@ pub enum TableError {
     #[error("table segment: {0}")]
     Io(#[from] std::io::Error),
     /// A cluster-wide table (`scope = "cluster"`): its Redis could not be
-    /// reached or answered unexpectedly; nothing is known to have changed
-    /// unless the detail says so.
+    /// reached or answered unexpectedly. After a timeout the operation may
+    /// still have been applied (as with any request whose answer was
+    /// lost): read the row again before acting on the failure.
     #[error("cluster table: {0}")]
     Unavailable(String),
 }

@@ -11,7 +11,7 @@
 //! Redis round trip.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hotsock_protocol::TableSpec;
 use hotsock_table::{ColumnType, KEY_MAX_BYTES, Row, TableError, Value};
@@ -19,6 +19,10 @@ use redis::{Connection, RedisError, Script};
 
 /// How long one operation may wait for Redis (connecting included).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failure, operations fail at once for this long instead of each
+/// blocking its handler (and the worker's event loop) for a timeout: a
+/// Redis outage must not make the worker miss its heartbeats.
+const FAIL_FAST: Duration = Duration::from_millis(500);
 
 /// Writes a row: `set` creates it if absent, `insert` only if absent. Every
 /// row has the field `~`, so a row with no values set still exists.
@@ -67,6 +71,14 @@ local existed = redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return existed"#;
 
+/// The table's connection to Redis.
+enum Link {
+    Idle,
+    Up(Box<Connection>),
+    /// The last attempt failed, when and why.
+    Failed(Instant, String),
+}
+
 /// One cluster-wide table.
 pub(crate) struct ClusterTable {
     name: String,
@@ -77,7 +89,7 @@ pub(crate) struct ClusterTable {
     /// slot, so its scripts may touch its keys together).
     base: String,
     client: redis::Client,
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Link>,
     scripts: [Script; 4],
 }
 
@@ -108,7 +120,7 @@ impl ClusterTable {
             columns,
             names,
             client,
-            conn: Mutex::new(None),
+            conn: Mutex::new(Link::Idle),
             scripts: [Script::new(WRITE), Script::new(INCR), Script::new(CAS), Script::new(DELETE)],
         })
     }
@@ -133,21 +145,36 @@ impl ClusterTable {
     }
 
     /// Runs `op` on the connection, connecting first if needed; a failed
-    /// connection is dropped so the next call connects again.
+    /// connection is dropped so a later call connects again (after
+    /// `FAIL_FAST`).
     fn with_conn<T>(&self, op: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, TableError> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            let conn = self.client.get_connection_with_timeout(REDIS_TIMEOUT).map_err(unavailable)?;
-            conn.set_read_timeout(Some(REDIS_TIMEOUT)).map_err(unavailable)?;
-            conn.set_write_timeout(Some(REDIS_TIMEOUT)).map_err(unavailable)?;
-            *guard = Some(conn);
+        if let Link::Failed(at, why) = &*guard {
+            if at.elapsed() < FAIL_FAST {
+                return Err(unavailable(format!("{why} (retrying within {} ms)", FAIL_FAST.as_millis())));
+            }
+            *guard = Link::Idle;
         }
-        let Some(conn) = guard.as_mut() else { return Err(unavailable("not connected")) };
+        if let Link::Idle = &*guard {
+            let connected = self.client.get_connection_with_timeout(REDIS_TIMEOUT).and_then(|conn| {
+                conn.set_read_timeout(Some(REDIS_TIMEOUT))?;
+                conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
+                Ok(conn)
+            });
+            match connected {
+                Ok(conn) => *guard = Link::Up(Box::new(conn)),
+                Err(error) => {
+                    *guard = Link::Failed(Instant::now(), error.to_string());
+                    return Err(unavailable(error));
+                }
+            }
+        }
+        let Link::Up(conn) = &mut *guard else { return Err(unavailable("not connected")) };
         match op(conn) {
             Ok(value) => Ok(value),
             Err(error) => {
                 if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
-                    *guard = None;
+                    *guard = Link::Failed(Instant::now(), error.to_string());
                 }
                 Err(unavailable(error))
             }

@@ -98,6 +98,8 @@ struct Inner {
     generation: u64,
     role: Role,
     tables: Vec<Table>,
+    /// `cluster.node_id`, in a cluster.
+    node: Option<String>,
 }
 
 impl Ctx {
@@ -108,6 +110,7 @@ impl Ctx {
         role: Role,
         tables: Vec<Table>,
         unclaimed: mpsc::UnboundedSender<Finish>,
+        node: Option<String>,
     ) -> Ctx {
         Ctx {
             inner: Arc::new(Inner {
@@ -123,6 +126,7 @@ impl Ctx {
                 generation,
                 role,
                 tables,
+                node,
             }),
         }
     }
@@ -240,6 +244,13 @@ impl Ctx {
     /// rows in every worker, kept across reloads and crashes.
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.inner.tables.iter().find(|t| t.name() == name)
+    }
+
+    /// This node's `cluster.node_id` in a cluster (`None` on a single
+    /// server). Connection ids are per node: with it, a connection is named
+    /// cluster-wide.
+    pub fn node(&self) -> Option<&str> {
+        self.inner.node.as_deref()
     }
 
     /// This worker's slot (0-based).

@@ -107,7 +107,8 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
     let tables = open_tables(&hello, files)?;
     let (out, outbox) = mpsc::unbounded_channel();
     let (unclaimed, mut unclaimed_rx) = mpsc::unbounded_channel::<Finish>();
-    let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role, tables, unclaimed);
+    let node = hello.cluster.as_ref().map(|cluster| cluster.node.clone());
+    let ctx = Ctx::new(out.clone(), hello.slot, hello.generation, hello.role, tables, unclaimed, node);
     {
         // Results of dropped task handles go to on_finish.
         let (app, ctx) = (app.clone(), ctx.clone());

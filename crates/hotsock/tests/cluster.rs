@@ -487,3 +487,32 @@ mod matchmaker {
         assert_eq!(message["peer"]["uid"].as_u64(), Some(10), "{message}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_from_an_older_snapshot_starts_new_epochs_instead_of_dropping_news() {
+    let mut redis = RedisServer::start();
+    let cluster = nodes(&redis, 2);
+    let (mut publisher, _) = open_testworker(&cluster[0], "/").await;
+    let mut member = self::member(&cluster[1], "snap").await;
+    publish(&mut publisher, "snap", "a", 0..10).await;
+    let first = publications(&mut member, 10).await;
+    // A snapshot at offset 10, ten more after it, then a crash: Redis
+    // comes back with the channel at 10 while the nodes delivered 20.
+    assert!(redis.command("SAVE").contains("OK"));
+    publish(&mut publisher, "snap", "b", 0..10).await;
+    publications(&mut member, 10).await;
+    redis.restart();
+    wait_for("both nodes back", || {
+        cluster
+            .iter()
+            .all(|s| cluster_status(s)["redis_connected"] == true && cluster_status(s)["nodes"] == 2)
+            .then_some(())
+    });
+    let replies = publish(&mut publisher, "snap", "c", 0..5).await;
+    assert!(replies.iter().all(|r| r.starts_with("published snap")), "{replies:?}");
+    let after = publications(&mut member, 5).await;
+    assert_eq!(after.iter().map(|(_, _, d)| d.as_str()).collect::<Vec<_>>(), ["c-0", "c-1", "c-2", "c-3", "c-4"]);
+    assert_ne!(after[0].0, first[0].0, "another Redis run: a new epoch, not offsets 11.. again");
+    send(&mut member, "echo:end").await;
+    assert_eq!(recv(&mut member).await, "end");
+}

@@ -173,7 +173,7 @@ pub(crate) fn oldest_settled(lock: &PoolLock<'_>) -> Result<Option<Player>, Tabl
 /// Every (game, gender) queue's longest-waiting player.
 pub(crate) fn queue_heads(lock: &PoolLock<'_>) -> Result<Vec<Player>, TableError> {
     let mut heads = Vec::new();
-    for (key, row) in lock.index.iter() {
+    for (key, row) in lock.index.try_iter()? {
         if key.starts_with("g:")
             && let Some(player) = pool::player(lock.players, row.int("head").unwrap_or(0))?
         {
@@ -283,10 +283,10 @@ fn peer_of(result: &str) -> Option<i64> {
 /// peer's state not yet written) is completed, and both results are marked
 /// for re-sending. Returns how many players the index holds again.
 pub(crate) fn rebuild(lock: &PoolLock<'_>) -> Result<usize, TableError> {
-    for (key, _) in lock.index.iter() {
+    for (key, _) in lock.index.try_iter()? {
         lock.index.delete(&key)?;
     }
-    let mut players = pool::players(lock.players);
+    let mut players = pool::players(lock.players)?;
     let position: HashMap<i64, usize> = players.iter().enumerate().map(|(n, p)| (p.id(), n)).collect();
     for n in 0..players.len() {
         if players[n].state != MATCHED {

@@ -39,6 +39,11 @@ const RESEND_AFTER_MS: i64 = 1_000;
 /// A handshake that never became an open connection (the client left during
 /// the upgrade) is forgotten after this: far longer than any Open can lag.
 const RESERVED_MAX_MS: i64 = 120_000;
+/// A player row this much older than its last change, whose uid is
+/// connected nowhere (`ctx.presence`), is left over (its node died, or its
+/// close was lost) and a new handshake of the uid takes it over instead of
+/// getting 409. Far longer than presence takes to follow a handshake.
+const LEFTOVER_AFTER_MS: i64 = 10_000;
 /// Reservations are looked for by a full scan, without the lock, only
 /// every this many janitor passes (every 5 s): the only scan left, and
 /// `RESERVED_MAX_MS` makes it rare work.
@@ -236,7 +241,7 @@ impl Matchmaker {
     /// without the lock (reads take none), then each checked again under it.
     async fn forget_stale_reservations(&self, tables: (&Table, &Table)) -> Result<(), TableError> {
         let now = now_ms();
-        let stale: Vec<String> = pool::players(tables.0)
+        let stale: Vec<String> = pool::players(tables.0)?
             .into_iter()
             .filter(|p| p.state == RESERVED && now - p.since >= RESERVED_MAX_MS)
             .map(|p| p.uid)
@@ -260,6 +265,7 @@ impl App for Matchmaker {
     const HANDLES_HANDSHAKE: bool = true;
 
     async fn on_worker_start(&self, ctx: &Ctx, _handoff: Option<Bytes>) {
+        pool::set_node(ctx.node());
         let table = players(ctx).expect("the config declares [tables.players]");
         index(ctx).expect("the config declares [tables.pool]");
         pool::init(table).expect("the players table has room for the lock row");
@@ -303,7 +309,11 @@ impl App for Matchmaker {
             ("game", Value::Str(params.game)),
             ("name", Value::Str(params.name)),
         ];
-        match table.insert(&uid, &row) {
+        let mut inserted = table.insert(&uid, &row);
+        if matches!(inserted, Ok(false)) && !handshake.redelivered && self.forget_leftover(ctx, params.uid).await {
+            inserted = table.insert(&uid, &row);
+        }
+        match inserted {
             Ok(true) => Decision::accept().bind(params.uid),
             // A redelivered handshake finds its own reservation.
             Ok(false) if handshake.redelivered => Decision::accept().bind(params.uid),
@@ -331,7 +341,8 @@ impl App for Matchmaker {
         // player by connection then.
         let node = pool::this_node();
         let uid = uid.or_else(|| {
-            pool::players(table).into_iter().find(|p| p.conn == close.conn && p.node == node).map(|p| p.uid)
+            let players = pool::players(table).unwrap_or_default();
+            players.into_iter().find(|p| p.conn == close.conn && p.node == node).map(|p| p.uid)
         });
         let Some(uid) = uid else { return };
         let Ok(lock) = pool::lock(table, index).await else { return };
@@ -343,12 +354,7 @@ impl App for Matchmaker {
             && row.str("node") == Some(node.as_str())
         {
             let player = Player::from_row(&uid, &row);
-            let unlinked = match player.state {
-                WAITING => index::leave_queues(&lock, &player),
-                MATCHED | DONE => index::unsettle(&lock, player.id()),
-                _ => Ok(()),
-            };
-            if let Err(error) = unlinked.and_then(|()| table.delete(&uid).map(|_| ())) {
+            if let Err(error) = remove_player(&lock, &player) {
                 eprintln!("matchmaker: removing player {uid}: {error}");
             }
         }
@@ -357,6 +363,31 @@ impl App for Matchmaker {
 }
 
 impl Matchmaker {
+    /// Removes `uid`'s row if it is left over: old, and the uid connected
+    /// nowhere in the cluster. Whether it did.
+    async fn forget_leftover(&self, ctx: &Ctx, uid: u64) -> bool {
+        let (Some(table), Some(index)) = (players(ctx), index(ctx)) else { return false };
+        let key = uid.to_string();
+        let old = |player: &Player| now_ms() - player.changed.max(player.since) >= LEFTOVER_AFTER_MS;
+        match table.get(&key) {
+            Ok(Some(row)) if old(&Player::from_row(&key, &row)) => {}
+            _ => return false,
+        }
+        // Unknown (the cluster is unreachable) is not "nowhere".
+        match ctx.presence(uid).await {
+            Ok(entries) if entries.iter().all(|e| e.conns.is_empty()) => {}
+            _ => return false,
+        }
+        let Ok(lock) = pool::lock(table, index).await else { return false };
+        let Ok(Some(row)) = table.get(&key) else { return false };
+        let player = Player::from_row(&key, &row);
+        if !old(&player) {
+            return false;
+        }
+        eprintln!("matchmaker: player {uid}'s row is left over (connected nowhere); a new handshake takes it over");
+        remove_player(&lock, &player).is_ok()
+    }
+
     fn clone_settings(&self) -> Matchmaker {
         Matchmaker {
             secret: self.secret.clone(),
@@ -365,6 +396,16 @@ impl Matchmaker {
             uids: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// With the lock held: takes a player out of the index and deletes its row.
+fn remove_player(lock: &PoolLock<'_>, player: &Player) -> Result<(), TableError> {
+    match player.state {
+        WAITING => index::leave_queues(lock, player)?,
+        MATCHED | DONE => index::unsettle(lock, player.id())?,
+        _ => {}
+    }
+    lock.players.delete(&player.uid).map(|_| ())
 }
 
 fn main() {

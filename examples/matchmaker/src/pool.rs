@@ -4,8 +4,8 @@
 //!
 //! Every change of a player's state, and of the index, happens under the
 //! pool lock: a table row (`~lock`) whose `result` column names the holder
-//! (`host|pid|since_ms`), taken with compare-and-set and taken over if that
-//! process died (same host, no such pid) or, in a cluster-wide table, if
+//! (`node|pid|since_ms`), taken with compare-and-set and taken over if that
+//! process died (same node, no such pid) or, in a cluster-wide table, if
 //! it held the lock longer than `LOCK_LEASE_MS` (a node that died with
 //! it cannot be asked). So an arriving player sees every waiting one, and no player
 //! is claimed twice. A holder may die in the middle of an update: whoever
@@ -124,26 +124,33 @@ pub(crate) fn init(table: &Table) -> Result<(), TableError> {
     table.insert(LOCK_KEY, &[("state", Value::Int(DONE)), ("result", Value::Str(String::new()))]).map(|_| ())
 }
 
-/// This host's name (a lock holder's pid means something only on it).
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this worker's server: its `cluster.node_id` (`ctx.node()`), or on
+/// a single server the host and the server's pid. Called at worker start.
+pub(crate) fn set_node(node: Option<&str>) {
+    let node = node.map(str::to_owned).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let server = std::env::var(hotsock_worker::ENV_SERVER_PID).unwrap_or_default();
+        format!("{}:{server}", host.trim())
+    });
+    let _ = NODE.set(node);
 }
 
-/// Where this worker's connections are: the host and the server's pid
-/// (connection ids are numbered per server, so on a cluster-wide pool a
-/// connection is named by both).
+/// Where this worker's connections are (connection ids are numbered per
+/// server, so on a cluster-wide pool a connection is named by both), and
+/// where a lock holder's pid means something (its server's children).
 pub(crate) fn this_node() -> String {
-    let server = std::env::var(hotsock_worker::ENV_SERVER_PID).unwrap_or_default();
-    format!("{}:{server}", host())
+    NODE.get().cloned().unwrap_or_default()
 }
 
-/// Whether the holder `host|pid|since_ms` is gone.
+/// Whether the holder `node|pid|since_ms` is gone.
 fn holder_is_gone(holder: &str, cluster: bool, now_ms: i64) -> bool {
     let mut parts = holder.split('|');
-    let (Some(host_name), Some(pid), Some(since)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(node), Some(pid), Some(since)) = (parts.next(), parts.next(), parts.next()) else {
         return true;
     };
-    let dead_here = host_name == host() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let dead_here = node == this_node() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
     let expired = cluster && since.parse::<i64>().is_ok_and(|since| now_ms - since > LOCK_LEASE_MS);
     dead_here || expired
 }
@@ -156,7 +163,7 @@ pub(crate) async fn lock<'a>(players: &'a Table, index: &'a Table) -> Result<Poo
     let free = Value::Str(String::new());
     loop {
         let now = crate::now_ms();
-        let me = Value::Str(format!("{}|{}|{now}", host(), std::process::id()));
+        let me = Value::Str(format!("{}|{}|{now}", this_node(), std::process::id()));
         if players.compare_and_set(LOCK_KEY, "result", &free, &me)? {
             return Ok(PoolLock { players, index, holder: me });
         }
@@ -175,12 +182,13 @@ pub(crate) async fn lock<'a>(players: &'a Table, index: &'a Table) -> Result<Poo
 }
 
 /// Every player row, skipping the lock row (a full scan: only for rare
-/// paths, never per arrival).
-pub(crate) fn players(table: &Table) -> Vec<Player> {
-    table
-        .iter()
+/// paths, never per arrival). A cluster-wide table that cannot be read is
+/// an error, never an empty pool: the index rebuild trusts this list.
+pub(crate) fn players(table: &Table) -> Result<Vec<Player>, TableError> {
+    Ok(table
+        .try_iter()?
         .into_iter()
         .filter(|(key, _)| !key.starts_with('~'))
         .map(|(key, row)| Player::from_row(&key, &row))
-        .collect()
+        .collect())
 }

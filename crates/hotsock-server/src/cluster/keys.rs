@@ -2,9 +2,13 @@
 //! No I/O.
 //!
 //! Everything a node sends another goes through a *log*: a sequence number
-//! (`:seq`), an epoch (`:epoch`, a fresh one when the log's keys were lost),
-//! a stream of the last entries (`:stream`, entry id `SEQ-0`) and a Pub/Sub
-//! channel of the log's own name. One script appends an entry to all four
+//! (`:seq`), an epoch (`:epoch`, a fresh one when the log's keys were lost
+//! or the Redis that holds them is another run: `:run`), a stream of the
+//! last entries (`:stream`, entry id `SEQ-0`) and a Pub/Sub channel of the
+//! log's own name. A Redis restarted from a snapshot, or a replica promoted
+//! behind its primary, has older sequence numbers than the nodes delivered:
+//! reusing them would make nodes drop new entries as seen, so a log written
+//! under another Redis run starts a new epoch instead. One script appends an entry to all four
 //! at once, so every reader sees one order, notices a missed Pub/Sub
 //! message by the gap in the sequence, and reads it back from the stream.
 //! The logs: one inbox per node (uid sends routed to it), one for
@@ -62,22 +66,39 @@ impl Keys {
     }
 }
 
-/// Shared by the scripts that append to a log (Lua).
+/// How long a log's epoch and sequence outlive its last entry: far longer
+/// than its stream (`ttl` below), so a quiet channel keeps its epoch and a
+/// client that missed nothing recovers with nothing to replay.
+pub(crate) const LOG_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Shared by the scripts that append to or read the head of a log (Lua):
+/// the log's `{epoch, seq}`, starting a new run when any of its keys is
+/// gone or they were written under another Redis run (`run` is Redis's
+/// `run_id` as the caller saw it at connect).
 const APPEND: &str = r#"
-local function append(log, maxlen, ttl, now, payload, fresh_epoch)
-  local ek, sk, xk = log .. ':epoch', log .. ':seq', log .. ':stream'
+local function current(log, run, fresh_epoch, keep)
+  local ek, sk, rk = log .. ':epoch', log .. ':seq', log .. ':run'
   local epoch = redis.call('GET', ek)
-  if not epoch then
+  local seq = redis.call('GET', sk)
+  if not epoch or redis.call('GET', rk) ~= run or (not seq and redis.call('EXISTS', log .. ':stream') == 1) then
     -- A new run of the log: whatever is left of an older one goes.
     epoch = fresh_epoch
-    redis.call('SET', ek, epoch)
-    redis.call('DEL', sk, xk)
+    redis.call('SET', ek, epoch, 'PX', keep)
+    redis.call('SET', rk, run, 'PX', keep)
+    redis.call('DEL', sk, log .. ':stream')
+    seq = '0'
   end
+  return epoch, seq or '0'
+end
+local function append(log, maxlen, ttl, now, payload, fresh_epoch, run, keep)
+  local ek, sk, xk = log .. ':epoch', log .. ':seq', log .. ':stream'
+  local epoch = current(log, run, fresh_epoch, keep)
   local seq = redis.call('INCR', sk)
   redis.call('XADD', xk, 'MAXLEN', '~', maxlen, seq .. '-0', 't', now, 'p', payload)
+  redis.call('PEXPIRE', ek, keep)
+  redis.call('PEXPIRE', sk, keep)
+  redis.call('PEXPIRE', log .. ':run', keep)
   if tonumber(ttl) > 0 then
-    redis.call('PEXPIRE', ek, ttl)
-    redis.call('PEXPIRE', sk, ttl)
     redis.call('PEXPIRE', xk, ttl)
   end
   redis.call('PUBLISH', log, epoch .. ' ' .. seq .. ' ' .. payload)
@@ -89,16 +110,16 @@ end
 "#;
 
 /// Appends to one log. KEYS: none (the log's name is ARGV[1]).
-/// ARGV: log, maxlen, ttl_ms, now_ms, payload, fresh epoch. Returns
-/// `{epoch, seq}`.
+/// ARGV: log, maxlen, stream ttl_ms, now_ms, payload, fresh epoch, run,
+/// keep_ms. Returns `{epoch, seq}`.
 pub(crate) fn append_script() -> String {
-    format!("{APPEND}\nreturn append(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])")
+    format!("{APPEND}\nreturn append(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])")
 }
 
 /// Routes a uid send to the inbox of every other live node holding the
 /// uid; drops presence entries of dead nodes on the way.
 /// ARGV: prefix, uid, this node, maxlen, ttl_ms, now_ms, payload, fresh
-/// epoch. Returns the number of nodes reached.
+/// epoch, run, keep_ms. Returns the number of nodes reached.
 pub(crate) fn route_uid_script() -> String {
     format!(
         r#"{APPEND}
@@ -111,7 +132,7 @@ for i = 1, #entries, 2 do
   if node ~= ARGV[3] then
     local reg = redis.call('GET', prefix .. ':node:' .. node)
     if reg and epoch_of(reg) == epoch_of(value) then
-      append(prefix .. ':log:inbox:' .. node, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+      append(prefix .. ':log:inbox:' .. node, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
       routed = routed + 1
     else
       redis.call('HDEL', pkey, node)
@@ -220,21 +241,12 @@ local inbox = prefix .. ':log:inbox:' .. id
 redis.call('DEL', inbox .. ':epoch', inbox .. ':seq', inbox .. ':stream')
 return 1"#;
 
-/// The head of a log a node starts following: sets the epoch if the log
-/// has none yet (so the first publication keeps it), returns
-/// `{epoch, seq}`. ARGV: log, fresh epoch, ttl_ms.
-pub(crate) const HEAD_SCRIPT: &str = r#"
-local ek, sk = ARGV[1] .. ':epoch', ARGV[1] .. ':seq'
-local epoch = redis.call('GET', ek)
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', ek, epoch)
-  redis.call('DEL', sk, ARGV[1] .. ':stream')
-  if tonumber(ARGV[3]) > 0 then
-    redis.call('PEXPIRE', ek, ARGV[3])
-  end
-end
-return {epoch, tonumber(redis.call('GET', sk) or '0')}"#;
+/// The head of a log a node starts following or catches up: starts a run
+/// if the log has none (or one of another Redis run), so the first append
+/// keeps it; returns `{epoch, seq}`. ARGV: log, fresh epoch, run, keep_ms.
+pub(crate) fn head_script() -> String {
+    format!("{APPEND}\nlocal epoch, seq = current(ARGV[1], ARGV[3], ARGV[2], ARGV[4])\nreturn {{epoch, seq}}")
+}
 
 /// What a cross-node message carries (the `payload` of a log entry).
 #[derive(Debug, Clone, PartialEq, Eq)]

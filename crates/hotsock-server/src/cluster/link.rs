@@ -39,8 +39,9 @@ pub(crate) enum Command {
     Subscribe { conn: u64, channel: String, from: Option<Position>, reply: ReplyTo },
     /// The last local member left: stop following the channel.
     Unfollow { channel: Arc<str> },
-    /// The uid's connections on this node changed (empty: none left).
-    Presence { uid: u64, conns: Vec<u64> },
+    /// The uid's connections on this node changed (the task reads them
+    /// from the hub when it writes them).
+    Presence { uid: u64 },
     /// Where is this uid connected, cluster-wide.
     PresenceQuery { uid: u64, reply: ReplyTo },
 }

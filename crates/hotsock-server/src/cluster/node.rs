@@ -38,8 +38,12 @@ const BATCH_MAX: usize = 512;
 const CHANNEL_STREAM_MIN: usize = 100;
 /// The longest wait between two attempts to reach Redis.
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
-/// Inbox and broadcast logs outlive an idle spell by this many node TTLs.
+/// Inbox and broadcast streams outlive an idle spell by this many node TTLs.
 const LOG_TTL_NODE_TTLS: u64 = 10;
+/// Answers may take this many `cluster.connect_timeout_ms`.
+const RESPONSE_TIMEOUTS: u32 = 5;
+/// Uids per pipeline when presence is written again in full.
+const PRESENCE_CHUNK: usize = 1_000;
 
 /// Why the task left `serve`.
 enum Exit {
@@ -98,6 +102,9 @@ pub(super) struct Node {
     /// Registered at least once: a later `registered` means Redis lost the
     /// registration (restart) and presence must be put back.
     registered: bool,
+    /// Redis's `run_id` at the last connect: logs written under another run
+    /// start a new epoch (see `keys.rs`).
+    run_id: String,
 }
 
 /// Maps a Redis failure to what the worker is told.
@@ -121,7 +128,7 @@ impl Node {
             presence: Script::new(keys::PRESENCE_SCRIPT),
             register: Script::new(keys::REGISTER_SCRIPT),
             unregister: Script::new(keys::UNREGISTER_SCRIPT),
-            head: Script::new(keys::HEAD_SCRIPT),
+            head: Script::new(&keys::head_script()),
         };
         Ok(Node {
             keys: Keys::new(&config.prefix),
@@ -137,6 +144,7 @@ impl Node {
             inbox: Cursor::default(),
             broadcast: Cursor::default(),
             registered: false,
+            run_id: String::new(),
         })
     }
 
@@ -146,8 +154,9 @@ impl Node {
         let timeout = Duration::from_millis(self.config.connect_timeout_ms);
         let redis = self.config.redis.clone();
         let connecting = async {
-            let config =
-                AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout * RESPONSE_TIMEOUTS));
             let cmd = self.client.get_multiplexed_async_connection_with_config(&config).await?;
             let mut cmd = cmd;
             load_scripts(&mut cmd).await?;
@@ -159,9 +168,21 @@ impl Node {
             Ok(Err(error)) => return Err(format!("cannot reach {redis}: {error}")),
             Err(_) => return Err(format!("cannot reach {redis}: no answer within {} ms", timeout.as_millis())),
         };
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conns.cmd)
+            .await
+            .map_err(|e| format!("asking {redis} for its run id: {e}"))?;
+        let run_id = info.lines().find_map(|l| l.strip_prefix("run_id:")).map(str::trim).unwrap_or_default();
+        if !self.run_id.is_empty() && self.run_id != run_id {
+            tracing::warn!(redis = %redis, "cluster: Redis is another run than before (restarted or failed over): its logs start new epochs");
+        }
+        self.run_id = run_id.to_owned();
         self.register(&mut conns.cmd).await?;
-        self.resubscribe(&mut conns).await.map_err(|e| format!("subscribing on {redis}: {e}"))?;
+        // Presence first: uid sends to this node go to its inbox from now
+        // on, and the inbox is caught up below.
         self.put_presence_back(&mut conns.cmd).await.map_err(|e| format!("restoring presence on {redis}: {e}"))?;
+        self.resubscribe(&mut conns).await.map_err(|e| format!("subscribing on {redis}: {e}"))?;
         Ok(conns)
     }
 
@@ -199,7 +220,7 @@ impl Node {
         let followed = self.shared.hub.followed();
         let mut logs = vec![self.keys.inbox(&self.id), self.keys.broadcast()];
         logs.extend(followed.iter().map(|(name, _)| self.keys.channel(name)));
-        conns.sink.subscribe(&logs).await?;
+        pubsub_step(self.config.connect_timeout_ms, conns.sink.subscribe(&logs)).await?;
         self.following = followed.iter().map(|(name, _)| name.to_string()).collect();
         for log in [Log::Inbox, Log::Broadcast] {
             let cursor = match log {
@@ -210,7 +231,11 @@ impl Node {
             match cursor.epoch {
                 // The first start: what was sent before is not ours.
                 None => self.set_cursor(&log, Cursor::at(epoch, seq)),
-                Some(_) => self.catch_up(&mut conns.cmd, &log, epoch, cursor.head, seq).await?,
+                // A new run of the log is caught up from its start.
+                Some(seen) => {
+                    let after = if seen == epoch { cursor.head } else { 0 };
+                    self.catch_up(&mut conns.cmd, &log, epoch, after, seq).await?;
+                }
             }
         }
         for (name, position) in followed {
@@ -228,18 +253,18 @@ impl Node {
         self.state.presence_dirty.store(false, Ordering::Relaxed);
         let local = self.shared.hub.local_presence();
         let held: Vec<u64> = redis::cmd("SMEMBERS").arg(self.keys.node_uids(&self.id)).query_async(cmd).await?;
-        let mut pipe = redis::pipe();
         let now: HashSet<u64> = local.iter().map(|(uid, _)| *uid).collect();
-        for uid in held.into_iter().filter(|uid| !now.contains(uid)) {
-            self.presence_command(&mut pipe, uid, &[]);
+        let gone = held.into_iter().filter(|uid| !now.contains(uid)).map(|uid| (uid, Vec::new()));
+        let all: Vec<(u64, Vec<u64>)> = gone.chain(local).collect();
+        // In pipelines of a bounded size, so no one answer takes long.
+        for chunk in all.chunks(PRESENCE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (uid, conns) in chunk {
+                self.presence_command(&mut pipe, *uid, conns);
+            }
+            pipe.query_async::<()>(cmd).await?;
         }
-        for (uid, conns) in &local {
-            self.presence_command(&mut pipe, *uid, conns);
-        }
-        if pipe.cmd_iter().next().is_none() {
-            return Ok(());
-        }
-        pipe.query_async::<()>(cmd).await
+        Ok(())
     }
 
     fn presence_command(&self, pipe: &mut redis::Pipeline, uid: u64, conns: &[u64]) {
@@ -269,6 +294,7 @@ impl Node {
                 match self.serve(&mut live, &mut stopping).await {
                     Exit::Stopping => {
                         self.unregister(&mut live.cmd).await;
+                        self.refuse_the_rest();
                         return;
                     }
                     Exit::Lost(error) => self.lost(error),
@@ -276,8 +302,21 @@ impl Node {
             }
             match self.reconnect(&mut stopping).await {
                 Some(live) => conns = Some(live),
-                None => return,
+                None => {
+                    self.refuse_the_rest();
+                    return;
+                }
             }
+        }
+    }
+
+    /// The node leaves: what is still queued, and what the hub queues from
+    /// now on, is answered at once (a handler awaiting a publish during
+    /// the stop must not wait forever).
+    fn refuse_the_rest(&mut self) {
+        self.rx.close();
+        while let Ok(command) = self.rx.try_recv() {
+            self.refuse(command, "the server is stopping");
         }
     }
 
@@ -400,13 +439,28 @@ impl Node {
             }
             self.put_presence_back(&mut conns.cmd).await.map_err(|e| e.to_string())?;
         }
-        // An unfollow the queue could not take leaves a subscription
-        // without members: drop it here.
-        let wanted: HashSet<String> = self.shared.hub.followed().iter().map(|(n, _)| n.to_string()).collect();
+        // Subscriptions and the hub's channels agree: an unfollow the queue
+        // could not take leaves a subscription without members (dropped
+        // here), and a channel the hub holds without a subscription is
+        // subscribed and caught up.
+        let followed = self.shared.hub.followed();
+        let wanted: HashSet<String> = followed.iter().map(|(n, _)| n.to_string()).collect();
         let extra: Vec<String> = self.following.difference(&wanted).cloned().collect();
+        let timeout = self.config.connect_timeout_ms;
         for name in extra {
-            conns.sink.unsubscribe(self.keys.channel(&name)).await.map_err(|e| e.to_string())?;
+            pubsub_step(timeout, conns.sink.unsubscribe(self.keys.channel(&name))).await.map_err(|e| e.to_string())?;
             self.following.remove(&name);
+        }
+        let missing: Vec<_> = followed.into_iter().filter(|(n, _)| !self.following.contains(&**n)).collect();
+        for (name, position) in missing {
+            tracing::warn!(channel = %name, "cluster: a followed channel had no subscription; subscribed and caught up");
+            let log = self.keys.channel(&name);
+            pubsub_step(timeout, conns.sink.subscribe(&log)).await.map_err(|e| e.to_string())?;
+            self.following.insert(name.to_string());
+            let (epoch, seq) = self.head(&mut conns.cmd, &log).await.map_err(|e| e.to_string())?;
+            let after = if epoch == position.epoch { position.offset } else { 0 };
+            let channel = Log::Channel(name.to_string());
+            self.catch_up(&mut conns.cmd, &channel, epoch, after, seq).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -430,9 +484,12 @@ impl Node {
                         }
                     }
                 }
+                // A subscribe queued before this unfollow may have given the
+                // channel a member again: then it stays followed.
                 Command::Unfollow { channel } => match self.flush(&mut conns.cmd, &mut pipe, &mut pending).await {
-                    Ok(()) if self.following.remove(&*channel) => {
-                        conns.sink.unsubscribe(self.keys.channel(&channel)).await.map_err(|e| e.to_string())
+                    Ok(()) if !self.shared.hub.follows(&channel) && self.following.remove(&*channel) => {
+                        let unsubscribing = conns.sink.unsubscribe(self.keys.channel(&channel));
+                        pubsub_step(self.config.connect_timeout_ms, unsubscribing).await.map_err(|e| e.to_string())
                     }
                     other => other,
                 },
@@ -482,7 +539,10 @@ impl Node {
                 evalsha(pipe, &self.scripts.append, &args);
                 Pending::Published(reply)
             }
-            Command::Presence { uid, conns } => {
+            Command::Presence { uid } => {
+                // The hub's connections now, not when the change was queued:
+                // a later full rewrite cannot be undone by an older command.
+                let conns = self.shared.hub.conns_of(uid);
                 self.presence_command(pipe, uid, &conns);
                 Pending::Ignored
             }
@@ -506,6 +566,8 @@ impl Node {
             now.to_string().into_bytes(),
             entry.encode().to_vec(),
             fresh_epoch().to_string().into_bytes(),
+            self.run_id.as_bytes().to_vec(),
+            keys::LOG_KEEP_MS.to_string().into_bytes(),
         ];
         evalsha(pipe, &self.scripts.route_uid, &args);
     }
@@ -518,6 +580,8 @@ impl Node {
             now.to_string().into_bytes(),
             payload.to_vec(),
             fresh_epoch().to_string().into_bytes(),
+            self.run_id.as_bytes().to_vec(),
+            keys::LOG_KEEP_MS.to_string().into_bytes(),
         ]
     }
 
@@ -607,10 +671,20 @@ impl Node {
             if !self.following.contains(&channel) {
                 // Subscribed first: what is appended after the head read
                 // below arrives live; what came before is history.
-                conns.sink.subscribe(&log).await?;
+                pubsub_step(self.config.connect_timeout_ms, conns.sink.subscribe(&log)).await?;
                 self.following.insert(channel.clone());
             }
             let (epoch, seq) = self.head(&mut conns.cmd, &log).await?;
+            // Followed already but behind Redis (Pub/Sub messages not read
+            // yet): catch up first, so a client coming from a node further
+            // ahead recovers exactly.
+            if let Some(position) = self.shared.hub.position(&channel)
+                && position.epoch == epoch
+                && position.offset < seq
+            {
+                let log = Log::Channel(channel.clone());
+                self.catch_up(&mut conns.cmd, &log, epoch, position.offset, seq).await?;
+            }
             let max_replay = self.shared.current.load().channels.max_replay as u64;
             let fetched = match from {
                 Some(from) if from.epoch == epoch && from.offset < seq => {
@@ -645,12 +719,16 @@ impl Node {
 
     /// A log's `(epoch, seq)`; gives it an epoch if it has none.
     async fn head(&self, cmd: &mut MultiplexedConnection, log: &str) -> Result<(u64, u64), RedisError> {
-        let ttl = match log.starts_with(&self.keys.channel("")) {
-            true => self.shared.current.load().channels.history_ttl_ms,
-            false => self.config.node_ttl_ms * LOG_TTL_NODE_TTLS,
-        };
-        let value: Value =
-            self.scripts.head.prepare_invoke().arg(log).arg(fresh_epoch()).arg(ttl).invoke_async(cmd).await?;
+        let value: Value = self
+            .scripts
+            .head
+            .prepare_invoke()
+            .arg(log)
+            .arg(fresh_epoch())
+            .arg(&self.run_id)
+            .arg(keys::LOG_KEEP_MS)
+            .invoke_async(cmd)
+            .await?;
         parse_head(&value).ok_or_else(|| RedisError::from((redis::ErrorKind::Parse, "unexpected head reply")))
     }
 
@@ -792,6 +870,19 @@ fn evalsha(pipe: &mut redis::Pipeline, script: &Script, args: &[Vec<u8>]) {
     }
 }
 
+/// A Pub/Sub (un)subscription, bounded: the Pub/Sub connection has no
+/// response timeout of its own, and a Redis that vanished without a reset
+/// must not hold the task (and every queued request) for minutes.
+async fn pubsub_step(
+    timeout_ms: u64,
+    step: impl std::future::Future<Output = Result<(), RedisError>>,
+) -> Result<(), RedisError> {
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), step).await {
+        Ok(result) => result,
+        Err(_) => Err(RedisError::from((redis::ErrorKind::Io, "no answer to a Pub/Sub (un)subscribe"))),
+    }
+}
+
 /// Loads every script, so pipelines can use `EVALSHA`.
 pub(super) async fn load_scripts(cmd: &mut MultiplexedConnection) -> Result<(), RedisError> {
     let mut pipe = redis::pipe();
@@ -801,7 +892,7 @@ pub(super) async fn load_scripts(cmd: &mut MultiplexedConnection) -> Result<(), 
         keys::PRESENCE_SCRIPT.to_owned(),
         keys::REGISTER_SCRIPT.to_owned(),
         keys::UNREGISTER_SCRIPT.to_owned(),
-        keys::HEAD_SCRIPT.to_owned(),
+        keys::head_script(),
     ] {
         pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
     }

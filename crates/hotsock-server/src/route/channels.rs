@@ -431,6 +431,11 @@ impl Channels {
         self.map.iter().map(|(name, c)| (name.clone(), Position { epoch: c.epoch, offset: c.head })).collect()
     }
 
+    /// Cluster mode: where a followed channel is.
+    pub(crate) fn position(&self, name: &str) -> Option<Position> {
+        self.map.get(name).map(|c| Position { epoch: c.epoch, offset: c.head })
+    }
+
     /// Cluster mode: a subscribe that failed may leave a followed channel
     /// without members; it goes, and the node stops following it.
     pub(crate) fn drop_if_empty(&mut self, name: &str) {

@@ -174,6 +174,7 @@ impl WorkerTask {
             cluster: config.cluster.as_ref().map(|cluster| ClusterSpec {
                 redis: cluster.redis.clone(),
                 prefix: cluster.prefix.clone(),
+                node: shared.hub.cluster().map(|link| link.node.to_string()).unwrap_or_default(),
                 tables: config
                     .tables
                     .iter()

@@ -55,8 +55,7 @@ impl Hub {
         touched.sort_unstable();
         touched.dedup();
         for uid in touched {
-            let conns = state.uids.get(&uid).cloned().unwrap_or_default();
-            self.to_cluster(state, Command::Presence { uid, conns });
+            self.to_cluster(state, Command::Presence { uid });
         }
         for channel in state.channels.take_emptied() {
             self.to_cluster(state, Command::Unfollow { channel });
@@ -143,6 +142,21 @@ impl Hub {
     /// Every bound uid and its local connections (to put presence back).
     pub(crate) fn local_presence(&self) -> Vec<(u64, Vec<u64>)> {
         self.lock().uids.iter().map(|(uid, conns)| (*uid, conns.clone())).collect()
+    }
+
+    /// A uid's local connections.
+    pub(crate) fn conns_of(&self, uid: u64) -> Vec<u64> {
+        self.lock().uids.get(&uid).cloned().unwrap_or_default()
+    }
+
+    /// Whether the node follows `channel` (it has local members).
+    pub(crate) fn follows(&self, channel: &str) -> bool {
+        self.lock().channels.position(channel).is_some()
+    }
+
+    /// Where a followed channel is.
+    pub(crate) fn position(&self, channel: &str) -> Option<Position> {
+        self.lock().channels.position(channel)
     }
 
     /// The channels with local members, and where each is.
