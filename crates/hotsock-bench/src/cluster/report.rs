@@ -37,7 +37,10 @@ pub(super) fn text(
          single node without `[cluster]` (the baseline) and a 2-node cluster (c0, c1) on that Redis, each node \
          with one test-worker process (`crates/hotsock-testkit`), all on 127.0.0.1. The cases take turns in {} \
          rounds of {} s and each figure covers all its rounds. CPU is the nodes' (servers and workers; both \
-         nodes for a cluster case) and Redis's, over the same spans.\n\n",
+         nodes for a cluster case) and Redis's, over the same spans. On this shared 2-core machine one run's \
+         p99 ratios move between runs by more than the aim's margin (a stall of another job lands in one case \
+         or another): read them next to the p50 ratios and the CPU per operation, which move less, and run \
+         again before concluding.\n\n",
         machine(),
         today(),
         p.pairs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
