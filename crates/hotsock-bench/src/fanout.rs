@@ -178,7 +178,7 @@ async fn expect_text(client: &mut Client, want: impl Fn(&str) -> bool) -> Result
 
 /// The sent-at time (µs since `base`) a payload carries: `T<us>:...`,
 /// wrapped by Socket.IO as `42["m","T<us>:..."]`.
-fn sent_at(text: &str) -> Option<u64> {
+pub(crate) fn sent_at(text: &str) -> Option<u64> {
     let start = text.find('T')? + 1;
     let digits = text[start..].split(':').next()?;
     digits.parse().ok()

@@ -12,6 +12,7 @@
 
 mod baseline;
 mod chart;
+mod cluster;
 mod echo;
 mod edit;
 mod fanout;
@@ -119,6 +120,36 @@ enum Scenario {
         /// Publication size in bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// Cluster mode: `send_to_uid` round trips and channel fan-out across
+    /// 2 nodes on a redis-server of its own vs one node without
+    /// `[cluster]`, memory per connection and Redis commands per operation.
+    Cluster {
+        /// Pairs of connections ping-ponging through `send_to_uid`
+        /// (comma-separated; one set of cases per count, at most 50000).
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 10])]
+        pairs: Vec<usize>,
+        /// Members of the fan-out channel (split evenly over the 2 nodes).
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Publications per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds per case and round.
+        #[arg(long, default_value_t = 1)]
+        seconds: u64,
+        /// Rounds in which the cases take turns.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Padding bytes in each message.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Idle uid-bound connections for the memory figure.
+        #[arg(long, default_value_t = 2000)]
+        idle: usize,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -239,6 +270,10 @@ fn main() -> Result<()> {
         Scenario::Fanout { layouts, seconds, size, out } => {
             let layouts = layouts.iter().map(|l| parse_layout(l)).collect::<Result<Vec<_>>>()?;
             fanout::run(&fanout::Params { layouts, seconds, size }, &out)
+        }
+        Scenario::Cluster { pairs, members, rate, seconds, rounds, size, idle, out } => {
+            let params = cluster::Params { pairs, members, rate, seconds, rounds: rounds.max(1), size, idle };
+            cluster::run(&params, &out)
         }
         Scenario::TableChild { op, ops } => table::child(&op, ops),
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {

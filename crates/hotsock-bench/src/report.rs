@@ -24,7 +24,7 @@ what to read. Each section is rewritten by its own scenario (`hotsock-bench <sce
 them all. Charts are in `docs/bench/`, each run's figures as JSON in `target/bench/<scenario>.json`.\n";
 
 /// The order of the sections in the report (that of `hotsock-bench all`).
-const ORDER: [&str; 12] = [
+const ORDER: [&str; 13] = [
     "echo",
     "echo-pinned",
     "pipelined",
@@ -33,6 +33,7 @@ const ORDER: [&str; 12] = [
     "reload",
     "tasks",
     "fanout",
+    "cluster",
     "table",
     "matchmaker",
     "matchmaker-pool",

@@ -1,0 +1,213 @@
+//! The `cluster` section of BENCHMARKS.md and its JSON: every figure next
+//! to the single node's, measured in the same run.
+
+use std::collections::BTreeMap;
+
+use super::{AIM_RATIO, FANOUT_CASES, Memory, Params, Tally, Trip, TripSet};
+use crate::report::{machine, today};
+
+/// Calls per operation, largest first: `evalsha 1.00, publish 1.00`, and
+/// their sum.
+fn per_op(commands: &BTreeMap<String, f64>, ops: f64) -> (f64, String) {
+    let mut calls: Vec<(&String, f64)> = commands.iter().map(|(n, c)| (n, c / ops.max(1e-9))).collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shown: Vec<String> = calls.iter().filter(|(_, c)| *c >= 0.005).map(|(n, c)| format!("{n} {c:.2}")).collect();
+    (calls.iter().map(|(_, c)| c).sum(), if shown.is_empty() { "none".into() } else { shown.join(", ") })
+}
+
+fn verdict(ratio: f64) -> &'static str {
+    if ratio <= AIM_RATIO { "**met**" } else { "**not met**" }
+}
+
+pub(super) fn text(
+    p: &Params,
+    load_average: &str,
+    background: &BTreeMap<String, f64>,
+    memories: &[Memory],
+    trips: &[TripSet],
+    fanouts: &[(Tally, u64, u64)],
+) -> String {
+    let mut text = format!(
+        "## cluster: `send_to_uid` and channel fan-out across 2 nodes vs one node\n\n\
+         - Machine: {} (shared: load average {load_average} when the run started, other jobs such as compiles \
+         running beside it; p99 is the figure such noise moves most)\n- Date: {}\n\
+         - Command: `target/release/hotsock-bench cluster --pairs {} --members {} --rate {} --seconds {} --rounds {} \
+         --size {} --idle {}`\n\
+         - One run starts a redis-server of its own (Debian's, `--save '' --appendonly no`, on a free port), a \
+         single node without `[cluster]` (the baseline) and a 2-node cluster (c0, c1) on that Redis, each node \
+         with one test-worker process (`crates/hotsock-testkit`), all on 127.0.0.1. The cases take turns in {} \
+         rounds of {} s and each figure covers all its rounds. CPU is the nodes' (servers and workers; both \
+         nodes for a cluster case) and Redis's, over the same spans. On this shared 2-core machine one run's \
+         p99 ratios move between runs by more than the aim's margin (a stall of another job lands in one case \
+         or another): read them next to the p50 ratios and the CPU per operation, which move less, and run \
+         again before concluding.\n\n",
+        machine(),
+        today(),
+        p.pairs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+        p.members,
+        p.rate,
+        p.seconds,
+        p.rounds,
+        p.size,
+        p.idle,
+        p.rounds,
+        p.seconds,
+    );
+    text.push_str(&format!(
+        "### `send_to_uid` round trip, pairs ping-ponging\n\n\
+         Client A sends `to_uid:B:to_uid:A:SEQ:PAD` ({} B of padding); A's worker sends `to_uid:A:SEQ:PAD` to \
+         uid B; B's client sends it back as it came; B's worker sends `SEQ:PAD` to uid A. Two `send_to_uid` per \
+         round trip, both crossing nodes in the last case of each set. Each pair waits for its round trip \
+         before the next; the ratios compare each case with the single node at the same number of pairs.\n\n\
+         | pairs | case | round trips | round trips/s | p50 | p99 | p99 / baseline p99 | nodes' CPU µs per round trip | Redis CPU µs per round trip |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        p.size
+    ));
+    for set in trips {
+        let base_p99 = set.tallies.first().map_or(1, |t| t.quantile(0.99)).max(1) as f64;
+        for (case, t) in Trip::ALL.iter().zip(&set.tallies) {
+            let ops = t.ops.max(1) as f64;
+            text.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {} µs | {} µs | {:.2}x | {:.1} | {:.1} |\n",
+                set.pairs,
+                case.name(),
+                t.ops,
+                t.ops as f64 / t.seconds.max(1e-9),
+                t.quantile(0.5),
+                t.quantile(0.99),
+                t.quantile(0.99) as f64 / base_p99,
+                t.node_cpu_s * 1e6 / ops,
+                t.redis_cpu_s * 1e6 / ops,
+            ));
+        }
+    }
+    text.push('\n');
+    for set in trips {
+        if let [single, local, cross] = &set.tallies[..] {
+            let base_p99 = single.quantile(0.99).max(1) as f64;
+            let ratio = cross.quantile(0.99) as f64 / base_p99;
+            text.push_str(&format!(
+                "- {} pairs: cross-node round trip p99 / single-node p99: **{ratio:.2}x** (aim: at most {AIM_RATIO}x): \
+                 {}; p50 {:.2}x. Both clients on one cluster node: p99 {:.2}x.\n",
+                set.pairs,
+                verdict(ratio),
+                cross.quantile(0.5) as f64 / single.quantile(0.5).max(1) as f64,
+                local.quantile(0.99) as f64 / base_p99,
+            ));
+        }
+    }
+    if let Some(set) = trips.last() {
+        for (case, t) in Trip::ALL.iter().zip(&set.tallies) {
+            text.push_str(&t.client.markdown(&format!("the round trips, {} pairs, {}", set.pairs, case.name())));
+        }
+    }
+    text.push_str(&format!(
+        "\n### Channel fan-out: {} members, {} publications/s of {} B padding, published from one node\n\n\
+         Latency is from the publisher's send to a member's receipt (one clock, one process), per delivery.\n\n\
+         | case | publications | deliveries (of expected) | p50 | p99 | p99 / baseline p99 | nodes' CPU µs per delivery | deliveries per nodes'-CPU-second | with Redis's CPU |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        p.members, p.rate, p.size
+    ));
+    let base_p99 = fanouts.first().map_or(1, |f| f.0.quantile(0.99)).max(1) as f64;
+    for (name, (t, received, expected)) in FANOUT_CASES.iter().zip(fanouts) {
+        let deliveries = (*received).max(1) as f64;
+        text.push_str(&format!(
+            "| {name} | {} | {received} ({:.1}%) | {} µs | {} µs | {:.2}x | {:.2} | {:.0} | {:.0} |\n",
+            t.ops,
+            100.0 * *received as f64 / (*expected).max(1) as f64,
+            t.quantile(0.5),
+            t.quantile(0.99),
+            t.quantile(0.99) as f64 / base_p99,
+            t.node_cpu_s * 1e6 / deliveries,
+            deliveries / t.node_cpu_s.max(1e-9),
+            deliveries / (t.node_cpu_s + t.redis_cpu_s).max(1e-9),
+        ));
+    }
+    if let [single, cluster] = fanouts {
+        let ratio = cluster.0.quantile(0.99) as f64 / base_p99;
+        text.push_str(&format!(
+            "\n- 2-node fan-out p99 / single-node p99: **{ratio:.2}x** (aim: at most {AIM_RATIO}x): {}. Deliveries \
+             per nodes'-CPU-second: {:.2}x the single node's.\n",
+            verdict(ratio),
+            (cluster.1 as f64 / cluster.0.node_cpu_s.max(1e-9)) / (single.1 as f64 / single.0.node_cpu_s.max(1e-9)),
+        ));
+    }
+    for (name, (t, _, _)) in FANOUT_CASES.iter().zip(fanouts) {
+        text.push_str(&t.client.markdown(&format!("the fan-out, {name}")));
+    }
+    text.push_str(&format!(
+        "\n### Memory per idle connection, {} connections each bound to its own uid\n\n\
+         | node | RSS with 0 | RSS with {} | KiB per connection | Redis RSS growth per connection |\n\
+         |---|---:|---:|---:|---:|\n",
+        p.idle, p.idle
+    ));
+    for m in memories {
+        let per = |kib: u64| kib as f64 / p.idle.max(1) as f64;
+        text.push_str(&format!(
+            "| {} | {} KiB | {} KiB | {:.1} | {} |\n",
+            m.name,
+            m.rss0_kib,
+            m.rss_kib,
+            per(m.rss_kib.saturating_sub(m.rss0_kib)),
+            m.redis_growth_kib.map_or("-".into(), |k| format!("{:.2} KiB", per(k))),
+        ));
+    }
+    text.push_str(
+        "\n### Redis commands per operation\n\n\
+         From `INFO commandstats` before and after each span, less the idle cluster's rate (measured first, \
+         over 2 s). Commands a Lua script runs count under their own names, so `evalsha` is the number of \
+         requests to Redis and the rest is what each script does inside.\n\n\
+         | operation | commands | by command |\n|---|---:|---|\n",
+    );
+    let mut rows: Vec<(String, f64, String)> = Vec::new();
+    // Over every set of pairs: two sends per round trip.
+    for (c, what) in
+        [(2, "`send_to_uid` to a uid on the other node"), (1, "`send_to_uid` to a uid on the same node (cluster mode)")]
+    {
+        let mut commands = BTreeMap::new();
+        let mut sends = 0.0;
+        for t in trips.iter().filter_map(|set| set.tallies.get(c)) {
+            sends += 2.0 * t.ops as f64;
+            for (name, n) in &t.commands {
+                *commands.entry(name.clone()).or_insert(0.0) += n;
+            }
+        }
+        let (n, by) = per_op(&commands, sends);
+        rows.push((what.into(), n, by));
+    }
+    if let [_, (cluster, _, _)] = fanouts {
+        let (n, by) = per_op(&cluster.commands, cluster.ops as f64);
+        rows.push(("publication (members on both nodes)".into(), n, by));
+    }
+    if let Some(m) = memories.iter().find(|m| m.commands.is_some()) {
+        let (n, by) = per_op(m.commands.as_ref().unwrap_or(&BTreeMap::new()), p.idle as f64);
+        rows.push(("connection opened with a uid (presence)".into(), n, by));
+    }
+    let (n, by) = per_op(background, 1.0);
+    rows.push(("idle 2-node cluster, per second (heartbeats)".into(), n, by));
+    for (what, n, by) in rows {
+        text.push_str(&format!("| {what} | {n:.2} | {by} |\n"));
+    }
+    text.push('\n');
+    text
+}
+
+pub(super) fn json(memories: &[Memory], trips: &[TripSet], fanouts: &[(Tally, u64, u64)]) -> serde_json::Value {
+    let tally = |t: &Tally| {
+        serde_json::json!({
+            "ops": t.ops, "seconds": t.seconds, "p50_us": t.quantile(0.5), "p99_us": t.quantile(0.99),
+            "node_cpu_s": t.node_cpu_s, "redis_cpu_s": t.redis_cpu_s, "redis_commands": t.commands,
+        })
+    };
+    serde_json::json!({
+        "round_trip": trips.iter().flat_map(|set| Trip::ALL.iter().zip(&set.tallies).map(|(c, t)| {
+            serde_json::json!({"pairs": set.pairs, "case": c.name(), "figures": tally(t)})
+        })).collect::<Vec<_>>(),
+        "fanout": FANOUT_CASES.iter().zip(fanouts).map(|(c, (t, received, expected))| serde_json::json!({
+            "case": c, "figures": tally(t), "deliveries": received, "expected": expected,
+        })).collect::<Vec<_>>(),
+        "memory": memories.iter().map(|m| serde_json::json!({
+            "node": m.name, "rss0_kib": m.rss0_kib, "rss_kib": m.rss_kib, "redis_growth_kib": m.redis_growth_kib,
+        })).collect::<Vec<_>>(),
+    })
+}
