@@ -476,7 +476,7 @@ impl Node {
         while let Some(command) = commands.next() {
             let step = match command {
                 Command::Subscribe { conn, channel, from, reply } => {
-                    match self.flush(&mut conns.cmd, &mut pipe, &mut pending).await {
+                    match self.flush(conns, &mut pipe, &mut pending).await {
                         Ok(()) => self.subscribe(conns, conn, channel, from, reply).await,
                         Err(error) => {
                             self.refuse(Command::Subscribe { conn, channel, from, reply }, &error);
@@ -486,7 +486,7 @@ impl Node {
                 }
                 // A subscribe queued before this unfollow may have given the
                 // channel a member again: then it stays followed.
-                Command::Unfollow { channel } => match self.flush(&mut conns.cmd, &mut pipe, &mut pending).await {
+                Command::Unfollow { channel } => match self.flush(conns, &mut pipe, &mut pending).await {
                     Ok(()) if !self.shared.hub.follows(&channel) && self.following.remove(&*channel) => {
                         let unsubscribing = conns.sink.unsubscribe(self.keys.channel(&channel));
                         pubsub_step(self.config.connect_timeout_ms, unsubscribing).await.map_err(|e| e.to_string())
@@ -508,7 +508,7 @@ impl Node {
             }
         }
         drop(commands);
-        self.flush(&mut conns.cmd, &mut pipe, &mut pending).await
+        self.flush(conns, &mut pipe, &mut pending).await
     }
 
     /// Adds one request to the pipeline; what its answer is for.
@@ -588,7 +588,7 @@ impl Node {
     /// Sends the pipeline and hands every answer to whoever waits for it.
     async fn flush(
         &mut self,
-        cmd: &mut MultiplexedConnection,
+        conns: &mut Conns,
         pipe: &mut redis::Pipeline,
         pending: &mut Vec<Pending>,
     ) -> Result<(), String> {
@@ -599,13 +599,34 @@ impl Node {
         let sent = std::mem::replace(pipe, redis::pipe());
         pipe.ignore_errors();
         let waiting = std::mem::take(pending);
-        let answers: Vec<Result<Value, RedisError>> = match sent.query_async(cmd).await {
+        // While the answers come back, Pub/Sub keeps being delivered: a
+        // cross-node message must not wait behind this node's own batch.
+        let mut link = conns.cmd.clone();
+        let query = async move { sent.query_async::<Vec<Result<Value, RedisError>>>(&mut link).await };
+        tokio::pin!(query);
+        let answered = loop {
+            tokio::select! {
+                biased;
+                answered = &mut query => break answered.map_err(|e| e.to_string()),
+                message = conns.stream.next() => {
+                    let delivered = match message {
+                        Some(message) => self.on_message(&mut conns.cmd, message).await,
+                        None => Err("the Pub/Sub connection closed".to_owned()),
+                    };
+                    if let Err(error) = delivered {
+                        break Err(error);
+                    }
+                }
+            }
+        };
+        let answers = match answered {
             Ok(answers) => answers,
             Err(error) => {
+                let lost = ChannelError::ClusterUnavailable(error.clone());
                 for wait in waiting {
-                    self.settle(wait, Err(unavailable(&error)));
+                    self.settle(wait, Err(lost.clone()));
                 }
-                return Err(error.to_string());
+                return Err(error);
             }
         };
         // Presence commands are `ignore`d; every other request has one
