@@ -408,7 +408,7 @@ impl Table {
             (ColumnType::Str(max), Value::Str(s)) => {
                 Err(TableError::StringTooLong { column: name.to_owned(), len: s.len(), max })
             }
-            (ty, _) => Err(TableError::WrongType { column: name.to_owned(), expected: type_name(ty) }),
+            (ty, _) => Err(TableError::WrongType { column: name.to_owned(), expected: ty.holds() }),
         }
     }
 
@@ -686,14 +686,6 @@ impl Table {
             release(&row[LOCK], Some(row));
         }
         released
-    }
-}
-
-fn type_name(ty: ColumnType) -> &'static str {
-    match ty {
-        ColumnType::Int => "i64 values",
-        ColumnType::Float => "f64 values",
-        ColumnType::Str(_) => "strings",
     }
 }
 

@@ -24,6 +24,15 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
+    /// What a column of this type holds, for `TableError::WrongType`.
+    pub fn holds(self) -> &'static str {
+        match self {
+            ColumnType::Int => "i64 values",
+            ColumnType::Float => "f64 values",
+            ColumnType::Str(_) => "strings",
+        }
+    }
+
     /// Parses the config spelling: `i64`, `f64`, `str:N`.
     pub fn parse(text: &str) -> Result<ColumnType, String> {
         match text {

@@ -193,7 +193,7 @@ impl ClusterTable {
             (ColumnType::Str(max), Value::Str(s)) => {
                 Err(TableError::StringTooLong { column: column.to_owned(), len: s.len(), max: *max })
             }
-            (ty, _) => Err(TableError::WrongType { column: column.to_owned(), expected: type_name(*ty) }),
+            (ty, _) => Err(TableError::WrongType { column: column.to_owned(), expected: ty.holds() }),
         }
     }
 
@@ -319,13 +319,5 @@ impl ClusterTable {
         }
         let rows: Vec<Vec<(String, Vec<u8>)>> = self.with_conn(|c| pipe.query(c))?;
         Ok(keys.into_iter().zip(rows).filter_map(|(key, fields)| self.row_of(fields).map(|row| (key, row))).collect())
-    }
-}
-
-fn type_name(ty: ColumnType) -> &'static str {
-    match ty {
-        ColumnType::Int => "i64 values",
-        ColumnType::Float => "f64 values",
-        ColumnType::Str(_) => "strings",
     }
 }

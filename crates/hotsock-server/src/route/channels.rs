@@ -272,16 +272,7 @@ impl Channels {
         let Some(channel) = self.map.get_mut(&key) else { return Err(ChannelError::NoSuchConnection) };
         channel.head += 1;
         let position = Position { epoch: channel.epoch, offset: channel.head };
-        let message = match envelope {
-            Envelope::None => data,
-            Envelope::Json => publication_envelope(&key, position, &data),
-        };
-        if config.history_size > 0 {
-            channel.history_bytes += message.len();
-            self.history_total += message.len();
-            channel.history.push_back(Stored { offset: position.offset, at_ms: now_ms, message: message.clone() });
-        }
-        self.history_total -= channel.trim(config, now_ms);
+        let message = record(channel, (config, envelope), &key, position, data, now_ms, &mut self.history_total);
         self.counters.publications += 1;
         self.counters.deliveries += channel.members.len() as u64;
         if channel.is_idle(self.external) {
@@ -406,16 +397,7 @@ impl Channels {
             channel.history_bytes = 0;
         }
         (channel.epoch, channel.head) = (position.epoch, position.offset);
-        let message = match envelope {
-            Envelope::None => data,
-            Envelope::Json => publication_envelope(&key, position, &data),
-        };
-        if config.history_size > 0 {
-            channel.history_bytes += message.len();
-            self.history_total += message.len();
-            channel.history.push_back(Stored { offset: position.offset, at_ms, message: message.clone() });
-        }
-        self.history_total -= channel.trim(config, at_ms);
+        let message = record(channel, (config, envelope), &key, position, data, at_ms, &mut self.history_total);
         self.counters.publications += 1;
         self.counters.deliveries += channel.members.len() as u64;
         (verdict, Some(message))
@@ -469,6 +451,30 @@ impl Channels {
         self.map.insert(key.clone(), channel);
         Ok(key)
     }
+}
+
+/// A publication at `position` (the channel's new head): its bytes for the
+/// members, once, kept in the history too; `total` is every history's size.
+fn record(
+    channel: &mut Channel,
+    (config, envelope): (&ChannelsConfig, Envelope),
+    name: &str,
+    position: Position,
+    data: Outgoing,
+    at_ms: u64,
+    total: &mut usize,
+) -> Outgoing {
+    let message = match envelope {
+        Envelope::None => data,
+        Envelope::Json => publication_envelope(name, position, &data),
+    };
+    if config.history_size > 0 {
+        channel.history_bytes += message.len();
+        *total += message.len();
+        channel.history.push_back(Stored { offset: position.offset, at_ms, message: message.clone() });
+    }
+    *total -= channel.trim(config, at_ms);
+    message
 }
 
 /// The publications after `offset` if the history holds every one of them
