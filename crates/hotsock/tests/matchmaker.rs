@@ -183,8 +183,15 @@ async fn two_thousand_players_through_three_reloads_and_a_rule_switch(sdk: Sdk) 
     let dir = hotsock_testkit::TempDir::new("rules");
     let rules = dir.path().join("rules");
     std::fs::write(&rules, "opposite-gender").expect("write");
+    // The PHP workers fall seconds behind while a reload replaces them on
+    // a loaded host: handshakes get longer than the default 5 s to be
+    // decided (what is checked is that nobody is lost or matched twice).
+    let config = match sdk {
+        Sdk::Rust => config(sdk),
+        Sdk::Php => format!("[server]\nhandshake_timeout_ms = 30000\n{}", config(sdk)),
+    };
     let server = TestServer::start_with_env(
-        &config(sdk),
+        &config,
         &[("MATCH_SECRET", SECRET), ("MATCH_TIMEOUT_MS", "3000"), ("MATCH_RULES_FILE", rules.to_str().expect("utf8"))],
     );
     // Paced to what each matchmaker sustains: the PHP one pays a server
