@@ -189,6 +189,7 @@ pub(crate) fn waiting_uids(lock: &PoolLock<'_>) -> Result<Vec<i64>, TableError> 
     for head in queue_heads(lock)? {
         let mut next = Some(head);
         while let Some(player) = next {
+            lock.keep()?;
             uids.push(player.id());
             next = if player.next == 0 { None } else { pool::player(lock.players, player.next)? };
         }
@@ -207,6 +208,7 @@ fn first(
 ) -> Result<Option<Player>, TableError> {
     let (mut uid, _) = ends(lock, key)?;
     while uid != 0 {
+        lock.keep()?;
         let Some(player) = pool::player(lock.players, uid)? else { return Ok(None) };
         if stop(&player) {
             return Ok(None);

@@ -199,6 +199,7 @@ impl Matchmaker {
         for head in index::queue_heads(&lock)? {
             let mut next = Some(head);
             while let Some(player) = next.take() {
+                lock.keep()?;
                 let waited = now - player.since;
                 if player.state != WAITING || waited < self.timeout_ms {
                     break;
@@ -214,6 +215,7 @@ impl Matchmaker {
         }
         if self.rules == RuleSet::RatingWindow {
             for uid in index::waiting_uids(&lock)? {
+                lock.keep()?;
                 // Read again: this pass may have matched it already.
                 let Some(player) = pool::player(table, uid)? else { continue };
                 if player.state != WAITING {
@@ -225,6 +227,7 @@ impl Matchmaker {
             }
         }
         while let Some(player) = index::oldest_settled(&lock)? {
+            lock.keep()?;
             if now - player.changed < RESEND_AFTER_MS {
                 break;
             }

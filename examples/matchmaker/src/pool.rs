@@ -110,12 +110,40 @@ pub(crate) fn player(table: &Table, uid: i64) -> Result<Option<Player>, TableErr
 pub(crate) struct PoolLock<'a> {
     pub(crate) players: &'a Table,
     pub(crate) index: &'a Table,
-    holder: Value,
+    /// What the lock row says while this worker holds it, and when it
+    /// last said so (renewed during long holds on a cluster-wide pool).
+    holder: std::sync::Mutex<(Value, std::time::Instant)>,
 }
 
 impl Drop for PoolLock<'_> {
     fn drop(&mut self) {
-        let _ = self.players.compare_and_set(LOCK_KEY, "result", &self.holder, &Value::Str(String::new()));
+        let (holder, _) = &*self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.players.compare_and_set(LOCK_KEY, "result", holder, &Value::Str(String::new()));
+    }
+}
+
+impl PoolLock<'_> {
+    fn new<'a>(players: &'a Table, index: &'a Table, holder: Value) -> PoolLock<'a> {
+        PoolLock { players, index, holder: std::sync::Mutex::new((holder, std::time::Instant::now())) }
+    }
+
+    /// Long holds call this between steps: on a cluster-wide pool the
+    /// lease is renewed every quarter of it, and a holder that finds it
+    /// taken over (it stalled past the lease) stops before writing more.
+    pub(crate) fn keep(&self) -> Result<(), TableError> {
+        if self.players.scope() != Scope::Cluster {
+            return Ok(());
+        }
+        let mut held = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        if held.1.elapsed() < std::time::Duration::from_millis((LOCK_LEASE_MS / 4) as u64) {
+            return Ok(());
+        }
+        let renewed = Value::Str(format!("{}|{}|{}", this_node(), std::process::id(), crate::now_ms()));
+        if !self.players.compare_and_set(LOCK_KEY, "result", &held.0, &renewed)? {
+            return Err(TableError::Unavailable("the pool lock was taken over (held past its lease)".into()));
+        }
+        *held = (renewed, std::time::Instant::now());
+        Ok(())
     }
 }
 
@@ -165,14 +193,14 @@ pub(crate) async fn lock<'a>(players: &'a Table, index: &'a Table) -> Result<Poo
         let now = crate::now_ms();
         let me = Value::Str(format!("{}|{}|{now}", this_node(), std::process::id()));
         if players.compare_and_set(LOCK_KEY, "result", &free, &me)? {
-            return Ok(PoolLock { players, index, holder: me });
+            return Ok(PoolLock::new(players, index, me));
         }
         let holder = players.get(LOCK_KEY)?.and_then(|row| row.str("result").map(str::to_owned)).unwrap_or_default();
         if !holder.is_empty()
             && holder_is_gone(&holder, cluster, now)
             && players.compare_and_set(LOCK_KEY, "result", &Value::Str(holder.clone()), &me)?
         {
-            let lock = PoolLock { players, index, holder: me };
+            let lock = PoolLock::new(players, index, me);
             let repaired = index::rebuild(&lock)?;
             eprintln!("matchmaker: took the pool lock over from {holder}, gone; index rebuilt ({repaired} players)");
             return Ok(lock);
