@@ -191,6 +191,11 @@ if reg and epoch_of(reg) ~= epoch then
 end
 redis.call('SET', key, epoch .. '|' .. now, 'PX', ttl)
 redis.call('SADD', prefix .. ':nodes', id)
+-- What a node id keeps besides its registration outlives it by a margin,
+-- then goes: ids of nodes that never come back (a pod's) leave nothing.
+local keep = tonumber(ttl) * 100
+redis.call('PEXPIRE', key .. ':uids', keep)
+redis.call('PEXPIRE', key .. ':boot', keep)
 local outcome = 'renewed'
 if not reg or epoch_of(reg) ~= epoch then
   outcome = 'registered'

@@ -815,11 +815,15 @@ impl Node {
         }
         let name = self.log_name(log);
         let entries = self.read_back(cmd, &name, after, upto - after).await?;
-        let mut first = true;
+        // The first entry may jump a gap the stream no longer holds; a
+        // later one jumps only past entries that did not decode (another
+        // version's, skipped by `parse_range`), which are lost to this node.
+        let mut previous = None;
         for (seq, at, entry) in entries {
             self.state.refetched.fetch_add(1, Ordering::Relaxed);
-            self.deliver(log, epoch, seq, at, entry, first);
-            first = false;
+            let jump = previous.is_none_or(|previous: u64| seq != previous + 1);
+            self.deliver(log, epoch, seq, at, entry, jump);
+            previous = Some(seq);
         }
         Ok(())
     }
