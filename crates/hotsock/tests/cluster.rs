@@ -516,3 +516,60 @@ async fn a_redis_restarted_from_an_older_snapshot_starts_new_epochs_instead_of_d
     send(&mut member, "echo:end").await;
     assert_eq!(recv(&mut member).await, "end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_wide_table_is_one_table_on_every_node_with_its_limits_and_outages() {
+    use futures_util::{SinkExt, StreamExt};
+    let mut redis = RedisServer::start();
+    let table = "\n[tables.counters]\nscope = \"cluster\"\nrows = 3\ncolumns = { n = \"i64\", label = \"str:8\" }\n";
+    let cluster: Vec<TestServer> =
+        (0..2).map(|i| TestServer::start(&node_config(&redis, &format!("n{i}"), table))).collect();
+    // Four clients, two per node, increment one key at once: atomic
+    // across nodes, so the sum is exact.
+    let mut tasks = Vec::new();
+    for server in cluster.iter().chain(cluster.iter()) {
+        let (client, _) = open_testworker(server, "/").await;
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = client.split();
+            for _ in 0..100 {
+                sink.send(tokio_tungstenite::tungstenite::Message::text("tincr:shared")).await.expect("send");
+            }
+            for _ in 0..100 {
+                let reply = hotsock_testkit::next_text(&mut stream).await;
+                assert!(reply.parse::<i64>().is_ok(), "{reply}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client");
+    }
+    let (mut a, _) = open_testworker(&cluster[1], "/").await;
+    send(&mut a, "tget:shared").await;
+    assert_eq!(recv(&mut a).await, "400");
+    // Capacity is exact cluster-wide: the rows are counted in Redis.
+    let (mut b, _) = open_testworker(&cluster[0], "/").await;
+    for key in ["two", "three"] {
+        send(&mut b, &format!("tincr:{key}")).await;
+        assert_eq!(recv(&mut b).await, "1");
+    }
+    send(&mut a, "tincr:four").await;
+    assert_eq!(recv(&mut a).await, "error: table full: all 3 rows are in use");
+    send(&mut a, &format!("tincr:{}", "k".repeat(65))).await;
+    assert!(recv(&mut a).await.starts_with("error: key of 65 bytes"));
+    // Redis away: a typed error, not a hang; back (empty): the table works.
+    redis.stop();
+    send(&mut a, "tget:shared").await;
+    let reply = recv(&mut a).await;
+    assert!(reply.starts_with("error: cluster table:"), "{reply}");
+    redis.restart();
+    wait_for("the nodes back", || (cluster_status(&cluster[1])["redis_connected"] == true).then_some(()));
+    let fresh = loop {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        send(&mut a, "tincr:shared").await;
+        let reply = recv(&mut a).await;
+        if !reply.starts_with("error") {
+            break reply;
+        }
+    };
+    assert_eq!(fresh, "1", "the restarted Redis is empty");
+}
