@@ -141,6 +141,9 @@ pub(crate) fn pipelined(connections: usize, depth: usize, seconds: u64, out: &Pa
         ));
     }
     text.push_str(CPU_PER_MESSAGE);
+    if pin::pinned() {
+        text.push_str(PIPELINED_PROFILE);
+    }
     let bars: Vec<(String, f64)> = rows.iter().map(|r| (r.label.to_owned(), r.result.msgs_per_s)).collect();
     let title = format!("pipelined: msg/s, {depth} in flight x {connections} connections");
     text.push_str(&chart::save(
@@ -172,6 +175,25 @@ fn php_line(rust: &Row, php: Option<&Row>, aim: bool) -> String {
 const CPU_PER_MESSAGE: &str = "\nServer CPU µs/msg is the CPU time of the server (with its workers) during the \
 measured span divided by the messages answered in it: what one message costs the target, whatever the load \
 generator's share of the machine.\n";
+
+/// What `perf` showed under this load (issue 15, part 2): kept with the
+/// section so a re-run does not drop it.
+const PIPELINED_PROFILE: &str = "\nWhat the profile showed. `perf record -F 1999 --call-graph dwarf` of the server \
+and of the echo worker, 2 s each during the hotsock run of this scenario (pinned, release binaries; \
+`perf report --no-children`). **Server**: about 30% of its CPU in the kernel (socket reads and writes, wake-ups), \
+15-17% in libc (malloc/free, memmove) and the rest in its own code with no single hot spot: `Slot::ack` (5%), \
+dropping and cloning the `Bytes` of each frame (4.5% + 2.6%: the shared read buffer's reference count), tungstenite's \
+read (3.4%), wakers and the outbox push (2-4% each); before this change SipHash on the hub's and the slots' u64 maps \
+was 7% (an event's lane and entry, its ack and its connection are each looked up per message: now foldhash, gone \
+from the profile). **Worker** (examples/echo on the SDK): 66% in the SDK and tokio, 24% in libc: submitting each \
+event (`Runner::submit`: a lane map entry and one spawned task per event, 12%), the unbounded channel from handlers \
+to the writer (push, pop, waker: 13%), copying frames into the write buffer (memmove 7%), the handler's `format!` \
+(4%); malloc was 6.6% before the read buffer stopped being re-allocated for every read (decoded frames keep slices \
+of it, so each read's 64 KiB reserve was a fresh allocation whose free made glibc consolidate its heap), 4-6% \
+after. Paired runs of the old and new binaries (3 each, alternating): server CPU per message 5.50/5.57/5.64 µs \
+before, 5.59/4.97/5.35 after, a few percent on a noisy host. Left: one task per event and the channel per frame in \
+the SDK (running a handler that completes at once inline in the read loop would remove both for most events), and \
+the per-connection wake-ups on the server side, which the fan-out section's findings describe.\n";
 
 /// The report section's name suffix: pinned runs have their own sections.
 fn section_suffix() -> &'static str {
@@ -246,6 +268,7 @@ fn headline(rows: &[Row]) -> String {
         hotsock.result.msgs_per_s / peer.result.msgs_per_s.max(1.0),
         php_line(hotsock, rest.first().copied(), true),
     );
+    text.push_str(&low_concurrency_latency(rows));
     if pin::pinned() {
         text.push_str(
             "\nPinned, each target has one core to itself and the load generator has the other: a server CPU near \
@@ -267,6 +290,36 @@ fn headline(rows: &[Row]) -> String {
     }
     text
 }
+
+/// The connection count issue 15 states the round-trip aim at.
+const LATENCY_CONNECTIONS: usize = 10;
+
+/// hotsock's p50 round trip against the ceiling's at 10 connections
+/// (unpinned; aim: at most 1.5x), when that count was run.
+fn low_concurrency_latency(rows: &[Row]) -> String {
+    let at: Vec<&Row> = rows.iter().filter(|r| r.connections == LATENCY_CONNECTIONS).collect();
+    let [ceiling, hotsock, ..] = at[..] else { return String::new() };
+    format!(
+        "\nAt {LATENCY_CONNECTIONS} connections: **hotsock p50 / ceiling p50: {:.2}** ({} µs vs {} µs{}).\n",
+        hotsock.result.p50_us as f64 / ceiling.result.p50_us.max(1) as f64,
+        hotsock.result.p50_us,
+        ceiling.result.p50_us,
+        if pin::pinned() { "" } else { "; aim unpinned: at most 1.5" },
+    ) + if pin::pinned() { "" } else { LOW_CONCURRENCY }
+}
+
+/// What was measured about the round trip at 10 connections (issue 15):
+/// kept with the section so a re-run does not drop it.
+const LOW_CONCURRENCY: &str = "\nAt low concurrency a round trip is a chain of wake-ups: the ceiling wakes one \
+process per message, hotsock three (the server, the worker, the server again), and on this shared 2-core host \
+each wake-up of a process that slept waits for a core. `perf trace -s` over 3 s at 10 connections: the server \
+makes about 3.3 system calls per message (the send to the client, its reads, and per batch of about 2.5 messages \
+one write and one read on the worker socket), the worker one recv and one send per batch; `perf record` puts 62% \
+of the server's CPU in the kernel, most of it waking the other side (`sock_def_readable` to `try_to_wake_up`) and \
+switching tasks. Paired runs, old and new binaries alternating (4 each, one 3 s round): p50 / ceiling p50 \
+1.90, 2.21, 1.79, 1.80 before the read-buffer and hashing changes, 1.68, 1.44, 1.67, 1.70 after. The server's \
+runtime on one thread (`TOKIO_WORKER_THREADS=1`) was tried again and not kept: 1.52 and 1.79 against 2.12 and \
+2.17 in one pair of runs, 2.19 and 2.29 against 2.00 and 2.11 in the next.\n";
 
 /// Throughput and p99 against connections, one line per target.
 fn charts(out: &Path, scenario: &str, rows: &[Row]) -> String {

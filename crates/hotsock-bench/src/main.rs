@@ -160,9 +160,12 @@ enum Scenario {
         /// Concurrent connections.
         #[arg(long, default_value_t = 20)]
         connections: usize,
-        /// Seconds per kind of request.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds per kind of request and round.
+        #[arg(long, default_value_t = 3)]
         seconds: u64,
+        /// Rounds in which the two kinds take turns.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -266,7 +269,7 @@ fn main() -> Result<()> {
             matchmaker::run(&matchmaker::Params { players, rate, reload_every_s: reload_every }, &out)
         }
         Scenario::MatchmakerPool { waiting, out } => matchmaker_pool::run(&matchmaker_pool::Params { waiting }, &out),
-        Scenario::Tasks { connections, seconds, out } => tasks::run(connections, seconds, &out),
+        Scenario::Tasks { connections, seconds, rounds, out } => tasks::run(connections, seconds, rounds, &out),
         Scenario::Fanout { layouts, seconds, size, out } => {
             let layouts = layouts.iter().map(|l| parse_layout(l)).collect::<Result<Vec<_>>>()?;
             fanout::run(&fanout::Params { layouts, seconds, size }, &out)
@@ -302,7 +305,7 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
         seconds: scale(12, 6),
     };
     reload::run(&reloads, out)?;
-    tasks::run(20, scale(5, 2), out)?;
+    tasks::run(20, scale(3, 1), scale(3, 2) as usize, out)?;
     table::run(scale(2_000_000, 300_000) as usize, out)?;
     matchmaker::run(&matchmaker::Params { players: scale(2000, 600) as usize, rate: 400, reload_every_s: 1 }, out)?;
     let waiting = if quick { vec![1000, 5000] } else { vec![1000, 10_000, 18_000] };

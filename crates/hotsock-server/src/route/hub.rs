@@ -33,7 +33,7 @@ use crate::config::{Config, DispatchMode, Envelope};
 use crate::route::channels::{Channels, unsubscribed_envelope};
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::outbox::{ConnShared, NotUtf8, Outgoing};
-use crate::route::slot::{Attached, Pending, Poisoned, Slot, SlotCounters, WorkerId};
+use crate::route::slot::{Attached, IdMap, Pending, Poisoned, Slot, SlotCounters, WorkerId};
 use crate::wire::{ChannelCounters, ClientStatus, TaskCounters};
 
 #[derive(Debug)]
@@ -60,12 +60,12 @@ struct SlotEntry {
 
 #[derive(Debug)]
 struct HubState {
-    conns: HashMap<u64, ConnEntry>,
+    conns: IdMap<ConnEntry>,
     uids: HashMap<u64, Vec<u64>>,
     slots: Vec<SlotEntry>,
     handshakes: HashMap<u64, oneshot::Sender<HandshakeReply>>,
     /// Tasks whose result has not come back: who dispatched them.
-    tasks: HashMap<u64, TaskOrigin>,
+    tasks: IdMap<TaskOrigin>,
     next_task: u64,
     task_counters: TaskCounters,
     next_event: u64,
@@ -165,11 +165,11 @@ impl Hub {
             .collect();
         Hub {
             state: Mutex::new(HubState {
-                conns: HashMap::new(),
+                conns: IdMap::default(),
                 uids: HashMap::new(),
                 slots,
                 handshakes: HashMap::new(),
-                tasks: HashMap::new(),
+                tasks: IdMap::default(),
                 next_task: 1,
                 task_counters: TaskCounters::default(),
                 next_event: 1,

@@ -42,6 +42,13 @@ const WRITE_BATCH_BYTES: usize = 256 << 10;
 const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
 /// Read buffer growth step for a worker socket.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Spare room below which the read buffer grows by `READ_CHUNK_BYTES`
+/// before the next read. Decoded payloads (pushes waiting in outboxes)
+/// keep slices of the buffer, so growing it means a fresh allocation:
+/// growing before every read cost a 64 KiB malloc and free per batch (the
+/// spare is never a whole chunk once anything was read). One chunk now
+/// serves reads until less than this is left.
+const READ_SPARE_MIN_BYTES: usize = 16 << 10;
 /// How long a worker that closed its socket gets to exit before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Lines of a failed worker's stderr put in its report.
@@ -326,7 +333,11 @@ impl WorkerTask {
         let decoder = Decoder::new(PAYLOAD_MAX_BYTES);
         let Launch { slot, worker, .. } = self.launch;
         // Far enough away to never fire until a drain sets a real deadline.
-        let mut deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        // One timer for the loop's life, moved by a drain: a fresh
+        // `sleep_until` per batch registered and removed a timer entry
+        // (the time driver's lock, twice) for every read from the worker.
+        let drain = tokio::time::sleep_until(Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        tokio::pin!(drain);
         let config = self.shared.config();
         let workers = &config.workers;
         let max_requests = if slot < workers.count { workers.max_requests } else { workers.task_max_requests };
@@ -391,7 +402,9 @@ impl WorkerTask {
             if let Some(fault) = fault {
                 return LoopEnd::Violation(fault);
             }
-            buf.reserve(READ_CHUNK_BYTES);
+            if buf.capacity() - buf.len() < READ_SPARE_MIN_BYTES {
+                buf.reserve(READ_CHUNK_BYTES);
+            }
             tokio::select! {
                 read = rd.read_buf(&mut buf) => match read {
                     Ok(0) => return LoopEnd::Eof,
@@ -401,7 +414,9 @@ impl WorkerTask {
                 control = self.control.recv() => match control {
                     Some(Control::Drain { deadline: by, retire }) => {
                         self.retire = Some(retire);
-                        deadline = deadline.min(by);
+                        if by < drain.deadline() {
+                            drain.as_mut().reset(by);
+                        }
                     }
                     Some(Control::Kill(reason)) => return LoopEnd::Kill(reason),
                     // The supervisor is gone: the server is exiting.
@@ -417,7 +432,7 @@ impl WorkerTask {
                     seq += 1;
                     let _ = direct.send(ToWorker::Ping { seq });
                 }
-                () = tokio::time::sleep_until(deadline) => return LoopEnd::DrainDeadline,
+                () = &mut drain => return LoopEnd::DrainDeadline,
             }
         }
     }
