@@ -52,11 +52,9 @@ async fn uid_sends_reach_only_the_nodes_holding_the_uid_and_broadcasts_reach_all
     let cluster: Vec<TestServer> = (0..3)
         .map(|i| {
             let config = node_config(&redis, &format!("n{i}"), "");
-            let config = config.replacen(
-                &format!("command = [\"{}\"]", bin("hotsock-testworker").display()),
-                &format!("command = {command}"),
-                1,
-            );
+            let rust = format!("command = [\"{}\"]", bin("hotsock-testworker").display());
+            assert!(config.contains(&rust), "the node config names the Rust test worker: {config}");
+            let config = config.replacen(&rust, &format!("command = {command}"), 1);
             TestServer::start(&config)
         })
         .collect();
@@ -336,8 +334,8 @@ async fn a_redis_outage_is_reported_local_traffic_goes_on_and_nothing_arrives_tw
     assert_eq!(second.iter().map(|(_, o, _)| *o).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
     send(&mut member, "echo:end").await;
     assert_eq!(recv(&mut member).await, "end", "nothing arrived twice");
-    let readyz_free = cluster.iter().all(|s| cluster_status(s)["lost"] == 0);
-    assert!(readyz_free, "no message was lost in Redis while it was up");
+    let none_lost = cluster.iter().all(|s| cluster_status(s)["lost"] == 0);
+    assert!(none_lost, "no message was lost in Redis while it was up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

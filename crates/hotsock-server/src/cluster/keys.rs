@@ -281,24 +281,18 @@ pub(crate) struct Malformed;
 
 impl Entry {
     /// `kind u8, flags u8, origin (u8 length, bytes), [uid | except u64],
-    /// data`.
+    /// data` (a close's data: `code u16`, then the reason).
     pub(crate) fn encode(&self) -> Bytes {
-        if let Entry::CloseUid { uid, code, reason } = self {
-            let mut buf = BytesMut::with_capacity(13 + reason.len());
-            buf.put_u8(CLOSE_UID);
-            buf.put_u8(0);
-            buf.put_u8(0);
-            buf.put_u64_le(*uid);
-            buf.put_u16_le(*code);
-            buf.extend_from_slice(reason.as_bytes());
-            return buf.freeze();
-        }
+        let close;
         let (kind, origin, binary, number, data) = match self {
-            Entry::CloseUid { .. } => return Bytes::new(),
-            Entry::ToUid { uid, binary, data } => (TO_UID, "", *binary, Some(*uid), data),
-            Entry::Broadcast { origin, binary, data } => (BROADCAST, origin.as_str(), *binary, None, data),
+            Entry::ToUid { uid, binary, data } => (TO_UID, "", *binary, Some(*uid), &data[..]),
+            Entry::CloseUid { uid, code, reason } => {
+                close = [&code.to_le_bytes()[..], reason.as_bytes()].concat();
+                (CLOSE_UID, "", false, Some(*uid), &close[..])
+            }
+            Entry::Broadcast { origin, binary, data } => (BROADCAST, origin.as_str(), *binary, None, &data[..]),
             Entry::Publication { origin, except, binary, data } => {
-                (PUBLICATION, origin.as_str(), *binary, *except, data)
+                (PUBLICATION, origin.as_str(), *binary, *except, &data[..])
             }
         };
         let mut buf = BytesMut::with_capacity(19 + origin.len() + data.len());
