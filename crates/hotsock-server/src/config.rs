@@ -552,6 +552,15 @@ pub struct ReloadConfig {
     /// strike, so this bounds how long a reload keeps two processes, not
     /// how long a handler may run.
     pub max_wait_ms: u64,
+    /// `hotsock upgrade`: the new binary must be serving-ready (config
+    /// valid, a Ready worker in every slot) within this time, or the
+    /// upgrade is abandoned and nothing has changed.
+    pub upgrade_timeout_ms: u64,
+    /// `hotsock upgrade`: from the moment connections start to park until
+    /// the new server holds them all. Past it the upgrade is aborted and
+    /// the old server serves every connection on. Bounds every
+    /// connection's pause.
+    pub upgrade_pause_max_ms: u64,
     /// `[reload.watch]`: rebuild and reload when source files change.
     pub watch: Option<WatchConfig>,
 }
@@ -614,6 +623,8 @@ impl Default for ReloadConfig {
             rollback_window_ms: 10_000,
             rollback_failures: 3,
             max_wait_ms: 3_000,
+            upgrade_timeout_ms: 30_000,
+            upgrade_pause_max_ms: 5_000,
         }
     }
 }
@@ -780,6 +791,12 @@ impl Config {
                 l.read_buffer_bytes
             );
             return Err(invalid("limits.read_buffer_bytes", problem));
+        }
+        if self.reload.upgrade_timeout_ms == 0 {
+            return Err(invalid("reload.upgrade_timeout_ms", "must be at least 1".into()));
+        }
+        if self.reload.upgrade_pause_max_ms == 0 {
+            return Err(invalid("reload.upgrade_pause_max_ms", "must be at least 1".into()));
         }
         if self.reload.ready_timeout_ms == 0 {
             return Err(invalid("reload.ready_timeout_ms", "must be at least 1".into()));

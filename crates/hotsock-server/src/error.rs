@@ -34,6 +34,9 @@ pub enum ServerError {
     /// taken; the message names the config line.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// Taking over from a running server (`hotsock upgrade`) failed.
+    #[error("upgrade: {0}")]
+    Upgrade(String),
     /// Workers did not all become ready in time at start.
     #[error("workers did not become ready: {0}")]
     WorkersNotReady(String),

@@ -27,8 +27,33 @@ mod route;
 mod server;
 mod shared;
 mod supervise;
+mod upgrade;
 mod wait;
 mod wire;
+
+pub use upgrade::report_failure as report_upgrade_failure;
+pub use upgrade::wire::ENV_UPGRADE_FD;
+
+/// Where a copy of the binary can carry a build tag: the marker, then NUL
+/// bytes a tool may overwrite with up to 29 bytes of tag (the tests make
+/// a second "build" for `hotsock upgrade` this way). Read through
+/// `black_box`, so the compiler cannot fold the NULs in.
+static BUILD_TAG: [u8; 48] = *b"hotsock-build-tag:\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// This server's version: the package version, and `+TAG` when the
+/// binary carries a build tag.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let marker = std::hint::black_box(&BUILD_TAG);
+        let tag = &marker[b"hotsock-build-tag:".len()..];
+        let tag = &tag[..tag.iter().position(|&b| b == 0).unwrap_or(tag.len())];
+        match std::str::from_utf8(tag) {
+            Ok(tag) if !tag.is_empty() => format!("{}+{tag}", env!("CARGO_PKG_VERSION")),
+            _ => env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    })
+}
 
 pub use config::{
     ClusterConfig, Config, ConfigError, DispatchMode, LimitsConfig, LogConfig, LogFormat, MESSAGE_BYTES_CEILING,
@@ -43,5 +68,5 @@ pub use server::Server;
 pub use wire::{
     ADMIN_VERSION, AdminReply, AdminRequest, AdminResponse, BuildOutcome, ClientStatus, EXITS_KEPT, ExitCause,
     ExitRecord, KillReason, ReloadKind, ReloadOutcome, ServerStatus, SlotStatus, TableStatus, TaskCounters,
-    WatchStatus, WorkerPhase, WorkerStatus,
+    UpgradePhase, UpgradeStatus, WatchStatus, WorkerPhase, WorkerStatus,
 };

@@ -25,14 +25,16 @@ use crate::control::notify::{self, Notifier};
 use crate::error::{ServerError, io_error};
 use crate::metrics::Metrics;
 use crate::net::admit::PerIp;
+use crate::net::park::Parking;
 use crate::options::Options;
 use crate::route::hub::Hub;
-use crate::shared::Shared;
+use crate::shared::{ListenSockets, Shared};
 use crate::supervise::driver;
 use crate::supervise::generations::Generations;
 use crate::supervise::handle::{ReloadRequest, SupervisorHandle};
 use crate::supervise::spawn::Spawner;
 use crate::supervise::view::SupervisionView;
+use crate::upgrade::Takeover;
 use crate::wait::{raised, wait_until};
 use crate::wire::{ReloadKind, WorkerPhase};
 use hotsock_protocol::TableSpec;
@@ -57,6 +59,10 @@ pub struct Server {
     /// `[cluster]`: the task talking to Redis (it leaves the cluster when
     /// the stop begins).
     cluster: Option<JoinHandle<()>>,
+    /// Started by `hotsock upgrade`: the running server to take over from.
+    takeover: Option<Takeover>,
+    /// The generation to serve first and the rollback target.
+    first: (u64, Option<u64>),
 }
 
 impl Server {
@@ -75,20 +81,62 @@ impl Server {
         if let Some(files) = &config.server.tls {
             tracing::info!(cert = %config.base_dir.join(&files.cert).display(), "serving wss:// (TLS)");
         }
-        let mut run_files = RunFiles::create(&config.run_dir())?;
-        let listener = crate::net::listen::client_listener(config.server.listen, config.server.backlog)?;
-        let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
-            Some(addr) => Some(crate::net::listen::bind(addr, METRICS_BACKLOG, "metrics.listen")?),
-            None => None,
+        // Started by `hotsock upgrade`: the sockets, tables and generation
+        // come from the running server instead of being made here.
+        let takeover = Takeover::begin()?;
+        let mut run_files = match &takeover {
+            Some(_) => RunFiles::for_upgrade(&config.run_dir())?,
+            None => RunFiles::create(&config.run_dir())?,
+        };
+        let listener = match &takeover {
+            Some(takeover) => {
+                let listener = takeover.client.try_clone().map_err(io_error("the listening socket handed over"))?;
+                listener.set_nonblocking(true).map_err(io_error("the listening socket handed over"))?;
+                TcpListener::from_std(listener).map_err(io_error("the listening socket handed over"))?
+            }
+            None => crate::net::listen::client_listener(config.server.listen, config.server.backlog)?,
+        };
+        let inherited_metrics = takeover.as_ref().and_then(|t| t.metrics.as_ref());
+        let metrics_listener = match (config.metrics.as_ref().map(|m| m.listen), inherited_metrics) {
+            (Some(_), Some(inherited)) => {
+                let listener = inherited.try_clone().map_err(io_error("the metrics socket handed over"))?;
+                listener.set_nonblocking(true).map_err(io_error("the metrics socket handed over"))?;
+                Some(TcpListener::from_std(listener).map_err(io_error("the metrics socket handed over"))?)
+            }
+            (Some(addr), None) => Some(crate::net::listen::bind(addr, METRICS_BACKLOG, "metrics.listen")?),
+            (None, _) => None,
         };
         let listen = listener.local_addr().map_err(io_error("reading the listen address"))?;
+        let sockets = ListenSockets {
+            client: std::os::fd::AsFd::as_fd(&listener)
+                .try_clone_to_owned()
+                .map_err(io_error("duplicating the listener"))?,
+            metrics: match &metrics_listener {
+                Some(l) => Some(
+                    std::os::fd::AsFd::as_fd(l)
+                        .try_clone_to_owned()
+                        .map_err(io_error("duplicating the metrics listener"))?,
+                ),
+                None => None,
+            },
+        };
         let admin = run_files.bind_admin()?;
-        let mut generations =
-            Generations::new(&config.run_dir(), config.worker_program(), config.reload.keep_generations)
-                .map_err(io_error("cannot prepare the generation store"))?;
-        generations.create().map_err(io_error("cannot store generation 1"))?;
+        let first = takeover.as_ref().map_or((1, None), |t| (t.begin.serving, t.begin.previous));
+        let generations = match &takeover {
+            Some(_) => {
+                Generations::adopt(&config.run_dir(), config.worker_program(), config.reload.keep_generations, first.0)
+                    .map_err(io_error("cannot adopt the generation store"))?
+            }
+            None => {
+                let mut generations =
+                    Generations::new(&config.run_dir(), config.worker_program(), config.reload.keep_generations)
+                        .map_err(io_error("cannot prepare the generation store"))?;
+                generations.create().map_err(io_error("cannot store generation 1"))?;
+                generations
+            }
+        };
         let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(io_error("starting the spawner"))?;
-        let tables = create_tables(&config)?;
+        let tables = create_tables(&config, takeover.as_ref())?;
         let hub = Hub::new(&config);
         if config.server.allowed_origins.is_none() && !listen.ip().is_loopback() {
             tracing::warn!(
@@ -106,9 +154,10 @@ impl Server {
             reconfiguring: Mutex::new(()),
             options,
             hub,
+            parking: Parking::default(),
             spawner,
             tables,
-            accepted_total: AtomicU64::new(0),
+            accepted_total: AtomicU64::new(takeover.as_ref().map_or(0, |t| t.begin.accepted_total)),
             metrics: Metrics::new(),
             origins,
             tls,
@@ -120,9 +169,14 @@ impl Server {
             watch_status: Mutex::new(None),
             started: Instant::now(),
             listen,
+            sockets,
+            exe: std::env::current_exe().unwrap_or_else(|_| std::env::args_os().next().unwrap_or_default().into()),
+            upgrade: Mutex::new(None),
+            upgrading: std::sync::atomic::AtomicBool::new(false),
+            successor: OnceLock::new(),
         });
         let cluster = crate::cluster::start(&shared).await?;
-        Ok(Server { shared, listener, metrics_listener, admin, run_files, generations, cluster })
+        Ok(Server { shared, listener, metrics_listener, admin, run_files, generations, cluster, takeover, first })
     }
 
     /// What `bind` checks that needs no socket: the `[server.tls]` files
@@ -139,10 +193,11 @@ impl Server {
     /// Starts the workers, serves until `shutdown` resolves or a `stop`
     /// arrives on the admin socket, then stops gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { shared, listener, metrics_listener, admin, run_files, generations, cluster } = self;
+        let Server { shared, listener, metrics_listener, admin, mut run_files, generations, cluster, takeover, first } =
+            self;
         // Up before the workers, so /readyz can say why they are not ready.
         let metrics_task = metrics_listener.map(|l| tokio::spawn(crate::control::scrape::serve(shared.clone(), l)));
-        let (supervisor, supervise) = driver::start(shared.clone(), generations);
+        let (supervisor, supervise) = driver::start(shared.clone(), generations, first);
         let _ = shared.supervisor.set(supervisor.clone());
         let mut supervise = tokio::spawn(supervise);
         let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
@@ -152,17 +207,42 @@ impl Server {
             ready = wait_ready(&shared) => ready,
             () = &mut shutdown => Ok(()),
         };
-        if let Err(error) = started {
-            shared.request_stop();
-            supervisor.retire();
-            let _ = (&mut supervise).await;
-            admin_task.abort();
-            signal_task.abort();
-            if let Some(task) = &metrics_task {
-                task.abort();
+        // Taking over: the connections move once our workers are Ready.
+        let started = match (started, takeover) {
+            (Ok(()), Some(takeover)) => match takeover.take_over(&shared).await {
+                Ok(taken) => run_files.commit().map(|()| Some(taken)),
+                Err(why) => Err(ServerError::Upgrade(why)),
+            },
+            (started, _) => started.map(|()| None),
+        };
+        let taken = match started {
+            Ok(taken) => taken,
+            Err(error) => {
+                shared.request_stop();
+                supervisor.retire();
+                let _ = (&mut supervise).await;
+                admin_task.abort();
+                signal_task.abort();
+                if let Some(task) = &metrics_task {
+                    task.abort();
+                }
+                drop(run_files);
+                return Err(error);
             }
-            drop(run_files);
-            return Err(error);
+        };
+        if let Some((adopted, status)) = taken {
+            tracing::info!(
+                from = status.from_version,
+                to = status.to_version.as_deref().unwrap_or(""),
+                connections = status.connections,
+                pause_ms = status.pause_ms,
+                "upgrade: took over from pid {}",
+                status.from_pid
+            );
+            *shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+            for conn in adopted {
+                tokio::spawn(crate::net::conn::adopted(shared.clone(), conn));
+            }
         }
         tracing::info!(listen = %shared.listen, workers = shared.config().workers.count, "hotsock is serving");
         let watchdog = shared.notifier.clone().and_then(|notifier| {
@@ -176,13 +256,27 @@ impl Server {
             () = &mut shutdown => tracing::info!("stop requested by signal"),
             () = raised(&mut stop) => tracing::info!("stop requested over the admin socket"),
         }
+        let successor = shared.successor.get().copied();
         if let Some(notifier) = &shared.notifier {
-            notifier.send("STOPPING=1");
+            match successor {
+                // systemd follows the new server as the service's main process.
+                Some(pid) => notifier.send(&format!("MAINPID={pid}\nSTATUS=handed over to pid {pid}")),
+                None => notifier.send("STOPPING=1"),
+            }
         }
         shared.request_stop();
         let _ = accept_task.await;
         watch_task.abort();
-        graceful_stop(&shared, &supervisor, &mut supervise).await;
+        match successor {
+            Some(pid) => {
+                // Nothing to close: every connection is the new server's.
+                // The workers have nothing in flight; they stop.
+                run_files.disown();
+                handed_over(&shared, &supervisor, &mut supervise).await;
+                tracing::info!(successor = pid, "hotsock handed over to pid {pid}");
+            }
+            None => graceful_stop(&shared, &supervisor, &mut supervise).await,
+        }
         admin_task.abort();
         signal_task.abort();
         if let Some(task) = &metrics_task {
@@ -204,20 +298,37 @@ impl Server {
 
 /// SIGUSR1 reloads the event workers, SIGUSR2 the task workers; like
 /// `hotsock reload`, each first re-reads what a reload re-reads, and a
-/// failure there is logged and reloads nothing.
+/// failure there is logged and reloads nothing. SIGURG upgrades the server
+/// binary (`hotsock upgrade`): chosen because its default action is to be
+/// ignored, so sent to a server too old to know it, it does nothing.
 async fn reload_signals(shared: Arc<Shared>, supervisor: SupervisorHandle) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut usr1), Ok(mut usr2)) = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
-    else {
-        tracing::error!("cannot install SIGUSR1/SIGUSR2 handlers; reload with `hotsock reload` instead");
+    let (Ok(mut usr1), Ok(mut usr2), Ok(mut urg)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+        signal(SignalKind::from_raw(nix::libc::SIGURG)),
+    ) else {
+        tracing::error!("cannot install SIGUSR1/SIGUSR2/SIGURG handlers; use `hotsock reload` and `hotsock upgrade`");
         return;
     };
     loop {
         let kind = tokio::select! {
             _ = usr1.recv() => ReloadKind::Workers,
             _ = usr2.recv() => ReloadKind::Tasks,
+            _ = urg.recv() => {
+                tracing::info!("upgrade requested by signal (SIGURG)");
+                match crate::upgrade::refusal(&shared) {
+                    Some(why) => tracing::error!("upgrade refused: {why}"),
+                    None => crate::upgrade::spawn(shared.clone(), None),
+                }
+                continue;
+            }
         };
         tracing::info!(?kind, "reload requested by signal");
+        if shared.upgrading.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::error!("reload refused: a binary upgrade is under way");
+            continue;
+        }
         if let Err(error) = crate::control::reconfig::prepare(&shared) {
             tracing::error!("reload refused, nothing changed: {error}");
             continue;
@@ -234,14 +345,27 @@ fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Server
         .map_err(|source| ServerError::Tls { at: config.locate(source.config_key()), source })
 }
 
-/// Creates every `[tables.NAME]` segment.
-fn create_tables(config: &Config) -> Result<Vec<(TableSpec, Table)>, ServerError> {
+/// Creates every `[tables.NAME]` segment (or, taking over, maps the one
+/// the running server has, rows and all).
+fn create_tables(config: &Config, takeover: Option<&Takeover>) -> Result<Vec<(TableSpec, Table)>, ServerError> {
     let mut tables = Vec::new();
     // Cluster-wide tables live in Redis: the workers reach them themselves.
     for (name, table) in config.tables.iter().filter(|(_, t)| t.scope == TableScope::Local) {
+        let fail = |e: hotsock_table::TableError| ServerError::Table(format!("tables.{name}: {e}"));
         let schema = table.schema().map_err(|e| ServerError::Table(format!("tables.{name}: {e}")))?;
-        let created = Table::create(name, &schema).map_err(|e| ServerError::Table(format!("tables.{name}: {e}")))?;
-        tables.push((table.spec(name), created));
+        let inherited = takeover.and_then(|t| t.tables.get(name));
+        let table_now = match inherited {
+            Some(file) => {
+                let file = file.try_clone().map_err(io_error(format!("tables.{name}: the segment handed over")))?;
+                Table::open(name, file, &schema, hotsock_table::Owner::this_process()).map_err(|e| {
+                    ServerError::Table(format!(
+                        "tables.{name}: the running server's table does not fit this config ({e}); a schema change needs a restart"
+                    ))
+                })?
+            }
+            None => Table::create(name, &schema).map_err(fail)?,
+        };
+        tables.push((table.spec(name), table_now));
     }
     Ok(tables)
 }
@@ -269,6 +393,16 @@ async fn wait_ready(shared: &Shared) -> Result<(), ServerError> {
         tokio::time::sleep(crate::wait::WAIT_STEP).await;
     }
     Ok(())
+}
+
+/// The stop after a successful upgrade: the workers drain (nothing is in
+/// flight) and exit; no connection is touched.
+async fn handed_over(shared: &Shared, supervisor: &SupervisorHandle, supervise: &mut JoinHandle<()>) {
+    let budget = StopBudget::of(&shared.config());
+    supervisor.retire();
+    if timeout(budget.drain + budget.reap, supervise).await.is_err() {
+        tracing::error!("workers did not exit in time; the server exits anyway (they get the parent-death signal)");
+    }
 }
 
 async fn graceful_stop(shared: &Shared, supervisor: &SupervisorHandle, supervise: &mut JoinHandle<()>) {

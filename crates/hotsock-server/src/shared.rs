@@ -17,12 +17,13 @@ use crate::config::Config;
 use crate::control::notify::Notifier;
 use crate::metrics::Metrics;
 use crate::net::admit::{OriginPattern, PerIp};
+use crate::net::park::Parking;
 use crate::options::Options;
 use crate::route::hub::Hub;
 use crate::supervise::handle::SupervisorHandle;
 use crate::supervise::spawn::Spawner;
 use crate::supervise::view::SupervisionView;
-use crate::wire::WatchStatus;
+use crate::wire::{UpgradeStatus, WatchStatus};
 
 /// State every task of the server shares.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     /// What `hotsock start` handed over besides the config.
     pub(crate) options: Options,
     pub(crate) hub: Hub,
+    /// Connections stopping for (or stopped by) a binary upgrade.
+    pub(crate) parking: Parking,
     pub(crate) spawner: Spawner,
     /// The shared tables, created before any worker, living as long as the
     /// server: each worker maps them, reloads and crashes leave them be.
@@ -64,6 +67,26 @@ pub(crate) struct Shared {
     pub(crate) watch_status: WatchCell,
     pub(crate) started: Instant,
     pub(crate) listen: SocketAddr,
+    /// Duplicates of the listening sockets, to hand to a new binary.
+    pub(crate) sockets: ListenSockets,
+    /// The executable this server was started from (`hotsock upgrade`
+    /// starts it again unless told another).
+    pub(crate) exe: std::path::PathBuf,
+    /// The binary upgrade under way or last tried (or, in a server that
+    /// took over, how it did).
+    pub(crate) upgrade: Mutex<Option<UpgradeStatus>>,
+    /// An upgrade is under way (single flight).
+    pub(crate) upgrading: std::sync::atomic::AtomicBool,
+    /// Set once a new server holds everything: this one exits without
+    /// closing anything.
+    pub(crate) successor: OnceLock<u32>,
+}
+
+/// The listening sockets, as descriptors.
+#[derive(Debug)]
+pub(crate) struct ListenSockets {
+    pub(crate) client: std::os::fd::OwnedFd,
+    pub(crate) metrics: Option<std::os::fd::OwnedFd>,
 }
 
 impl Shared {

@@ -425,8 +425,57 @@ pub struct ServerStatus {
     pub messages_out_total: u64,
     /// Whether a graceful stop is under way.
     pub stopping: bool,
+    /// This server's version (`hotsock --version`; not `version`, which
+    /// is the admin protocol's in the same reply object).
+    #[serde(default)]
+    pub server_version: String,
+    /// The binary upgrade under way or last done: in the old server the
+    /// attempt, in the new one how it took over.
+    #[serde(default)]
+    pub upgrade: Option<UpgradeStatus>,
     /// One entry per worker slot.
     pub workers: Vec<SlotStatus>,
+}
+
+/// Where a binary upgrade stands (`hotsock upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradePhase {
+    /// The new binary is starting its workers (its readiness gate).
+    Starting,
+    /// Connections are stopping between messages, events draining.
+    Parking,
+    /// The state and sockets are on their way to the new server.
+    HandingOver,
+    /// The new server holds everything.
+    Done,
+    /// Given up; the old server serves on (`detail` says why).
+    Failed,
+}
+
+/// A binary upgrade, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    /// Where it stands.
+    pub phase: UpgradePhase,
+    /// The version of the server that handed over.
+    pub from_version: String,
+    /// The new server's version (once it said).
+    pub to_version: Option<String>,
+    /// The old server's pid.
+    pub from_pid: u32,
+    /// The new server's pid.
+    pub to_pid: Option<u32>,
+    /// From the request to the new server holding everything (or failing).
+    pub duration_ms: u64,
+    /// How long connections were parked (the longest pause).
+    pub pause_ms: u64,
+    /// Connections moved.
+    pub connections: usize,
+    /// When it ended (Unix ms; 0 while under way).
+    pub at_unix_ms: u64,
+    /// Why it failed.
+    pub detail: Option<String>,
 }
 
 /// A command to the server.
@@ -450,6 +499,17 @@ pub enum AdminRequest {
         /// Switch this many slots first and watch them (`reload.canary_ms`).
         #[serde(default)]
         canary: Option<usize>,
+    },
+    /// Replace the server process itself by a new binary, moving every
+    /// connection to it (`hotsock upgrade`).
+    Upgrade {
+        /// The new executable (default: the path this server was started
+        /// from).
+        #[serde(default)]
+        binary: Option<std::path::PathBuf>,
+        /// Answer once it is done (or failed) instead of at once.
+        #[serde(default)]
+        wait: bool,
     },
     /// Switch back to the generation served before the last switch.
     Rollback {
@@ -483,6 +543,11 @@ pub enum AdminResponse {
     Reload(ReloadOutcome),
     /// Answer to `Reload`/`Rollback` without `wait`: it is queued.
     ReloadQueued,
+    /// Answer to `Upgrade` with `wait`: how it ended (`phase` is Done or
+    /// Failed).
+    Upgrade(UpgradeStatus),
+    /// Answer to `Upgrade` without `wait`: it has begun.
+    UpgradeStarted,
     /// The request was not understood.
     Error {
         /// Why.

@@ -233,7 +233,42 @@ impl Drop for TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A server that took over by `hotsock upgrade` is not our child.
+        if let Some(pid) = self.server_pid()
+            && alive(pid)
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
     }
+}
+
+impl TestServer {
+    /// The pid in the run directory's pid file: the server serving now
+    /// (after `hotsock upgrade`, not the process this handle started).
+    pub fn server_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("run").join("hotsock.pid")).ok()?.trim().parse().ok()
+    }
+}
+
+/// A copy of the `hotsock` binary that reports `VERSION+TAG` (see
+/// `hotsock_server::version`): a second build for upgrade tests, made by
+/// writing the tag over the NUL bytes after the build-tag marker.
+pub fn stamped_hotsock(dir: &Path, tag: &str) -> PathBuf {
+    const MARKER: &[u8] = b"hotsock-build-tag:";
+    assert!(!tag.is_empty() && tag.len() < 30, "a tag of 1 to 29 bytes");
+    let mut bytes = std::fs::read(bin("hotsock")).expect("read the hotsock binary");
+    let at: Vec<usize> = bytes
+        .windows(MARKER.len() + 30)
+        .enumerate()
+        .filter(|(_, w)| w.starts_with(MARKER) && w[MARKER.len()..].iter().all(|&b| b == 0))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "exactly one build-tag marker in the binary");
+    bytes[at[0] + MARKER.len()..at[0] + MARKER.len() + tag.len()].copy_from_slice(tag.as_bytes());
+    let path = dir.join(format!("hotsock-{tag}"));
+    std::fs::write(&path, bytes).expect("write the stamped binary");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    path
 }
 
 /// A port that was free a moment ago (the server binds it right after).

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use hotsock_server::{AdminError, AdminRequest, AdminResponse, Config, Options, Server, admin_request};
+use hotsock_server::{AdminError, AdminRequest, AdminResponse, Config, Options, Server, UpgradePhase, admin_request};
 use out::say;
 
 /// The config file every command uses when `-c` is not given, looked up in
@@ -26,7 +26,7 @@ const EXIT_NOT_RUNNING: u8 = 3;
 const STOP_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
-#[command(name = "hotsock", version, about = "A WebSocket server whose worker code can be replaced while it runs")]
+#[command(name = "hotsock", version = hotsock_server::version(), about = "A WebSocket server whose worker code can be replaced while it runs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,6 +93,20 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Replace the running server process by a new hotsock binary, moving every
+    /// connection, uid, channel and table to it (SIGURG does the same). The new
+    /// binary must start the serving generation's workers first; if anything
+    /// fails, the running server keeps serving as before.
+    Upgrade {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The new executable [default: the path the running server was started from].
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Wait for the outcome, print it, and exit non-zero if the upgrade failed.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show the server and its workers.
     Status {
         #[command(flatten)]
@@ -140,13 +154,21 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Start { config, watch } => start(&config.path()?, watch),
+        Command::Start { config, watch } => {
+            let started = config.path().and_then(|path| start(&path, watch));
+            if let Err(error) = &started {
+                // Started by `hotsock upgrade`: the running server prints why.
+                hotsock_server::report_upgrade_failure(&out::error_line(error));
+            }
+            started
+        }
         Command::Check { config } => check(&config.path()?),
         Command::Stop { config } => with_admin(config, stop),
         Command::Reload { config, tasks, wait, canary } => {
             with_admin(config, |c| reload(c, AdminRequest::Reload { tasks, wait, canary }))
         }
         Command::Rollback { config, wait } => with_admin(config, |c| reload(c, AdminRequest::Rollback { wait })),
+        Command::Upgrade { config, binary, wait } => with_admin(config, |c| upgrade(c, binary, wait)),
         Command::Status { config, json } => with_admin(config, |c| status(c, json)),
         Command::Clients { config, json, show_query } => with_admin(config, |c| clients(c, json, show_query)),
         Command::New(args) => new::run(args),
@@ -265,6 +287,34 @@ fn reload(config: &Config, request: AdminRequest) -> Result<()> {
             bail!("reload failed after {} ms: {}", outcome.duration_ms, outcome.message)
         }
         _ => bail!("unexpected reply to reload"),
+    }
+}
+
+fn upgrade(config: &Config, binary: Option<PathBuf>, wait: bool) -> Result<()> {
+    match ask(config, AdminRequest::Upgrade { binary, wait })? {
+        AdminResponse::UpgradeStarted => {
+            say!("upgrade started (see `hotsock status` for the outcome)");
+            Ok(())
+        }
+        AdminResponse::Upgrade(status) if status.phase == UpgradePhase::Done => {
+            say!(
+                "ok: {} (pid {}) -> {} (pid {}) in {} ms: {} connections moved, paused {} ms",
+                status.from_version,
+                status.from_pid,
+                status.to_version.as_deref().unwrap_or("?"),
+                status.to_pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                status.duration_ms,
+                status.connections,
+                status.pause_ms
+            );
+            Ok(())
+        }
+        AdminResponse::Upgrade(status) => bail!(
+            "upgrade failed after {} ms, the running server serves on: {}",
+            status.duration_ms,
+            status.detail.as_deref().unwrap_or("no reason given")
+        ),
+        _ => bail!("unexpected reply to upgrade"),
     }
 }
 

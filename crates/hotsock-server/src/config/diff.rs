@@ -161,6 +161,8 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Result<LiveChanges, Vec<Restar
         rollback_window_ms: Live,
         rollback_failures: Live,
         max_wait_ms: Live,
+        upgrade_timeout_ms: Live,
+        upgrade_pause_max_ms: Live,
         watch: Live,
     });
     // Channel limits apply to the next request (a lowered history bound

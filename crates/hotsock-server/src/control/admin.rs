@@ -101,6 +101,9 @@ async fn reload(shared: &Shared, kind: ReloadKind, canary: Option<usize>, wait: 
     if shared.is_stopping() {
         return AdminResponse::Error { message: "the server is stopping".into() };
     }
+    if shared.upgrading.load(std::sync::atomic::Ordering::Acquire) {
+        return AdminResponse::Error { message: "a binary upgrade is under way; reload after it".into() };
+    }
     if kind != ReloadKind::Rollback
         && let Err(error) = crate::control::reconfig::prepare(shared)
     {
@@ -124,6 +127,8 @@ async fn reload(shared: &Shared, kind: ReloadKind, canary: Option<usize>, wait: 
 pub(crate) struct RunFiles {
     dir: PathBuf,
     owns_socket: bool,
+    /// A takeover's admin socket, until `commit`.
+    staged: Option<PathBuf>,
 }
 
 impl RunFiles {
@@ -139,25 +144,59 @@ impl RunFiles {
         }
         // Nothing answers: a socket left by a server that was killed.
         let _ = std::fs::remove_file(&socket);
-        Ok(RunFiles { dir: dir.to_owned(), owns_socket: false })
+        Ok(RunFiles { dir: dir.to_owned(), owns_socket: false, staged: None })
+    }
+
+    /// For a server taking over from a running one (`hotsock upgrade`):
+    /// the admin socket is bound under a temporary name, and takes the
+    /// real one (and the pid file) only at `commit`, so until then the old
+    /// server answers `hotsock status`.
+    pub(crate) fn for_upgrade(dir: &Path) -> Result<RunFiles, ServerError> {
+        let staged = dir.join(format!("{ADMIN_SOCKET}.upgrade-{}", std::process::id()));
+        let _ = std::fs::remove_file(&staged);
+        Ok(RunFiles { dir: dir.to_owned(), owns_socket: false, staged: Some(staged) })
+    }
+
+    /// The takeover is done: the admin socket and pid file are ours.
+    pub(crate) fn commit(&mut self) -> Result<(), ServerError> {
+        let Some(staged) = self.staged.take() else { return Ok(()) };
+        let socket = self.dir.join(ADMIN_SOCKET);
+        std::fs::rename(&staged, &socket)
+            .map_err(io_error(format!("cannot move the admin socket into place at {}", socket.display())))?;
+        self.owns_socket = true;
+        self.write_pid()
+    }
+
+    /// A new server took over: the socket and pid file are its now.
+    pub(crate) fn disown(&mut self) {
+        self.owns_socket = false;
+    }
+
+    fn write_pid(&self) -> Result<(), ServerError> {
+        let pid_file = self.dir.join(PID_FILE);
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .map_err(io_error(format!("cannot write {}", pid_file.display())))
     }
 
     pub(crate) fn bind_admin(&mut self) -> Result<UnixListener, ServerError> {
-        let socket = self.dir.join(ADMIN_SOCKET);
+        let socket = self.staged.clone().unwrap_or_else(|| self.dir.join(ADMIN_SOCKET));
         let listener =
             UnixListener::bind(&socket).map_err(io_error(format!("cannot bind admin socket {}", socket.display())))?;
-        self.owns_socket = true;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(io_error(format!("cannot chmod {}", socket.display())))?;
-        let pid_file = self.dir.join(PID_FILE);
-        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
-            .map_err(io_error(format!("cannot write {}", pid_file.display())))?;
+        if self.staged.is_none() {
+            self.owns_socket = true;
+            self.write_pid()?;
+        }
         Ok(listener)
     }
 }
 
 impl Drop for RunFiles {
     fn drop(&mut self) {
+        if let Some(staged) = &self.staged {
+            let _ = std::fs::remove_file(staged);
+        }
         if self.owns_socket {
             let _ = std::fs::remove_file(self.dir.join(ADMIN_SOCKET));
             let _ = std::fs::remove_file(self.dir.join(PID_FILE));
@@ -193,12 +232,43 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
                     reload(&shared, kind, canary, wait).await
                 }
                 Ok(AdminRequest::Rollback { wait }) => reload(&shared, ReloadKind::Rollback, None, wait).await,
+                Ok(AdminRequest::Upgrade { binary, wait }) => {
+                    let (response, done) = upgrade(&shared, binary, wait).await;
+                    if done {
+                        // The new server holds everything: answer, then go.
+                        send_reply(&mut write, response).await;
+                        shared.request_stop();
+                        return;
+                    }
+                    response
+                }
                 Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
             };
-            if let Ok(mut bytes) = serde_json::to_vec(&AdminReply { version: ADMIN_VERSION, response }) {
-                bytes.push(b'\n');
-                let _ = write.write_all(&bytes).await;
-            }
+            send_reply(&mut write, response).await;
         });
+    }
+}
+
+async fn send_reply(write: &mut tokio::net::unix::OwnedWriteHalf, response: AdminResponse) {
+    if let Ok(mut bytes) = serde_json::to_vec(&AdminReply { version: ADMIN_VERSION, response }) {
+        bytes.push(b'\n');
+        let _ = write.write_all(&bytes).await;
+    }
+}
+
+/// `hotsock upgrade`: with `wait`, the outcome and whether this server
+/// must now exit; without, it runs on its own (and stops this server once
+/// done).
+async fn upgrade(shared: &Arc<Shared>, binary: Option<PathBuf>, wait: bool) -> (AdminResponse, bool) {
+    if let Some(why) = crate::upgrade::refusal(shared) {
+        return (AdminResponse::Error { message: format!("upgrade refused: {why}") }, false);
+    }
+    if !wait {
+        crate::upgrade::spawn(shared.clone(), binary);
+        return (AdminResponse::UpgradeStarted, false);
+    }
+    match crate::upgrade::upgrade(shared, binary).await {
+        Ok(status) => (AdminResponse::Upgrade(status), true),
+        Err(status) => (AdminResponse::Upgrade(status), false),
     }
 }

@@ -47,6 +47,8 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
         messages_in_total: shared.metrics.received.messages(),
         messages_out_total: shared.metrics.sent.messages(),
         stopping: shared.is_stopping(),
+        server_version: crate::version().to_owned(),
+        upgrade: shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         workers,
     }
 }

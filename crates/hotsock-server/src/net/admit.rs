@@ -165,6 +165,15 @@ impl PerIp {
         Ok(Held { ip, tracked: true })
     }
 
+    /// A connection an upgrade moved here: counted like one admitted here,
+    /// past the limits (it was admitted once already).
+    pub(crate) fn adopt(&self, ip: IpAddr, now: Instant) -> Held {
+        let rate = f64::from(self.handshakes_per_s.load(Ordering::Relaxed));
+        let mut book = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        book.by_ip.entry(ip).or_insert(Usage { connections: 0, tokens: rate, refilled: now }).connections += 1;
+        Held { ip, tracked: true }
+    }
+
     /// A connection from this address ended. An address that holds none
     /// and whose bucket would be full again is forgotten at once.
     pub(crate) fn release(&self, held: Held, now: Instant) {

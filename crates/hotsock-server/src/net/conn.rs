@@ -30,6 +30,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Flow, Refused};
 use crate::net::admit::{self, Held, PerIp};
 use crate::net::http;
+use crate::net::park::{ParkState, Parked, Parking};
 use crate::net::readahead::ReadAhead;
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::hub::Hub;
@@ -199,17 +200,53 @@ async fn serve_stream<S: Stream>(
     // The request head (its buffer, headers, path) is not needed any more;
     // free it rather than keep it for the connection's lifetime.
     drop(upgrade);
-    let stream = ReadAhead::new(stream);
-    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config(&config.limits))).await;
+    let stream = ReadAhead::new(stream, early);
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config(&config.limits))).await;
     hub.opened(conn, uid);
     hub.dispatch(conn, [EventBody::Open]);
     let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
     // Not kept for the connection's life: a reload frees the old one.
     drop(config);
-    let (code, reason) = Connection {
+    pump_until_closed(shared, conn, &conn_shared, ws, close_timeout).await;
+}
+
+/// Serves a connection an upgrade moved here from the old server: already
+/// open and registered in the hub (`Hub::adopt`), its unparsed bytes in
+/// `leftover`; from here on it is served like any other.
+pub(crate) async fn adopted(shared: Arc<Shared>, adopted: crate::net::park::Adopted) {
+    let crate::net::park::Adopted { conn, stream, peer, leftover, conn_shared } = adopted;
+    let _ = stream.set_nodelay(true);
+    let config = shared.config();
+    let _permit = shared.conn_permits.clone().try_acquire_owned();
+    let _per_ip =
+        PerIpHeld { per_ip: &shared.per_ip, held: Some(shared.per_ip.adopt(peer.ip(), Instant::now().into_std())) };
+    let _registered = Registered { hub: &shared.hub, conn };
+    let ws = WebSocketStream::from_raw_socket(
+        ReadAhead::new(stream, leftover),
+        Role::Server,
+        Some(ws_config(&config.limits)),
+    )
+    .await;
+    let close_timeout = Duration::from_millis(config.server.close_timeout_ms);
+    drop(config);
+    pump_until_closed(&shared, conn, &conn_shared, ws, close_timeout).await;
+}
+
+/// The open connection's loop, then its Close event (none when an upgrade
+/// moved it: the new server goes on with it).
+async fn pump_until_closed<S: Stream>(
+    shared: &Shared,
+    conn: u64,
+    conn_shared: &ConnShared,
+    ws: WebSocketStream<ReadAhead<S>>,
+    close_timeout: Duration,
+) {
+    let hub = &shared.hub;
+    let ended = Connection {
         ws,
-        shared: &conn_shared,
+        shared: conn_shared,
         hub,
+        parking: &shared.parking,
         conn,
         close_timeout,
         batch: VecDeque::new(),
@@ -219,7 +256,9 @@ async fn serve_stream<S: Stream>(
     }
     .run()
     .await;
-    hub.dispatch(conn, [EventBody::Close { code, reason }]);
+    if let Some((code, reason)) = ended {
+        hub.dispatch(conn, [EventBody::Close { code, reason }]);
+    }
 }
 
 /// The WebSocket settings every connection gets, from `[limits]`.
@@ -285,12 +324,20 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin {
     /// than a read attempt through the WebSocket library (which readies a
     /// buffer first), and a connection asks after every write.
     fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()>;
+
+    /// The socket, when the connection can move to another process as it
+    /// is (plain TCP: a TLS session's state cannot).
+    fn movable_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>>;
 }
 
 impl Stream for TcpStream {
     fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         // An error is "readable": the read that follows reports it.
         self.poll_read_ready(cx).map(|_| ())
+    }
+
+    fn movable_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
     }
 }
 
@@ -300,12 +347,17 @@ impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
         // read stopped early, and then the gate is open (`read_drained`).
         self.get_ref().0.poll_read_ready(cx).map(|_| ())
     }
+
+    fn movable_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 struct Connection<'a, S> {
     ws: WebSocketStream<ReadAhead<S>>,
     shared: &'a ConnShared,
     hub: &'a Hub,
+    parking: &'a Parking,
     conn: u64,
     close_timeout: Duration,
     /// Items taken from the outbox for the write under way (taken in one
@@ -337,17 +389,22 @@ enum Ending {
     Read(ReadEnd),
     /// The socket failed: nothing more can be sent.
     Abnormal,
+    /// An upgrade moved the connection to the new server.
+    Moved,
 }
 
 impl<S: Stream> Connection<'_, S> {
     /// Runs until the connection is closed; returns the code and reason to
-    /// report in the Close event.
-    async fn run(mut self) -> (u16, String) {
+    /// report in the Close event (`None`: it moved to the new server).
+    async fn run(mut self) -> Option<(u16, String)> {
         let ending = self.pump().await;
+        if let Ending::Moved = ending {
+            return None;
+        }
         // The ways out are rare and their futures large: boxed, so that the
         // task of every idle connection stays small (it is allocated at the
         // size of its largest state).
-        Box::pin(self.end(ending)).await
+        Some(Box::pin(self.end(ending)).await)
     }
 
     async fn end(self, ending: Ending) -> (u16, String) {
@@ -355,13 +412,22 @@ impl<S: Stream> Connection<'_, S> {
             Ending::Close(code, reason) => self.close(code, &reason).await,
             Ending::Overflow => self.overflow().await,
             Ending::Read(end) => self.finish(end).await,
-            Ending::Abnormal => (ABNORMAL.0, ABNORMAL.1.into()),
+            Ending::Abnormal | Ending::Moved => (ABNORMAL.0, ABNORMAL.1.into()),
         }
     }
 
     /// Moves messages both ways until one side ends.
     async fn pump(&mut self) -> Ending {
         loop {
+            match self.parking.state() {
+                ParkState::Serving if self.ws.get_ref().is_stopping() => self.ws.get_mut().resume(),
+                ParkState::Serving => {}
+                ParkState::Parking | ParkState::Moved => {
+                    if let Some(ending) = self.try_park().await {
+                        return ending;
+                    }
+                }
+            }
             // Stop reading while this connection has too many events in
             // flight: TCP back-pressure, not memory, absorbs a fast client.
             // Read each turn (one atomic load): a reload may change it, and
@@ -396,6 +462,54 @@ impl<S: Stream> Connection<'_, S> {
                         Ok(()) => {}
                         Err(end) => return Ending::Read(end),
                     }
+                }
+            }
+        }
+    }
+
+    /// Stops between two messages with all output written, and waits there
+    /// for the upgrade's outcome; `None`: not there yet (reading goes on to
+    /// the end of the message under way, writing goes on), or the upgrade
+    /// was aborted and the connection serves on.
+    async fn try_park(&mut self) -> Option<Ending> {
+        self.ws.get_mut().stop_at_boundary();
+        if !self.ws.get_ref().stopped() {
+            return None;
+        }
+        // At the boundary the reader hands up nothing more, so one read
+        // that finds nothing means the library holds no byte of the
+        // client's (a connection that has been idle since it opened, or
+        // moved here, never read to a stop).
+        if !self.read_drained {
+            match self.ws.next().now_or_never() {
+                None => self.read_drained = true,
+                Some(first) => {
+                    let cap = self.hub.max_inflight_per_conn();
+                    return self.read_batch(first, cap).err().map(Ending::Read);
+                }
+            }
+        }
+        let quiet = self.read_drained && self.shared.outbox_is_empty();
+        if !quiet {
+            return None;
+        }
+        // Pongs the library queued for pings it read.
+        match timeout(self.close_timeout, self.ws.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Some(Ending::Abnormal),
+            Err(_) => return None,
+        }
+        let reader = self.ws.get_ref();
+        let socket = reader.get_ref().movable_socket()?.try_clone_to_owned().ok()?;
+        self.parking.park(self.conn, Parked { socket, leftover: reader.leftover().to_vec() });
+        loop {
+            match self.parking.state() {
+                ParkState::Parking => self.shared.wake.notified().await,
+                ParkState::Moved => return Some(Ending::Moved),
+                ParkState::Serving => {
+                    self.parking.unpark(self.conn);
+                    self.ws.get_mut().resume();
+                    return None;
                 }
             }
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::error::{ServerError, io_error};
+use crate::net::park::ParkState;
 use crate::shared::Shared;
 
 /// Pause after a failed accept (out of file descriptors and the like), so
@@ -46,8 +47,19 @@ pub(crate) fn client_listener(addr: SocketAddr, backlog: u32) -> Result<TcpListe
 /// Accepts until the server stops; one task per connection.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut stop = shared.stop_signal();
+    let mut parking = shared.parking.watch();
     loop {
+        // A binary upgrade parks every connection: new ones wait in the
+        // backlog (not refused) for whichever server serves next.
+        if *parking.borrow_and_update() != ParkState::Serving {
+            tokio::select! {
+                changed = parking.changed() => if changed.is_err() { return },
+                () = crate::wait::raised(&mut stop) => return,
+            }
+            continue;
+        }
         tokio::select! {
+            changed = parking.changed() => if changed.is_err() { return },
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     tokio::spawn(crate::net::conn::serve(shared.clone(), stream, peer));

@@ -6,5 +6,6 @@ pub(crate) mod admit;
 pub(crate) mod conn;
 pub(crate) mod http;
 pub(crate) mod listen;
+pub(crate) mod park;
 pub(crate) mod readahead;
 pub(crate) mod tls;

@@ -113,6 +113,19 @@ pub(crate) struct Channels {
     pub(crate) counters: ChannelCounters,
 }
 
+/// One channel as a binary upgrade hands it to the new server: the same
+/// epoch, head and history, so positions clients hold stay valid.
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelState {
+    pub(crate) name: String,
+    pub(crate) epoch: u64,
+    pub(crate) head: u64,
+    pub(crate) members: Vec<u64>,
+    /// Offset, time (the hub's clock, which the new server continues) and
+    /// the bytes members got, oldest first.
+    pub(crate) history: Vec<(u64, u64, Outgoing)>,
+}
+
 /// A publication read back from the cluster's stream of a channel.
 #[derive(Debug, Clone)]
 pub(crate) struct Fetched {
@@ -140,6 +153,51 @@ impl Channels {
     }
 
     /// Cluster mode: offsets and epochs come from Redis (see `follow`).
+    /// Every channel, for a binary upgrade (see `ChannelState`).
+    pub(crate) fn export(&self) -> Vec<ChannelState> {
+        self.map
+            .iter()
+            .map(|(name, channel)| ChannelState {
+                name: name.to_string(),
+                epoch: channel.epoch,
+                head: channel.head,
+                members: channel.members.keys().copied().collect(),
+                history: channel.history.iter().map(|s| (s.offset, s.at_ms, s.message.clone())).collect(),
+            })
+            .collect()
+    }
+
+    /// Takes in what `export` gave in the old server; `member` finds each
+    /// member's outbox (members the new server does not hold are left out).
+    /// Runs once, on an empty set, before any connection is served.
+    pub(crate) fn import(&mut self, channels: Vec<ChannelState>, member: impl Fn(u64) -> Option<Arc<ConnShared>>) {
+        for state in channels {
+            let name: Arc<str> = state.name.into();
+            let mut channel = Channel {
+                epoch: state.epoch,
+                head: state.head,
+                members: HashMap::new(),
+                history: VecDeque::new(),
+                history_bytes: 0,
+            };
+            for conn in state.members {
+                if let Some(shared) = member(conn) {
+                    channel.members.insert(conn, shared);
+                    self.by_conn.entry(conn).or_default().push(name.clone());
+                    self.counters.memberships += 1;
+                }
+            }
+            for (offset, at_ms, message) in state.history {
+                channel.history_bytes += message.len();
+                channel.history.push_back(Stored { offset, at_ms, message });
+            }
+            self.history_total += channel.history_bytes;
+            self.created += 1;
+            self.map.insert(name, channel);
+        }
+        self.swept_at = self.map.len();
+    }
+
     pub(crate) fn set_external(&mut self) {
         self.external = true;
     }

@@ -140,14 +140,19 @@ pub(crate) struct Hub {
     task_queue_max: AtomicUsize,
     next_conn: AtomicU64,
     envelope: Envelope,
-    /// The clock channel histories age by.
+    /// The clock channel histories age by: `clock_base_ms` plus the time
+    /// since `started` (the base is the old server's clock after an upgrade).
     started: std::time::Instant,
+    clock_base_ms: AtomicU64,
     /// `[cluster]`: the handle on the task that talks to Redis (set once,
     /// before the first connection; see `cluster.rs` beside this file).
     cluster: OnceLock<ClusterLink>,
 }
 
 mod cluster;
+mod handover;
+
+pub(crate) use handover::{ConnState, HubSnapshot};
 
 impl Hub {
     pub(crate) fn new(config: &Config) -> Hub {
@@ -188,6 +193,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             envelope: config.channels.envelope,
             started: std::time::Instant::now(),
+            clock_base_ms: AtomicU64::new(0),
             cluster: OnceLock::new(),
         }
     }
@@ -657,7 +663,7 @@ impl Hub {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock_base_ms.load(Ordering::Relaxed) + self.started.elapsed().as_millis() as u64
     }
 
     /// Channel totals for `status` and `/metrics`: O(1) under the lock

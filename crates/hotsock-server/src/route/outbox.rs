@@ -73,6 +73,27 @@ impl ConnShared {
         self.outbox_ready.notify_one();
     }
 
+    /// Nothing is queued (zero-byte items count: `queued_bytes` would not).
+    pub(crate) fn outbox_is_empty(&self) -> bool {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Everything queued, in order (a binary upgrade moves it).
+    pub(crate) fn take_outbox(&self) -> Vec<Outgoing> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect()
+    }
+
+    /// Puts `items` back in front of whatever is queued (an aborted
+    /// upgrade gives back what it took).
+    pub(crate) fn requeue(&self, items: Vec<Outgoing>) {
+        let mut queue = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        for item in items.into_iter().rev() {
+            queue.push_front(item);
+        }
+        drop(queue);
+        self.outbox_ready.notify_one();
+    }
+
     /// The next queued item, if any.
     fn try_pop(&self) -> Option<Outgoing> {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner()).pop_front()

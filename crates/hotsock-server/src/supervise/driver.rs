@@ -27,7 +27,13 @@ type Copy = JoinHandle<std::io::Result<(GenerationCopy, Stored)>>;
 
 /// Creates the supervisor; the returned future runs it until every worker
 /// is gone after `retire`.
-pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (SupervisorHandle, impl Future<Output = ()>) {
+/// `first`: the generation to serve and the rollback target (1 and none,
+/// unless this server took over from a running one).
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    generations: Generations,
+    first: (u64, Option<u64>),
+) -> (SupervisorHandle, impl Future<Output = ()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = SupervisorHandle { tx: tx.clone() };
     let (events, mut events_rx) = mpsc::unbounded_channel();
@@ -39,7 +45,8 @@ pub(crate) fn start(shared: Arc<Shared>, generations: Generations) -> (Superviso
             }
         }
     });
-    let core = Core::new(CoreConfig::from_config(&shared.config()), Instant::now().into_std());
+    let mut core = Core::new(CoreConfig::from_config(&shared.config()), Instant::now().into_std());
+    core.start_at(first.0, first.1);
     let driver = Driver {
         shared,
         generations,

@@ -122,6 +122,21 @@ impl Generations {
         Ok(Generations { dir, source, file_name, latest: 0, keep: keep.max(2), newest_copy: None })
     }
 
+    /// The store a running server left, for the server taking over from
+    /// it (`hotsock upgrade`): kept as it is, numbering on after its newest.
+    /// `serving`: the newest generation the old server used (a bare program
+    /// name leaves no directory to count from).
+    pub(crate) fn adopt(run_dir: &Path, source: PathBuf, keep: usize, serving: u64) -> io::Result<Generations> {
+        let dir = run_dir.join("generations");
+        let latest = std::fs::read_dir(&dir)?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            .max(serving);
+        let file_name = source.file_name().map(ToOwned::to_owned).unwrap_or_else(|| "worker".into());
+        Ok(Generations { dir, source, file_name, latest, keep: keep.max(2), newest_copy: None })
+    }
+
     /// Copies the current build output into a new generation and returns its
     /// number (blocking: call it off the async threads, see `next_copy`).
     pub(crate) fn create(&mut self) -> io::Result<u64> {

@@ -136,6 +136,8 @@ fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
     for key in hotsock_table::activation::ENV_VARS {
         command.env_remove(key);
     }
+    // Nor is a binary upgrade's handover socket.
+    command.env_remove(crate::upgrade::wire::ENV_UPGRADE_FD);
     command
         .envs(spec.env.iter().map(|(key, value)| (key, value)))
         .args(&spec.args)

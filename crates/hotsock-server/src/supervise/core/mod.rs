@@ -283,6 +283,17 @@ impl Core {
         }
     }
 
+    /// Starts serving `serving` (with `previous` to roll back to) instead
+    /// of generation 1: a server that took over from a running one
+    /// (`hotsock upgrade`) runs the code that one was running.
+    pub(crate) fn start_at(&mut self, serving: u64, previous: Option<u64>) {
+        self.serving = serving;
+        self.previous = previous;
+        for slot in &mut self.slots {
+            slot.target = serving;
+        }
+    }
+
     /// Launches the first worker of every slot.
     pub(crate) fn start(&mut self, now: Instant) -> Vec<Command> {
         self.settle(now);

@@ -1,0 +1,170 @@
+//! The new server's side of a binary upgrade: started by the old server
+//! with the handover socket as its standard input, it takes the listening
+//! sockets and table segments first (`Takeover::begin`, before binding
+//! anything), starts the serving generation's workers, and once they are
+//! Ready takes every connection over (`take_over`). Until `Commit` it
+//! touches no client socket, so an abort leaves the old server whole.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::wire::{self, Begin, ENV_UPGRADE_FD, HANDOVER_VERSION, Note, WireError};
+use super::{unix_ms, unix_us};
+use crate::error::ServerError;
+use crate::net::park::Adopted;
+use crate::shared::Shared;
+use crate::wire::{UpgradePhase, UpgradeStatus};
+
+/// How long the new server waits for `Begin`: the old server sends it
+/// right after starting us.
+const BEGIN_WAIT: Duration = Duration::from_secs(10);
+
+/// The handover as the new server holds it before its workers are ready.
+#[derive(Debug)]
+pub(crate) struct Takeover {
+    socket: Arc<UnixStream>,
+    pub(crate) begin: Begin,
+    pub(crate) client: std::net::TcpListener,
+    pub(crate) metrics: Option<std::net::TcpListener>,
+    /// Table segments by name.
+    pub(crate) tables: HashMap<String, File>,
+    started: std::time::Instant,
+}
+
+/// The handover socket, when this process was started by `hotsock upgrade`.
+fn socket_from_env() -> std::io::Result<Option<UnixStream>> {
+    if std::env::var_os(ENV_UPGRADE_FD).is_none() {
+        return Ok(None);
+    }
+    // Our stdin; a duplicate, so the std handle stays valid.
+    let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    Ok(Some(UnixStream::from(fd)))
+}
+
+/// Tells the old server this process cannot take over, if it was started
+/// for that (an error before `Server::bind`, such as a config that does
+/// not load).
+pub fn report_failure(reason: &str) {
+    if let Ok(Some(socket)) = socket_from_env() {
+        let _ = wire::send(&socket, &Note::Failed { reason: reason.to_owned() }, &[]);
+    }
+}
+
+impl Takeover {
+    /// Reads `Begin` and its descriptors, if this process takes over.
+    pub(crate) fn begin() -> Result<Option<Takeover>, ServerError> {
+        let io = |context: &str| {
+            let context = format!("upgrade: {context}");
+            move |e: WireError| ServerError::Upgrade(format!("{context}: {e}"))
+        };
+        let Some(socket) = socket_from_env().map_err(|e| ServerError::Upgrade(format!("handover socket: {e}")))? else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let (note, _) = wire::receive(&socket, BEGIN_WAIT).map_err(io("reading Begin"))?;
+        let Note::Begin(begin) = note else {
+            return Err(ServerError::Upgrade(format!("expected Begin, got {note:?}")));
+        };
+        if begin.handover_version != HANDOVER_VERSION {
+            let why = format!(
+                "the running server hands over with protocol version {}, this binary speaks {HANDOVER_VERSION}",
+                begin.handover_version
+            );
+            let _ = wire::send(&socket, &Note::Failed { reason: why.clone() }, &[]);
+            return Err(ServerError::Upgrade(why));
+        }
+        let count = 1 + usize::from(begin.metrics) + begin.tables.len();
+        let mut fds = wire::receive_fds(&socket, count, BEGIN_WAIT).map_err(io("receiving the sockets"))?.into_iter();
+        let mut listener = || fds.next().map(std::net::TcpListener::from);
+        let client = listener().ok_or_else(|| ServerError::Upgrade("no client listener".into()))?;
+        let metrics = if begin.metrics { listener() } else { None };
+        let tables = begin.tables.iter().cloned().zip(fds.map(File::from)).collect();
+        Ok(Some(Takeover { socket: Arc::new(socket), begin, client, metrics, tables, started }))
+    }
+
+    /// After the readiness gate: takes every connection over. On `Ok`, the
+    /// old server has let go and the connections are this server's.
+    pub(crate) async fn take_over(self, shared: &Arc<Shared>) -> Result<(Vec<Adopted>, UpgradeStatus), String> {
+        let config = shared.config();
+        // The old server parks within its pause budget, then sends.
+        let budget = Duration::from_millis(config.reload.upgrade_pause_max_ms) * 2 + Duration::from_secs(5);
+        drop(config);
+        let socket = self.socket.clone();
+        let ready = Note::Ready { version: crate::version().to_owned(), pid: std::process::id() };
+        let received = tokio::task::spawn_blocking(move || -> Result<_, WireError> {
+            wire::send(&socket, &ready, &[])?;
+            let (note, blob) = wire::receive(&socket, budget)?;
+            let state = match note {
+                Note::State(state) => state,
+                Note::Abort { reason } => {
+                    return Err(WireError::Malformed(format!("the old server aborted: {reason}")));
+                }
+                other => return Err(WireError::Malformed(format!("expected State, got {other:?}"))),
+            };
+            let fds = wire::receive_fds(&socket, state.conns.len(), budget)?;
+            Ok((state, blob, fds))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("receiving the state: {e}"))?;
+        let (state, blob, fds) = received;
+        let paused_at_unix_us = state.paused_at_unix_us;
+        let (snapshot, leftovers) = wire::decode_state(state, &blob).map_err(|e| e.to_string())?;
+        let mut streams = Vec::with_capacity(fds.len());
+        for fd in fds {
+            let stream = std::net::TcpStream::from(fd);
+            stream.set_nonblocking(true).map_err(|e| format!("a moved socket: {e}"))?;
+            let peer = stream.peer_addr().ok();
+            streams.push((stream, peer));
+        }
+        let shared_of = shared.hub.adopt(snapshot);
+        let mut pending = Vec::with_capacity(streams.len());
+        for ((stream, peer), (conn, leftover)) in streams.into_iter().zip(leftovers) {
+            let Some(conn_shared) = shared_of.get(&conn).cloned() else { continue };
+            pending.push((conn, stream, peer, leftover, conn_shared));
+        }
+        let held = pending.len();
+        let socket = self.socket.clone();
+        let commit = tokio::task::spawn_blocking(move || -> Result<Note, WireError> {
+            wire::send(&socket, &Note::Holding { connections: held }, &[])?;
+            Ok(wire::receive(&socket, budget)?.0)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match commit {
+            Ok(Note::Commit) => {}
+            Ok(Note::Abort { reason }) => return Err(format!("the old server aborted: {reason}")),
+            Ok(other) => return Err(format!("expected Commit, got {other:?}")),
+            Err(e) => return Err(format!("waiting for Commit: {e}")),
+        }
+        // Ours from here on: registered with the runtime only now.
+        let mut adopted = Vec::with_capacity(pending.len());
+        for (conn, stream, peer, leftover, conn_shared) in pending {
+            let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => adopted.push(Adopted { conn, stream, peer, leftover, conn_shared }),
+                Err(error) => {
+                    tracing::warn!(conn, %error, "upgrade: a moved connection cannot be served");
+                    shared.hub.remove(conn);
+                }
+            }
+        }
+        let status = UpgradeStatus {
+            phase: UpgradePhase::Done,
+            from_version: self.begin.from_version.clone(),
+            to_version: Some(crate::version().to_owned()),
+            from_pid: self.begin.from_pid,
+            to_pid: Some(std::process::id()),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            pause_ms: unix_us().saturating_sub(paused_at_unix_us) / 1000,
+            connections: adopted.len(),
+            at_unix_ms: unix_ms(),
+            detail: None,
+        };
+        Ok((adopted, status))
+    }
+}

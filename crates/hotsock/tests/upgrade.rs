@@ -1,0 +1,237 @@
+//! `hotsock upgrade` against the real binary: the server process is
+//! replaced by another build under traffic, five times, with no connection
+//! closed and no message lost, doubled or reordered; uids, channels and
+//! table rows survive; new connections are accepted throughout; and an
+//! upgrade to a binary that cannot start leaves the old server serving.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hotsock_testkit::{Client, TempDir, TestServer, bin, open_testworker_url, recv, send, stamped_hotsock};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The acceptance load: 50 connections, a message every 10 ms each.
+const CONNS: usize = 50;
+const INTERVAL: Duration = Duration::from_millis(10);
+const UPGRADES: usize = 5;
+const ROOMS: usize = 5;
+
+fn config() -> String {
+    format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 2\n\n[tables.counters]\nrows = 64\ncolumns = {{ n = \"i64\" }}\n",
+        bin("hotsock-testworker").display()
+    )
+}
+
+/// What one soak connection saw.
+struct Seen {
+    c: usize,
+    sent: usize,
+    /// Echo replies, in arrival order (`true`: marked redelivered).
+    replies: Vec<(usize, bool)>,
+    /// Publications of its room, in arrival order.
+    publications: Vec<String>,
+    _client: Client,
+}
+
+async fn soak_conn(server_url: String, c: usize, stop: Arc<AtomicBool>) -> Seen {
+    let url = format!("{server_url}?uid={}&join=room{}", 1000 + c, c % ROOMS);
+    let client = hotsock_testkit::connect(&url).await;
+    let (mut sink, mut stream) = client.split();
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(INTERVAL);
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            sink.send(Message::text(format!("echo:{c}:{n}"))).await.expect("send: the connection was dropped");
+            n += 1;
+        }
+        sink.send(Message::text(format!("echo:{c}:end"))).await.expect("send");
+        (sink, n)
+    });
+    let (mut replies, mut publications) = (Vec::new(), Vec::new());
+    loop {
+        let text = hotsock_testkit::next_text(&mut stream).await;
+        if text.starts_with("subscribed ") || text.starts_with("open ") {
+            continue;
+        }
+        if text.starts_with("pub-") {
+            publications.push(text);
+            continue;
+        }
+        let (redelivered, text) = match text.strip_prefix("[redelivered]") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, text),
+        };
+        let (conn, n) = text.split_once(':').unwrap_or_else(|| panic!("unexpected message {text:?}"));
+        assert_eq!(conn, c.to_string(), "a reply meant for another connection: {text}");
+        if n == "end" {
+            break;
+        }
+        replies.push((n.parse().expect("n"), redelivered));
+    }
+    let (sink, sent) = sender.await.expect("sender");
+    Seen { c, sent, replies, publications, _client: sink.reunite(stream).expect("same connection") }
+}
+
+/// Opens a new connection every 20 ms and checks it answers, until told
+/// to stop; returns how many it opened. Any refused connection fails.
+fn newcomers(server_url: String, stop: Arc<AtomicBool>, opened: Arc<AtomicUsize>) -> JoinHandle<Vec<Client>> {
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let (mut client, _) = open_testworker_url(&server_url).await;
+            send(&mut client, "echo:new").await;
+            assert_eq!(recv(&mut client).await, "new");
+            opened.fetch_add(1, Ordering::Relaxed);
+            kept.push(client);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kept
+    })
+}
+
+fn upgrade(server: &TestServer, binary: &std::path::Path) -> std::process::Output {
+    server.cli(&["upgrade", "--wait", "--binary", binary.to_str().expect("utf8")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_upgrades_under_traffic_lose_nothing_and_keep_every_connection() {
+    let dir = TempDir::new("upgrade");
+    let server = TestServer::start(&config());
+    let old_version = server.status()["server_version"].as_str().expect("version").to_owned();
+    let builds = [stamped_hotsock(dir.path(), "b"), bin("hotsock")];
+    let url = server.url("/");
+    // A row written before the first upgrade.
+    let (mut checker, _) = open_testworker_url(&url).await;
+    for _ in 0..3 {
+        send(&mut checker, "tincr:kept").await;
+        recv(&mut checker).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut soak = Vec::new();
+    for c in 0..CONNS {
+        soak.push(tokio::spawn(soak_conn(url.clone(), c, stop.clone())));
+    }
+    let opened = Arc::new(AtomicUsize::new(0));
+    let newcomers = newcomers(url.clone(), stop.clone(), opened.clone());
+    hotsock_testkit::wait_for("every soak connection open", || {
+        (server.status()["connections"].as_u64()? as usize > CONNS).then_some(())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut pids = vec![server.server_pid().expect("pid")];
+    for round in 0..UPGRADES {
+        let binary = &builds[round % 2];
+        let output = upgrade(&server, binary);
+        assert!(
+            output.status.success(),
+            "upgrade {round} failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            server.log()
+        );
+        let said = String::from_utf8_lossy(&output.stdout).into_owned();
+        let status = hotsock_testkit::wait_for("the new server answering", || {
+            let status = server.try_status()?;
+            (status["pid"].as_u64()? as u32 != *pids.last()?).then_some(status)
+        });
+        pids.push(status["pid"].as_u64().expect("pid") as u32);
+        let expected = if round % 2 == 0 { format!("{old_version}+b") } else { old_version.clone() };
+        assert_eq!(status["server_version"], expected.as_str(), "round {round}: {said}");
+        let upgrade = &status["upgrade"];
+        assert_eq!(upgrade["phase"], "done", "{upgrade}");
+        assert!(upgrade["connections"].as_u64().expect("moved") as usize > CONNS, "{upgrade}");
+        eprintln!("upgrade {round}: {said}");
+        hotsock_testkit::wait_for("the old server gone", || {
+            (!hotsock_testkit::alive(pids[pids.len() - 2])).then_some(())
+        });
+
+        // Uids, channels and table rows as they were.
+        let clients = hotsock_testkit::wait_for("clients", || {
+            let output = server.cli(&["clients", "--json"]);
+            output.status.success().then(|| serde_json::from_slice::<Value>(&output.stdout).ok()).flatten()
+        });
+        let uids: Vec<u64> = clients.as_array().expect("list").iter().filter_map(|c| c["uid"].as_u64()).collect();
+        for c in 0..CONNS {
+            assert!(uids.contains(&(1000 + c as u64)), "round {round}: uid {} lost", 1000 + c);
+        }
+        send(&mut checker, &format!("members:room{}", round % ROOMS)).await;
+        let members: Vec<(u64, Option<u64>)> = serde_json::from_str(&recv(&mut checker).await).expect("members");
+        assert_eq!(members.len(), CONNS / ROOMS, "round {round}: room members {members:?}");
+        send(&mut checker, "tget:kept").await;
+        assert_eq!(recv(&mut checker).await, "3", "round {round}: the table row");
+        for room in 0..ROOMS {
+            send(&mut checker, &format!("pubr:room{room}:pub-{round}")).await;
+            let line = recv(&mut checker).await;
+            assert!(line.starts_with(&format!("published room{room}")), "{line}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let kept = newcomers.await.expect("newcomers");
+    let mut answered = 0;
+    for task in soak {
+        let seen = task.await.expect("soak connection");
+        let ns: Vec<usize> = seen.replies.iter().map(|(n, _)| *n).collect();
+        assert!(seen.replies.iter().all(|(_, r)| !r), "conn {}: a redelivery (nothing may be in flight)", seen.c);
+        assert_eq!(ns, (0..seen.sent).collect::<Vec<_>>(), "conn {}: lost, doubled or reordered", seen.c);
+        let expected: Vec<String> = (0..UPGRADES).map(|r| format!("pub-{r}")).collect();
+        assert_eq!(seen.publications, expected, "conn {}: its room's publications", seen.c);
+        answered += seen.sent;
+    }
+    assert!(kept.len() >= UPGRADES, "new connections throughout: {}", kept.len());
+    eprintln!(
+        "{answered} messages answered over {UPGRADES} upgrades; {} new connections",
+        opened.load(Ordering::Relaxed)
+    );
+    let counts: HashMap<u32, ()> = pids.iter().map(|p| (*p, ())).collect();
+    assert_eq!(counts.len(), UPGRADES + 1, "a new process each time: {pids:?}");
+    checker.close(None).await.ok();
+}
+
+/// A binary that exits at start, and one whose config does not load: the
+/// upgrade fails with the reason, and the old server keeps every
+/// connection and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_old_server_serving() {
+    let dir = TempDir::new("upgrade-fail");
+    let server = TestServer::start(&config());
+    let pid = server.server_pid().expect("pid");
+    let (mut client, _) = open_testworker_url(&server.url("/?uid=7")).await;
+
+    let exits = dir.path().join("exits.sh");
+    std::fs::write(&exits, "#!/bin/sh\necho 'new binary: giving up' >&2\nexit 3\n").expect("script");
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[workers]\ncommand = [\"x\"]\ncount = 0\n").expect("broken config");
+    let bad_config = dir.path().join("bad-config.sh");
+    std::fs::write(
+        &bad_config,
+        format!("#!/bin/sh\nexec {} start -c {}\n", bin("hotsock").display(), broken.display()),
+    )
+    .expect("script");
+    for script in [&exits, &bad_config] {
+        std::fs::set_permissions(script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+
+    for (binary, reason) in [(&exits, "exited before it was ready"), (&bad_config, "workers.count")] {
+        let output = upgrade(&server, binary);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "an upgrade to {} succeeded", binary.display());
+        assert!(stderr.contains(reason), "the reason ({reason}) in: {stderr}");
+        assert!(stderr.contains("serves on"), "{stderr}");
+        let status = server.status();
+        assert_eq!(status["pid"].as_u64(), Some(u64::from(pid)), "the old server serves");
+        assert_eq!(status["upgrade"]["phase"], "failed");
+        send(&mut client, "echo:still here").await;
+        assert_eq!(recv(&mut client).await, "still here");
+    }
+    let clients = server.clients();
+    assert_eq!(clients[0]["uid"], 7, "{clients}");
+}
