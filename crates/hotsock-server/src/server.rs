@@ -157,6 +157,7 @@ impl Server {
             parking: Parking::default(),
             spawner,
             tables,
+            conn_tasks: std::sync::atomic::AtomicUsize::new(0),
             accepted_total: AtomicU64::new(takeover.as_ref().map_or(0, |t| t.begin.accepted_total)),
             metrics: Metrics::new(),
             origins,
@@ -210,7 +211,12 @@ impl Server {
         // Taking over: the connections move once our workers are Ready.
         let started = match (started, takeover) {
             (Ok(()), Some(takeover)) => match takeover.take_over(&shared).await {
-                Ok(taken) => run_files.commit().map(|()| Some(taken)),
+                Ok(taken) => {
+                    // Before the admin socket is in place: the first status
+                    // asked of this server already says how it took over.
+                    *shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken.1.clone());
+                    run_files.commit().map(|()| Some(taken))
+                }
                 Err(why) => Err(ServerError::Upgrade(why)),
             },
             (started, _) => started.map(|()| None),
@@ -239,7 +245,6 @@ impl Server {
                 "upgrade: took over from pid {}",
                 status.from_pid
             );
-            *shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
             for conn in adopted {
                 tokio::spawn(crate::net::conn::adopted(shared.clone(), conn));
             }

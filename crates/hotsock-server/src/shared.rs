@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     /// One permit per connection, open or mid-handshake.
     pub(crate) conn_permits: Arc<Semaphore>,
     pub(crate) accepted_total: AtomicU64,
+    /// Connection tasks alive, from accept (before any byte is read) to
+    /// their end: an upgrade's quiet point needs every one of them parked.
+    pub(crate) conn_tasks: std::sync::atomic::AtomicUsize,
     /// Counters and histograms for `/metrics`.
     pub(crate) metrics: Metrics,
     /// `server.allowed_origins`, parsed (swapped with the config).

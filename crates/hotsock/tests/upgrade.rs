@@ -20,10 +20,16 @@ const CONNS: usize = 50;
 const INTERVAL: Duration = Duration::from_millis(10);
 const UPGRADES: usize = 5;
 const ROOMS: usize = 5;
+/// Messages per write of the bursting connections.
+const BURST: usize = 8;
 
 fn config() -> String {
+    config_with("")
+}
+
+fn config_with(extra: &str) -> String {
     format!(
-        "[workers]\ncommand = [\"{}\"]\ncount = 2\n\n[tables.counters]\nrows = 64\ncolumns = {{ n = \"i64\" }}\n",
+        "[workers]\ncommand = [\"{}\"]\ncount = 2\n\n[tables.counters]\nrows = 64\ncolumns = {{ n = \"i64\" }}\n{extra}",
         bin("hotsock-testworker").display()
     )
 }
@@ -43,13 +49,22 @@ async fn soak_conn(server_url: String, c: usize, stop: Arc<AtomicBool>) -> Seen 
     let url = format!("{server_url}?uid={}&join=room{}", 1000 + c, c % ROOMS);
     let client = hotsock_testkit::connect(&url).await;
     let (mut sink, mut stream) = client.split();
+    // Every fifth connection writes bursts of padded messages in one
+    // segment, more than the server's 1 KiB read buffer takes at once, so
+    // when it parks the server has read past the boundary: those bytes
+    // move as the connection's leftover.
+    let (burst, pad) = if c.is_multiple_of(5) { (BURST, 200) } else { (1, 0) };
     let sender = tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
-            sink.send(Message::text(format!("echo:{c}:{n}"))).await.expect("send: the connection was dropped");
-            n += 1;
+            for _ in 0..burst {
+                let message = format!("echo:{c}:{n}{:pad$}", "");
+                sink.feed(Message::text(message)).await.expect("send: the connection was dropped");
+                n += 1;
+            }
+            sink.flush().await.expect("send: the connection was dropped");
         }
         sink.send(Message::text(format!("echo:{c}:end"))).await.expect("send");
         (sink, n)
@@ -73,7 +88,7 @@ async fn soak_conn(server_url: String, c: usize, stop: Arc<AtomicBool>) -> Seen 
         if n == "end" {
             break;
         }
-        replies.push((n.parse().expect("n"), redelivered));
+        replies.push((n.trim_end().parse().expect("n"), redelivered));
     }
     let (sink, sent) = sender.await.expect("sender");
     Seen { c, sent, replies, publications, _client: sink.reunite(stream).expect("same connection") }
@@ -234,4 +249,69 @@ async fn a_failed_upgrade_leaves_the_old_server_serving() {
     }
     let clients = server.clients();
     assert_eq!(clients[0]["uid"], 7, "{clients}");
+}
+
+/// A connection caught with an event in flight and more messages already
+/// read from its socket: it parks once the event is acknowledged, at the
+/// end of the message it is reading, and the bytes read beyond move with
+/// it (without them the last replies never come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_caught_mid_burst_moves_with_its_unread_bytes() {
+    let server = TestServer::start(&config_with("[limits]\nmax_inflight_per_conn = 1\n"));
+    let (mut client, _) = open_testworker_url(&server.url("/")).await;
+    // One write: a slow event, then padded messages past the server's
+    // 1 KiB read buffer.
+    client.feed(Message::text("sleep:400:first")).await.expect("send");
+    for k in 0..7 {
+        client.feed(Message::text(format!("echo:{k}{:300}", ""))).await.expect("send");
+    }
+    client.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let config = server.config.clone();
+    let upgrade = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin("hotsock"))
+            .args(["upgrade", "--wait", "-c"])
+            .arg(&config)
+            .output()
+            .expect("hotsock upgrade")
+    });
+    assert_eq!(recv(&mut client).await, "first");
+    for k in 0..7 {
+        assert_eq!(recv(&mut client).await.trim_end(), k.to_string(), "message {k}");
+    }
+    let output = upgrade.await.expect("upgrade");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let moved = &server.status()["upgrade"];
+    assert_eq!(moved["phase"], "done");
+    assert_eq!(moved["connections"], 1, "{moved}");
+    send(&mut client, "echo:after").await;
+    assert_eq!(recv(&mut client).await, "after");
+}
+
+/// An event that outlasts `reload.upgrade_pause_max_ms`: no quiet point,
+/// so the upgrade is abandoned and every parked connection serves on; the
+/// slow event's reply still comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
+    let server = TestServer::start(&config_with("[reload]\nupgrade_pause_max_ms = 500\n"));
+    let pid = server.server_pid().expect("pid");
+    let (mut slow, _) = open_testworker_url(&server.url("/")).await;
+    let (mut idle, _) = open_testworker_url(&server.url("/")).await;
+    send(&mut slow, "sleep:2500:slow done").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let output = upgrade(&server, &bin("hotsock"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "upgraded with an event in flight");
+    assert!(stderr.contains("no quiet point") && stderr.contains("upgrade_pause_max_ms"), "{stderr}");
+    assert_eq!(server.status()["pid"].as_u64(), Some(u64::from(pid)));
+    send(&mut idle, "echo:idle").await;
+    assert_eq!(recv(&mut idle).await, "idle");
+    assert_eq!(recv(&mut slow).await, "slow done");
+    send(&mut slow, "echo:again").await;
+    assert_eq!(recv(&mut slow).await, "again");
+    // A later upgrade, with nothing in flight, goes through.
+    let output = upgrade(&server, &bin("hotsock"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    send(&mut idle, "echo:moved").await;
+    assert_eq!(recv(&mut idle).await, "moved");
 }

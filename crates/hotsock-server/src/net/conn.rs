@@ -53,6 +53,7 @@ const ABNORMAL: (u16, &str) = (1006, "");
 /// when `[server.tls]` is set, then the same upgrade and loop either way
 /// (generic over the stream, so the plain path is the code it always was).
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer_addr: SocketAddr) {
+    let _task = ConnTask::count(&shared);
     let _ = stream.set_nodelay(true);
     let accepted_at = Instant::now();
     // The config current at accept serves this connection's handshake;
@@ -214,6 +215,7 @@ async fn serve_stream<S: Stream>(
 /// open and registered in the hub (`Hub::adopt`), its unparsed bytes in
 /// `leftover`; from here on it is served like any other.
 pub(crate) async fn adopted(shared: Arc<Shared>, adopted: crate::net::park::Adopted) {
+    let _task = ConnTask::count(&shared);
     let crate::net::park::Adopted { conn, stream, peer, leftover, conn_shared } = adopted;
     let _ = stream.set_nodelay(true);
     let config = shared.config();
@@ -273,6 +275,22 @@ pub(crate) fn ws_config(limits: &LimitsConfig) -> WebSocketConfig {
         .max_write_buffer_size(WRITE_BATCH_BYTES + limits.output_buffer_bytes.max(PAYLOAD_MAX_BYTES as usize))
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes))
+}
+
+/// Counts a connection task in `Shared::conn_tasks` for as long as it runs.
+struct ConnTask<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl ConnTask<'_> {
+    fn count(shared: &Shared) -> ConnTask<'_> {
+        shared.conn_tasks.fetch_add(1, Ordering::Relaxed);
+        ConnTask(&shared.conn_tasks)
+    }
+}
+
+impl Drop for ConnTask<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Gives the address's connection back to the per-IP count however

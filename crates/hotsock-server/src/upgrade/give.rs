@@ -252,8 +252,11 @@ async fn hand_over(
     update(shared, |s| s.phase = UpgradePhase::Parking);
     shared.parking.set(ParkState::Parking);
     shared.hub.wake_all();
+    // Every connection task, including those accepted just before and
+    // still reading their request: each must open and park, or end.
+    let tasks = || shared.conn_tasks.load(Ordering::Relaxed);
     let quiet = crate::wait::wait_until(pause_budget, || {
-        shared.hub.connection_count() == shared.parking.parked_count() && shared.hub.unacked_total() == 0
+        tasks() == shared.parking.parked_count() && shared.hub.unacked_total() == 0
     })
     .await;
     if !quiet {
@@ -261,7 +264,7 @@ async fn hand_over(
             "no quiet point within reload.upgrade_pause_max_ms ({} ms): {} of {} connections parked, {} events unacknowledged",
             pause_budget.as_millis(),
             shared.parking.parked_count(),
-            shared.hub.connection_count(),
+            tasks(),
             shared.hub.unacked_total()
         ));
     }
