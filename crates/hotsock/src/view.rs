@@ -3,7 +3,7 @@
 //! the admin socket's status types, so the layout is unit-tested here and
 //! the binary's tests check it against a real server.
 
-use hotsock_server::{ClientStatus, ServerStatus, WorkerPhase};
+use hotsock_server::{ClientStatus, ServerStatus, UpgradePhase, WorkerPhase};
 
 /// `1 connection`, `2 connections`.
 pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
@@ -14,10 +14,35 @@ pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
 /// The text of `hotsock status`: the summary, the worker table (with the
 /// draining workers under their slot), then tasks, tables, watch and the
 /// last reload.
+/// The binary upgrade under way, done, or failed (`hotsock upgrade`).
+fn upgrade_line(upgrade: &hotsock_server::UpgradeStatus) -> String {
+    let to = upgrade.to_version.as_deref().unwrap_or("?");
+    let pids = match upgrade.to_pid {
+        Some(pid) => format!("pid {} -> {pid}", upgrade.from_pid),
+        None => format!("pid {}", upgrade.from_pid),
+    };
+    let phase = match upgrade.phase {
+        UpgradePhase::Starting => "starting the new binary".to_owned(),
+        UpgradePhase::Parking => "parking connections".to_owned(),
+        UpgradePhase::HandingOver => "handing over".to_owned(),
+        UpgradePhase::Done => format!(
+            "done in {} ms, {} connections moved, paused {} ms",
+            upgrade.duration_ms, upgrade.connections, upgrade.pause_ms
+        ),
+        UpgradePhase::Failed => format!(
+            "failed after {} ms, this server serves on: {}",
+            upgrade.duration_ms,
+            upgrade.detail.as_deref().unwrap_or("no reason given")
+        ),
+    };
+    format!("upgrade {} -> {to} ({pids}): {phase}", upgrade.from_version)
+}
+
 pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
     let mut out = vec![format!(
-        "hotsock pid {} listening on {}, up {}s{}; generation {}{}; {} (accepted {}, refused {})",
+        "hotsock pid {} ({}) listening on {}, up {}s{}; generation {}{}; {} (accepted {}, refused {})",
         status.pid,
+        status.server_version,
         status.listen,
         status.uptime_s,
         if status.stopping { ", STOPPING" } else { "" },
@@ -117,6 +142,9 @@ pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
             cluster.lost,
             cluster.outages
         ));
+    }
+    if let Some(upgrade) = &status.upgrade {
+        sections.push(upgrade_line(upgrade));
     }
     for table in &status.tables {
         sections.push(format!("table {}: {} of {} rows in use", table.name, table.rows, table.capacity));

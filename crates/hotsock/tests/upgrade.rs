@@ -249,6 +249,8 @@ async fn a_failed_upgrade_leaves_the_old_server_serving() {
     }
     let clients = server.clients();
     assert_eq!(clients[0]["uid"], 7, "{clients}");
+    let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("upgrade") && text.contains("failed after") && text.contains("serves on"), "{text}");
 }
 
 /// A connection caught with an event in flight and more messages already
@@ -314,4 +316,10 @@ async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     send(&mut idle, "echo:moved").await;
     assert_eq!(recv(&mut idle).await, "moved");
+    let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("upgrade ") && text.contains(": done in ") && text.contains("2 connections moved"), "{text}");
+    // The new server stops like any other, and leaves no run files.
+    let stopped = server.cli(&["stop"]);
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    assert!(!server.dir.path().join("run").join("hotsock.sock").exists(), "the admin socket is removed");
 }
