@@ -262,12 +262,12 @@ impl Server {
             () = raised(&mut stop) => tracing::info!("stop requested over the admin socket"),
         }
         let successor = shared.successor.get().copied();
-        if let Some(notifier) = &shared.notifier {
-            match successor {
-                // systemd follows the new server as the service's main process.
-                Some(pid) => notifier.send(&format!("MAINPID={pid}\nSTATUS=handed over to pid {pid}")),
-                None => notifier.send("STOPPING=1"),
-            }
+        // After an upgrade systemd already follows the new server (the
+        // handover sent MAINPID): nothing more to say.
+        if let Some(notifier) = &shared.notifier
+            && successor.is_none()
+        {
+            notifier.send("STOPPING=1");
         }
         shared.request_stop();
         let _ = accept_task.await;

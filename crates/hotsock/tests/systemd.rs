@@ -57,11 +57,31 @@ fn notify_states_arrive_in_order_and_the_watchdog_is_pinged() {
             pings += 1;
         }
     }
+    // An upgrade hands the service to the new process: MAINPID first (from
+    // the old one, the service's main process), then the new one's READY.
+    let output = server.cli(&["upgrade", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    states_until(&socket, "MAINPID=", &mut seen, &mut pings);
+    let new_pid = server.server_pid().expect("the new server's pid");
+    assert!(seen[3].starts_with(&format!("MAINPID={new_pid}\n")), "{seen:?}");
+    // The new server's READY (the first one's text again).
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 4096];
+    while seen.len() < 5 {
+        assert!(Instant::now() < deadline, "no READY from the new server: {seen:?}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            let state = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if state != "WATCHDOG=1" {
+                seen.push(state);
+            }
+        }
+    }
+    assert!(seen[4].starts_with("READY=1\nSTATUS=serving on 127.0.0.1:"), "{seen:?}");
+    assert_eq!(server.wait_exit(), Some(0), "the old server exits 0 after handing over");
     let output = server.cli(&["stop"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     states_until(&socket, "STOPPING=1", &mut seen, &mut pings);
-    assert_eq!(server.wait_exit(), Some(0));
-    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen.len(), 6, "{seen:?}");
 }
 
 /// Debian's socket activator (package `systemd`).
@@ -119,9 +139,28 @@ async fn socket_activation_serves_on_the_passed_socket_and_workers_inherit_nothi
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.split('\0').any(|v| v.starts_with("LISTEN_")), "worker environment: {environ}");
 
+    // Across an upgrade: the same passed socket (and the metrics listener)
+    // serve, the open connection stays, new ones are accepted.
+    let output = server.cli(&["upgrade", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(server.wait_exit(), Some(0), "the old server exits 0 after handing over");
+    send(&mut client, "still here").await;
+    assert_eq!(recv(&mut client).await, "v1:still here");
+    let mut later = connect(&server.url("/")).await;
+    send(&mut later, "after the upgrade").await;
+    assert_eq!(recv(&mut later).await, "v1:after the upgrade");
+    let status = server.status();
+    assert_eq!(status["listen"], activated.to_string());
+    assert_ne!(status["pid"].as_u64(), Some(u64::from(server_pid)));
+    let scrape = raw_http(metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("hotsock_connections_accepted_total 2"), "{scrape}");
+    let new_pid = status["pid"].as_u64().expect("pid") as u32;
+    let environ = std::fs::read(format!("/proc/{new_pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.split('\0').any(|v| v.starts_with("LISTEN_")), "new server environment: {environ}");
+
     let output = server.cli(&["stop"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(server.wait_exit(), Some(0));
 }
 
 /// `hotsock start` with LISTEN_PID naming it (a shell that execs keeps its

@@ -311,8 +311,20 @@ async fn hand_over(
     }
 
     // 5. Let go. After this, nothing of this server touches a connection.
+    // systemd hears of the new main process first, so the READY=1 it
+    // sends once it holds the connections is accepted (NotifyAccess=main).
+    let successor = shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|s| s.to_pid);
+    if let (Some(notifier), Some(pid)) = (&shared.notifier, successor) {
+        notifier.send(&format!("MAINPID={pid}\nSTATUS=handing over to pid {pid}"));
+    }
     let s = socket.clone();
-    blocking(move || wire::send(&s, &Note::Commit, &[])).await.map_err(|e| format!("committing: {e}"))?;
+    if let Err(e) = blocking(move || wire::send(&s, &Note::Commit, &[])).await {
+        if let Some(notifier) = &shared.notifier {
+            notifier.send(&format!("MAINPID={}", std::process::id()));
+        }
+        shared.hub.requeue(snapshot);
+        return Err(format!("committing: {e}"));
+    }
     shared.parking.set(ParkState::Moved);
     shared.hub.wake_all();
     update(shared, |s| {
@@ -320,7 +332,7 @@ async fn hand_over(
         s.pause_ms = paused.elapsed().as_millis() as u64;
         s.duration_ms = started.elapsed().as_millis() as u64;
     });
-    if let Some(pid) = shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|s| s.to_pid) {
+    if let Some(pid) = successor {
         let _ = shared.successor.set(pid);
     }
     Ok(())
