@@ -97,6 +97,11 @@ impl Flow {
         self.messages.load(Ordering::Relaxed)
     }
 
+    /// Bytes so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Counts a batch.
     pub(crate) fn add(&self, messages: u64, bytes: u64) {
         self.messages.fetch_add(messages, Ordering::Relaxed);

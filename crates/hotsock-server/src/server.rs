@@ -158,7 +158,7 @@ impl Server {
             spawner,
             tables,
             conn_tasks: std::sync::atomic::AtomicUsize::new(0),
-            accepted_total: AtomicU64::new(takeover.as_ref().map_or(0, |t| t.begin.accepted_total)),
+            accepted_total: AtomicU64::new(0),
             metrics: Metrics::new(),
             origins,
             tls,

@@ -202,6 +202,12 @@ async fn five_upgrades_under_traffic_lose_nothing_and_keep_every_connection() {
         answered += seen.sent;
     }
     assert!(kept.len() >= UPGRADES, "new connections throughout: {}", kept.len());
+    // The totals go on across the upgrades (they are not reset to the last
+    // server's share).
+    let status = server.status();
+    let counted = status["messages_in_total"].as_u64().expect("messages in");
+    assert!(counted as usize >= answered, "messages_in_total {counted} < {answered} answered");
+    assert!(status["accepted_total"].as_u64().expect("accepted") as usize > CONNS + kept.len(), "{status}");
     eprintln!(
         "{answered} messages answered over {UPGRADES} upgrades; {} new connections",
         opened.load(Ordering::Relaxed)

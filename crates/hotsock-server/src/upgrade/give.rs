@@ -202,7 +202,6 @@ async fn hand_over(
         previous: view.previous,
         metrics: shared.sockets.metrics.is_some(),
         tables: shared.tables.iter().map(|(spec, _)| spec.name.clone()).collect(),
-        accepted_total: shared.accepted_total.load(Ordering::Relaxed),
     };
     let mut fds = vec![dup(&shared.sockets.client)?];
     if let Some(metrics) = &shared.sockets.metrics {
@@ -273,7 +272,14 @@ async fn hand_over(
     update(shared, |s| s.phase = UpgradePhase::HandingOver);
     let snapshot = shared.hub.snapshot();
     let connections = snapshot.conns.len();
-    let encoded = wire::encode_state(&snapshot, shared.parking.take(), paused_at_unix_us);
+    let totals = wire::Totals {
+        accepted: shared.accepted_total.load(Ordering::Relaxed),
+        messages_in: shared.metrics.received.messages(),
+        bytes_in: shared.metrics.received.bytes(),
+        messages_out: shared.metrics.sent.messages(),
+        bytes_out: shared.metrics.sent.bytes(),
+    };
+    let encoded = wire::encode_state(&snapshot, shared.parking.take(), paused_at_unix_us, totals);
     let result = async {
         let (note, blob, fds) = encoded?;
         let s = socket.clone();

@@ -113,6 +113,7 @@ impl Takeover {
         .map_err(|e| format!("receiving the state: {e}"))?;
         let (state, blob, fds) = received;
         let paused_at_unix_us = state.paused_at_unix_us;
+        let totals = state.totals;
         let (snapshot, leftovers) = wire::decode_state(state, &blob).map_err(|e| e.to_string())?;
         let mut streams = Vec::with_capacity(fds.len());
         for fd in fds {
@@ -122,6 +123,9 @@ impl Takeover {
             streams.push((stream, peer));
         }
         let shared_of = shared.hub.adopt(snapshot);
+        shared.accepted_total.fetch_add(totals.accepted, std::sync::atomic::Ordering::Relaxed);
+        shared.metrics.received.add(totals.messages_in, totals.bytes_in);
+        shared.metrics.sent.add(totals.messages_out, totals.bytes_out);
         let mut pending = Vec::with_capacity(streams.len());
         for ((stream, peer), (conn, leftover)) in streams.into_iter().zip(leftovers) {
             let Some(conn_shared) = shared_of.get(&conn).cloned() else { continue };

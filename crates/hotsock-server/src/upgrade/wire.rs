@@ -75,8 +75,16 @@ pub(crate) struct Begin {
     pub(crate) metrics: bool,
     /// The table segments that follow, by name.
     pub(crate) tables: Vec<String>,
-    /// Counters `status` shows, continued.
-    pub(crate) accepted_total: u64,
+}
+
+/// Totals `status` and `/metrics` show, continued by the new server.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct Totals {
+    pub(crate) accepted: u64,
+    pub(crate) messages_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) messages_out: u64,
+    pub(crate) bytes_out: u64,
 }
 
 /// A span of a note's blob.
@@ -129,6 +137,8 @@ pub(crate) struct StateNote {
     /// When connections began to park (Unix µs): the new server measures
     /// the pause up to when it serves them.
     pub(crate) paused_at_unix_us: u64,
+    #[serde(default)]
+    pub(crate) totals: Totals,
 }
 
 /// What is wrong with what the other side sent.
@@ -248,6 +258,7 @@ pub(crate) fn encode_state(
     snapshot: &HubSnapshot,
     parked: HashMap<u64, Parked>,
     paused_at_unix_us: u64,
+    totals: Totals,
 ) -> Result<(StateNote, Vec<u8>, Vec<OwnedFd>), String> {
     let mut parked = parked;
     let mut blob = Blob::default();
@@ -279,8 +290,14 @@ pub(crate) fn encode_state(
             history: c.history.iter().map(|(offset, at, out)| (*offset, *at, blob.out(out))).collect(),
         })
         .collect();
-    let note =
-        StateNote { conns, channels, next_conn: snapshot.next_conn, clock_ms: snapshot.clock_ms, paused_at_unix_us };
+    let note = StateNote {
+        conns,
+        channels,
+        next_conn: snapshot.next_conn,
+        clock_ms: snapshot.clock_ms,
+        paused_at_unix_us,
+        totals,
+    };
     Ok((note, blob.0, fds))
 }
 
@@ -365,7 +382,7 @@ mod tests {
         let (old, new) = UnixStream::pair().expect("pair");
         let (probe, _keep) = UnixStream::pair().expect("probe");
         let parked = HashMap::from([(3, Parked { socket: OwnedFd::from(probe), leftover: vec![0x82, 0x80] })]);
-        let (note, blob, fds) = encode_state(&snapshot(), parked, 99).expect("encode");
+        let (note, blob, fds) = encode_state(&snapshot(), parked, 99, Totals::default()).expect("encode");
         send(&old, &Note::State(note), &blob).expect("send");
         send_fds(&old, fds).expect("fds");
         let (note, blob) = receive(&new, Duration::from_secs(1)).expect("receive");
@@ -381,7 +398,7 @@ mod tests {
     /// A connection that is open but not parked cannot be handed over.
     #[test]
     fn an_unparked_connection_is_refused() {
-        let refused = encode_state(&snapshot(), HashMap::new(), 0).err();
+        let refused = encode_state(&snapshot(), HashMap::new(), 0, Totals::default()).err();
         assert_eq!(refused.as_deref(), Some("connection 3 is open but not parked"));
     }
 
@@ -393,6 +410,7 @@ mod tests {
             &snapshot(),
             HashMap::from([(3, Parked { socket: OwnedFd::from(UnixStream::pair().expect("p").0), leftover: vec![] })]),
             0,
+            Totals::default(),
         )
         .expect("encode");
         assert!(matches!(decode_state(note.clone(), &Bytes::new()), Err(WireError::Malformed(_))));
