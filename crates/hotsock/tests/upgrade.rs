@@ -307,7 +307,26 @@ async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
     let (mut idle, _) = open_testworker_url(&server.url("/")).await;
     send(&mut slow, "sleep:2500:slow done").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let output = upgrade(&server, &bin("hotsock"));
+    let config = server.config.clone();
+    let pending = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin("hotsock"))
+            .args(["upgrade", "--wait", "-c"])
+            .arg(&config)
+            .output()
+            .expect("hotsock upgrade")
+    });
+    // While it runs, reloads are refused (the new server is starting the
+    // generation serving now) and so is a second upgrade.
+    hotsock_testkit::wait_for("the upgrade under way", || {
+        (server.status()["upgrade"]["phase"].as_str()? != "failed").then_some(())
+    });
+    let reload = server.cli(&["reload", "--wait"]);
+    let refused = String::from_utf8_lossy(&reload.stderr);
+    assert!(!reload.status.success() && refused.contains("a binary upgrade is under way"), "{refused}");
+    let second = upgrade(&server, &bin("hotsock"));
+    let refused = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && refused.contains("already under way"), "{refused}");
+    let output = pending.await.expect("upgrade");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "upgraded with an event in flight");
     assert!(stderr.contains("no quiet point") && stderr.contains("upgrade_pause_max_ms"), "{stderr}");

@@ -268,6 +268,19 @@ async fn hand_over(
         ));
     }
 
+    // The new server runs the generation it was told at Begin: a reload,
+    // a build's reload or an automatic rollback since then would leave it
+    // serving other code than this server did.
+    let now = shared.supervision.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if now.serving != view.serving || now.reloading.is_some() {
+        return Err(format!(
+            "the serving generation changed during the upgrade ({} -> {}{}); nothing moved, upgrade again",
+            view.serving,
+            now.serving,
+            now.reloading.map(|r| format!(", reloading: {r}")).unwrap_or_default()
+        ));
+    }
+
     // 4. The state and the sockets.
     update(shared, |s| s.phase = UpgradePhase::HandingOver);
     let snapshot = shared.hub.snapshot();
