@@ -101,10 +101,14 @@ impl Drop for Running {
     }
 }
 
+/// The new server's `status.upgrade`, or why `hotsock upgrade` failed
+/// (the old server serving on).
+type Outcome = std::result::Result<UpgradeStatus, String>;
+
 /// One upgrade as measured.
 struct Upgrade {
     /// The new server's `status.upgrade`.
-    status: UpgradeStatus,
+    status: Outcome,
     /// What `hotsock upgrade --wait` printed: total and pause in ms, as
     /// the old server saw them when it let go.
     cli: (Option<u64>, Option<u64>),
@@ -164,7 +168,11 @@ fn start(params: &Params, dir: &Path) -> Result<Running> {
         params.idle + params.active + FILES_MARGIN,
         sibling("echo")?.display()
     );
-    let target = spawn_hotsock("hotsock (server + 1 echo worker)", dir.to_path_buf(), &config, &[])?;
+    // The servers log warnings only, unless HOTSOCK_LOG says otherwise
+    // (`HOTSOCK_LOG=info` shows each upgrade's steps from both servers).
+    let log = std::env::var_os("HOTSOCK_LOG").unwrap_or_else(|| "warn".into());
+    let target =
+        spawn_hotsock("hotsock (server + 1 echo worker)", dir.to_path_buf(), &config, &[("HOTSOCK_LOG", &log)])?;
     Ok(Running { target, config: dir.join("hotsock.toml"), hotsock: sibling("hotsock")? })
 }
 
@@ -247,7 +255,7 @@ async fn active(port: u16, c: usize, interval: Duration, stop: Arc<AtomicBool>) 
 
 /// Runs `hotsock upgrade --wait --binary BINARY` and returns how the new
 /// server says it went, with the wall-clock window around the CLI.
-async fn upgrade_once(running: &Running, binary: &Path) -> Result<(UpgradeStatus, Window, String)> {
+async fn upgrade_once(running: &Running, binary: &Path) -> Result<(Outcome, Window, String)> {
     let old_pid = running.pid().context("no pid file before the upgrade")?;
     let started = Instant::now();
     let mut command = tokio::process::Command::new(&running.hotsock);
@@ -259,28 +267,39 @@ async fn upgrade_once(running: &Running, binary: &Path) -> Result<(UpgradeStatus
     let window = Window { from: started, to: Instant::now() };
     let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     if !output.status.success() {
-        bail!("hotsock upgrade failed: {said} {}", String::from_utf8_lossy(&output.stderr).trim());
+        // The contract: the old server serves on. Said so by its status.
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        let still = status(running).await?;
+        if still.pid != old_pid {
+            bail!("`hotsock upgrade` failed ({stderr}) yet pid {} answers instead of {old_pid}", still.pid);
+        }
+        return Ok((Err(stderr), window, said));
     }
-    let status = status(running).await?;
-    let upgrade = status.upgrade.context("the new server's status has no upgrade")?;
-    if upgrade.phase != UpgradePhase::Done || upgrade.to_pid != Some(status.pid) || status.pid == old_pid {
-        bail!("after `{said}` the server (pid {}) reports {upgrade:?}", status.pid);
-    }
-    // The old process exits once the new one holds everything, and the
-    // pid file names the new one.
-    let gone_by = Instant::now() + UPGRADE_TIMEOUT;
-    while (Path::new(&format!("/proc/{old_pid}")).exists() && !zombie(old_pid)) || running.pid() != Some(status.pid) {
-        if Instant::now() > gone_by {
+    // Until the old process exits, the admin socket may still reach it; the
+    // new one answers once it is gone, and the pid file names it.
+    let deadline = Instant::now() + UPGRADE_TIMEOUT;
+    let new = loop {
+        let old_gone = !Path::new(&format!("/proc/{old_pid}")).exists() || zombie(old_pid);
+        if old_gone
+            && let Ok(now) = status(running).await
+            && now.pid != old_pid
+            && running.pid() == Some(now.pid)
+        {
+            break now;
+        }
+        if Instant::now() > deadline {
             bail!(
-                "{UPGRADE_TIMEOUT:?} after the upgrade to pid {}: old pid {old_pid} alive {}, pid file names {:?}",
-                status.pid,
-                !zombie(old_pid),
+                "{UPGRADE_TIMEOUT:?} after `{said}`: old pid {old_pid} gone {old_gone}, pid file names {:?}",
                 running.pid()
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let upgrade = new.upgrade.context("the new server's status has no upgrade")?;
+    if upgrade.phase != UpgradePhase::Done || upgrade.to_pid != Some(new.pid) {
+        bail!("after `{said}` the new server (pid {}) reports {upgrade:?}", new.pid);
     }
-    Ok((upgrade, window, said))
+    Ok((Ok(upgrade), window, said))
 }
 
 /// The number before ` ms` that follows `label` in the CLI's line
@@ -346,7 +365,10 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
                     return Err(error.context(format!("upgrade {}", k + 1)));
                 }
             };
-            eprintln!("   upgrade {}: {said} (wall {:?})", k + 1, window.to - window.from);
+            match &status {
+                Ok(_) => eprintln!("   upgrade {}: {said} (wall {:?})", k + 1, window.length()),
+                Err(why) => eprintln!("   upgrade {}: FAILED (wall {:?}): {why}", k + 1, window.length()),
+            }
             tokio::time::sleep(SETTLE).await;
             let from = Instant::now();
             let baseline = Window { from, to: from + (window.to - window.from) };
@@ -376,6 +398,10 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     let c = &summary.counts;
     if c.lost + c.duplicated + c.reordered + c.closed > 0 || summary.idle_answered < summary.idle_asked {
         bail!("the upgrade contract was broken (see the counters above)");
+    }
+    let failed = summary.rows.iter().filter(|(u, _, _)| u.status.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} of {} upgrades failed (see above)", summary.rows.len());
     }
     Ok(())
 }
@@ -443,8 +469,10 @@ impl Summary {
         Summary { counts, rows, idle_asked, idle_answered, connections }
     }
 
-    fn worst(&self, pick: impl Fn(&(Upgrade, Pauses, Pauses)) -> f64) -> f64 {
-        self.rows.iter().map(pick).fold(0.0, f64::max)
+    /// The worst of the upgrades that succeeded.
+    fn worst(&self, pick: impl Fn(&UpgradeStatus, &Upgrade, &Pauses, &Pauses) -> f64) -> f64 {
+        let done = self.rows.iter().filter_map(|(u, a, q)| Some((u.status.as_ref().ok()?, u, a, q)));
+        done.map(|(s, u, a, q)| pick(s, u, a, q)).fold(0.0, f64::max)
     }
 
     fn json(&self) -> serde_json::Value {
@@ -452,10 +480,12 @@ impl Summary {
             .rows
             .iter()
             .map(|(u, across, quiet)| {
+                let (status, failed) = match &u.status {
+                    Ok(status) => (Some(status), None),
+                    Err(why) => (None, Some(why)),
+                };
                 serde_json::json!({
-                    "from_version": u.status.from_version, "to_version": u.status.to_version,
-                    "connections": u.status.connections, "duration_ms": u.status.duration_ms,
-                    "wall_ms": u.wall_ms, "pause_ms": u.status.pause_ms,
+                    "status": status, "failed": failed, "wall_ms": u.wall_ms,
                     "cli_duration_ms": u.cli.0, "cli_pause_ms": u.cli.1,
                     "client_pause_max_ms": across.max, "client_pause_p99_ms": across.p99,
                     "quiet_pause_max_ms": quiet.max, "quiet_pause_p99_ms": quiet.p99,
@@ -478,7 +508,7 @@ impl Summary {
              - Machine: {machine}\n- Date: {date}\n- Command: `target/release/hotsock-bench upgrade --idle {idle} \
              --active {active} --upgrades {k} --interval-ms {iv}` (release build of hotsock and examples/echo, 1 echo \
              worker; the upgrades alternate between {version}+{TAG}, a copy of the binary stamped as another build, \
-             and {version})\n\n\
+             and {version}; open files allowed per process: {files})\n\n\
              | sent | answered | lost | duplicated | reordered | closed connections | idle connections answering \
              after the last upgrade | connections the server holds at the end |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n\
              | {sent} | {answered} | {lost} | {dup} | {reord} | {closed} | {ans}/{asked} | {held} |\n\n\
@@ -500,11 +530,29 @@ impl Summary {
             ans = self.idle_answered,
             asked = self.idle_asked,
             held = self.connections,
+            files = files_max(),
         );
-        for (u, across, quiet) in &self.rows {
-            let s = &u.status;
+        let mut failures = String::new();
+        for (k, (u, across, quiet)) in self.rows.iter().enumerate() {
+            let s = match &u.status {
+                Ok(s) => s,
+                Err(why) => {
+                    text.push_str(&format!(
+                        "| {}: **failed** | 0 | failed after {:.0} ms wall clock | - | {:.1} / {:.1} ms | {:.1} / {:.1} ms |\n",
+                        k + 1,
+                        u.wall_ms,
+                        across.max,
+                        across.p99,
+                        quiet.max,
+                        quiet.p99,
+                    ));
+                    failures.push_str(&format!("- Upgrade {} failed: `{why}`\n", k + 1));
+                    continue;
+                }
+            };
             text.push_str(&format!(
-                "| {} → {} | {} | {} / {} / {:.0} ms | {} / {} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms |\n",
+                "| {}: {} → {} | {} | {} / {} / {:.0} ms | {} / {} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms |\n",
+                k + 1,
                 s.from_version,
                 s.to_version.as_deref().unwrap_or("?"),
                 s.connections,
@@ -519,12 +567,16 @@ impl Summary {
                 quiet.p99,
             ));
         }
-        let pause = self.worst(|r| r.1.max);
-        let quiet_gap = self.worst(|r| r.2.gap_max);
-        let gap = self.worst(|r| r.1.gap_max);
-        let total = self.rows.iter().flat_map(|r| [Some(r.0.status.duration_ms), r.0.cli.0]).flatten().max();
-        let total = total.unwrap_or(0);
-        let wall = self.worst(|r| r.0.wall_ms);
+        if !failures.is_empty() {
+            text.push('\n');
+            text.push_str(&failures);
+        }
+        let pause = self.worst(|_, _, across, _| across.max);
+        let quiet_gap = self.worst(|_, _, _, quiet| quiet.gap_max);
+        let gap = self.worst(|_, _, across, _| across.gap_max);
+        let total = self.worst(|s, u, _, _| s.duration_ms.max(u.cli.0.unwrap_or(0)) as f64);
+        let wall = self.worst(|_, u, _, _| u.wall_ms);
+        let done = self.rows.iter().filter(|(u, _, _)| u.status.is_ok()).count();
         text.push_str(&format!(
             "\nThe CLI prints the old server's figures when it lets go (total: from the request; pause: from \
              parking the first connection to sending the sockets); `status.upgrade` holds the new server's (total: \
@@ -532,14 +584,26 @@ impl Summary {
              An active client's pause is, per connection, the longest gap between two consecutive replies that \
              overlaps the window (wall clock around `hotsock upgrade --wait`, or a quiet window of the same length \
              {settle} s after it), minus the {iv} ms send interval; max and p99 are over the {active} active \
-             connections.\n\n\
-             **Longest pause an active connection saw: {pause:.1} ms** (aim: at most {AIM_PAUSE_MS:.0} ms). \
-             **Largest reply gap across an upgrade / in a quiet window: {ratio:.2}** ({gap:.1} ms against \
-             {quiet_gap:.1} ms, the {iv} ms interval included). **Longest upgrade: {total} ms as the servers \
-             measured it, {wall:.0} ms wall clock** (aim: at most {AIM_TOTAL_MS} ms for 10,000 connections).\n\n",
+             connections.\n\n",
             settle = SETTLE.as_secs(),
             iv = params.interval_ms,
             active = params.active,
+        ));
+        if done == 0 {
+            text.push_str(&format!(
+                "**No upgrade succeeded** (aims: at most {AIM_TOTAL_MS} ms for 10,000 connections, at most \
+                 {AIM_PAUSE_MS:.0} ms pause for an active connection).\n\n"
+            ));
+            return text;
+        }
+        text.push_str(&format!(
+            "Over the {done} of {k} upgrades that succeeded: \
+             **Longest pause an active connection saw: {pause:.1} ms** (aim: at most {AIM_PAUSE_MS:.0} ms). \
+             **Largest reply gap across an upgrade / in a quiet window: {ratio:.2}** ({gap:.1} ms against \
+             {quiet_gap:.1} ms, the {iv} ms interval included). **Longest upgrade: {total:.0} ms as the servers \
+             measured it, {wall:.0} ms wall clock** (aim: at most {AIM_TOTAL_MS} ms for 10,000 connections).\n\n",
+            k = self.rows.len(),
+            iv = params.interval_ms,
             ratio = gap / quiet_gap.max(f64::MIN_POSITIVE),
         ));
         text
