@@ -26,6 +26,7 @@ mod reload;
 mod report;
 mod table;
 mod tasks;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -84,6 +85,26 @@ enum Scenario {
         /// Length of the run in seconds.
         #[arg(long, default_value_t = 12)]
         seconds: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// Binary upgrade under load: idle and active connections while the
+    /// server process is replaced; upgrade time, the pause the server
+    /// measured and the one active clients saw, against a quiet window.
+    Upgrade {
+        /// Idle connections held through the upgrades.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Connections sending a numbered message every `interval-ms`.
+        #[arg(long, default_value_t = 100)]
+        active: usize,
+        /// Upgrades, alternating between the binary and a stamped copy.
+        #[arg(long, default_value_t = 3)]
+        upgrades: usize,
+        /// Milliseconds between two messages of one active connection.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -282,6 +303,9 @@ fn main() -> Result<()> {
         Scenario::Reload { connections, workers, reloads, interval_ms, seconds, out } => {
             reload::run(&reload::Params { connections, workers, reloads, interval_ms, seconds }, &out)
         }
+        Scenario::Upgrade { idle, active, upgrades, interval_ms, out } => {
+            upgrade::run(&upgrade::Params { idle, active, upgrades, interval_ms: interval_ms.max(1) }, &out)
+        }
         Scenario::Echo { connections, seconds, size, rounds, pin: _, out } => {
             echo::run(&echo::Params { connections, seconds, size, rounds: rounds.max(1) }, &out)
         }
@@ -305,6 +329,13 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
         seconds: scale(12, 6),
     };
     reload::run(&reloads, out)?;
+    let upgrades = upgrade::Params {
+        idle: scale(10_000, 2000) as usize,
+        active: 100,
+        upgrades: scale(3, 2) as usize,
+        interval_ms: 10,
+    };
+    upgrade::run(&upgrades, out)?;
     tasks::run(20, scale(3, 1), scale(3, 2) as usize, out)?;
     table::run(scale(2_000_000, 300_000) as usize, out)?;
     matchmaker::run(&matchmaker::Params { players: scale(2000, 600) as usize, rate: 400, reload_every_s: 1 }, out)?;

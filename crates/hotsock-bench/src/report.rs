@@ -24,13 +24,14 @@ what to read. Each section is rewritten by its own scenario (`hotsock-bench <sce
 them all. Charts are in `docs/bench/`, each run's figures as JSON in `target/bench/<scenario>.json`.\n";
 
 /// The order of the sections in the report (that of `hotsock-bench all`).
-const ORDER: [&str; 13] = [
+const ORDER: [&str; 14] = [
     "echo",
     "echo-pinned",
     "pipelined",
     "pipelined-pinned",
     "idle",
     "reload",
+    "upgrade",
     "tasks",
     "fanout",
     "cluster",
