@@ -19,7 +19,14 @@ pub const FILES_MAX: usize = 64;
 /// so the receiver always reads exactly one).
 pub fn send_files(socket: &UnixStream, files: &[&File]) -> std::io::Result<()> {
     let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-    let rights = [ControlMessage::ScmRights(&fds)];
+    send_descriptors(socket, &fds)
+}
+
+/// [`send_files`] for descriptors the caller keeps open by other means
+/// (a binary upgrade sends each parked connection's socket while its task
+/// still holds it). The kernel duplicates them into the message.
+pub fn send_descriptors(socket: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
+    let rights = [ControlMessage::ScmRights(fds)];
     let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
     let sent = sendmsg::<()>(socket.as_raw_fd(), &[IoSlice::new(&[0u8])], control, MsgFlags::empty(), None)
         .map_err(std::io::Error::from)?;

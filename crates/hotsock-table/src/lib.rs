@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-pub use fdpass::{FILES_MAX, receive_files, send_files};
+pub use fdpass::{FILES_MAX, receive_files, send_descriptors, send_files};
 pub use schema::{Column, ColumnType, KEY_MAX_BYTES, ROWS_MAX, STRING_MAX_BYTES, Schema};
 use schema::{Fnv, KEY, KEY_WORDS, LOCK, Layout, SEQ, STATE};
 use segment::Segment;

@@ -518,7 +518,7 @@ impl<S: Stream> Connection<'_, S> {
             Err(_) => return None,
         }
         let reader = self.ws.get_ref();
-        let socket = reader.get_ref().movable_socket()?.try_clone_to_owned().ok()?;
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&reader.get_ref().movable_socket()?);
         self.parking.park(self.conn, Parked { socket, leftover: reader.leftover().to_vec() });
         loop {
             match self.parking.state() {

@@ -213,7 +213,8 @@ async fn hand_over(
     let s = socket.clone();
     blocking(move || {
         wire::send(&s, &Note::Begin(begin), &[])?;
-        wire::send_fds(&s, fds)
+        let raw: Vec<_> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        wire::send_fds(&s, &raw)
     })
     .await
     .map_err(|e| match e {
@@ -282,6 +283,7 @@ async fn hand_over(
     }
 
     // 4. The state and the sockets.
+    let parked_in = paused.elapsed();
     update(shared, |s| s.phase = UpgradePhase::HandingOver);
     let snapshot = shared.hub.snapshot();
     let connections = snapshot.conns.len();
@@ -298,13 +300,22 @@ async fn hand_over(
         let s = socket.clone();
         blocking(move || {
             wire::send(&s, &Note::State(note), &blob)?;
-            wire::send_fds(&s, fds)
+            wire::send_fds(&s, &fds)
         })
         .await
         .map_err(|e| format!("handing over: {e}"))?;
         let left = pause_budget.saturating_sub(paused.elapsed());
+        let sent_in = paused.elapsed();
         let s = socket.clone();
-        match blocking(move || wire::receive(&s, left)).await {
+        let holding = blocking(move || wire::receive(&s, left)).await;
+        tracing::info!(
+            parked_ms = parked_in.as_millis() as u64,
+            sent_ms = (sent_in - parked_in).as_millis() as u64,
+            taken_ms = (paused.elapsed() - sent_in).as_millis() as u64,
+            connections,
+            "upgrade: handed over"
+        );
+        match holding {
             Ok((Note::Holding { connections: held }, _)) if held == connections => {}
             Ok((Note::Holding { connections: held }, _)) => {
                 return Err(format!("the new server holds {held} of {connections} connections"));

@@ -112,6 +112,7 @@ impl Takeover {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("receiving the state: {e}"))?;
         let (state, blob, fds) = received;
+        let received_at = std::time::Instant::now();
         let paused_at_unix_us = state.paused_at_unix_us;
         let totals = state.totals;
         let (snapshot, leftovers) = wire::decode_state(state, &blob).map_err(|e| e.to_string())?;
@@ -132,6 +133,7 @@ impl Takeover {
             pending.push((conn, stream, peer, leftover, conn_shared));
         }
         let held = pending.len();
+        let adopted_in = received_at.elapsed();
         let socket = self.socket.clone();
         let commit = tokio::task::spawn_blocking(move || -> Result<Note, WireError> {
             wire::send(&socket, &Note::Holding { connections: held }, &[])?;
@@ -145,6 +147,7 @@ impl Takeover {
             Ok(other) => return Err(format!("expected Commit, got {other:?}")),
             Err(e) => return Err(format!("waiting for Commit: {e}")),
         }
+        let committed_at = std::time::Instant::now();
         // Ours from here on: registered with the runtime only now.
         let mut adopted = Vec::with_capacity(pending.len());
         for (conn, stream, peer, leftover, conn_shared) in pending {
@@ -157,6 +160,12 @@ impl Takeover {
                 }
             }
         }
+        tracing::info!(
+            adopt_ms = adopted_in.as_millis() as u64,
+            register_ms = committed_at.elapsed().as_millis() as u64,
+            connections = adopted.len(),
+            "upgrade: took the connections over"
+        );
         let status = UpgradeStatus {
             phase: UpgradePhase::Done,
             from_version: self.begin.from_version.clone(),

@@ -10,14 +10,13 @@
 //! has a deadline (`set_read_timeout`).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hotsock_table::{FILES_MAX, receive_files, send_files};
+use hotsock_table::{FILES_MAX, receive_files, send_descriptors};
 use serde::{Deserialize, Serialize};
 
 use crate::net::park::Parked;
@@ -201,12 +200,11 @@ pub(crate) fn receive(socket: &UnixStream, within: Duration) -> Result<(Note, By
     Ok((note, Bytes::from(blob)))
 }
 
-/// Sends descriptors, `FILES_MAX` per message.
-pub(crate) fn send_fds(socket: &UnixStream, fds: Vec<OwnedFd>) -> Result<(), WireError> {
-    let files: Vec<File> = fds.into_iter().map(File::from).collect();
-    for chunk in files.chunks(FILES_MAX) {
-        let refs: Vec<&File> = chunk.iter().collect();
-        send_files(socket, &refs)?;
+/// Sends descriptors, `FILES_MAX` per message. The caller keeps them open
+/// until this returns.
+pub(crate) fn send_fds(socket: &UnixStream, fds: &[RawFd]) -> Result<(), WireError> {
+    for chunk in fds.chunks(FILES_MAX) {
+        send_descriptors(socket, chunk)?;
     }
     Ok(())
 }
@@ -259,7 +257,7 @@ pub(crate) fn encode_state(
     parked: HashMap<u64, Parked>,
     paused_at_unix_us: u64,
     totals: Totals,
-) -> Result<(StateNote, Vec<u8>, Vec<OwnedFd>), String> {
+) -> Result<(StateNote, Vec<u8>, Vec<RawFd>), String> {
     let mut parked = parked;
     let mut blob = Blob::default();
     let mut fds = Vec::with_capacity(snapshot.conns.len());
@@ -381,10 +379,11 @@ mod tests {
     fn a_state_note_round_trips_with_its_sockets() {
         let (old, new) = UnixStream::pair().expect("pair");
         let (probe, _keep) = UnixStream::pair().expect("probe");
-        let parked = HashMap::from([(3, Parked { socket: OwnedFd::from(probe), leftover: vec![0x82, 0x80] })]);
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&probe);
+        let parked = HashMap::from([(3, Parked { socket, leftover: vec![0x82, 0x80] })]);
         let (note, blob, fds) = encode_state(&snapshot(), parked, 99, Totals::default()).expect("encode");
         send(&old, &Note::State(note), &blob).expect("send");
-        send_fds(&old, fds).expect("fds");
+        send_fds(&old, &fds).expect("fds");
         let (note, blob) = receive(&new, Duration::from_secs(1)).expect("receive");
         let Note::State(note) = note else { panic!("not a state note") };
         assert_eq!(note.paused_at_unix_us, 99);
@@ -408,7 +407,7 @@ mod tests {
     fn malformed_notes_are_errors() {
         let (note, _blob, _fds) = encode_state(
             &snapshot(),
-            HashMap::from([(3, Parked { socket: OwnedFd::from(UnixStream::pair().expect("p").0), leftover: vec![] })]),
+            HashMap::from([(3, Parked { socket: 0, leftover: vec![] })]),
             0,
             Totals::default(),
         )
