@@ -566,6 +566,7 @@ impl<S: Stream> Connection<'_, S> {
             }
         };
         if !events.is_empty() {
+            self.shared.last_read_ms.store(self.hub.now_ms(), Ordering::Relaxed);
             let bytes = events.iter().map(EventBody::len).sum::<usize>();
             self.received.add(events.len() as u64, bytes as u64);
             self.hub.dispatch(self.conn, events);

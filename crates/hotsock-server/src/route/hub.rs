@@ -662,7 +662,7 @@ impl Hub {
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock_base_ms.load(Ordering::Relaxed) + self.started.elapsed().as_millis() as u64
     }
 

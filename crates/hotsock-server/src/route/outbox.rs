@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -54,6 +54,9 @@ pub(crate) struct ConnShared {
     pub(crate) queued_bytes: AtomicUsize,
     /// Events of this connection no worker has acknowledged yet.
     pub(crate) inflight: AtomicU32,
+    /// When the client last sent a message (the hub's clock, ms): a binary
+    /// upgrade hands the busiest connections over first.
+    pub(crate) last_read_ms: AtomicU64,
     /// Set when the outbox overflowed; the task closes with 1008.
     pub(crate) overflowed: AtomicBool,
     /// Wakes the task: an acknowledgement freed room, or it overflowed.

@@ -24,6 +24,9 @@ use crate::wire::{UpgradePhase, UpgradeStatus};
 /// to exit, to report its exit status.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
+/// How often the quiet point is looked for while connections park.
+const QUIET_STEP: Duration = Duration::from_millis(1);
+
 /// Runs one upgrade to `binary` (default: the executable this server
 /// started from). `Ok`: the new server holds everything and this one must
 /// exit (the caller requests the stop); `Err`: nothing changed, with why.
@@ -255,7 +258,7 @@ async fn hand_over(
     // Every connection task, including those accepted just before and
     // still reading their request: each must open and park, or end.
     let tasks = || shared.conn_tasks.load(Ordering::Relaxed);
-    let quiet = crate::wait::wait_until(pause_budget, || {
+    let quiet = quiet_within(pause_budget, || {
         tasks() == shared.parking.parked_count() && shared.hub.unacked_total() == 0
     })
     .await;
@@ -366,6 +369,19 @@ async fn hand_over(
         let _ = shared.successor.set(pid);
     }
     Ok(())
+}
+
+/// Polls `done` every `QUIET_STEP` until it holds or `budget` passes:
+/// every connection waits while this does, so the step is fine.
+async fn quiet_within(budget: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + budget;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(QUIET_STEP).await;
+    }
+    true
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, String> {

@@ -116,11 +116,15 @@ impl Takeover {
         let paused_at_unix_us = state.paused_at_unix_us;
         let totals = state.totals;
         let (snapshot, leftovers) = wire::decode_state(state, &blob).map_err(|e| e.to_string())?;
+        // Registered with the runtime now, before Commit, to keep that work
+        // out of the pause after it: registering neither reads nor writes.
+        // The sockets are non-blocking already (the flag belongs to the
+        // socket, which the old server's runtime set).
         let mut streams = Vec::with_capacity(fds.len());
-        for fd in fds {
-            let stream = std::net::TcpStream::from(fd);
-            stream.set_nonblocking(true).map_err(|e| format!("a moved socket: {e}"))?;
-            let peer = stream.peer_addr().ok();
+        for (fd, conn) in fds.into_iter().zip(&snapshot.conns) {
+            let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
+                .map_err(|e| format!("connection {}: the moved socket cannot be served: {e}", conn.conn))?;
+            let peer = conn.meta.peer.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
             streams.push((stream, peer));
         }
         let shared_of = shared.hub.adopt(snapshot);
@@ -148,18 +152,12 @@ impl Takeover {
             Err(e) => return Err(format!("waiting for Commit: {e}")),
         }
         let committed_at = std::time::Instant::now();
-        // Ours from here on: registered with the runtime only now.
-        let mut adopted = Vec::with_capacity(pending.len());
-        for (conn, stream, peer, leftover, conn_shared) in pending {
-            let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => adopted.push(Adopted { conn, stream, peer, leftover, conn_shared }),
-                Err(error) => {
-                    tracing::warn!(conn, %error, "upgrade: a moved connection cannot be served");
-                    shared.hub.remove(conn);
-                }
-            }
-        }
+        // Ours from here on, most recently active first (the old server's
+        // order), so the busy ones are served first.
+        let adopted: Vec<Adopted> = pending
+            .into_iter()
+            .map(|(conn, stream, peer, leftover, conn_shared)| Adopted { conn, stream, peer, leftover, conn_shared })
+            .collect();
         tracing::info!(
             adopt_ms = adopted_in.as_millis() as u64,
             register_ms = committed_at.elapsed().as_millis() as u64,

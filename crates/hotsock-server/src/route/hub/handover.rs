@@ -51,10 +51,11 @@ impl Hub {
     /// outboxes are emptied into it.
     pub(crate) fn snapshot(&self) -> HubSnapshot {
         let state = self.lock();
-        let conns = state
-            .conns
-            .iter()
-            .filter(|(_, e)| e.open)
+        let mut open: Vec<_> = state.conns.iter().filter(|(_, e)| e.open).collect();
+        // The most recently active first: the new server serves them first.
+        open.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.shared.last_read_ms.load(Ordering::Relaxed)));
+        let conns = open
+            .into_iter()
             .map(|(conn, e)| {
                 let outbox = e.shared.take_outbox();
                 let bytes: usize = outbox.iter().map(Outgoing::len).sum();
