@@ -43,6 +43,10 @@ use hotsock_table::Table;
 /// How long a stopping node waits for its cluster task to unregister.
 const CLUSTER_LEAVE_MAX: Duration = Duration::from_secs(2);
 
+/// After an upgrade, idle connections start in steps of this many, the
+/// runtime's other tasks running between steps.
+const IDLE_SPAWN_STEP: usize = 256;
+
 /// `listen(2)` backlog of the metrics listener: scrapers are few.
 const METRICS_BACKLOG: u32 = 64;
 
@@ -214,7 +218,7 @@ impl Server {
                 Ok(taken) => {
                     // Before the admin socket is in place: the first status
                     // asked of this server already says how it took over.
-                    *shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken.1.clone());
+                    *shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken.status.clone());
                     run_files.commit().map(|()| Some(taken))
                 }
                 Err(why) => Err(ServerError::Upgrade(why)),
@@ -236,7 +240,7 @@ impl Server {
                 return Err(error);
             }
         };
-        if let Some((adopted, status)) = taken {
+        if let Some(crate::upgrade::Taken { busy, idle, status }) = taken {
             tracing::info!(
                 from = status.from_version,
                 to = status.to_version.as_deref().unwrap_or(""),
@@ -245,9 +249,21 @@ impl Server {
                 "upgrade: took over from pid {}",
                 status.from_pid
             );
-            for conn in adopted {
+            for conn in busy {
                 tokio::spawn(crate::net::conn::adopted(shared.clone(), conn));
             }
+            // The idle ones in steps, so the busy ones (which have messages
+            // waiting since they parked) get the threads first.
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut idle = idle.into_iter().peekable();
+                while idle.peek().is_some() {
+                    tokio::task::yield_now().await;
+                    for conn in idle.by_ref().take(IDLE_SPAWN_STEP) {
+                        tokio::spawn(crate::net::conn::adopted(shared.clone(), conn));
+                    }
+                }
+            });
         }
         tracing::info!(listen = %shared.listen, workers = shared.config().workers.count, "hotsock is serving");
         let watchdog = shared.notifier.clone().and_then(|notifier| {

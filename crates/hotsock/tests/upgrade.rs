@@ -304,7 +304,7 @@ async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
     let server = TestServer::start(&config_with("[reload]\nupgrade_pause_max_ms = 500\n"));
     let pid = server.server_pid().expect("pid");
     let (mut slow, _) = open_testworker_url(&server.url("/")).await;
-    let (mut idle, _) = open_testworker_url(&server.url("/")).await;
+    let (mut idle, _) = open_testworker_url(&server.url("/?uid=9")).await;
     send(&mut slow, "sleep:2500:slow done").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let config = server.config.clone();
@@ -341,6 +341,10 @@ async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     send(&mut idle, "echo:moved").await;
     assert_eq!(recv(&mut idle).await, "moved");
+    // The idle connection went ahead of the other: its uid came with it.
+    let clients = server.clients();
+    let uids: Vec<&Value> = clients.as_array().expect("list").iter().map(|c| &c["uid"]).collect();
+    assert!(uids.contains(&&Value::from(9)), "{clients}");
     let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
     assert!(text.contains("upgrade ") && text.contains(": done in ") && text.contains("2 connections moved"), "{text}");
     // The new server stops like any other, and leaves no run files.

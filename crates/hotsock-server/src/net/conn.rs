@@ -440,7 +440,12 @@ impl<S: Stream> Connection<'_, S> {
             match self.parking.state() {
                 ParkState::Serving if self.ws.get_ref().is_stopping() => self.ws.get_mut().resume(),
                 ParkState::Serving => {}
-                ParkState::Parking | ParkState::Moved => {
+                // Busy: serves on until the last step.
+                ParkState::ParkingIdle(since)
+                    if self.shared.last_read_ms.load(Ordering::Relaxed) > since
+                        || self.shared.inflight.load(Ordering::Relaxed) > 0
+                        || !self.shared.outbox_is_empty() => {}
+                ParkState::ParkingIdle(_) | ParkState::Parking | ParkState::Moved => {
                     if let Some(ending) = self.try_park().await {
                         return ending;
                     }
@@ -522,7 +527,7 @@ impl<S: Stream> Connection<'_, S> {
         self.parking.park(self.conn, Parked { socket, leftover: reader.leftover().to_vec() });
         loop {
             match self.parking.state() {
-                ParkState::Parking => self.shared.wake.notified().await,
+                ParkState::ParkingIdle(_) | ParkState::Parking => self.shared.wake.notified().await,
                 ParkState::Moved => return Some(Ending::Moved),
                 ParkState::Serving => {
                     self.parking.unpark(self.conn);

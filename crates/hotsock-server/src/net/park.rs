@@ -18,6 +18,10 @@ use tokio::sync::watch;
 pub(crate) enum ParkState {
     /// Serve as usual.
     Serving,
+    /// Connections idle since this time (the hub's clock, ms), with
+    /// nothing in flight or queued, park; the others serve on. The idle
+    /// ones move first, so the busy ones pause only for the last step.
+    ParkingIdle(u64),
     /// Stop at the next message boundary with nothing queued, and wait.
     Parking,
     /// The new server holds every parked connection: end silently.
@@ -86,6 +90,12 @@ impl Parking {
     /// Every parked connection, for the handover (the map is left empty).
     pub(crate) fn take(&self) -> HashMap<u64, Parked> {
         std::mem::take(&mut *self.lock())
+    }
+
+    /// The parked connections now, with their sockets and unread bytes
+    /// (they stay parked).
+    pub(crate) fn parked_now(&self) -> Vec<(u64, RawFd, Vec<u8>)> {
+        self.lock().iter().map(|(conn, p)| (*conn, p.socket, p.leftover.clone())).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Parked>> {

@@ -25,7 +25,7 @@ pub(crate) enum EventBody {
 }
 
 /// Connection facts fixed at accept time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ConnMeta {
     pub(crate) peer: String,
     pub(crate) path: String,

@@ -4,6 +4,7 @@
 //! holds everything. Any failure before that leaves this server serving
 //! exactly as before: nothing it owns is closed or changed until `Commit`.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -26,6 +27,18 @@ const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How often the quiet point is looked for while connections park.
 const QUIET_STEP: Duration = Duration::from_millis(1);
+
+/// A connection that sent nothing for this long moves ahead of the others.
+const IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// Longest the idle connections are given to park before the rest park
+/// too (they have nothing to finish, so they park at once; waking 10,000
+/// takes about 20 ms).
+const IDLE_PARK_MAX: Duration = Duration::from_millis(500);
+
+/// The idle connections have parked once the count has not moved for this
+/// many steps.
+const SETTLED_STEPS: u32 = 3;
 
 /// Runs one upgrade to `binary` (default: the executable this server
 /// started from). `Ok`: the new server holds everything and this one must
@@ -248,20 +261,58 @@ async fn hand_over(
         Err(e) => return Err(format!("the new server did not answer: {e}")),
     }
 
-    // 3. Park every connection: no new ones, each stopped between two
+    // 3. The idle connections park first and move ahead: their sockets,
+    // facts and unread bytes cannot change while they are parked, so the
+    // busy ones pause only for the last step (with 10,000 idle ones that
+    // step was 150 ms when everything moved at once).
+    update(shared, |s| s.phase = UpgradePhase::Parking);
+    let since = shared.hub.now_ms().saturating_sub(IDLE_FOR.as_millis() as u64);
+    shared.parking.set(ParkState::ParkingIdle(since));
+    shared.hub.wake_all();
+    settle(IDLE_PARK_MAX, || shared.parking.parked_count()).await;
+    let ahead = shared.parking.parked_now();
+    // Each one's uid as sent: the state note names only those whose uid
+    // or queued output changed since.
+    let mut premoved = HashMap::new();
+    if !ahead.is_empty() {
+        let ids: Vec<u64> = ahead.iter().map(|(conn, _, _)| *conn).collect();
+        let entries: Vec<_> = ahead
+            .into_iter()
+            .zip(shared.hub.facts(&ids))
+            .map(|((conn, fd, leftover), facts)| {
+                let (meta, uid) = facts.unwrap_or_default();
+                premoved.insert(conn, uid);
+                (conn, fd, leftover, meta, uid)
+            })
+            .collect();
+        let (note, blob, fds) = wire::encode_premove(&entries);
+        let s = socket.clone();
+        let sent = entries.len();
+        let taken = blocking(move || {
+            wire::send(&s, &Note::Premove(note), &blob)?;
+            wire::send_fds(&s, &fds)?;
+            wire::receive(&s, pause_budget)
+        })
+        .await
+        .map_err(|e| format!("handing over the idle connections: {e}"))?;
+        match taken.0 {
+            Note::Ahead { connections } if connections == sent => {}
+            other => return Err(format!("the new server answered {other:?} to the idle connections")),
+        }
+    }
+
+    // 4. Park every connection: no new ones, each stopped between two
     // messages, every event acknowledged.
     let paused = Instant::now();
     let paused_at_unix_us = unix_us();
-    update(shared, |s| s.phase = UpgradePhase::Parking);
     shared.parking.set(ParkState::Parking);
-    shared.hub.wake_all();
+    shared.hub.wake_unless(|conn| premoved.contains_key(&conn));
     // Every connection task, including those accepted just before and
     // still reading their request: each must open and park, or end.
     let tasks = || shared.conn_tasks.load(Ordering::Relaxed);
-    let quiet = quiet_within(pause_budget, || {
-        tasks() == shared.parking.parked_count() && shared.hub.unacked_total() == 0
-    })
-    .await;
+    let quiet =
+        quiet_within(pause_budget, || tasks() == shared.parking.parked_count() && shared.hub.unacked_total() == 0)
+            .await;
     if !quiet {
         return Err(format!(
             "no quiet point within reload.upgrade_pause_max_ms ({} ms): {} of {} connections parked, {} events unacknowledged",
@@ -285,7 +336,7 @@ async fn hand_over(
         ));
     }
 
-    // 4. The state and the sockets.
+    // 5. The state and the sockets.
     let parked_in = paused.elapsed();
     update(shared, |s| s.phase = UpgradePhase::HandingOver);
     let snapshot = shared.hub.snapshot();
@@ -297,7 +348,7 @@ async fn hand_over(
         messages_out: shared.metrics.sent.messages(),
         bytes_out: shared.metrics.sent.bytes(),
     };
-    let encoded = wire::encode_state(&snapshot, shared.parking.take(), paused_at_unix_us, totals);
+    let encoded = wire::encode_state(&snapshot, shared.parking.take(), &premoved, paused_at_unix_us, totals);
     let result = async {
         let (note, blob, fds) = encoded?;
         let s = socket.clone();
@@ -316,6 +367,7 @@ async fn hand_over(
             sent_ms = (sent_in - parked_in).as_millis() as u64,
             taken_ms = (paused.elapsed() - sent_in).as_millis() as u64,
             connections,
+            ahead = premoved.len(),
             "upgrade: handed over"
         );
         match holding {
@@ -343,7 +395,7 @@ async fn hand_over(
         return Err(why);
     }
 
-    // 5. Let go. After this, nothing of this server touches a connection.
+    // 6. Let go. After this, nothing of this server touches a connection.
     // systemd hears of the new main process first, so the READY=1 it
     // sends once it holds the connections is accepted (NotifyAccess=main).
     let successor = shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|s| s.to_pid);
@@ -382,6 +434,18 @@ async fn quiet_within(budget: Duration, done: impl Fn() -> bool) -> bool {
         tokio::time::sleep(QUIET_STEP).await;
     }
     true
+}
+
+/// Waits until `count` stops growing (or `max` passes).
+async fn settle(max: Duration, count: impl Fn() -> usize) {
+    let deadline = Instant::now() + max;
+    let (mut last, mut still) = (count(), 0);
+    while still < SETTLED_STEPS && Instant::now() < deadline {
+        tokio::time::sleep(QUIET_STEP).await;
+        let now = count();
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, String> {

@@ -21,8 +21,8 @@ mod take;
 pub(crate) mod wire;
 
 pub(crate) use give::{refusal, upgrade};
-pub(crate) use take::Takeover;
 pub use take::report_failure;
+pub(crate) use take::{Taken, Takeover};
 
 pub(crate) fn unix_ms() -> u64 {
     unix_us() / 1000

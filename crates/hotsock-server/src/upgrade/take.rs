@@ -88,68 +88,101 @@ impl Takeover {
 
     /// After the readiness gate: takes every connection over. On `Ok`, the
     /// old server has let go and the connections are this server's.
-    pub(crate) async fn take_over(self, shared: &Arc<Shared>) -> Result<(Vec<Adopted>, UpgradeStatus), String> {
+    pub(crate) async fn take_over(self, shared: &Arc<Shared>) -> Result<Taken, String> {
         let config = shared.config();
         // The old server parks within its pause budget, then sends.
         let budget = Duration::from_millis(config.reload.upgrade_pause_max_ms) * 2 + Duration::from_secs(5);
         drop(config);
         let socket = self.socket.clone();
         let ready = Note::Ready { version: crate::version().to_owned(), pid: std::process::id() };
-        let received = tokio::task::spawn_blocking(move || -> Result<_, WireError> {
+        let first = blocking(move || {
             wire::send(&socket, &ready, &[])?;
-            let (note, blob) = wire::receive(&socket, budget)?;
-            let state = match note {
-                Note::State(state) => state,
-                Note::Abort { reason } => {
-                    return Err(WireError::Malformed(format!("the old server aborted: {reason}")));
-                }
-                other => return Err(WireError::Malformed(format!("expected State, got {other:?}"))),
-            };
-            let fds = wire::receive_fds(&socket, state.conns.len(), budget)?;
-            Ok((state, blob, fds))
+            wire::receive(&socket, budget)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("receiving the state: {e}"))?;
-        let (state, blob, fds) = received;
+        .await?;
+        // The idle connections may come ahead of the state.
+        let mut ahead = HashMap::new();
+        let (note, blob) = match first {
+            (Note::Premove(premove), blob) => {
+                let socket = self.socket.clone();
+                let count = premove.conns.len();
+                let fds = blocking(move || wire::receive_fds(&socket, count, budget)).await?;
+                let facts = wire::decode_premove(&premove, &blob).map_err(|e| e.to_string())?;
+                for (fd, (conn, meta, uid, leftover)) in fds.into_iter().zip(facts) {
+                    let stream = register(fd, conn)?;
+                    ahead.insert(conn, (stream, meta, uid, leftover));
+                }
+                let socket = self.socket.clone();
+                let connections = ahead.len();
+                blocking(move || {
+                    wire::send(&socket, &Note::Ahead { connections }, &[])?;
+                    wire::receive(&socket, budget)
+                })
+                .await?
+            }
+            first => first,
+        };
+        let state = match note {
+            Note::State(state) => state,
+            Note::Abort { reason } => return Err(format!("the old server aborted: {reason}")),
+            other => return Err(format!("expected State, got {other:?}")),
+        };
+        let socket = self.socket.clone();
+        let following = state.sockets_following();
+        let fds = blocking(move || wire::receive_fds(&socket, following, budget)).await?;
         let received_at = std::time::Instant::now();
         let paused_at_unix_us = state.paused_at_unix_us;
         let totals = state.totals;
-        let (snapshot, leftovers) = wire::decode_state(state, &blob).map_err(|e| e.to_string())?;
+        let (mut snapshot, leftovers) = wire::decode_state(state, &blob).map_err(|e| e.to_string())?;
         // Registered with the runtime now, before Commit, to keep that work
         // out of the pause after it: registering neither reads nor writes.
-        // The sockets are non-blocking already (the flag belongs to the
-        // socket, which the old server's runtime set).
-        let mut streams = Vec::with_capacity(fds.len());
-        for (fd, conn) in fds.into_iter().zip(&snapshot.conns) {
-            let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
-                .map_err(|e| format!("connection {}: the moved socket cannot be served: {e}", conn.conn))?;
+        let mut fds = fds.into_iter();
+        let mut streams = Vec::with_capacity(snapshot.conns.len());
+        for (conn, (_, leftover)) in snapshot.conns.iter_mut().zip(leftovers) {
+            let (stream, leftover) = match leftover {
+                Some(leftover) => {
+                    let fd = fds.next().ok_or_else(|| format!("no socket for connection {}", conn.conn))?;
+                    (register(fd, conn.conn)?, leftover)
+                }
+                None => {
+                    let (stream, meta, _, leftover) = ahead
+                        .remove(&conn.conn)
+                        .ok_or_else(|| format!("connection {} was not sent ahead", conn.conn))?;
+                    conn.meta = meta;
+                    (stream, leftover)
+                }
+            };
             let peer = conn.meta.peer.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            streams.push((stream, peer));
+            streams.push((conn.conn, stream, peer, leftover));
+        }
+        // Sent ahead and unchanged since: the state note leaves them out.
+        let busy = streams.len();
+        for (conn, (stream, meta, uid, leftover)) in ahead {
+            let peer = meta.peer.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            snapshot.conns.push(crate::route::hub::ConnState { conn, meta, uid, outbox: Vec::new() });
+            streams.push((conn, stream, peer, leftover));
         }
         let shared_of = shared.hub.adopt(snapshot);
         shared.accepted_total.fetch_add(totals.accepted, std::sync::atomic::Ordering::Relaxed);
         shared.metrics.received.add(totals.messages_in, totals.bytes_in);
         shared.metrics.sent.add(totals.messages_out, totals.bytes_out);
         let mut pending = Vec::with_capacity(streams.len());
-        for ((stream, peer), (conn, leftover)) in streams.into_iter().zip(leftovers) {
+        for (conn, stream, peer, leftover) in streams {
             let Some(conn_shared) = shared_of.get(&conn).cloned() else { continue };
             pending.push((conn, stream, peer, leftover, conn_shared));
         }
         let held = pending.len();
         let adopted_in = received_at.elapsed();
         let socket = self.socket.clone();
-        let commit = tokio::task::spawn_blocking(move || -> Result<Note, WireError> {
+        let commit = blocking(move || {
             wire::send(&socket, &Note::Holding { connections: held }, &[])?;
-            Ok(wire::receive(&socket, budget)?.0)
+            wire::receive(&socket, budget)
         })
-        .await
-        .map_err(|e| e.to_string())?;
-        match commit {
-            Ok(Note::Commit) => {}
-            Ok(Note::Abort { reason }) => return Err(format!("the old server aborted: {reason}")),
-            Ok(other) => return Err(format!("expected Commit, got {other:?}")),
-            Err(e) => return Err(format!("waiting for Commit: {e}")),
+        .await?;
+        match commit.0 {
+            Note::Commit => {}
+            Note::Abort { reason } => return Err(format!("the old server aborted: {reason}")),
+            other => return Err(format!("expected Commit, got {other:?}")),
         }
         let committed_at = std::time::Instant::now();
         // Ours from here on, most recently active first (the old server's
@@ -176,6 +209,38 @@ impl Takeover {
             at_unix_ms: unix_ms(),
             detail: None,
         };
-        Ok((adopted, status))
+        let mut busy_first = adopted;
+        let idle = busy_first.split_off(busy.min(busy_first.len()));
+        Ok(Taken { busy: busy_first, idle, status })
+    }
+}
+
+/// What a takeover hands the server to serve.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The connections the state note named (the busy ones, most recently
+    /// active first): served first.
+    pub(crate) busy: Vec<Adopted>,
+    /// Those sent ahead as idle: served once the busy ones are going.
+    pub(crate) idle: Vec<Adopted>,
+    pub(crate) status: UpgradeStatus,
+}
+
+/// A moved socket, registered with this runtime. The socket is
+/// non-blocking already (the flag belongs to the socket, which the old
+/// server's runtime set).
+fn register(fd: std::os::fd::OwnedFd, conn: u64) -> Result<tokio::net::TcpStream, String> {
+    tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
+        .map_err(|e| format!("connection {conn}: the moved socket cannot be served: {e}"))
+}
+
+/// Runs a blocking handover step off the async threads.
+async fn blocking<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, WireError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(step).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("the handover: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -49,8 +49,14 @@ pub(crate) enum Note {
     Ready { version: String, pid: u32 },
     /// New to old: it cannot serve, and exits.
     Failed { reason: String },
+    /// Old to new, optional, before `State`: the idle connections parked
+    /// first; followed by one socket per connection, in `conns` order.
+    Premove(PremoveNote),
+    /// New to old: it took the premove note's connections in (the old
+    /// server parks the rest only then, so their pause does not include it).
+    Ahead { connections: usize },
     /// Old to new: every connection and channel; followed by one socket
-    /// per connection, in `conns` order.
+    /// per connection not in the `premove` note, in `conns` order.
     State(StateNote),
     /// New to old: it holds every connection.
     Holding { connections: usize },
@@ -113,6 +119,17 @@ pub(crate) struct ConnNote {
     outbox: Vec<OutNote>,
     /// Bytes read from the client and not yet parsed.
     leftover: Span,
+    /// In a state note: its socket, facts and leftover came in the
+    /// `premove` note (no socket follows for it here).
+    #[serde(default)]
+    premoved: bool,
+}
+
+/// The idle connections, sent ahead while the busy ones still serve:
+/// socket, facts and unread bytes, none of which change while parked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PremoveNote {
+    pub(crate) conns: Vec<ConnNote>,
 }
 
 /// One channel.
@@ -138,6 +155,13 @@ pub(crate) struct StateNote {
     pub(crate) paused_at_unix_us: u64,
     #[serde(default)]
     pub(crate) totals: Totals,
+}
+
+impl StateNote {
+    /// Sockets that follow this note (those not sent ahead).
+    pub(crate) fn sockets_following(&self) -> usize {
+        self.conns.iter().filter(|c| !c.premoved).count()
+    }
 }
 
 /// What is wrong with what the other side sent.
@@ -255,6 +279,7 @@ impl Blob {
 pub(crate) fn encode_state(
     snapshot: &HubSnapshot,
     parked: HashMap<u64, Parked>,
+    premoved: &HashMap<u64, Option<u64>>,
     paused_at_unix_us: u64,
     totals: Totals,
 ) -> Result<(StateNote, Vec<u8>, Vec<RawFd>), String> {
@@ -266,15 +291,35 @@ pub(crate) fn encode_state(
         let Some(Parked { socket, leftover }) = parked.remove(&conn.conn) else {
             return Err(format!("connection {} is open but not parked", conn.conn));
         };
+        if let Some(uid) = premoved.get(&conn.conn) {
+            if *uid == conn.uid && conn.outbox.is_empty() {
+                // As the premove note said: nothing to add.
+                continue;
+            }
+            let outbox = conn.outbox.iter().map(|o| blob.out(o)).collect();
+            conns.push(ConnNote {
+                conn: conn.conn,
+                peer: String::new(),
+                path: String::new(),
+                connected_at_unix_ms: 0,
+                uid: conn.uid,
+                outbox,
+                leftover: (0, 0),
+                premoved: true,
+            });
+            continue;
+        }
         fds.push(socket);
+        let outbox = conn.outbox.iter().map(|o| blob.out(o)).collect();
         conns.push(ConnNote {
             conn: conn.conn,
             peer: conn.meta.peer.clone(),
             path: conn.meta.path.clone(),
             connected_at_unix_ms: conn.meta.connected_at_unix_ms,
             uid: conn.uid,
-            outbox: conn.outbox.iter().map(|o| blob.out(o)).collect(),
+            outbox,
             leftover: blob.put(&leftover),
+            premoved: false,
         });
     }
     let channels = snapshot
@@ -299,16 +344,57 @@ pub(crate) fn encode_state(
     Ok((note, blob.0, fds))
 }
 
-/// Each connection's unparsed bytes, by connection id.
-pub(crate) type Leftovers = Vec<(u64, Vec<u8>)>;
+/// The premove note for parked idle connections (`(conn, socket, unread
+/// bytes)`) with their facts, and the sockets in order.
+/// A parked connection to send ahead: id, socket, unread bytes, facts, uid.
+pub(crate) type Ahead = (u64, RawFd, Vec<u8>, ConnMeta, Option<u64>);
+
+pub(crate) fn encode_premove(parked: &[Ahead]) -> (PremoveNote, Vec<u8>, Vec<RawFd>) {
+    let mut blob = Blob::default();
+    let conns = parked
+        .iter()
+        .map(|(conn, _, leftover, meta, uid)| ConnNote {
+            conn: *conn,
+            peer: meta.peer.clone(),
+            path: meta.path.clone(),
+            connected_at_unix_ms: meta.connected_at_unix_ms,
+            uid: *uid,
+            outbox: Vec::new(),
+            leftover: blob.put(leftover),
+            premoved: false,
+        })
+        .collect();
+    (PremoveNote { conns }, blob.0, parked.iter().map(|(_, fd, _, _, _)| *fd).collect())
+}
+
+/// A connection sent ahead: its facts and uid then, and its unread bytes.
+pub(crate) type Premoved = (u64, ConnMeta, Option<u64>, Vec<u8>);
+
+/// What the premove note says of each connection.
+pub(crate) fn decode_premove(note: &PremoveNote, blob: &Bytes) -> Result<Vec<Premoved>, WireError> {
+    note.conns
+        .iter()
+        .map(|c| {
+            let meta =
+                ConnMeta { peer: c.peer.clone(), path: c.path.clone(), connected_at_unix_ms: c.connected_at_unix_ms };
+            Ok((c.conn, meta, c.uid, slice(blob, c.leftover)?.to_vec()))
+        })
+        .collect()
+}
+
+fn slice(blob: &Bytes, (at, len): Span) -> Result<Bytes, WireError> {
+    let end = at.checked_add(len).filter(|&end| end <= blob.len() as u64);
+    let end = end.ok_or_else(|| WireError::Malformed(format!("span {at}+{len} past the blob")))?;
+    Ok(blob.slice(at as usize..end as usize))
+}
+
+/// Each connection's unparsed bytes, by connection id; `None`: it came in
+/// the premove note (and so did its socket and facts).
+pub(crate) type Leftovers = Vec<(u64, Option<Vec<u8>>)>;
 
 /// The hub's part of a state note, and each connection's unparsed bytes.
 pub(crate) fn decode_state(note: StateNote, blob: &Bytes) -> Result<(HubSnapshot, Leftovers), WireError> {
-    let span = |(at, len): Span| -> Result<Bytes, WireError> {
-        let end = at.checked_add(len).filter(|&end| end <= blob.len() as u64);
-        let end = end.ok_or_else(|| WireError::Malformed(format!("span {at}+{len} past the blob")))?;
-        Ok(blob.slice(at as usize..end as usize))
-    };
+    let span = |span: Span| slice(blob, span);
     let out = |o: &OutNote| -> Result<Outgoing, WireError> {
         match o.kind.as_str() {
             "text" => Outgoing::data(false, span(o.data)?).map_err(|e| WireError::Malformed(e.to_string())),
@@ -324,7 +410,7 @@ pub(crate) fn decode_state(note: StateNote, blob: &Bytes) -> Result<(HubSnapshot
         let meta =
             ConnMeta { peer: c.peer.clone(), path: c.path.clone(), connected_at_unix_ms: c.connected_at_unix_ms };
         conns.push(ConnState { conn: c.conn, meta, uid: c.uid, outbox });
-        leftovers.push((c.conn, span(c.leftover)?.to_vec()));
+        leftovers.push((c.conn, if c.premoved { None } else { Some(span(c.leftover)?.to_vec()) }));
     }
     let mut channels = Vec::with_capacity(note.channels.len());
     for c in &note.channels {
@@ -381,7 +467,8 @@ mod tests {
         let (probe, _keep) = UnixStream::pair().expect("probe");
         let socket = std::os::fd::AsRawFd::as_raw_fd(&probe);
         let parked = HashMap::from([(3, Parked { socket, leftover: vec![0x82, 0x80] })]);
-        let (note, blob, fds) = encode_state(&snapshot(), parked, 99, Totals::default()).expect("encode");
+        let (note, blob, fds) =
+            encode_state(&snapshot(), parked, &Default::default(), 99, Totals::default()).expect("encode");
         send(&old, &Note::State(note), &blob).expect("send");
         send_fds(&old, &fds).expect("fds");
         let (note, blob) = receive(&new, Duration::from_secs(1)).expect("receive");
@@ -390,14 +477,33 @@ mod tests {
         let count = note.conns.len();
         let (got, leftovers) = decode_state(note, &blob).expect("decode");
         assert_eq!(format!("{got:?}"), format!("{:?}", snapshot()));
-        assert_eq!(leftovers, vec![(3, vec![0x82, 0x80])]);
+        assert_eq!(leftovers, vec![(3, Some(vec![0x82, 0x80]))]);
         assert_eq!(receive_fds(&new, count, Duration::from_secs(1)).expect("fds").len(), 1);
+    }
+
+    /// A connection sent ahead is left out of the state note while its uid
+    /// and queued output are as they were, named (without its socket) once
+    /// either changed.
+    #[test]
+    fn connections_sent_ahead_are_named_again_only_when_they_changed() {
+        let parked = || HashMap::from([(3, Parked { socket: 0, leftover: vec![] })]);
+        let mut unchanged = snapshot();
+        unchanged.conns[0].outbox.clear();
+        let ahead = HashMap::from([(3, Some(42))]);
+        let (note, _, fds) = encode_state(&unchanged, parked(), &ahead, 0, Totals::default()).expect("encode");
+        assert!(note.conns.is_empty() && fds.is_empty(), "{note:?}");
+        let rebound = HashMap::from([(3, Some(41))]);
+        let (note, _, fds) = encode_state(&unchanged, parked(), &rebound, 0, Totals::default()).expect("encode");
+        assert_eq!((note.conns.len(), note.conns[0].premoved, fds.len()), (1, true, 0));
+        assert_eq!(note.sockets_following(), 0);
+        let (note, _, _) = encode_state(&snapshot(), parked(), &ahead, 0, Totals::default()).expect("encode");
+        assert_eq!(note.conns[0].outbox.len(), 3, "queued output is named");
     }
 
     /// A connection that is open but not parked cannot be handed over.
     #[test]
     fn an_unparked_connection_is_refused() {
-        let refused = encode_state(&snapshot(), HashMap::new(), 0, Totals::default()).err();
+        let refused = encode_state(&snapshot(), HashMap::new(), &Default::default(), 0, Totals::default()).err();
         assert_eq!(refused.as_deref(), Some("connection 3 is open but not parked"));
     }
 
@@ -408,6 +514,7 @@ mod tests {
         let (note, _blob, _fds) = encode_state(
             &snapshot(),
             HashMap::from([(3, Parked { socket: 0, leftover: vec![] })]),
+            &Default::default(),
             0,
             Totals::default(),
         )

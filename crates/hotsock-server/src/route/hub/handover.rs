@@ -47,6 +47,21 @@ impl Hub {
         }
     }
 
+    /// The facts and uid of these connections (`None`: gone).
+    pub(crate) fn facts(&self, conns: &[u64]) -> Vec<Option<(ConnMeta, Option<u64>)>> {
+        let state = self.lock();
+        conns.iter().map(|conn| state.conns.get(conn).map(|e| (e.meta.clone(), e.uid))).collect()
+    }
+
+    /// Wakes the connection tasks `skip` does not name.
+    pub(crate) fn wake_unless(&self, skip: impl Fn(u64) -> bool) {
+        for (conn, entry) in self.lock().conns.iter() {
+            if !skip(*conn) {
+                entry.shared.wake.notify_one();
+            }
+        }
+    }
+
     /// What `adopt` needs in the new server. Called at the quiet point; the
     /// outboxes are emptied into it.
     pub(crate) fn snapshot(&self) -> HubSnapshot {
