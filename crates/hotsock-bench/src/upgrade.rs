@@ -579,8 +579,9 @@ impl Summary {
         let done = self.rows.iter().filter(|(u, _, _)| u.status.is_ok()).count();
         text.push_str(&format!(
             "\nThe CLI prints the old server's figures when it lets go (total: from the request; pause: from \
-             parking the first connection to sending the sockets); `status.upgrade` holds the new server's (total: \
-             from its own start; pause: from the old server's parking until it serves the moved connections). \
+             parking the busy connections to letting go: connections idle for a second park and move ahead \
+             while the busy ones serve on); `status.upgrade` holds the new server's (total: from its own start; \
+             pause: from the old server's parking of the busy connections until it serves them). \
              An active client's pause is, per connection, the longest gap between two consecutive replies that \
              overlaps the window (wall clock around `hotsock upgrade --wait`, or a quiet window of the same length \
              {settle} s after it), minus the {iv} ms send interval; max and p99 are over the {active} active \
