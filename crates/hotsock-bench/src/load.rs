@@ -62,11 +62,12 @@ pub(crate) fn wait_listening(port: u16) -> Result<()> {
 
 type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect_many(port: u16, count: usize) -> Result<Vec<Client>> {
-    let url = format!("ws://127.0.0.1:{port}/bench");
+/// `count` connections to `path`, opened `batch` at a time.
+pub(crate) async fn connect_many(port: u16, path: &str, count: usize, batch: usize) -> Result<Vec<Client>> {
+    let url = format!("ws://127.0.0.1:{port}{path}");
     let mut clients = Vec::with_capacity(count);
     while clients.len() < count {
-        let batch = CONNECT_BATCH.min(count - clients.len());
+        let batch = batch.min(count - clients.len());
         let connects = (0..batch).map(|_| tokio_tungstenite::connect_async(url.clone()));
         for result in futures_util::future::join_all(connects).await {
             clients.push(result.context("connect")?.0);
@@ -76,7 +77,7 @@ async fn connect_many(port: u16, count: usize) -> Result<Vec<Client>> {
 }
 
 pub(crate) async fn ping_pong(port: u16, params: &Params, server_pid: u32) -> Result<Throughput> {
-    let clients = connect_many(port, params.connections).await?;
+    let clients = connect_many(port, "/bench", params.connections, CONNECT_BATCH).await?;
     let payload = "x".repeat(params.size);
     let start = Instant::now();
     let measure_from = start + WARMUP;
@@ -132,7 +133,7 @@ pub(crate) async fn pipelined(
     seconds: u64,
     server_pid: u32,
 ) -> Result<Throughput> {
-    let clients = connect_many(port, connections).await?;
+    let clients = connect_many(port, "/bench", connections, CONNECT_BATCH).await?;
     let start = Instant::now() + WARMUP;
     let end = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();

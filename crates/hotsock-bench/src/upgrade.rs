@@ -183,19 +183,6 @@ async fn status(running: &Running) -> Result<ServerStatus> {
     }
 }
 
-async fn open_idle(port: u16, count: usize) -> Result<Vec<Client>> {
-    let url = format!("ws://127.0.0.1:{port}/idle");
-    let mut clients = Vec::with_capacity(count);
-    while clients.len() < count {
-        let batch = CONNECT_BATCH.min(count - clients.len());
-        let connects = (0..batch).map(|_| tokio_tungstenite::connect_async(url.clone()));
-        for result in futures_util::future::join_all(connects).await {
-            clients.push(result.context("connect")?.0);
-        }
-    }
-    Ok(clients)
-}
-
 /// One active connection: a numbered message every `interval` until
 /// `stop`, then `end`; every reply's arrival time and what was wrong.
 async fn active(port: u16, c: usize, interval: Duration, stop: Arc<AtomicBool>) -> Result<Seen> {
@@ -349,7 +336,7 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     let port = running.target.port;
     let result = runtime.block_on(async {
         eprintln!("== upgrade: opening {} idle connections", params.idle);
-        let mut idle = open_idle(port, params.idle).await?;
+        let mut idle = crate::load::connect_many(port, "/idle", params.idle, CONNECT_BATCH).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let interval = Duration::from_millis(params.interval_ms);
         let tasks: Vec<_> = (0..params.active).map(|c| tokio::spawn(active(port, c, interval, stop.clone()))).collect();

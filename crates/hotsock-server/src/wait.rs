@@ -25,12 +25,17 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
 
 /// Polls `done` until it holds or `budget` passes; returns whether it held.
 pub(crate) async fn wait_until(budget: Duration, done: impl Fn() -> bool) -> bool {
+    wait_until_every(budget, WAIT_STEP, done).await
+}
+
+/// [`wait_until`], looking every `step`.
+pub(crate) async fn wait_until_every(budget: Duration, step: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + budget;
     while !done() {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(WAIT_STEP).await;
+        tokio::time::sleep(step).await;
     }
     true
 }

@@ -111,6 +111,18 @@ fn newcomers(server_url: String, stop: Arc<AtomicBool>, opened: Arc<AtomicUsize>
     })
 }
 
+/// `hotsock upgrade --wait` to the same binary, on a blocking thread.
+fn upgrade_in_background(server: &TestServer) -> JoinHandle<std::process::Output> {
+    let config = server.config.clone();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin("hotsock"))
+            .args(["upgrade", "--wait", "-c"])
+            .arg(&config)
+            .output()
+            .expect("hotsock upgrade")
+    })
+}
+
 fn upgrade(server: &TestServer, binary: &std::path::Path) -> std::process::Output {
     server.cli(&["upgrade", "--wait", "--binary", binary.to_str().expect("utf8")])
 }
@@ -275,14 +287,7 @@ async fn a_connection_caught_mid_burst_moves_with_its_unread_bytes() {
     }
     client.flush().await.expect("flush");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let config = server.config.clone();
-    let upgrade = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin("hotsock"))
-            .args(["upgrade", "--wait", "-c"])
-            .arg(&config)
-            .output()
-            .expect("hotsock upgrade")
-    });
+    let upgrade = upgrade_in_background(&server);
     assert_eq!(recv(&mut client).await, "first");
     for k in 0..7 {
         assert_eq!(recv(&mut client).await.trim_end(), k.to_string(), "message {k}");
@@ -307,14 +312,7 @@ async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
     let (mut idle, _) = open_testworker_url(&server.url("/?uid=9")).await;
     send(&mut slow, "sleep:2500:slow done").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let config = server.config.clone();
-    let pending = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin("hotsock"))
-            .args(["upgrade", "--wait", "-c"])
-            .arg(&config)
-            .output()
-            .expect("hotsock upgrade")
-    });
+    let pending = upgrade_in_background(&server);
     // While it runs, reloads are refused (the new server is starting the
     // generation serving now) and so is a second upgrade.
     hotsock_testkit::wait_for("the upgrade under way", || {

@@ -25,6 +25,9 @@ use crate::wire::{UpgradePhase, UpgradeStatus};
 /// to exit, to report its exit status.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a new server that hung up is given to have said why.
+const LAST_WORDS: Duration = Duration::from_millis(500);
+
 /// How often the quiet point is looked for while connections park.
 const QUIET_STEP: Duration = Duration::from_millis(1);
 
@@ -227,20 +230,28 @@ async fn hand_over(
         fds.push(table.file().try_clone().map_err(|e| format!("cannot share table {}: {e}", table.name()))?.into());
     }
     let s = socket.clone();
-    blocking(move || {
+    let sent = blocking(move || {
         wire::send(&s, &Note::Begin(begin), &[])?;
         let raw: Vec<_> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         wire::send_fds(&s, &raw)
     })
-    .await
-    .map_err(|e| match e {
-        WireError::Io(io)
-            if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) =>
-        {
-            "the new server exited before it was ready".to_owned()
+    .await;
+    if let Err(e) = sent {
+        // A new server that failed fast (its config does not load) may
+        // have said why and exited before reading Begin.
+        let s = socket.clone();
+        if let Ok((Note::Failed { reason }, _)) = blocking(move || wire::receive(&s, LAST_WORDS)).await {
+            return Err(format!("the new server cannot start: {reason}"));
         }
-        e => format!("cannot reach the new server: {e}"),
-    })?;
+        return Err(match e {
+            WireError::Io(io)
+                if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) =>
+            {
+                "the new server exited before it was ready".to_owned()
+            }
+            e => format!("cannot reach the new server: {e}"),
+        });
+    }
 
     // 2. Its readiness gate.
     let s = socket.clone();
@@ -310,9 +321,11 @@ async fn hand_over(
     // Every connection task, including those accepted just before and
     // still reading their request: each must open and park, or end.
     let tasks = || shared.conn_tasks.load(Ordering::Relaxed);
-    let quiet =
-        quiet_within(pause_budget, || tasks() == shared.parking.parked_count() && shared.hub.unacked_total() == 0)
-            .await;
+    // Every connection waits while this looks: it looks often.
+    let quiet = crate::wait::wait_until_every(pause_budget, QUIET_STEP, || {
+        tasks() == shared.parking.parked_count() && shared.hub.unacked_total() == 0
+    })
+    .await;
     if !quiet {
         return Err(format!(
             "no quiet point within reload.upgrade_pause_max_ms ({} ms): {} of {} connections parked, {} events unacknowledged",
@@ -421,19 +434,6 @@ async fn hand_over(
         let _ = shared.successor.set(pid);
     }
     Ok(())
-}
-
-/// Polls `done` every `QUIET_STEP` until it holds or `budget` passes:
-/// every connection waits while this does, so the step is fine.
-async fn quiet_within(budget: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + budget;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(QUIET_STEP).await;
-    }
-    true
 }
 
 /// Waits until `count` stops growing (or `max` passes).
