@@ -350,3 +350,46 @@ async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
     assert!(!server.dir.path().join("run").join("hotsock.sock").exists(), "the admin socket is removed");
 }
+
+/// Channel histories move with their epochs and offsets: a client that
+/// saw part of a channel before an upgrade recovers the rest from the new
+/// server, nothing twice; a position ahead of the head is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_is_recovered_from_the_new_server_at_the_position_seen_before() {
+    let server = TestServer::start(&config());
+    let (mut publisher, _) = open_testworker_url(&server.url("/")).await;
+    send(&mut publisher, "sub:news").await;
+    let line = recv(&mut publisher).await;
+    let epoch = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("epoch="))
+        .unwrap_or_else(|| panic!("no epoch in {line:?}"))
+        .to_owned();
+    for k in 1..=3 {
+        send(&mut publisher, &format!("pubx:news:m{k}")).await;
+    }
+    send(&mut publisher, "pubr:news:m4").await;
+    assert_eq!(recv(&mut publisher).await, "m4", "the publisher is a member too");
+    assert_eq!(recv(&mut publisher).await, "published news offset=4");
+
+    let output = upgrade(&server, &bin("hotsock"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Saw up to offset 1 before the upgrade: 2, 3 and 4 are replayed.
+    let (mut late, _) = open_testworker_url(&server.url("/")).await;
+    send(&mut late, &format!("subfrom:news:{epoch}:1")).await;
+    let got: Vec<String> = [recv(&mut late).await, recv(&mut late).await, recv(&mut late).await, recv(&mut late).await]
+        .into_iter()
+        .collect();
+    assert_eq!(&got[..3], ["m2", "m3", "m4"], "{got:?}");
+    assert!(got[3].contains(&format!("recovered=true epoch={epoch} offset=4 replayed=3")), "{got:?}");
+    // The moved member still gets what is published now, at the next offset.
+    send(&mut late, "pubr:news:m5").await;
+    assert_eq!(recv(&mut late).await, "m5");
+    assert_eq!(recv(&mut late).await, "published news offset=5");
+    assert_eq!(recv(&mut publisher).await, "m5");
+    let (mut ahead, _) = open_testworker_url(&server.url("/")).await;
+    send(&mut ahead, &format!("subfrom:news:{epoch}:9")).await;
+    let refused = recv(&mut ahead).await;
+    assert!(refused.starts_with("sub error") && refused.contains('9'), "{refused}");
+}
