@@ -392,4 +392,15 @@ async fn a_channel_is_recovered_from_the_new_server_at_the_position_seen_before(
     send(&mut ahead, &format!("subfrom:news:{epoch}:9")).await;
     let refused = recv(&mut ahead).await;
     assert!(refused.starts_with("sub error") && refused.contains('9'), "{refused}");
+
+    // SIGURG upgrades too (to the binary the server was started from).
+    let before = server.server_pid().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before as i32), nix::sys::signal::Signal::SIGURG).expect("kill");
+    let status = hotsock_testkit::wait_for("the upgrade by signal", || {
+        let status = server.try_status()?;
+        (status["pid"].as_u64()? != u64::from(before) && status["upgrade"]["phase"] == "done").then_some(status)
+    });
+    assert_eq!(status["upgrade"]["from_pid"].as_u64(), Some(u64::from(before)));
+    send(&mut late, "echo:after the signal").await;
+    assert_eq!(recv(&mut late).await, "after the signal");
 }
