@@ -291,6 +291,13 @@ fn reload(config: &Config, request: AdminRequest) -> Result<()> {
 }
 
 fn upgrade(config: &Config, binary: Option<PathBuf>, wait: bool) -> Result<()> {
+    // The server runs elsewhere (another directory): it gets the full path.
+    let binary = match binary {
+        Some(path) => {
+            Some(std::fs::canonicalize(&path).with_context(|| format!("--binary {}: cannot find it", path.display()))?)
+        }
+        None => None,
+    };
     match ask(config, AdminRequest::Upgrade { binary, wait })? {
         AdminResponse::UpgradeStarted => {
             say!("upgrade started (see `hotsock status` for the outcome)");

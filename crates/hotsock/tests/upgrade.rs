@@ -265,6 +265,10 @@ async fn a_failed_upgrade_leaves_the_old_server_serving() {
         send(&mut client, "echo:still here").await;
         assert_eq!(recv(&mut client).await, "still here");
     }
+    // A binary that is not there is the CLI's to say, before the server is asked.
+    let missing = upgrade(&server, &dir.path().join("no-such-hotsock"));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && stderr.contains("--binary") && stderr.contains("cannot find it"), "{stderr}");
     let clients = server.clients();
     assert_eq!(clients[0]["uid"], 7, "{clients}");
     let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
