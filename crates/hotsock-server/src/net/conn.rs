@@ -30,7 +30,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::metrics::{Flow, Refused};
 use crate::net::admit::{self, Held, PerIp};
 use crate::net::http;
-use crate::net::park::{ParkState, Parked, Parking};
+use crate::net::park::{Activity, ParkState, Parked, Parking};
 use crate::net::readahead::ReadAhead;
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::hub::Hub;
@@ -437,19 +437,18 @@ impl<S: Stream> Connection<'_, S> {
     /// Moves messages both ways until one side ends.
     async fn pump(&mut self) -> Ending {
         loop {
-            match self.parking.state() {
-                ParkState::Serving if self.ws.get_ref().is_stopping() => self.ws.get_mut().resume(),
-                ParkState::Serving => {}
-                // Busy: serves on until the last step.
-                ParkState::ParkingIdle(since)
-                    if self.shared.last_read_ms.load(Ordering::Relaxed) > since
-                        || self.shared.inflight.load(Ordering::Relaxed) > 0
-                        || !self.shared.outbox_is_empty() => {}
-                ParkState::ParkingIdle(_) | ParkState::Parking | ParkState::Moved => {
-                    if let Some(ending) = self.try_park().await {
-                        return ending;
-                    }
+            let state = self.parking.state();
+            if state == ParkState::Serving {
+                if self.ws.get_ref().is_stopping() {
+                    self.ws.get_mut().resume();
                 }
+            } else if state.parks(|| Activity {
+                last_read_ms: self.shared.last_read_ms.load(Ordering::Relaxed),
+                inflight: self.shared.inflight.load(Ordering::Relaxed),
+                queued: !self.shared.outbox_is_empty(),
+            }) && let Some(ending) = self.try_park().await
+            {
+                return ending;
             }
             // Stop reading while this connection has too many events in
             // flight: TCP back-pressure, not memory, absorbs a fast client.

@@ -28,6 +28,34 @@ pub(crate) enum ParkState {
     Moved,
 }
 
+/// What a connection is doing, as far as parking cares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Activity {
+    /// When the client last sent a message (the hub's clock, ms; 0: never).
+    pub(crate) last_read_ms: u64,
+    /// Events of it no worker has acknowledged.
+    pub(crate) inflight: u32,
+    /// Output waits in its outbox.
+    pub(crate) queued: bool,
+}
+
+impl ParkState {
+    /// Whether a connection should head for its parking point now (it
+    /// parks once at a message boundary with its output written). Only
+    /// `Serving` never parks; while idle ones go first, a busy one serves
+    /// on. `activity` is asked only then.
+    pub(crate) fn parks(self, activity: impl FnOnce() -> Activity) -> bool {
+        match self {
+            ParkState::Serving => false,
+            ParkState::ParkingIdle(since) => {
+                let now = activity();
+                now.last_read_ms <= since && now.inflight == 0 && !now.queued
+            }
+            ParkState::Parking | ParkState::Moved => true,
+        }
+    }
+}
+
 /// One parked connection, as the new server needs it.
 #[derive(Debug)]
 pub(crate) struct Parked {
@@ -111,4 +139,30 @@ pub(crate) struct Adopted {
     pub(crate) peer: std::net::SocketAddr,
     pub(crate) leftover: Vec<u8>,
     pub(crate) conn_shared: std::sync::Arc<crate::route::outbox::ConnShared>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(last_read_ms: u64, inflight: u32, queued: bool) -> impl FnOnce() -> Activity {
+        move || Activity { last_read_ms, inflight, queued }
+    }
+
+    /// Idle ones go first: nothing sent since the mark, nothing in flight,
+    /// nothing queued. Everyone parks in the last step; nobody while serving.
+    #[test]
+    fn only_idle_connections_park_while_idle_ones_go_first() {
+        let idle_first = ParkState::ParkingIdle(1000);
+        assert!(idle_first.parks(activity(0, 0, false)), "never sent anything");
+        assert!(idle_first.parks(activity(1000, 0, false)), "last sent at the mark");
+        assert!(!idle_first.parks(activity(1001, 0, false)), "sent after the mark");
+        assert!(!idle_first.parks(activity(0, 1, false)), "an event in flight");
+        assert!(!idle_first.parks(activity(0, 0, true)), "output queued");
+        for busy in [activity(5000, 3, true), activity(0, 0, false)] {
+            assert!(ParkState::Parking.parks(busy));
+        }
+        assert!(ParkState::Moved.parks(activity(5000, 3, true)));
+        assert!(!ParkState::Serving.parks(|| panic!("not asked while serving")));
+    }
 }
