@@ -408,3 +408,60 @@ async fn a_channel_is_recovered_from_the_new_server_at_the_position_seen_before(
     send(&mut late, "echo:after the signal").await;
     assert_eq!(recv(&mut late).await, "after the signal");
 }
+
+/// A client in the middle of a message when parking begins: the
+/// connection reads on to the end of that message (the rest comes 300 ms
+/// later), answers it, and only then parks and moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_caught_mid_message_finishes_it_and_then_moves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&config());
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.expect("upgrade request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("response"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(server_text(&mut tcp).await.starts_with("open "), "the greeting");
+    let frame = masked_text("echo:split in two");
+    tcp.write_all(&frame[..9]).await.expect("first half");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pending = upgrade_in_background(&server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "the upgrade waits for the message to end");
+    tcp.write_all(&frame[9..]).await.expect("second half");
+    assert_eq!(server_text(&mut tcp).await, "split in two");
+    let output = pending.await.expect("upgrade");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    tcp.write_all(&masked_text("echo:after")).await.expect("after");
+    assert_eq!(server_text(&mut tcp).await, "after", "the new server answers on the same socket");
+}
+
+/// A client's text frame (masked, short).
+fn masked_text(text: &str) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The next server text frame (unmasked, short).
+async fn server_text(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut header = [0u8; 2];
+        tcp.read_exact(&mut header).await.expect("frame header");
+        assert_eq!(header[0], 0x81, "a final text frame");
+        let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
+        tcp.read_exact(&mut payload).await.expect("frame payload");
+        String::from_utf8(payload).expect("utf8")
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a frame in time")
+}
