@@ -4,6 +4,9 @@
 //! table rows survive; new connections are accepted throughout; and an
 //! upgrade to a binary that cannot start leaves the old server serving.
 
+#[macro_use]
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -464,4 +467,40 @@ async fn server_text(tcp: &mut tokio::net::TcpStream) -> String {
         String::from_utf8(payload).expect("utf8")
     };
     tokio::time::timeout(Duration::from_secs(10), read).await.expect("a frame in time")
+}
+
+each_echo_worker!(an_upgrade_keeps_every_connection_with_either_sdk);
+
+/// Both worker SDKs across upgrades: the new server starts the same
+/// generation of the Rust or the PHP echo worker, and 10 connections
+/// talking in lockstep through two upgrades lose nothing.
+async fn an_upgrade_keeps_every_connection_with_either_sdk(worker: common::EchoWorker) {
+    let server = TestServer::start(&worker.config(2, ""));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut talkers = Vec::new();
+    for c in 0..10 {
+        let (url, stop) = (server.url("/"), stop.clone());
+        talkers.push(tokio::spawn(async move {
+            let mut client = hotsock_testkit::connect(&url).await;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                send(&mut client, &format!("{c}:{n}")).await;
+                assert_eq!(recv(&mut client).await, format!("v1:{c}:{n}"), "conn {c}");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        }));
+    }
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let output = upgrade(&server, &bin("hotsock"));
+        assert!(output.status.success(), "upgrade {round}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for talker in talkers {
+        assert!(talker.await.expect("talker") > 10, "each connection kept talking");
+    }
+    assert_eq!(server.status()["upgrade"]["connections"], 10);
 }
