@@ -3,6 +3,7 @@
 //! once per worker language (`common::EchoWorker`).
 
 #[macro_use]
+mod each_sdk;
 mod common;
 
 use std::time::Duration;
@@ -18,7 +19,7 @@ fn config(program: &str, extra: &str) -> String {
     format!("[workers]\ncommand = [\"{}\"]\ncount = 2\n{extra}", bin(program).display())
 }
 
-each_echo_worker!(sigkill_under_load_loses_nothing_and_keeps_order);
+each_sdk!(sigkill_under_load_loses_nothing_and_keeps_order);
 
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill");

@@ -3,6 +3,7 @@
 //! per worker language (`common::EchoWorker`: Rust and PHP).
 
 #[macro_use]
+mod each_sdk;
 mod common;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ fn echo_config(extra: &str) -> String {
     EchoWorker::Rust.config(2, extra)
 }
 
-each_echo_worker!(
+each_sdk!(
     echo_replies_through_workers_on_every_slot,
     prefix_is_read_from_the_file_at_worker_start,
     worker_rejects_handshake_with_403,

@@ -4,6 +4,7 @@
 //! language (`common::EchoWorker`: Rust and PHP).
 
 #[macro_use]
+mod each_sdk;
 mod common;
 
 use std::path::PathBuf;
@@ -206,7 +207,7 @@ async fn soak_with_reloads(
     println!("{total} messages over 20 reloads, {} prefixes", prefixes.len());
 }
 
-each_echo_worker!(
+each_sdk!(
     soak_20_reloads_loses_duplicates_and_reorders_nothing,
     soak_20_reloads_with_work_in_flight_at_every_switch,
     soak_with_all_at_once_strategy,

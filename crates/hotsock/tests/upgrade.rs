@@ -5,6 +5,7 @@
 //! upgrade to a binary that cannot start leaves the old server serving.
 
 #[macro_use]
+mod each_sdk;
 mod common;
 
 use std::collections::HashMap;
@@ -469,7 +470,7 @@ async fn server_text(tcp: &mut tokio::net::TcpStream) -> String {
     tokio::time::timeout(Duration::from_secs(10), read).await.expect("a frame in time")
 }
 
-each_echo_worker!(an_upgrade_keeps_every_connection_with_either_sdk);
+each_sdk!(an_upgrade_keeps_every_connection_with_either_sdk);
 
 /// Both worker SDKs across upgrades: the new server starts the same
 /// generation of the Rust or the PHP echo worker, and 10 connections

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -74,17 +75,27 @@ pub(crate) struct Parked {
 #[derive(Debug)]
 pub(crate) struct Parking {
     state: watch::Sender<ParkState>,
+    /// The state is not `Serving`: every connection looks at this once per
+    /// turn of its loop, so serving costs one load, not the watch's lock.
+    engaged: AtomicBool,
     parked: Mutex<HashMap<u64, Parked>>,
 }
 
 impl Default for Parking {
     fn default() -> Parking {
-        Parking { state: watch::Sender::new(ParkState::Serving), parked: Mutex::new(HashMap::new()) }
+        Parking {
+            state: watch::Sender::new(ParkState::Serving),
+            engaged: AtomicBool::new(false),
+            parked: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl Parking {
     pub(crate) fn state(&self) -> ParkState {
+        if !self.engaged.load(Ordering::Acquire) {
+            return ParkState::Serving;
+        }
         *self.state.borrow()
     }
 
@@ -96,6 +107,7 @@ impl Parking {
     /// Sets the state; the caller wakes the connections (`Hub::wake_all`).
     pub(crate) fn set(&self, state: ParkState) {
         self.state.send_replace(state);
+        self.engaged.store(state != ParkState::Serving, Ordering::Release);
         if state == ParkState::Serving {
             self.lock().clear();
         }
