@@ -6,6 +6,26 @@ use std::collections::BTreeMap;
 use super::{AIM_RATIO, FANOUT_CASES, Memory, Params, Tally, Trip, TripSet};
 use crate::report::{machine, today};
 
+/// What was found about the cross-node round trip; measured by hand (the
+/// commands are in the text) and kept with the table it explains.
+const ROUND_TRIP_FINDINGS: &str = "\nWhere a cross-node hop's time goes (measured 2026-12-02 on this machine while it was quiet, load \
+average below 1). In a run with nothing else running (`--rounds 5`), p99 followed p50: 1 pair 3.53x (p50 3.47x), \
+10 pairs 3.74x (p50 3.56x). Earlier runs on a loaded host that met the aim for 10 pairs did so because the \
+baseline's own p99 was inflated, so the gap is not noise. With 1 pair, each crossing `send_to_uid` adds \
+about 165 µs to the round trip over both clients on one cluster node (513 against 184 µs). Redis's share, \
+measured with `redis-benchmark -c 1` running the same routing script (Redis 7.0.15): a round trip of 63-71 \
+µs, against 31 µs for PING. `INFO commandstats` gives 28.5 µs per `EVALSHA`. The 12 commands inside take 8.4 µs \
+of that; the rest is Lua's cost per `redis.call`, about 0.8 µs each (a script of 10 GETs takes 10.4 µs, \
+`return 1` 2.7 µs). Slimming the scripts (epoch, sequence and run in one hash: 8 calls instead of 13) would save \
+about 6 µs of the 165, so it is not the lever. The rest is wake-ups. redis-rs runs a driver task for the \
+multiplexed connection and one for Pub/Sub, so one hop wakes five tasks: the worker's read loop hands the \
+send to the cluster task, then to the redis-rs driver, to Redis, to the Pub/Sub driver on the other node, \
+to that node's cluster task, and through the hub to the connection task. One node wakes one. \
+`TOKIO_WORKER_THREADS=1` for every process did not help: 3.42x and 4.13x. The next step for the aim: the \
+cluster task owns its two Redis sockets, writing and parsing RESP itself with no driver tasks, which removes \
+two wake-ups per hop on each side. A presence cache, so sends to a uid on the same node skip Redis, would \
+save CPU but not this latency.\n";
+
 /// Calls per operation, largest first: `evalsha 1.00, publish 1.00`, and
 /// their sum.
 fn per_op(commands: &BTreeMap<String, f64>, ops: f64) -> (f64, String) {
@@ -101,6 +121,7 @@ pub(super) fn text(
             text.push_str(&t.client.markdown(&format!("the round trips, {} pairs, {}", set.pairs, case.name())));
         }
     }
+    text.push_str(ROUND_TRIP_FINDINGS);
     text.push_str(&format!(
         "\n### Channel fan-out: {} members, {} publications/s of {} B padding, published from one node\n\n\
          Latency is from the publisher's send to a member's receipt (one clock, one process), per delivery.\n\n\
