@@ -49,8 +49,8 @@ pub(super) fn text(
 ) -> String {
     let mut text = format!(
         "## cluster: `send_to_uid` and channel fan-out across 2 nodes vs one node\n\n\
-         - Machine: {} (shared: load average {load_average} when the run started, other jobs such as compiles \
-         running beside it; p99 is the figure such noise moves most)\n- Date: {}\n\
+         - Machine: {} (shared with other jobs: load average {load_average} when the run started; p99 is the \
+         figure such noise moves most)\n- Date: {}\n\
          - Command: `target/release/hotsock-bench cluster --pairs {} --members {} --rate {} --seconds {} --rounds {} \
          --size {} --idle {}`\n\
          - One run starts a redis-server of its own (Debian's, `--save '' --appendonly no`, on a free port), a \
