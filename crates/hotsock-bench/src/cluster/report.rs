@@ -9,7 +9,7 @@ use crate::report::{machine, today};
 /// What was found about the cross-node round trip; measured by hand (the
 /// commands are in the text) and kept with the table it explains.
 const ROUND_TRIP_FINDINGS: &str = "\nWhere a cross-node hop's time goes (measured 2026-12-02 on this machine while it was quiet, load \
-average below 1). In a run with nothing else running (`--rounds 5`), p99 followed p50: 1 pair 3.53x (p50 3.47x), \
+average below 1). In a run at 10:13 UTC with nothing else running (`--rounds 5`), p99 followed p50: 1 pair 3.53x (p50 3.47x), \
 10 pairs 3.74x (p50 3.56x). Earlier runs on a loaded host that met the aim for 10 pairs did so because the \
 baseline's own p99 was inflated, so the gap is not noise. With 1 pair, each crossing `send_to_uid` adds \
 about 165 µs to the round trip over both clients on one cluster node (513 against 184 µs). Redis's share, \
