@@ -348,7 +348,13 @@ pub async fn recv(client: &mut Client) -> String {
 
 /// The next frame of any kind, `None` at the end of the stream.
 pub async fn next(client: &mut Client) -> Option<Message> {
-    match tokio::time::timeout(WAIT, client.next()).await.expect("timed out waiting for a frame") {
+    next_within(client, WAIT).await
+}
+
+/// [`next`] with its own deadline, for tests whose server is configured to
+/// take longer than [`WAIT`] to answer (a long handshake timeout).
+pub async fn next_within(client: &mut Client, wait: Duration) -> Option<Message> {
+    match tokio::time::timeout(wait, client.next()).await.expect("timed out waiting for a frame") {
         Some(Ok(message)) => Some(message),
         Some(Err(_)) | None => None,
     }
@@ -372,8 +378,13 @@ pub async fn next_text(stream: &mut futures_util::stream::SplitStream<Client>) -
 /// Reads until the server closes; returns the close code (None if the
 /// stream ended without a close frame).
 pub async fn close_code(client: &mut Client) -> Option<u16> {
+    close_code_within(client, WAIT).await
+}
+
+/// [`close_code`] with its own deadline per frame.
+pub async fn close_code_within(client: &mut Client, wait: Duration) -> Option<u16> {
     loop {
-        match next(client).await {
+        match next_within(client, wait).await {
             Some(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
             Some(_) => {}
             None => return None,
@@ -403,8 +414,13 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
 /// The matchmaker's result for a player (its first message that is not
 /// `waiting`), and the close code that follows it.
 pub async fn matchmaker_outcome(client: &mut Client) -> (Value, Option<u16>) {
+    matchmaker_outcome_within(client, WAIT).await
+}
+
+/// [`matchmaker_outcome`] with its own deadline per frame.
+pub async fn matchmaker_outcome_within(client: &mut Client, wait: Duration) -> (Value, Option<u16>) {
     let message = loop {
-        match next(client).await {
+        match next_within(client, wait).await {
             Some(Message::Text(text)) => {
                 let message = serde_json::from_str::<Value>(&text).expect("json");
                 if message["type"] != "waiting" {
@@ -415,5 +431,5 @@ pub async fn matchmaker_outcome(client: &mut Client) -> (Value, Option<u16>) {
             None => panic!("closed before a result"),
         }
     };
-    (message, close_code(client).await)
+    (message, close_code_within(client, wait).await)
 }

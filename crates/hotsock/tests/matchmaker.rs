@@ -55,12 +55,22 @@ async fn outcome(client: &mut hotsock_testkit::Client) -> (Value, Option<u16>) {
     hotsock_testkit::matchmaker_outcome(client).await
 }
 
+/// How long the 2,000-player run's PHP players wait for a frame: above the
+/// 30 s handshake timeout that run configures, plus the match timeout, so
+/// a player is only failed for a frame the server really never sends.
+const PHP_PLAYER_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// What a simulated player saw: uid, gender, game, result, close code.
 type Seen = (u64, &'static str, &'static str, Value, Option<u16>);
 
 /// Starts simulated player `uid` (gender by parity, one of 4 games) and
 /// collects its result.
 fn spawn_player(server: &TestServer, uid: u64) -> tokio::task::JoinHandle<Seen> {
+    spawn_player_within(server, uid, hotsock_testkit::WAIT)
+}
+
+/// [`spawn_player`] whose player waits up to `wait` for each frame.
+fn spawn_player_within(server: &TestServer, uid: u64, wait: std::time::Duration) -> tokio::task::JoinHandle<Seen> {
     let games = ["chess", "go", "poker", "bridge"];
     let gender = if uid.is_multiple_of(2) { "m" } else { "f" };
     let game = games[(uid as usize / 2) % games.len()];
@@ -68,7 +78,7 @@ fn spawn_player(server: &TestServer, uid: u64) -> tokio::task::JoinHandle<Seen> 
     tokio::spawn(async move {
         let (mut client, _) =
             tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("player {uid} connects: {e}"));
-        let (message, code) = outcome(&mut client).await;
+        let (message, code) = hotsock_testkit::matchmaker_outcome_within(&mut client, wait).await;
         (uid, gender, game, message, code)
     })
 }
@@ -201,14 +211,14 @@ async fn two_thousand_players_through_three_reloads_and_a_rule_switch(sdk: Sdk) 
     // Rust one's thousands; 10 per 60 ms already failed handshakes (503,
     // timeouts) while another build shared the host. The checks are the
     // same.
-    let per_60ms = match sdk {
-        Sdk::Rust => 50,
-        Sdk::Php => 5,
+    let (per_60ms, wait) = match sdk {
+        Sdk::Rust => (50, hotsock_testkit::WAIT),
+        Sdk::Php => (5, PHP_PLAYER_WAIT),
     };
     let mut tasks = Vec::new();
     let mut reloads = 0;
     for uid in 1..=2000u64 {
-        tasks.push(spawn_player(&server, uid));
+        tasks.push(spawn_player_within(&server, uid, wait));
         if uid % per_60ms == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         }
