@@ -152,6 +152,7 @@ async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::F
         permits: Semaphore::new(hello.max_concurrency.max(1) as usize),
         active: AtomicUsize::new(0),
         stopped: std::sync::atomic::AtomicBool::new(false),
+        inline: worker_threads() == 1,
     });
     // Stop and Snapshot wait for running handlers in their own task, so
     // this loop keeps reading (handlers may be awaiting query replies).
@@ -298,6 +299,11 @@ struct Runner<A> {
     /// `on_worker_stop` ran (for a Snapshot) and no event came since: Stop
     /// does not run it again. An event (the worker was resumed) clears it.
     stopped: std::sync::atomic::AtomicBool,
+    /// Handlers get their first poll in the read loop (see `submit`). Only
+    /// on the one-thread runtime: with `workers.threads` > 1 that would
+    /// run every handler on the read loop's thread instead of spreading
+    /// them over the runtime's threads.
+    inline: bool,
 }
 
 impl<A: App> Runner<A> {
@@ -310,20 +316,50 @@ impl<A: App> Runner<A> {
             queue.push_back(event);
             return;
         }
-        lanes.insert(conn, VecDeque::new());
+        if !self.inline || redelivered(&event) {
+            lanes.insert(conn, VecDeque::new());
+            drop(lanes);
+            let runner = self.clone();
+            tokio::spawn(async move { runner.run_lane(conn, event).await });
+            return;
+        }
         drop(lanes);
+        // The lane is free: run the handler here, in the read loop. Most
+        // handlers (an echo, a push, a table operation in shared memory)
+        // finish at their first poll, and then the event costs no task,
+        // no lane entry and no scheduling (`perf`: spawning and the lane
+        // map were 12% of an echo worker). One that waits (a query, a
+        // task, a timer) goes on in a task of its own, which the lane's
+        // later events queue behind as usual. The first poll ran with a
+        // no-op waker; the task's own first poll registers its waker,
+        // and every future re-checks its state when polled. Redelivered
+        // events never run here (above): they keep the lane's yield
+        // before whatever follows them.
         let runner = self.clone();
-        tokio::spawn(async move { runner.run_lane(conn, event).await });
+        let mut running = Box::pin(async move { runner.handle(event).await });
+        if (&mut running).now_or_never().is_some() {
+            self.one_done();
+            return;
+        }
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, VecDeque::new());
+        let runner = self.clone();
+        tokio::spawn(async move {
+            running.await;
+            runner.rest_of_lane(conn, false).await;
+        });
     }
 
     async fn run_lane(self: Arc<Self>, conn: u64, first: ToWorker) {
-        let mut event = first;
+        let was_redelivered = redelivered(&first);
+        self.handle(first).await;
+        self.rest_of_lane(conn, was_redelivered).await;
+    }
+
+    /// After one event of `conn`'s lane was handled: the lane's queued
+    /// events, in order, then the lane is freed.
+    async fn rest_of_lane(&self, conn: u64, mut was_redelivered: bool) {
         loop {
-            let was_redelivered = redelivered(&event);
-            self.handle(event).await;
-            if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.ctx.idle().notify_waiters();
-            }
+            self.one_done();
             let next = {
                 let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
                 let next = lanes.get_mut(&conn).and_then(VecDeque::pop_front);
@@ -345,7 +381,16 @@ impl<A: App> Runner<A> {
             if was_redelivered || redelivered(&next) {
                 tokio::task::yield_now().await;
             }
-            event = next;
+            was_redelivered = redelivered(&next);
+            self.handle(next).await;
+        }
+    }
+
+    /// An event was handled (and acknowledged): the last one wakes
+    /// whoever waits for the worker to be idle.
+    fn one_done(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ctx.idle().notify_waiters();
         }
     }
 
