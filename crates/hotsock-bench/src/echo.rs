@@ -319,7 +319,14 @@ of the server's CPU in the kernel, most of it waking the other side (`sock_def_r
 switching tasks. Paired runs, old and new binaries alternating (4 each, one 3 s round): p50 / ceiling p50 \
 1.90, 2.21, 1.79, 1.80 before the read-buffer and hashing changes, 1.68, 1.44, 1.67, 1.70 after. The server's \
 runtime on one thread (`TOKIO_WORKER_THREADS=1`) was tried again and not kept: 1.52 and 1.79 against 2.12 and \
-2.17 in one pair of runs, 2.19 and 2.29 against 2.00 and 2.11 in the next.\n";
+2.17 in one pair of runs, 2.19 and 2.29 against 2.00 and 2.11 in the next. The worker SDK now runs a handler \
+in its read loop when the handler finishes at its first poll (no task, no lane entry): paired runs (2 each, \
+alternating) 2.22 and 2.06 before, 1.88 and 1.73 after, server CPU per message 30.0 and 26.4 µs before, 25.6 \
+and 23.5 after. What is left is mostly the kernel's: `perf record` of the server at 10 connections after that \
+change, 58% of its CPU in the kernel and a third in `send` (the client's and the worker's socket, each waking the \
+process on the other end); its own code has no entry above 2%. `strace -c` of the echo worker (which slows it, so \
+batches grow to about 4 messages): one recv and one send per batch and 1.2 `epoll_wait` per recv, so the \
+readiness events a Unix socket sends its writer on every read cost at most a fifth of a wake-up per batch.\n";
 
 /// Throughput and p99 against connections, one line per target.
 fn charts(out: &Path, scenario: &str, rows: &[Row]) -> String {
