@@ -24,7 +24,12 @@ to that node's cluster task, and through the hub to the connection task. One nod
 `TOKIO_WORKER_THREADS=1` for every process did not help: 3.42x and 4.13x. The next step for the aim: the \
 cluster task owns its two Redis sockets, writing and parsing RESP itself with no driver tasks, which removes \
 two wake-ups per hop on each side. A presence cache, so sends to a uid on the same node skip Redis, would \
-save CPU but not this latency.\n";
+save CPU but not this latency. What the aim leaves room for: the single-node round trip takes 145-156 µs at p50 in these runs (and p99 follows p50), so 2x allows about 150 µs more, \
+about 75 µs for each of the two crossings. One crossing is one trip through Redis (the sending node's `EVALSHA`, \
+whose `PUBLISH` the other node's subscription receives), and that trip alone, measured above from a client, takes \
+63-71 µs. So on this machine 2x leaves under 10 µs per crossing for both nodes' own work, which the driverless \
+sockets would not reach either: the aim holds for the fan-out, where Redis is crossed once per publication and \
+not once per member, but not for a `send_to_uid` round trip, which crosses twice.\n";
 
 /// Calls per operation, largest first: `evalsha 1.00, publish 1.00`, and
 /// their sum.
