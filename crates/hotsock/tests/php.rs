@@ -93,6 +93,26 @@ async fn a_php_worker_starts_with_shared_tables_declared() {
     assert_eq!(recv(&mut client).await, "tables=counters,names files=2");
 }
 
+/// A handler's posted writes (`setLater`) are its own: the SDK runs one
+/// handler after another in a pooled fiber, and the refusals of writes
+/// one handler posted and never settled must not be thrown at the next
+/// handler that fiber runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn posted_table_writes_belong_to_their_handler_not_its_fiber() {
+    let tables = "[tables.counters]\nrows = 4\ncolumns = { n = \"i64\" }\n";
+    let server = TestServer::start(&format!("{}{tables}", testworker(1, "")));
+    let (mut client, _) = open_testworker(&server, "/").await;
+    // Two of the six do not fit: refused, and nobody settles them.
+    send(&mut client, "tpost:6").await;
+    assert_eq!(recv(&mut client).await, "posted 6");
+    for _ in 0..3 {
+        send(&mut client, "tget:post-none").await;
+        assert_eq!(recv(&mut client).await, "none");
+    }
+    send(&mut client, "tincr:post-none").await;
+    assert!(recv(&mut client).await.starts_with("error: table full"), "the table really is full");
+}
+
 /// Every table operation from PHP, through the server (kinds 0x60-0x67),
 /// with the Rust SDK's answers and its errors, typed.
 #[tokio::test(flavor = "multi_thread")]

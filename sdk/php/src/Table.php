@@ -79,7 +79,7 @@ final class Table
     /** Waits until this handler's `setLater`/`deleteLater` writes ran; throws the first refusal among them. */
     public function settle(): void
     {
-        $posted = $this->posted[self::handler()] ?? [];
+        $posted = $this->posted[$this->scheduler->job()] ?? [];
         if ($posted !== []) {
             $this->scheduler->wait(Wait::reply($posted[array_key_last($posted)]));
             $this->check();
@@ -152,7 +152,13 @@ final class Table
         return $reply;
     }
 
-    /** @var array<int, list<int>> posted requests not yet checked, by handler (fiber id; 0 outside one) */
+    /**
+     * Posted requests not yet checked, by handler: the scheduler's job
+     * number, 0 outside one (not the fiber: fibers are pooled, and one runs
+     * many handlers one after another).
+     *
+     * @var array<int, list<int>>
+     */
     private array $posted = [];
 
     private function post(int $kind, string $body): void
@@ -160,13 +166,13 @@ final class Table
         $request = $this->scheduler->nextRequest();
         $this->scheduler->expect($request);
         $this->out->frame($kind, 0, 0, $request, pack('v', $this->index) . $body);
-        $this->posted[self::handler()][] = $request;
+        $this->posted[$this->scheduler->job()][] = $request;
     }
 
     /** Takes the answers to this handler's posted writes (all arrived); throws the first refusal. */
     private function check(): void
     {
-        $handler = self::handler();
+        $handler = $this->scheduler->job();
         $posted = $this->posted[$handler] ?? [];
         unset($this->posted[$handler]);
         $first = null;
@@ -179,12 +185,6 @@ final class Table
         if ($first !== null) {
             throw $first;
         }
-    }
-
-    private static function handler(): int
-    {
-        $fiber = \Fiber::getCurrent();
-        return $fiber === null ? 0 : spl_object_id($fiber);
     }
 
     private static function value(mixed $value): string

@@ -12,7 +12,9 @@
 // `tables` (the declared tables' names and how many descriptors came),
 // `tincr:KEY` / `tget:KEY` (column `n` of table `counters`, as the Rust
 // test worker), `tops` (every table operation on table `kinds`, answered
-// as JSON), `tbench:N` (N increments of `counters`, answered `N ops in US us`).
+// as JSON), `tbench:N` (N increments of `counters`, answered `N ops in US us`),
+// `tpost:N` (N `setLater`s of new keys into `counters`, never settled:
+// answered `posted N`; any refusal belongs to that handler alone).
 // `onOpen` pushes `open CONN slot=S`. Tasks answer `done:X`; `panic` throws.
 
 declare(strict_types=1);
@@ -174,6 +176,13 @@ final class TestApp extends BaseApp
                 break;
             case 'tops':
                 $ctx->push($conn, json_encode(self::tableOps($ctx), JSON_THROW_ON_ERROR | JSON_PRESERVE_ZERO_FRACTION));
+                break;
+            case 'tpost':
+                $table = $ctx->table('counters');
+                for ($n = 0; $n < (int) $arg; $n++) {
+                    $table->setLater("post-{$conn}-{$n}", ['n' => $n]);
+                }
+                $ctx->push($conn, "posted {$arg}");
                 break;
             case 'tbench':
                 $table = $ctx->table('counters');
