@@ -371,10 +371,17 @@ connection's select loop); tungstenite's framing and the shared publication byte
 that profile landed: a connection that only receives pushes no longer attempts a WebSocket read after every \
 write (the attempt readied a 4 KiB buffer each time), which took 15.5 to 13.8 us per delivery in one paired \
 run. Node's loop writes to each socket from the one thread that received the publication, with no task to \
-wake, which is why it is ahead per delivery here. Reaching the aim (1.5x Node, 3x Socket.IO) needs the same \
-shape: the fan-out writing a publication's frame straight to each idle member's socket (a non-blocking write \
-under the hub lock, falling back to the outbox when the socket is busy or the connection is mid-write), which \
-moves socket ownership out of the connection task; it is not done yet. The p50/p99 of the 1 x 10000 layout is \
+wake, which is why it is ahead per delivery here. Why the aim (1.5x Node) is out of reach \
+here: `perf record` of both whole processes through one run of the 1 x 10000 layout (2026-12-02, 999 Hz, \
+from start to exit, 330,000 sends each counting the handshakes) put about 2.9 s under `tcp_sendmsg` in each, \
+9.0 µs per delivery in hotsock and 8.6 µs in Node, out of 15.9 and 15.0 µs in all. 1.5x Node's deliveries per \
+CPU-second is 10 µs per delivery, so 1 µs would be left for everything hotsock does besides the send; with one \
+`send` per member per publication, which a WebSocket server cannot avoid when the publications come one at a \
+time, the aim is out of reach against Node's loop on loopback. What is open is hotsock's own 7 µs against \
+Node's 6: the fan-out writing a publication's frame straight to each idle member's socket (a non-blocking \
+write under the hub lock, falling back to the outbox when the socket is busy or the connection is mid-write) \
+would remove the wake-up per member, and moves socket ownership out of the connection task; it is not done. \
+The p50/p99 of the 1 x 10000 layout is \
 the time to get through one 10,000-member burst, bounded here by the load generator (one core, reading every \
 member) as much as by the servers; with 100 members per channel hotsock has the lowest p99 of the three.\n\n";
 
