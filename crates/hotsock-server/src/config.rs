@@ -31,6 +31,9 @@ pub(crate) const WORKERS_MAX: usize = 256;
 /// Most threads per worker runtime: a worker is meant to be one event loop;
 /// more threads help only handlers that compute between awaits.
 pub(crate) const WORKER_THREADS_MAX: usize = 64;
+/// Most threads of the server's own runtime: past one or two per core
+/// they only add context switches, and 256 covers the largest machines.
+pub(crate) const SERVER_THREADS_MAX: usize = 256;
 /// Heartbeats more often than this cost the worker more than they tell.
 pub(crate) const HEARTBEAT_MS_MIN: u64 = 10;
 /// Heartbeats rarer than this notice a blocked loop too late to matter.
@@ -177,6 +180,13 @@ pub struct ServerConfig {
     /// `[server.tls]`: serve `wss://` (every connection on the listener is
     /// TLS). Absent: plain `ws://`.
     pub tls: Option<TlsConfig>,
+    /// Threads of the server process's runtime (connections, the hub, the
+    /// worker links); 0: tokio's default, one per core the process may use
+    /// (`TOKIO_WORKER_THREADS` overrides that default). One thread
+    /// saves the hand-offs between threads when a few busy connections
+    /// are all there is (`hotsock-bench echo` at 10 connections); more
+    /// spread TLS and many connections over the cores.
+    pub threads: usize,
 }
 
 /// `[server.tls]`: the certificate and key, PEM files (relative to the
@@ -205,6 +215,7 @@ impl Default for ServerConfig {
             stop_timeout_ms: 10_000,
             allowed_origins: None,
             tls: None,
+            threads: 0,
         }
     }
 }
@@ -758,6 +769,10 @@ impl Config {
         if s.handshake_timeout_ms == 0 {
             return Err(invalid("server.handshake_timeout_ms", "must be at least 1".into()));
         }
+        if s.threads > SERVER_THREADS_MAX {
+            let problem = format!("is {}; it must be between 0 (one per core) and {SERVER_THREADS_MAX}", s.threads);
+            return Err(invalid("server.threads", problem));
+        }
         let l = &self.limits;
         if l.max_message_bytes == 0 || l.max_message_bytes > MESSAGE_BYTES_CEILING {
             return Err(invalid(
@@ -1051,6 +1066,22 @@ mod tests {
             .expect_err("no heartbeats")
             .to_string();
         assert!(err.contains(":4: `workers.task_unresponsive_ms` is 5000; it needs heartbeats"), "{err}");
+    }
+
+    #[test]
+    fn server_threads_default_to_tokios_and_are_bounded() {
+        let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
+        assert_eq!(config.server.threads, 0);
+        for (value, ok) in [(0, true), (1, true), (256, true), (257, false)] {
+            let result = parse(&format!("[server]\nthreads = {value}\n[workers]\ncommand = [\"w\"]\n"));
+            match result {
+                Ok(config) => assert!(ok && config.server.threads == value),
+                Err(err) => {
+                    let err = err.to_string();
+                    assert!(!ok && err.contains("dir/hotsock.toml:2: `server.threads` is 257"), "{err}");
+                }
+            }
+        }
     }
 
     #[test]

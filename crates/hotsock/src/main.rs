@@ -179,6 +179,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// The server's runtime, with `server.threads` threads (0: tokio's
+/// default, one per core, which `TOKIO_WORKER_THREADS` still overrides).
+fn server_runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.threads > 0 {
+        builder.worker_threads(config.server.threads);
+    }
+    builder.enable_all().build().context("cannot start the async runtime")
+}
+
 fn start(path: &Path, watch: bool) -> Result<()> {
     let mut config = Config::load(path)?;
     if watch {
@@ -188,7 +198,7 @@ fn start(path: &Path, watch: bool) -> Result<()> {
         }
     }
     let (log_file, log_level) = log::init(&config)?;
-    runtime()?.block_on(async {
+    server_runtime(&config)?.block_on(async {
         // Installed before anything can send SIGHUP's default (terminate).
         let hangups = tokio::spawn(log::reopen_on_sighup(log_file));
         let options = Options { watch, log: Some(Box::new(log_level)) };

@@ -107,6 +107,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Result<LiveChanges, Vec<Restar
         stop_timeout_ms: Live,
         allowed_origins: Live,
         tls: Live,
+        threads: Restart,
     });
     if let Some(position) = v.live.iter().position(|k| k == "server.tls")
         && old.server.tls.is_some() != new.server.tls.is_some()
