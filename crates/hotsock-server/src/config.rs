@@ -1068,36 +1068,52 @@ mod tests {
         assert!(err.contains(":4: `workers.task_unresponsive_ms` is 5000; it needs heartbeats"), "{err}");
     }
 
-    #[test]
-    fn server_threads_default_to_tokios_and_are_bounded() {
-        let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
-        assert_eq!(config.server.threads, 0);
-        for (value, ok) in [(0, true), (1, true), (256, true), (257, false)] {
-            let result = parse(&format!("[server]\nthreads = {value}\n[workers]\ncommand = [\"w\"]\n"));
-            match result {
-                Ok(config) => assert!(ok && config.server.threads == value),
+    /// Parses `config(value)` for each `(value, accepted)` case: an
+    /// accepted value reads back through `read`, a refused one is an
+    /// error naming `key` on `line`.
+    fn check_bounds(
+        key: &str,
+        line: usize,
+        config: impl Fn(usize) -> String,
+        read: impl Fn(&Config) -> usize,
+        cases: &[(usize, bool)],
+    ) {
+        for &(value, accepted) in cases {
+            match parse(&config(value)) {
+                Ok(parsed) => assert!(accepted && read(&parsed) == value, "{key} = {value} was accepted"),
                 Err(err) => {
                     let err = err.to_string();
-                    assert!(!ok && err.contains("dir/hotsock.toml:2: `server.threads` is 257"), "{err}");
+                    let named = format!("dir/hotsock.toml:{line}: `{key}` is {value}");
+                    assert!(!accepted && err.contains(&named), "{key} = {value}: {err}");
                 }
             }
         }
     }
 
     #[test]
+    fn server_threads_default_to_tokios_and_are_bounded() {
+        let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
+        assert_eq!(config.server.threads, 0);
+        check_bounds(
+            "server.threads",
+            2,
+            |value| format!("[server]\nthreads = {value}\n[workers]\ncommand = [\"w\"]\n"),
+            |config| config.server.threads,
+            &[(0, true), (1, true), (256, true), (257, false)],
+        );
+    }
+
+    #[test]
     fn worker_threads_default_to_one_and_are_bounded() {
         let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
         assert_eq!(config.workers.threads, 1);
-        for (value, ok) in [(1, true), (64, true), (0, false), (65, false)] {
-            let result = parse(&format!("[workers]\ncommand = [\"w\"]\nthreads = {value}\n"));
-            match result {
-                Ok(config) => assert!(ok && config.workers.threads == value),
-                Err(err) => {
-                    let err = err.to_string();
-                    assert!(!ok && err.contains("dir/hotsock.toml:3: `workers.threads`"), "{err}");
-                }
-            }
-        }
+        check_bounds(
+            "workers.threads",
+            3,
+            |value| format!("[workers]\ncommand = [\"w\"]\nthreads = {value}\n"),
+            |config| config.workers.threads,
+            &[(1, true), (64, true), (0, false), (65, false)],
+        );
     }
 
     #[test]
