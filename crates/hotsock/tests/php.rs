@@ -96,7 +96,7 @@ async fn a_php_worker_starts_with_shared_tables_declared() {
 /// A handler's posted writes (`setLater`) are its own: the SDK runs one
 /// handler after another in a pooled fiber, and the refusals of writes
 /// one handler posted and never settled must not be thrown at the next
-/// handler that fiber runs.
+/// handler that fiber runs. Nobody else will see them, so they are logged.
 #[tokio::test(flavor = "multi_thread")]
 async fn posted_table_writes_belong_to_their_handler_not_its_fiber() {
     let tables = "[tables.counters]\nrows = 4\ncolumns = { n = \"i64\" }\n";
@@ -111,6 +111,8 @@ async fn posted_table_writes_belong_to_their_handler_not_its_fiber() {
     }
     send(&mut client, "tincr:post-none").await;
     assert!(recv(&mut client).await.starts_with("error: table full"), "the table really is full");
+    let refused = "a posted write to table counters was refused and its handler ended without settle(): table full";
+    hotsock_testkit::wait_for("both refusals logged", || (server.log().matches(refused).count() == 2).then_some(()));
 }
 
 /// Every table operation from PHP, through the server (kinds 0x60-0x67),

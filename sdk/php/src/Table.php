@@ -43,6 +43,15 @@ final class Table
         public readonly int $capacity,
         public readonly array $columns,
     ) {
+        // A handler that posted writes and ended without settling them
+        // leaves nobody to read their answers: let go of them (a refusal
+        // among them is logged), or they would pile up for the worker's life.
+        $scheduler->onJobEnd(function (int $job): void {
+            foreach ($this->posted[$job] ?? [] as $request) {
+                $this->scheduler->orphan($request, "table {$this->name}");
+            }
+            unset($this->posted[$job]);
+        });
     }
 
     /** @return array<string, int|float|string>|null the row, or null if the key has none */

@@ -62,6 +62,10 @@ final class Scheduler
     private int $jobs = 0;
     /** @var list<\Fiber> fibers between jobs, suspended at the top of `runner`'s loop */
     private array $idleFibers = [];
+    /** @var list<\Closure(int): void> called with a job's number when it ends (tables let go of its posted writes) */
+    private array $jobEndHooks = [];
+    /** @var array<int, string> requests whose handler ended before reading the answer => what to name in a refusal */
+    private array $orphans = [];
 
     /** @var array<int, array{0:bool,1:string}> replies by request id: (not found, body) */
     private array $replies = [];
@@ -199,6 +203,35 @@ final class Scheduler
         $this->run(static fn () => $handlers->event($event), $event);
     }
 
+    /** Calls `$hook` with each job's number when the job ends. */
+    public function onJobEnd(\Closure $hook): void
+    {
+        $this->jobEndHooks[] = $hook;
+    }
+
+    /**
+     * A request whose handler ended without reading the answer (a posted
+     * table write nobody settled): the answer is dropped, and a refusal,
+     * which nobody else will see, is logged naming `$what`.
+     */
+    public function orphan(int $request, string $what): void
+    {
+        if (isset($this->replies[$request])) {
+            [$refused, $body] = $this->takeReply($request);
+            self::logOrphan($what, $refused, $body);
+        } elseif (isset($this->wanted[$request])) {
+            $this->orphans[$request] = $what;
+        }
+    }
+
+    private static function logOrphan(string $what, bool $refused, string $body): void
+    {
+        if ($refused) {
+            $error = \Hotsock\TableError::decode($body);
+            Log::line("a posted write to {$what} was refused and its handler ended without settle(): {$error->getMessage()}");
+        }
+    }
+
     /** The number of the handler running now, 0 outside one (a table files its posted writes under it). */
     public function job(): int
     {
@@ -264,6 +297,9 @@ final class Scheduler
         // The job ended; its fiber, suspended between jobs, goes back to
         // the pool (a job that threw ended the fiber, and `$go` rethrew).
         $this->running--;
+        foreach ($this->jobEndHooks as $hook) {
+            $hook($job);
+        }
         if (!$fiber->isTerminated() && count($this->idleFibers) < self::FIBER_POOL_MAX) {
             $this->idleFibers[] = $fiber;
         }
@@ -392,6 +428,12 @@ final class Scheduler
         }
         $wanted = $this->wanted[$id] ?? null;
         unset($this->wanted[$id]);
+        if (isset($this->orphans[$id])) {
+            $what = $this->orphans[$id];
+            unset($this->orphans[$id]);
+            self::logOrphan($what, $notFound, $frame->payload);
+            return;
+        }
         if ($wanted === true || ($wanted instanceof \WeakReference && $wanted->get() !== null)) {
             $this->replies[$id] = [$notFound, $frame->payload];
             $this->wake($this->byReply, $id);
