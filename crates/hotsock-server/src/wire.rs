@@ -411,6 +411,9 @@ pub struct ServerStatus {
     pub listen: String,
     /// Seconds since start.
     pub uptime_s: u64,
+    /// Threads of the server's runtime (`server.threads`, or one per core).
+    #[serde(default)]
+    pub runtime_threads: usize,
     /// Connections registered (open or mid-handshake).
     pub connections: usize,
     /// Connections accepted since start.

@@ -175,16 +175,18 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
+/// The CLI's runtime for admin requests: tokio's default threads.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    runtime_with(0)
 }
 
-/// The server's runtime, with `server.threads` threads (0: tokio's
-/// default, one per core, which `TOKIO_WORKER_THREADS` still overrides).
-fn server_runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
+/// A runtime with `threads` threads (0: tokio's default, one per core,
+/// which `TOKIO_WORKER_THREADS` still overrides); the server's has
+/// `server.threads`.
+fn runtime_with(threads: usize) -> Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.server.threads > 0 {
-        builder.worker_threads(config.server.threads);
+    if threads > 0 {
+        builder.worker_threads(threads);
     }
     builder.enable_all().build().context("cannot start the async runtime")
 }
@@ -198,7 +200,7 @@ fn start(path: &Path, watch: bool) -> Result<()> {
         }
     }
     let (log_file, log_level) = log::init(&config)?;
-    server_runtime(&config)?.block_on(async {
+    runtime_with(config.server.threads)?.block_on(async {
         // Installed before anything can send SIGHUP's default (terminate).
         let hangups = tokio::spawn(log::reopen_on_sighup(log_file));
         let options = Options { watch, log: Some(Box::new(log_level)) };

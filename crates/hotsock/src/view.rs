@@ -40,9 +40,10 @@ fn upgrade_line(upgrade: &hotsock_server::UpgradeStatus) -> String {
 
 pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
     let mut out = vec![format!(
-        "hotsock pid {} ({}) listening on {}, up {}s{}; generation {}{}; {} (accepted {}, refused {})",
+        "hotsock pid {} ({}, {}) listening on {}, up {}s{}; generation {}{}; {} (accepted {}, refused {})",
         status.pid,
         status.server_version,
+        count(status.runtime_threads as u64, "thread"),
         status.listen,
         status.uptime_s,
         if status.stopping { ", STOPPING" } else { "" },

@@ -82,13 +82,19 @@ async fn queries_channels_and_tasks_answer_through_the_php_ctx() {
     assert_eq!(recv(&mut a).await, "raw");
 }
 
+/// One PHP test worker with `tables` declared, and a client of it.
+async fn with_tables(tables: &str) -> (TestServer, hotsock_testkit::Client) {
+    let server = TestServer::start(&format!("{}{tables}", testworker(1, "")));
+    let (client, _) = open_testworker(&server, "/").await;
+    (server, client)
+}
+
 /// Table segments arrive as descriptors on the preamble byte; the SDK
 /// takes them (it reaches the rows through the server, the next test) and serves.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_php_worker_starts_with_shared_tables_declared() {
     let tables = "[tables.counters]\nrows = 16\ncolumns = { n = \"i64\" }\n[tables.names]\nrows = 4\ncolumns = { s = \"str:8\" }\n";
-    let server = TestServer::start(&format!("{}{tables}", testworker(1, "")));
-    let (mut client, _) = open_testworker(&server, "/").await;
+    let (_server, mut client) = with_tables(tables).await;
     send(&mut client, "tables").await;
     assert_eq!(recv(&mut client).await, "tables=counters,names files=2");
 }
@@ -100,8 +106,7 @@ async fn a_php_worker_starts_with_shared_tables_declared() {
 #[tokio::test(flavor = "multi_thread")]
 async fn posted_table_writes_belong_to_their_handler_not_its_fiber() {
     let tables = "[tables.counters]\nrows = 4\ncolumns = { n = \"i64\" }\n";
-    let server = TestServer::start(&format!("{}{tables}", testworker(1, "")));
-    let (mut client, _) = open_testworker(&server, "/").await;
+    let (server, mut client) = with_tables(tables).await;
     // Two of the six do not fit: refused, and nobody settles them.
     send(&mut client, "tpost:6").await;
     assert_eq!(recv(&mut client).await, "posted 6");
@@ -120,8 +125,7 @@ async fn posted_table_writes_belong_to_their_handler_not_its_fiber() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_table_operation_answers_from_php_as_from_rust() {
     let tables = "[tables.kinds]\nrows = 2\ncolumns = { i = \"i64\", f = \"f64\", s = \"str:4\" }\n";
-    let server = TestServer::start(&format!("{}{tables}", testworker(1, "")));
-    let (mut client, _) = open_testworker(&server, "/").await;
+    let (_server, mut client) = with_tables(tables).await;
     send(&mut client, "tops").await;
     let answer: serde_json::Value = serde_json::from_str(&recv(&mut client).await).expect("json");
     let results: std::collections::HashMap<String, serde_json::Value> = answer

@@ -41,6 +41,7 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
             .collect(),
         listen: shared.listen.to_string(),
         uptime_s: shared.started.elapsed().as_secs(),
+        runtime_threads: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers()),
         connections: shared.hub.connection_count(),
         accepted_total: shared.accepted_total.load(Ordering::Relaxed),
         rejected_total: shared.metrics.refused_total(),
