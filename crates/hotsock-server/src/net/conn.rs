@@ -70,16 +70,22 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer_addr: Soc
     // Boxed: a task is allocated at the size of its largest state, and the
     // TLS states (rustls' connection, the TLS stream's WebSocket loop) are
     // several KiB that every plain connection would otherwise carry too.
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-    Box::pin(serve_tls(&shared, config, acceptor, stream, peer_addr, accepted_at, deadline, at_capacity)).await;
+    Box::pin(serve_tls(&shared, config, tls.load_full(), stream, peer_addr, accepted_at, deadline, at_capacity)).await;
 }
 
 /// The TLS handshake, then `serve_stream` on the TLS stream.
+///
+/// In two steps, so that the count can tell a probe from a failed
+/// handshake: a client that closes before its ClientHello (a TCP port
+/// check) is dropped uncounted, as on a plain listener; one that closes
+/// after it, sent an alert or spoke something else is a refused TLS
+/// handshake. Clients that reject the certificate do not all say so with an
+/// alert (Python's asyncio just closes), so an EOF mid-handshake counts too.
 #[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     shared: &Shared,
     config: Arc<Config>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     peer_addr: SocketAddr,
     accepted_at: Instant,
@@ -89,21 +95,21 @@ async fn serve_tls(
     // The TLS handshake is part of the handshake: the same deadline bounds
     // it, so a client that stalls mid-handshake is dropped like one that
     // stalls mid-request.
-    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_stream(shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await,
-        // Closed before finishing: dropped uncounted, as a plain client
-        // that closes before its request is (a port probe, a health check
-        // of the TCP port).
-        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        Ok(Err(error)) => {
-            tracing::debug!(peer = %peer_addr, %error, "TLS handshake failed");
-            shared.metrics.refused(Refused::Tls);
-        }
-        Err(_) => {
-            tracing::debug!(peer = %peer_addr, "TLS handshake not done within server.handshake_timeout_ms");
-            shared.metrics.refused(Refused::Tls);
-        }
-    }
+    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let failed = match tokio::time::timeout_at(deadline, hello).await {
+        Ok(Ok(start)) => match tokio::time::timeout_at(deadline, start.into_stream(tls)).await {
+            Ok(Ok(stream)) => {
+                return serve_stream(shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await;
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "not done within server.handshake_timeout_ms".to_owned(),
+        },
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no ClientHello within server.handshake_timeout_ms".to_owned(),
+    };
+    tracing::debug!(peer = %peer_addr, error = failed, "TLS handshake failed");
+    shared.metrics.refused(Refused::Tls);
 }
 
 /// The upgrade and the WebSocket loop, on a plain or TLS stream.
@@ -123,7 +129,14 @@ async fn serve_stream<S: Stream>(
     )
     .await
     {
-        Err(_) | Ok(Ok(None)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no request head within server.handshake_timeout_ms");
+            return;
+        }
+        Ok(Ok(None)) => {
+            tracing::debug!(%peer, elapsed_ms = accepted_at.elapsed().as_millis(), "closed before its request head");
+            return;
+        }
         Ok(Err(http::Refusal::Plain { method, path })) if config.server.static_dir.is_some() => {
             let dir = config.base_dir.join(config.server.static_dir.as_deref().unwrap_or(std::path::Path::new(".")));
             let files = &config.server.static_files;
