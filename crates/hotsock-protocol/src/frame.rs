@@ -17,7 +17,7 @@ pub const PAYLOAD_MAX_BYTES: u32 = (64 << 20) + 4096;
 /// Bits of a frame's `flags` byte. Their meaning depends on the kind, as
 /// documented on each [`Kind`].
 pub mod flags {
-    /// Message/Push/SendToUid/Broadcast: the payload is binary, not text.
+    /// Message/Push/SendToUid/Broadcast/Publish: the payload is binary, not text.
     pub const BINARY: u8 = 1 << 0;
     /// Any event: the event was sent to a worker before, which died or was
     /// killed before acknowledging it. The handler may have run already.

@@ -147,6 +147,7 @@ async fn every_table_operation_answers_from_php_as_from_rust() {
     expect("cas hit", json!(true));
     expect("cas no row", json!(false));
     expect("iterate", json!({"a": {"i": -7, "f": 1.75, "s": "cd"}}));
+    expect("incr negative", json!(-10));
     expect("wrong type", json!(["error", 5, "column \"f\" holds f64 values", "f", 2, 0]));
     expect("too long", json!(["error", 6, "column \"s\" holds at most 4 bytes; got 5", "s", 5, 4]));
     expect("unknown column", json!(["error", 4, "no column named \"nope\"", "nope", 0, 0]));
@@ -156,7 +157,7 @@ async fn every_table_operation_answers_from_php_as_from_rust() {
     expect("delete again", json!(false));
     expect("fill", json!([true, true]));
     expect("full", json!(["error", 2, "table full: all 2 rows are in use", "", 2, 0]));
-    assert_eq!(results.len(), 21, "{answer}");
+    assert_eq!(results.len(), 22, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

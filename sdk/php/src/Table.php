@@ -105,7 +105,9 @@ final class Table
     public function incr(string $key, string $column, int $delta = 1): int
     {
         $body = $this->request(Kind::TABLE_INCR, BodyWriter::bytes($key) . BodyWriter::bytes($column) . pack('P', $delta));
-        return unpack('q', self::exactly(8, $body))[1];
+        // 'P' is little-endian like every integer on the wire ('q' is the
+        // host's order); PHP's 64-bit ints read its bits as signed.
+        return unpack('P', self::exactly(8, $body))[1];
     }
 
     /** Adds `$delta` to an `f64` column (creating the row at 0.0); returns the new value. */

@@ -225,6 +225,7 @@ final class TestApp extends BaseApp
         $try('cas hit', static fn () => $t->compareAndSet('a', 'i', 42, -7));
         $try('cas no row', static fn () => $t->compareAndSet('b', 'i', 0, 1));
         $try('iterate', static fn () => $t->iterate());
+        $try('incr negative', static fn () => $t->incr('a', 'i', -3));
         $try('wrong type', static fn () => $t->set('a', ['f' => 1]));
         $try('too long', static fn () => $t->set('a', ['s' => 'abcde']));
         $try('unknown column', static fn () => $t->get('a') === null ? null : $t->incr('a', 'nope', 1));
