@@ -55,7 +55,7 @@ pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
     )];
     out.push(String::new());
     out.push(format!(
-        "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9} {:>9}  LAST EXIT",
+        "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>6} {:>7} {:>9} {:>9}  LAST EXIT",
         "SLOT",
         "ROLE",
         "PID",
@@ -65,13 +65,15 @@ pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
         "DISPATCHED",
         "ACKED",
         "REDELIVERED",
+        "DROPPED",
+        "PANICS",
         "CRASHES",
         "RSS KiB",
         "HEARTBEAT"
     ));
     for w in &status.workers {
         out.push(format!(
-            "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>9} {:>9}  {}{}",
+            "{:<5} {:<6} {:<8} {:<4} {:<9} {:>8} {:>11} {:>11} {:>11} {:>7} {:>6} {:>7} {:>9} {:>9}  {}{}",
             w.slot,
             w.role,
             w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -81,6 +83,8 @@ pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
             w.dispatched,
             w.acked,
             w.redelivered,
+            w.dropped,
+            w.panics,
             w.crashes,
             w.rss_kib.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
             w.heartbeat_age_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into()),
