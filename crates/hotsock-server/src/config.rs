@@ -1090,6 +1090,116 @@ mod tests {
         }
     }
 
+    /// docs/operations.md's table of bounds, read row by row: every key
+    /// whose bound is a plain range ("A to B", "at least N", "at most N")
+    /// is parsed at and past each end, so the table cannot drift from the
+    /// checks. Rows with conditions ("more than `heartbeat_ms`") are read by
+    /// people only.
+    #[test]
+    fn the_bounds_table_in_operations_md_is_what_the_check_enforces() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operations.md"))
+            .expect("docs/operations.md");
+        let section = doc.split("### Bounds the config check enforces").nth(1).expect("the bounds section");
+        let rows = section.lines().skip_while(|l| !l.starts_with("| key")).skip(2).take_while(|l| l.starts_with('|'));
+        let mut checked = Vec::new();
+        for row in rows {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let [keys, accepted] = cells[..] else { panic!("a row of two cells: {row}") };
+            let Some((low, high)) = documented_bounds(accepted) else { continue };
+            for key in documented_keys(keys) {
+                let Some(config) = config_setting(&key) else { continue };
+                let mut cases = vec![(low, true)];
+                if low > 0 {
+                    cases.push((low - 1, false));
+                }
+                if let Some(high) = high {
+                    cases.extend([(high, true), (high + 1, false)]);
+                }
+                for (value, accepted) in cases {
+                    match parse(&config(value)) {
+                        Ok(_) => assert!(accepted, "{key} = {value} was accepted; the table says {row}"),
+                        Err(err) => {
+                            let err = err.to_string();
+                            assert!(!accepted, "{key} = {value} was refused ({err}); the table says {row}");
+                            assert!(err.contains(&format!("`{key}`")), "{key} = {value}: the refusal names it: {err}");
+                        }
+                    }
+                }
+                checked.push(key);
+            }
+        }
+        assert!(checked.len() >= 23, "most rows are plain ranges; checked only {checked:?}");
+    }
+
+    /// "A to B", "at least N" or "at most N" (parentheses and code spans
+    /// dropped; sizes in KiB or MiB), as (low, high); else None.
+    fn documented_bounds(cell: &str) -> Option<(u64, Option<u64>)> {
+        let mut plain = String::new();
+        let mut depth = 0;
+        for c in cell.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ if depth == 0 => plain.push(c),
+                _ => {}
+            }
+        }
+        if plain.contains('`') {
+            return None;
+        }
+        let plain = plain.split_whitespace().collect::<Vec<_>>().join(" ");
+        let number = |text: &str| -> Option<u64> {
+            let (digits, unit) = match text.split_once(' ') {
+                Some((digits, "KiB")) => (digits, 1 << 10),
+                Some((digits, "MiB")) => (digits, 1 << 20),
+                Some(_) => return None,
+                None => (text, 1),
+            };
+            digits.replace(',', "").parse::<u64>().ok().map(|n| n * unit)
+        };
+        if let Some(n) = plain.strip_prefix("at least ") {
+            return Some((number(n)?, None));
+        }
+        if let Some(n) = plain.strip_prefix("at most ") {
+            return Some((0, Some(number(n)?)));
+        }
+        let (low, high) = plain.split_once(" to ")?;
+        Some((number(low)?, Some(number(high)?)))
+    }
+
+    /// "`workers.a`, `b`, `server.c`" as workers.a, workers.b, server.c.
+    fn documented_keys(cell: &str) -> Vec<String> {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for key in cell.split(", ").map(|k| k.trim_matches('`')) {
+            match key.rsplit_once('.') {
+                Some((prefix, _)) => {
+                    section = prefix.to_owned();
+                    keys.push(key.to_owned());
+                }
+                None => keys.push(format!("{section}.{key}")),
+            }
+        }
+        keys
+    }
+
+    /// A minimal config setting `key` to a value; None where one key alone
+    /// does not make a config (a table's NAME, a watched directory).
+    fn config_setting(key: &str) -> Option<impl Fn(u64) -> String + use<>> {
+        let (section, name) = key.rsplit_once('.')?;
+        let extra = match section {
+            "workers" => None,
+            "server" | "limits" | "channels" | "reload" => Some(""),
+            "cluster" => Some("redis = \"redis://127.0.0.1:6379/0\"\n"),
+            _ => return None,
+        };
+        let (section, name) = (section.to_owned(), name.to_owned());
+        Some(move |value: u64| match extra {
+            None => format!("[workers]\ncommand = [\"w\"]\n{name} = {value}\n"),
+            Some(extra) => format!("[workers]\ncommand = [\"w\"]\n[{section}]\n{extra}{name} = {value}\n"),
+        })
+    }
+
     #[test]
     fn server_threads_default_to_tokios_and_are_bounded() {
         let config = parse("[workers]\ncommand = [\"w\"]\n").expect("valid");
