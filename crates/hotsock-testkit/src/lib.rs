@@ -187,6 +187,20 @@ impl TestServer {
         self.try_status().unwrap_or_else(|| panic!("status failed; server log:\n{}", self.log()))
     }
 
+    /// Column `name` of slot `slot`'s row in the text of `hotsock status`
+    /// (split at whitespace: the names before `RSS KiB` are single words);
+    /// the whole text as the error when there is no such cell.
+    pub fn status_cell(&self, slot: usize, name: &str) -> Result<String, String> {
+        let text = String::from_utf8_lossy(&self.cli(&["status"]).stdout).into_owned();
+        let cell = (|| {
+            let header = text.lines().find(|l| l.starts_with("SLOT "))?;
+            let index = header.split_whitespace().position(|h| h == name)?;
+            let row = text.lines().find(|l| l.starts_with(&format!("{slot} ")))?;
+            row.split_whitespace().nth(index).map(str::to_owned)
+        })();
+        cell.ok_or(text)
+    }
+
     /// `hotsock clients --json`.
     pub fn clients(&self) -> Value {
         let output = self.cli(&["clients", "--json"]);

@@ -49,11 +49,7 @@ async fn a_throwing_handler_is_reported_and_the_worker_keeps_serving() {
     });
     assert_eq!(status["workers"][0]["pid"].as_u64(), Some(u64::from(pid)), "same process: {status}");
     assert_eq!(status["workers"][0]["crashes"], 0, "{status}");
-    let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
-    let header = text.lines().find(|l| l.starts_with("SLOT ")).expect("header");
-    let column = header.split_whitespace().position(|h| h == "PANICS").expect("a PANICS column");
-    let row = text.lines().find(|l| l.starts_with("0 ")).expect("slot 0");
-    assert_eq!(row.split_whitespace().nth(column), Some("1"), "status shows the panic:\n{text}");
+    assert_eq!(server.status_cell(0, "PANICS").as_deref(), Ok("1"), "status shows the panic");
     assert!(server.log().contains("RuntimeException: test panic requested by conn"), "{}", server.log());
 }
 
