@@ -206,8 +206,11 @@ fn a_client_that_stalls_in_the_tls_handshake_is_dropped_at_the_handshake_timeout
     assert!(read.is_ok(), "the server should close the socket, not leave it open: {read:?}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(250), "{:?}", started.elapsed());
     // By now the probe, closed 250 ms before, was long dropped: counted,
-    // it would make this 2.
+    // it would make this 2. (The stalled socket is closed just before its
+    // count is added, so look again once that has surely happened.)
     wait_for("the stalled handshake counted", || (server.try_status()?["rejected_total"] == 1).then_some(()));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(server.status()["rejected_total"], 1, "the probe was counted as a refusal");
 }
 
 /// The 1-based line of a config file that starts with `prefix`.
