@@ -117,7 +117,7 @@ pub(crate) struct Metrics {
     /// Client to server.
     pub(crate) received: Flow,
     /// Server to client.
-    pub(crate) sent: Flow,
+    pub(crate) sent: std::sync::Arc<Flow>,
     handshake: Histogram,
 }
 
@@ -154,7 +154,7 @@ impl Metrics {
             handle,
             refused: Default::default(),
             received: Flow::default(),
-            sent: Flow::default(),
+            sent: std::sync::Arc::default(),
             handshake,
         };
         for (name, help) in HELP {

@@ -230,6 +230,29 @@ async fn workers_threads_sets_the_worker_runtime_size() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pushes_to_a_client_that_stops_reading_arrive_whole_and_in_order_once_it_reads_again() {
+    // 8 MB of pushes to a client that reads nothing for a while: more than
+    // loopback's socket buffers hold, so the server's direct writes to the
+    // idle connection's socket stop mid-frame and its task finishes those
+    // frames and writes the rest. The limit is raised so that waiting is
+    // not the slow-reader close.
+    let setup = start("", "[limits]\noutput_buffer_bytes = 16777216");
+    let (mut client, _) = open(&setup.server, "/").await;
+    const PUSHES: usize = 400;
+    const SIZE: usize = 20_000;
+    send(&mut client, &format!("count:{PUSHES}:{SIZE}")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for i in 0..PUSHES {
+        let reply = recv(&mut client).await;
+        let (n, pad) = reply.split_once(':').unwrap_or(("", ""));
+        assert_eq!(n, i.to_string(), "push {i} out of order: {}", &reply[..reply.len().min(20)]);
+        assert!(pad.len() == SIZE && pad.bytes().all(|b| b == b'x'), "push {i} damaged: {} bytes", pad.len());
+    }
+    send(&mut client, "echo:after").await;
+    assert_eq!(recv(&mut client).await, "after");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn many_pushes_arrive_complete_and_in_order_across_write_batches() {
     // 3,000 pushes of 200 bytes: about ten of the server's write batches.
     let setup = start("", "");

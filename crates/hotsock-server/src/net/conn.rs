@@ -2,10 +2,12 @@
 //! then a loop that forwards whole messages to the hub and writes what the
 //! workers send back, batched.
 //!
-//! This task owns the socket; nothing else ever touches it, and no worker
-//! can close it except by asking the hub (`CloseConn`). It must never wait on
-//! a worker without a deadline, and never let its queues grow past the
-//! configured limits.
+//! This task owns the socket: only it reads, closes or moves it, and no
+//! worker can close it except by asking the hub (`CloseConn`). While it
+//! waits for output with everything written, others may write whole
+//! messages to a plain socket (`net/plain.rs`, `route/outbox.rs`). It must
+//! never wait on a worker without a deadline, and never let its queues grow
+//! past the configured limits.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -31,10 +33,11 @@ use crate::metrics::{Flow, Refused};
 use crate::net::admit::{self, Held, PerIp};
 use crate::net::http;
 use crate::net::park::{Activity, ParkState, Parked, Parking};
+use crate::net::plain::PlainStream;
 use crate::net::readahead::ReadAhead;
 use crate::route::event::{ConnMeta, EventBody};
 use crate::route::hub::Hub;
-use crate::route::outbox::{ConnShared, Outgoing};
+use crate::route::outbox::{ConnShared, DirectSocket, Next, Outgoing};
 use crate::shared::Shared;
 
 /// Messages read from a socket in one go before they are handed to the hub
@@ -65,6 +68,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer_addr: Soc
     let permit = shared.conn_permits.clone().try_acquire_owned();
     let at_capacity = permit.is_err();
     let Some(tls) = &shared.tls else {
+        let stream = PlainStream::new(stream, shared.metrics.sent.clone());
         return serve_stream(&shared, config, stream, peer_addr, accepted_at, deadline, at_capacity).await;
     };
     // Boxed: a task is allocated at the size of its largest state, and the
@@ -236,6 +240,7 @@ pub(crate) async fn adopted(shared: Arc<Shared>, adopted: crate::net::park::Adop
     let _per_ip =
         PerIpHeld { per_ip: &shared.per_ip, held: Some(shared.per_ip.adopt(peer.ip(), Instant::now().into_std())) };
     let _registered = Registered { hub: &shared.hub, conn };
+    let stream = PlainStream::new(stream, shared.metrics.sent.clone());
     let ws = WebSocketStream::from_raw_socket(
         ReadAhead::new(stream, leftover),
         Role::Server,
@@ -359,16 +364,24 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin {
     /// The socket, when the connection can move to another process as it
     /// is (plain TCP: a TLS session's state cannot).
     fn movable_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>>;
+
+    /// The socket others may write whole messages to while the task waits
+    /// for output (plain TCP: `net/plain.rs`).
+    fn direct(&self) -> Option<std::sync::Weak<dyn DirectSocket>>;
 }
 
-impl Stream for TcpStream {
+impl Stream for PlainStream {
     fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         // An error is "readable": the read that follows reports it.
-        self.poll_read_ready(cx).map(|_| ())
+        self.tcp().poll_read_ready(cx).map(|_| ())
     }
 
     fn movable_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         Some(std::os::fd::AsFd::as_fd(self))
+    }
+
+    fn direct(&self) -> Option<std::sync::Weak<dyn DirectSocket>> {
+        Some(PlainStream::direct(self))
     }
 }
 
@@ -380,6 +393,10 @@ impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
     }
 
     fn movable_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    fn direct(&self) -> Option<std::sync::Weak<dyn DirectSocket>> {
         None
     }
 }
@@ -428,7 +445,10 @@ impl<S: Stream> Connection<'_, S> {
     /// Runs until the connection is closed; returns the code and reason to
     /// report in the Close event (`None`: it moved to the new server).
     async fn run(mut self) -> Option<(u16, String)> {
+        self.open_direct();
         let ending = self.pump().await;
+        // Closing (or moved): only this task writes from here on.
+        self.shared.close_direct();
         if let Ending::Moved = ending {
             return None;
         }
@@ -454,6 +474,7 @@ impl<S: Stream> Connection<'_, S> {
             if state == ParkState::Serving {
                 if self.ws.get_ref().is_stopping() {
                     self.ws.get_mut().resume();
+                    self.open_direct();
                 }
             } else if state.parks(|| Activity {
                 last_read_ms: self.shared.last_read_ms.load(Ordering::Relaxed),
@@ -473,7 +494,7 @@ impl<S: Stream> Connection<'_, S> {
                 biased;
                 first = self.shared.next_out() => {
                     match self.write_batch(first).await {
-                        Written::Ok => {}
+                        Written::Ok => self.shared.written(),
                         Written::Close(code, reason) => return Ending::Close(code, reason),
                         Written::Overflow => return Ending::Overflow,
                         Written::Failed => return Ending::Abnormal,
@@ -507,6 +528,9 @@ impl<S: Stream> Connection<'_, S> {
     /// the end of the message under way, writing goes on), or the upgrade
     /// was aborted and the connection serves on.
     async fn try_park(&mut self) -> Option<Ending> {
+        // A parked socket is the upgrade's: nobody else writes to it, and
+        // what is queued meanwhile moves with it.
+        self.shared.close_direct();
         self.ws.get_mut().stop_at_boundary();
         if !self.ws.get_ref().stopped() {
             return None;
@@ -591,13 +615,24 @@ impl<S: Stream> Connection<'_, S> {
         result
     }
 
-    /// Writes `first` and everything else queued, then flushes once.
-    async fn write_batch(&mut self, first: Outgoing) -> Written {
+    /// Lets others write whole messages to the socket while this task
+    /// waits for output (plain TCP; `route::outbox`).
+    fn open_direct(&self) {
+        if let Some(socket) = self.ws.get_ref().get_ref().direct() {
+            self.shared.open_direct(socket);
+        }
+    }
+
+    /// Writes `first` and everything else queued, then flushes once (which
+    /// also finishes a frame a direct write started).
+    async fn write_batch(&mut self, first: Next) -> Written {
         let shared = self.shared;
         let ws = &mut self.ws;
         let batch = &mut self.batch;
         let sent = self.sent;
-        batch.push_back(first);
+        if let Next::Item(first) = first {
+            batch.push_back(first);
+        }
         let write = async {
             let mut bytes = 0;
             let (mut messages, mut message_bytes) = (0, 0);

@@ -7,5 +7,6 @@ pub(crate) mod conn;
 pub(crate) mod http;
 pub(crate) mod listen;
 pub(crate) mod park;
+pub(crate) mod plain;
 pub(crate) mod readahead;
 pub(crate) mod tls;

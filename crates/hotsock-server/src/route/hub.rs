@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use hotsock_protocol::{
@@ -151,6 +151,9 @@ pub(crate) struct Hub {
 
 mod cluster;
 mod handover;
+mod lock;
+
+use lock::HubGuard;
 
 pub(crate) use handover::{ConnState, HubSnapshot};
 
@@ -198,11 +201,11 @@ impl Hub {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
+    fn lock(&self) -> HubGuard<'_> {
         // A panic while holding the lock leaves consistent data (every
         // method updates maps in single steps), so keep going rather than
         // turning one panic into a dead server.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        HubGuard::new(self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// A new connection id: increasing, never reused in this server's life.
@@ -755,7 +758,7 @@ impl Hub {
     /// when nothing waits ahead of it, so a connection's queued output never
     /// exceeds the larger of the limit and one message. Past that the client
     /// is a slow reader and is closed instead.
-    fn send(&self, shared: &ConnShared, out: Outgoing) {
+    fn send(&self, shared: &Arc<ConnShared>, out: Outgoing) {
         if shared.overflowed.load(Ordering::Relaxed) {
             return;
         }
@@ -767,7 +770,9 @@ impl Hub {
             shared.wake.notify_one();
             return;
         }
-        shared.push(out);
+        if shared.offer(out) {
+            lock::due(shared);
+        }
     }
 
     /// Asks every connection to close (graceful stop).

@@ -1,0 +1,224 @@
+//! A plain TCP client socket with two writers: the connection's task
+//! (through the WebSocket library) and whoever releases the hub's lock
+//! after queueing a message for an idle connection (`route::outbox` says
+//! when that may write). Writing a reply or a publication straight to an
+//! idle connection's socket saves waking its task for every message, which
+//! was most of what a fan-out cost the server besides the send itself.
+//!
+//! What keeps the bytes on the wire whole frames, in order:
+//! - every write, from either side, happens under this socket's one lock;
+//! - a direct write is refused while the library holds bytes it could not
+//!   write (`library_behind`): they may be the middle of a frame, or data
+//!   the hub queued earlier;
+//! - the rest of a frame a direct write could only start is written, under
+//!   the lock, before anything the library writes next (`rest`).
+//!
+//! TLS connections never have a second writer: their bytes go through the
+//! session's state, which only the task holds.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::metrics::Flow;
+use crate::route::outbox::{DirectSocket, Outgoing, Wrote};
+
+/// RFC 6455 opcodes of the two data frames a server sends.
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+
+/// A client's plain TCP socket, shared by its task and the direct writers.
+#[derive(Debug, Clone)]
+pub(crate) struct PlainStream(Arc<Socket>);
+
+#[derive(Debug)]
+struct Socket {
+    tcp: TcpStream,
+    state: Mutex<WriteState>,
+    /// The server's outgoing message count (`hotsock_messages_total{direction="out"}`):
+    /// a direct write counts its message there, as the task counts its batches.
+    sent: Arc<Flow>,
+}
+
+#[derive(Debug, Default)]
+struct WriteState {
+    /// The part of a directly written frame the socket did not take; goes
+    /// out before anything else.
+    rest: Bytes,
+    /// The library's last write did not take all it offered (or waited):
+    /// it holds bytes that must go out before any direct write.
+    library_behind: bool,
+}
+
+impl PlainStream {
+    pub(crate) fn new(tcp: TcpStream, sent: Arc<Flow>) -> PlainStream {
+        PlainStream(Arc::new(Socket { tcp, state: Mutex::new(WriteState::default()), sent }))
+    }
+
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        &self.0.tcp
+    }
+
+    /// The handle the outbox writes through while the task lets it. Weak:
+    /// only the task keeps the socket open.
+    pub(crate) fn direct(&self) -> Weak<dyn DirectSocket> {
+        let weak: Weak<Socket> = Arc::downgrade(&self.0);
+        weak
+    }
+}
+
+impl Socket {
+    fn lock(&self) -> MutexGuard<'_, WriteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes what is left of a direct frame; `Ready(Ok)` once none is.
+    fn poll_rest(&self, state: &mut WriteState, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !state.rest.is_empty() {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write(&state.rest) {
+                Ok(n) => {
+                    let _ = state.rest.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl DirectSocket for Socket {
+    fn write_now(&self, message: &Outgoing) -> Wrote {
+        let (opcode, data) = match message {
+            Outgoing::Text(data) => (OPCODE_TEXT, data),
+            Outgoing::Binary(data) => (OPCODE_BINARY, data),
+            Outgoing::Close(..) => return Wrote::Not,
+        };
+        let mut state = self.lock();
+        if state.library_behind || !state.rest.is_empty() {
+            return Wrote::Not;
+        }
+        let (head, head_len) = frame_head(opcode, data.len());
+        let head = &head[..head_len];
+        // The socket's readiness is checked first (no system call when the
+        // runtime knows it is full); an error is left for the task's own
+        // write to meet and report.
+        let written = match self.tcp.try_write_vectored(&[IoSlice::new(head), IoSlice::new(data)]) {
+            Ok(0) | Err(_) => return Wrote::Not,
+            Ok(n) => n,
+        };
+        self.sent.add(1, data.len() as u64);
+        if written == head.len() + data.len() {
+            return Wrote::All;
+        }
+        state.rest = if written < head.len() {
+            let mut rest = BytesMut::with_capacity(head.len() - written + data.len());
+            rest.extend_from_slice(&head[written..]);
+            rest.extend_from_slice(data);
+            rest.freeze()
+        } else {
+            data.slice(written - head.len()..)
+        };
+        Wrote::Started
+    }
+}
+
+/// A whole, unmasked data frame's head (RFC 6455 §5.2): FIN, the opcode
+/// and the payload length in the shortest form.
+fn frame_head(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    let mut head = [0u8; 10];
+    head[0] = 0x80 | opcode;
+    if len < 126 {
+        head[1] = len as u8;
+        (head, 2)
+    } else if let Ok(len) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&len.to_be_bytes());
+        (head, 4)
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (head, 10)
+    }
+}
+
+impl AsyncRead for PlainStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let tcp = &self.0.tcp;
+        loop {
+            ready!(tcp.poll_read_ready(cx))?;
+            // The callers read into initialized memory (the thread's
+            // scratch buffer; the request head's buffer once per handshake).
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PlainStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let socket = &*self.0;
+        let mut state = socket.lock();
+        // Until it returns Ready with all of `buf`, the library holds bytes.
+        state.library_behind = true;
+        ready!(socket.poll_rest(&mut state, cx))?;
+        loop {
+            ready!(socket.tcp.poll_write_ready(cx))?;
+            match socket.tcp.try_write(buf) {
+                Ok(n) => {
+                    state.library_behind = n < buf.len();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let socket = &*self.0;
+        let mut state = socket.lock();
+        socket.poll_rest(&mut state, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let socket = &*self.0;
+        let mut state = socket.lock();
+        ready!(socket.poll_rest(&mut state, cx))?;
+        Poll::Ready(socket2::SockRef::from(&socket.tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl AsFd for PlainStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.tcp.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_heads_use_the_shortest_length_form() {
+        assert_eq!(&frame_head(OPCODE_TEXT, 0).0[..2], &[0x81, 0]);
+        assert_eq!(&frame_head(OPCODE_BINARY, 125).0[..2], &[0x82, 125]);
+        assert_eq!(&frame_head(OPCODE_TEXT, 126).0[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(&frame_head(OPCODE_TEXT, 65535).0[..4], &[0x81, 126, 0xff, 0xff]);
+        let (head, len) = frame_head(OPCODE_BINARY, 65536);
+        assert_eq!(&head[..len], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+}
