@@ -492,6 +492,10 @@ async fn handshake(
 async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<ToWorker>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     while let Some(first) = outbox.recv().await {
+        // Let the connection tasks that are ready run first: their events
+        // then go in this write too, one system call and one wake-up of the
+        // worker for all of them instead of one per event.
+        tokio::task::yield_now().await;
         first.encode(&mut buf);
         while buf.len() < WRITE_BATCH_BYTES {
             match outbox.try_recv() {
