@@ -365,25 +365,22 @@ fn report_text(params: &Params, rows: &[Row]) -> String {
 const FINDINGS: &str = "\
 What the figures mean. Every target does one `send` system call per member per publication, and on loopback \
 that call also runs the receiving side's TCP processing: `perf record` of the hotsock server under the 1 x 10000 \
-layout put 57% of its CPU in the kernel's send path, the same work the peers pay. Of hotsock's own part, the \
-largest share is waking one connection task per member (the outbox lock, tokio's Notify and run queue, the \
-connection's select loop); tungstenite's framing and the shared publication bytes are small. One change from \
-that profile landed: a connection that only receives pushes no longer attempts a WebSocket read after every \
-write (the attempt readied a 4 KiB buffer each time), which took 15.5 to 13.8 us per delivery in one paired \
-run. Node's loop writes to each socket from the one thread that received the publication, with no task to \
-wake, which is why it is ahead per delivery here. Why the aim (1.5x Node) is out of reach \
-here: `perf record` of both whole processes through one run of the 1 x 10000 layout (2026-12-02, 999 Hz, \
-from start to exit, 330,000 sends each counting the handshakes) put about 2.9 s under `tcp_sendmsg` in each, \
-9.0 µs per delivery in hotsock and 8.6 µs in Node, out of 15.9 and 15.0 µs in all. 1.5x Node's deliveries per \
-CPU-second is 10 µs per delivery, so 1 µs would be left for everything hotsock does besides the send; with one \
-`send` per member per publication, which a WebSocket server cannot avoid when the publications come one at a \
-time, the aim is out of reach against Node's loop on loopback. What is open is hotsock's own 7 µs against \
-Node's 6: the fan-out writing a publication's frame straight to each idle member's socket (a non-blocking \
-write under the hub lock, falling back to the outbox when the socket is busy or the connection is mid-write) \
-would remove the wake-up per member, and moves socket ownership out of the connection task; it is not done. \
-The p50/p99 of the 1 x 10000 layout is \
-the time to get through one 10,000-member burst, bounded here by the load generator (one core, reading every \
-member) as much as by the servers; with 100 members per channel hotsock has the lowest p99 of the three.\n\n";
+layout put 57% of its CPU in the kernel's send path, the same work the peers pay (a profile of both whole \
+processes through one run, 2026-12-02: about 9.0 µs per delivery under `tcp_sendmsg` in hotsock and 8.6 µs in \
+Node, out of 15.9 and 15.0 µs in all). Of hotsock's own part, the largest share was waking one connection task \
+per member (the outbox lock, tokio's Notify and run queue, the connection's select loop). Since 2026-12-02 a \
+publication to an idle member is written to its socket by the thread that published it, once it has let go of \
+the hub's lock (`net/plain.rs`; the member's task takes over only when its socket is full), with no task to \
+wake, as Node's loop does. Paired runs before/after on a quiet host (one run each): server CPU per delivery \
+10.3 -> 9.1 µs at 1 x 10000 and 10.4 -> 8.7 µs at 100 x 100, p99 lower in both; a second run after: 8.6 and \
+8.4 µs. An earlier change from the same profile: a connection that only receives pushes no longer attempts a \
+WebSocket read after every write (15.5 -> 13.8 µs per delivery in one paired run). Why the aim (1.5x Node) \
+stays out of reach with one big channel: 1.5x Node's deliveries per CPU-second is two thirds of Node's cost \
+per delivery, about 6-7 µs here, less than the kernel's send alone costs either server on loopback, and one \
+`send` per member per publication cannot be avoided when the publications come one at a time. With 100 \
+members per channel hotsock came closer (1.37x and 1.42x Node in the runs after the change). The p50/p99 of the \
+1 x 10000 layout is the time to get through one 10,000-member burst, bounded here by the load generator (one \
+core, reading every member) as much as by the servers.\n\n";
 
 #[cfg(test)]
 mod tests {

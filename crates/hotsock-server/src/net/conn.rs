@@ -568,6 +568,7 @@ impl<S: Stream> Connection<'_, S> {
                 ParkState::Serving => {
                     self.parking.unpark(self.conn);
                     self.ws.get_mut().resume();
+                    self.open_direct();
                     return None;
                 }
             }

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::metrics::Flow;
-use crate::route::outbox::{DirectSocket, Outgoing, Wrote};
+use crate::route::outbox::{DIRECT_BATCH_MAX, DirectSocket, Outgoing, Wrote};
 
 /// RFC 6455 opcodes of the two data frames a server sends.
 const OPCODE_TEXT: u8 = 0x1;
@@ -95,38 +95,64 @@ impl Socket {
 }
 
 impl DirectSocket for Socket {
-    fn write_now(&self, message: &Outgoing) -> Wrote {
-        let (opcode, data) = match message {
-            Outgoing::Text(data) => (OPCODE_TEXT, data),
-            Outgoing::Binary(data) => (OPCODE_BINARY, data),
-            Outgoing::Close(..) => return Wrote::Not,
-        };
+    fn write_now(&self, messages: &[&Outgoing]) -> Wrote {
+        const NOTHING: Wrote = Wrote { whole: 0, started: false };
+        let messages = &messages[..messages.len().min(DIRECT_BATCH_MAX)];
+        let mut heads = [([0u8; 10], 0usize); DIRECT_BATCH_MAX];
+        let mut payloads: [&[u8]; DIRECT_BATCH_MAX] = [&[]; DIRECT_BATCH_MAX];
+        for (i, message) in messages.iter().enumerate() {
+            let (opcode, data) = match message {
+                Outgoing::Text(data) => (OPCODE_TEXT, data),
+                Outgoing::Binary(data) => (OPCODE_BINARY, data),
+                Outgoing::Close(..) => return NOTHING,
+            };
+            heads[i] = frame_head(opcode, data.len());
+            payloads[i] = data;
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * DIRECT_BATCH_MAX];
+        for i in 0..messages.len() {
+            slices[2 * i] = IoSlice::new(&heads[i].0[..heads[i].1]);
+            slices[2 * i + 1] = IoSlice::new(payloads[i]);
+        }
         let mut state = self.lock();
         if state.library_behind || !state.rest.is_empty() {
-            return Wrote::Not;
+            return NOTHING;
         }
-        let (head, head_len) = frame_head(opcode, data.len());
-        let head = &head[..head_len];
         // The socket's readiness is checked first (no system call when the
         // runtime knows it is full); an error is left for the task's own
         // write to meet and report.
-        let written = match self.tcp.try_write_vectored(&[IoSlice::new(head), IoSlice::new(data)]) {
-            Ok(0) | Err(_) => return Wrote::Not,
+        let mut left = match self.tcp.try_write_vectored(&slices[..2 * messages.len()]) {
+            Ok(0) | Err(_) => return NOTHING,
             Ok(n) => n,
         };
-        self.sent.add(1, data.len() as u64);
-        if written == head.len() + data.len() {
-            return Wrote::All;
+        let mut wrote = NOTHING;
+        for (i, message) in messages.iter().enumerate() {
+            let head = &heads[i].0[..heads[i].1];
+            let data = match message {
+                Outgoing::Text(data) | Outgoing::Binary(data) => data,
+                Outgoing::Close(..) => break,
+            };
+            if left >= head.len() + data.len() {
+                left -= head.len() + data.len();
+                wrote.whole += 1;
+                self.sent.add(1, data.len() as u64);
+                continue;
+            }
+            if left > 0 {
+                state.rest = if left < head.len() {
+                    let mut rest = BytesMut::with_capacity(head.len() - left + data.len());
+                    rest.extend_from_slice(&head[left..]);
+                    rest.extend_from_slice(data);
+                    rest.freeze()
+                } else {
+                    data.slice(left - head.len()..)
+                };
+                wrote.started = true;
+                self.sent.add(1, data.len() as u64);
+            }
+            break;
         }
-        state.rest = if written < head.len() {
-            let mut rest = BytesMut::with_capacity(head.len() - written + data.len());
-            rest.extend_from_slice(&head[written..]);
-            rest.extend_from_slice(data);
-            rest.freeze()
-        } else {
-            data.slice(written - head.len()..)
-        };
-        Wrote::Started
+        wrote
     }
 }
 

@@ -47,26 +47,27 @@ impl Outgoing {
     }
 }
 
-/// A client socket that a whole message may be written to at once, from
+/// A client socket that whole messages may be written to at once, from
 /// outside the connection's task (`net/plain.rs`: plain TCP).
 pub(crate) trait DirectSocket: Send + Sync + std::fmt::Debug {
-    /// Writes `message` as one frame if the socket takes at least part of
-    /// it now, without waiting.
-    fn write_now(&self, message: &Outgoing) -> Wrote;
+    /// Writes `messages` (data only), in order, each as one frame, in one
+    /// system call, as far as the socket takes them now, without waiting.
+    fn write_now(&self, messages: &[&Outgoing]) -> Wrote;
 }
 
 /// What [`DirectSocket::write_now`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wrote {
-    /// The whole frame is in the socket.
-    All,
-    /// Part of it is: the socket keeps the rest, which the connection's
-    /// task must finish (it writes it before anything else).
-    Started,
-    /// Nothing: the socket is full, the task has bytes waiting, or the
-    /// message is not data.
-    Not,
+pub(crate) struct Wrote {
+    /// The leading messages whose frames are wholly in the socket.
+    pub(crate) whole: usize,
+    /// The next one's frame is in part: the socket keeps the rest, which
+    /// the connection's task must finish (it writes it before anything
+    /// else).
+    pub(crate) started: bool,
 }
+
+/// Messages one direct write takes at most (one system call).
+pub(crate) const DIRECT_BATCH_MAX: usize = 64;
 
 /// The outbox and who writes it out.
 ///
@@ -125,8 +126,11 @@ impl ConnShared {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues for the connection task (the hub counts the bytes).
+    /// Queues for the connection task, counting its bytes (which the task
+    /// takes off when it takes the item), past any limit: the server's own
+    /// closes and an upgrade's moved output.
     pub(crate) fn push(&self, out: Outgoing) {
+        self.queued_bytes.fetch_add(out.len(), Ordering::Relaxed);
         self.outbox().items.push_back(out);
         self.outbox_ready.notify_one();
     }
@@ -147,36 +151,57 @@ impl ConnShared {
         false
     }
 
-    /// Writes what is queued straight to the socket, in order, while the
-    /// socket takes it whole; wakes the task for the rest. Returns how many
-    /// messages it wrote.
+    /// Writes what is queued straight to the socket, in order, in batches
+    /// of one system call, while the socket takes it whole; hands the rest
+    /// to the task (and wakes it). Returns how many messages it wrote.
     pub(crate) fn write_out(&self) -> usize {
         let mut outbox = self.outbox();
         if outbox.task_writes || outbox.items.is_empty() {
             return 0;
         }
-        let Some(wire) = outbox.direct.as_ref().and_then(Weak::upgrade) else {
+        let Some(socket) = outbox.direct.as_ref().and_then(Weak::upgrade) else {
             drop(outbox);
             self.outbox_ready.notify_one();
             return 0;
         };
         let mut written = 0;
-        while let Some(front) = outbox.items.front() {
+        let handover = loop {
             // A close is the task's: it ends the connection, and nothing
-            // may follow it on the wire.
-            let wrote = if matches!(front, Outgoing::Close(..)) { Wrote::Not } else { wire.write_now(front) };
-            if wrote != Wrote::Not {
-                let len = front.len();
-                outbox.items.pop_front();
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                written += 1;
+            // may follow it on the wire. So a batch stops before one.
+            let Some(first) = outbox.items.front().filter(|item| !matches!(item, Outgoing::Close(..))) else {
+                break true;
+            };
+            // On the stack: a fan-out writes one message to each of many
+            // connections, and would allocate for each.
+            let mut batch = [first; DIRECT_BATCH_MAX];
+            let mut offered = 0;
+            for item in outbox.items.iter().take_while(|item| !matches!(item, Outgoing::Close(..))) {
+                if offered == DIRECT_BATCH_MAX {
+                    break;
+                }
+                batch[offered] = item;
+                offered += 1;
             }
-            if wrote != Wrote::All {
-                outbox.task_writes = true;
-                drop(outbox);
-                self.outbox_ready.notify_one();
-                return written;
+            let wrote = socket.write_now(&batch[..offered]);
+            let taken = (wrote.whole + usize::from(wrote.started)).min(offered);
+            for item in outbox.items.drain(..taken) {
+                self.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
             }
+            written += taken;
+            if wrote.whole < offered {
+                break true;
+            }
+            if outbox.items.is_empty() {
+                break false;
+            }
+        };
+        // The task alone keeps the socket open: let go of it before the
+        // task may end (it waits for this lock in `close_direct`).
+        drop(socket);
+        if handover {
+            outbox.task_writes = true;
+            drop(outbox);
+            self.outbox_ready.notify_one();
         }
         written
     }
@@ -278,8 +303,8 @@ mod tests {
 
     use super::*;
 
-    /// A socket that answers each write from a script (then `All`) and
-    /// keeps what it was offered.
+    /// A socket that answers each write from a script (then: all of it)
+    /// and keeps what it was offered, one string per write.
     #[derive(Debug, Default)]
     struct Scripted {
         answers: Mutex<VecDeque<Wrote>>,
@@ -287,15 +312,21 @@ mod tests {
     }
 
     impl DirectSocket for Scripted {
-        fn write_now(&self, message: &Outgoing) -> Wrote {
-            let text = match message {
-                Outgoing::Text(data) | Outgoing::Binary(data) => String::from_utf8_lossy(data).into_owned(),
-                Outgoing::Close(code, _) => format!("close {code}"),
-            };
-            self.offered.lock().unwrap_or_else(|p| p.into_inner()).push(text);
-            self.answers.lock().unwrap_or_else(|p| p.into_inner()).pop_front().unwrap_or(Wrote::All)
+        fn write_now(&self, messages: &[&Outgoing]) -> Wrote {
+            let texts: Vec<String> = messages
+                .iter()
+                .map(|message| match message {
+                    Outgoing::Text(data) | Outgoing::Binary(data) => String::from_utf8_lossy(data).into_owned(),
+                    Outgoing::Close(code, _) => format!("close {code}"),
+                })
+                .collect();
+            self.offered.lock().unwrap_or_else(|p| p.into_inner()).push(texts.join(","));
+            let all = Wrote { whole: messages.len(), started: false };
+            self.answers.lock().unwrap_or_else(|p| p.into_inner()).pop_front().unwrap_or(all)
         }
     }
+
+    const NOTHING: Wrote = Wrote { whole: 0, started: false };
 
     fn text(s: &'static str) -> Outgoing {
         Outgoing::Text(Bytes::from_static(s.as_bytes()))
@@ -321,25 +352,39 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_connection_s_messages_are_written_by_the_one_who_queued_them_in_order() {
+    fn an_idle_connection_s_messages_are_written_by_the_one_who_queued_them_in_one_write() {
         let (conn, wire) = open(&[]);
         assert!(conn.offer(text("a")), "the first message of an idle connection is the caller's to write");
         assert!(!conn.offer(text("b")), "a write-out is already due for the second");
         assert_eq!(conn.write_out(), 2);
-        assert_eq!(offered(&wire), ["a", "b"]);
+        assert_eq!(offered(&wire), ["a,b"], "one write for both, in order");
         assert!(conn.outbox_is_empty());
         assert!(conn.try_next().is_none(), "the task has nothing to do");
         assert!(conn.offer(text("c")), "still idle: the next one is written directly too");
     }
 
     #[test]
+    fn a_long_queue_goes_out_in_writes_of_at_most_the_batch_size() {
+        let (conn, wire) = open(&[]);
+        let texts: Vec<String> = (0..DIRECT_BATCH_MAX + 1).map(|i| i.to_string()).collect();
+        for t in &texts {
+            conn.offer(Outgoing::Text(Bytes::from(t.clone())));
+        }
+        assert_eq!(conn.write_out(), DIRECT_BATCH_MAX + 1);
+        let writes = offered(&wire);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[0], texts[..DIRECT_BATCH_MAX].join(","));
+        assert_eq!(writes[1], texts[DIRECT_BATCH_MAX]);
+    }
+
+    #[test]
     fn a_socket_that_takes_part_of_a_frame_hands_the_rest_to_the_task_and_later_messages_wait_for_it() {
-        let (conn, wire) = open(&[Wrote::All, Wrote::Started]);
+        let (conn, wire) = open(&[Wrote { whole: 1, started: true }]);
         for s in ["a", "b", "c"] {
             conn.offer(text(s));
         }
         assert_eq!(conn.write_out(), 2, "a whole, b started");
-        assert_eq!(offered(&wire), ["a", "b"], "nothing is offered after a frame the socket did not take whole");
+        assert_eq!(offered(&wire), ["a,b,c"]);
         assert!(!conn.offer(text("d")), "the task writes now: it is woken");
         assert_eq!(next_text(&conn).as_deref(), Some("c"));
         assert_eq!(next_text(&conn).as_deref(), Some("d"));
@@ -354,8 +399,17 @@ mod tests {
     }
 
     #[test]
+    fn a_last_frame_written_in_part_is_still_the_task_s_to_finish() {
+        let (conn, _wire) = open(&[Wrote { whole: 0, started: true }]);
+        conn.offer(text("a"));
+        assert_eq!(conn.write_out(), 1);
+        assert!(conn.outbox_is_empty());
+        assert_eq!(next_text(&conn).as_deref(), Some("TakeOver"));
+    }
+
+    #[test]
     fn a_full_socket_leaves_the_message_to_the_task() {
-        let (conn, wire) = open(&[Wrote::Not]);
+        let (conn, wire) = open(&[NOTHING]);
         conn.offer(text("a"));
         assert_eq!(conn.write_out(), 0);
         assert_eq!(next_text(&conn).as_deref(), Some("a"), "the same message, not lost or skipped");
@@ -385,7 +439,15 @@ mod tests {
         conn.offer(text("late"));
         assert_eq!(conn.write_out(), 1);
         assert_eq!(offered(&wire), ["a"], "the close goes through the task, which sends nothing after it");
+        assert!(!conn.offer(text("later")), "the task has the writing");
         assert!(matches!(conn.try_next(), Some(Next::Item(Outgoing::Close(1000, _)))));
+    }
+
+    #[test]
+    fn the_server_s_own_close_counts_its_bytes_as_the_task_takes_them_off() {
+        let conn = ConnShared::default();
+        conn.push(Outgoing::Close(1001, "bye".into()));
+        assert_eq!(conn.queued_bytes.load(Ordering::Relaxed), 3, "or the task's subtraction would wrap");
     }
 
     #[test]

@@ -109,7 +109,6 @@ impl Hub {
         for ConnState { conn, meta, uid, outbox } in conns {
             let shared = Arc::new(ConnShared::default());
             for out in outbox {
-                shared.queued_bytes.fetch_add(out.len(), Ordering::Relaxed);
                 shared.push(out);
             }
             state.conns.insert(conn, ConnEntry { meta, shared: shared.clone(), uid: None, slot: 0, open: true });

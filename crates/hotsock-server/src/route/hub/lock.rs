@@ -64,20 +64,50 @@ impl DerefMut for HubGuard<'_> {
 impl Drop for HubGuard<'_> {
     fn drop(&mut self) {
         drop(self.state.take());
+        let due = DUE.try_with(|due| due.try_borrow_mut().map(|mut due| std::mem::take(&mut *due)).unwrap_or_default());
+        let mut out = WriteOut { due: due.unwrap_or_default(), next: 0 };
         // Unwinding, write nothing: the tasks write their own output.
-        let unwinding = std::thread::panicking();
-        DUE.with(|due| {
-            let Ok(mut due) = due.try_borrow_mut() else { return };
-            for conn in due.drain(..) {
-                if unwinding {
-                    conn.wake_for_output();
-                } else {
-                    conn.write_out();
+        out.run(std::thread::panicking());
+        // Give the list's memory back for the next time, unless it grew
+        // large.
+        let mut list = std::mem::take(&mut out.due);
+        list.clear();
+        if list.capacity() <= DUE_KEEP_MAX {
+            let _ = DUE.try_with(|due| {
+                if let Ok(mut due) = due.try_borrow_mut()
+                    && due.is_empty()
+                {
+                    *due = list;
                 }
+            });
+        }
+    }
+}
+
+/// The connections due for a write-out; if a write-out panics, the ones
+/// after it are woken instead, so that nothing is left queued unseen.
+struct WriteOut {
+    due: Vec<Arc<ConnShared>>,
+    next: usize,
+}
+
+impl WriteOut {
+    fn run(&mut self, wake_only: bool) {
+        while let Some(conn) = self.due.get(self.next) {
+            self.next += 1;
+            if wake_only {
+                conn.wake_for_output();
+            } else {
+                conn.write_out();
             }
-            if due.capacity() > DUE_KEEP_MAX {
-                *due = Vec::new();
-            }
-        });
+        }
+    }
+}
+
+impl Drop for WriteOut {
+    fn drop(&mut self) {
+        for conn in self.due.iter().skip(self.next) {
+            conn.wake_for_output();
+        }
     }
 }
