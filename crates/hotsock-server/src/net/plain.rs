@@ -34,7 +34,9 @@ const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
 
 /// A client's plain TCP socket, shared by its task and the direct writers.
-#[derive(Debug, Clone)]
+/// Not `Clone`: the task's is the one strong handle, so the socket closes
+/// when the task lets go of it (the outbox holds a weak one).
+#[derive(Debug)]
 pub(crate) struct PlainStream(Arc<Socket>);
 
 #[derive(Debug)]
