@@ -473,8 +473,7 @@ impl<S: Stream> Connection<'_, S> {
             let state = self.parking.state();
             if state == ParkState::Serving {
                 if self.ws.get_ref().is_stopping() {
-                    self.ws.get_mut().resume();
-                    self.open_direct();
+                    self.resume();
                 }
             } else if state.parks(|| Activity {
                 last_read_ms: self.shared.last_read_ms.load(Ordering::Relaxed),
@@ -567,8 +566,7 @@ impl<S: Stream> Connection<'_, S> {
                 ParkState::Moved => return Some(Ending::Moved),
                 ParkState::Serving => {
                     self.parking.unpark(self.conn);
-                    self.ws.get_mut().resume();
-                    self.open_direct();
+                    self.resume();
                     return None;
                 }
             }
@@ -614,6 +612,13 @@ impl<S: Stream> Connection<'_, S> {
             self.hub.dispatch(self.conn, events);
         }
         result
+    }
+
+    /// Serves on after a park or an attempt to park: reads go on, and so
+    /// do direct writes (`try_park` shut them).
+    fn resume(&mut self) {
+        self.ws.get_mut().resume();
+        self.open_direct();
     }
 
     /// Lets others write whole messages to the socket while this task
