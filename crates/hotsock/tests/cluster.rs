@@ -571,3 +571,39 @@ async fn a_cluster_wide_table_is_one_table_on_every_node_with_its_limits_and_out
     };
     assert_eq!(fresh, "1", "the restarted Redis is empty");
 }
+
+/// A key's `PTTL` in ms (`-2`: no key, `-1`: no TTL).
+fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    let reply = redis.command(&format!("PTTL {key}"));
+    reply.trim().trim_start_matches(':').parse().unwrap_or_else(|_| panic!("PTTL {key}: {reply:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logs_ttls_are_pushed_back_once_per_tenth_of_them_and_whatever_the_clocks_say() {
+    // `channels.history_ttl_ms` is 300 s by default: the stream lives 300 s
+    // after its last entry at least, 330 s at most (a tenth more).
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 1);
+    let (mut publisher, _) = open_testworker(&cluster[0], "/").await;
+    let (meta, stream) = ("hotsock:log:ch:ttl:meta", "hotsock:log:ch:ttl:stream");
+    publish(&mut publisher, "ttl", "a", 0..1).await;
+    let first = pttl(&redis, stream);
+    assert!((299_000..=330_000).contains(&first), "stream PTTL after the first entry: {first}");
+    let keep = pttl(&redis, meta);
+    assert!(keep > 7 * 24 * 3600 * 1000 - 60_000, "the log's hash outlives its stream by far: {keep}");
+    // Within a tenth of the TTL of the last push, appends leave the TTLs
+    // alone (three calls saved per entry)...
+    assert!(redis.command(&format!("PEXPIRE {stream} 100000")).contains(":1"));
+    publish(&mut publisher, "ttl", "b", 0..3).await;
+    let untouched = pttl(&redis, stream);
+    assert!(untouched <= 100_000, "pushed back within a tenth of its TTL: {untouched}");
+    // ...but a push stamped in the future (another node's clock ahead of
+    // this one) does not hold them back: the next append pushes them.
+    assert!(redis.command(&format!("HSET {meta} at 99999999999999")).starts_with(':'));
+    publish(&mut publisher, "ttl", "c", 0..1).await;
+    let pushed = pttl(&redis, stream);
+    assert!(pushed > 299_000, "a clock behind the last push's stamp pushes the TTLs back: {pushed}");
+    let fields = redis.command(&format!("HMGET {meta} seq at"));
+    assert!(fields.contains("\r\n5\r\n"), "five entries in the log's sequence: {fields:?}");
+    assert!(!fields.contains("99999999999999"), "the stamp is this node's again: {fields:?}");
+}

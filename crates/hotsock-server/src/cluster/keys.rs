@@ -1,16 +1,17 @@
 //! Redis key names, the Lua scripts, and the bytes of a cross-node message.
 //! No I/O.
 //!
-//! Everything a node sends another goes through a *log*: a sequence number
-//! (`:seq`), an epoch (`:epoch`, a fresh one when the log's keys were lost
-//! or the Redis that holds them is another run: `:run`), a stream of the
-//! last entries (`:stream`, entry id `SEQ-0`) and a Pub/Sub channel of the
-//! log's own name. A Redis restarted from a snapshot, or a replica promoted
-//! behind its primary, has older sequence numbers than the nodes delivered:
-//! reusing them would make nodes drop new entries as seen, so a log written
-//! under another Redis run starts a new epoch instead. One script appends an entry to all four
-//! at once, so every reader sees one order, notices a missed Pub/Sub
-//! message by the gap in the sequence, and reads it back from the stream.
+//! Everything a node sends another goes through a *log*: one hash
+//! (`:meta`: the sequence number, the epoch, which is a fresh one when the
+//! log's keys were lost or the Redis that holds them is another run, and
+//! that run's id), a stream of the last entries (`:stream`, entry id
+//! `SEQ-0`) and a Pub/Sub channel of the log's own name. A Redis restarted
+//! from a snapshot, or a replica promoted behind its primary, has older
+//! sequence numbers than the nodes delivered: reusing them would make nodes
+//! drop new entries as seen, so a log written under another Redis run
+//! starts a new epoch instead. One script appends an entry to all three at
+//! once, so every reader sees one order, notices a missed Pub/Sub message
+//! by the gap in the sequence, and reads it back from the stream.
 //! The logs: one inbox per node (uid sends routed to it), one for
 //! broadcasts, one per channel.
 
@@ -71,35 +72,43 @@ impl Keys {
 /// client that missed nothing recovers with nothing to replay.
 pub(crate) const LOG_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
 
-/// Shared by the scripts that append to or read the head of a log (Lua):
-/// the log's `{epoch, seq}`, starting a new run when any of its keys is
-/// gone or they were written under another Redis run (`run` is Redis's
-/// `run_id` as the caller saw it at connect).
+/// Shared by the scripts that append to or read the head of a log (Lua).
+/// A log's state is one hash, `LOG:meta`: `epoch`, `seq`, `run` (Redis's
+/// `run_id` as the caller saw it at connect) and `at` (when its TTLs were
+/// last pushed back). `current` starts a new run of the log when the hash
+/// is gone or was written under another Redis run. An append is four
+/// calls (HMGET, HINCRBY, XADD, PUBLISH): each `redis.call` costs about as
+/// much as a small command, and the TTLs are pushed back only once per
+/// tenth of the stream's TTL (`refresh`), by whoever appends first after
+/// that; a clock behind `at` (another node's, skewed) pushes them back
+/// every time, so skew costs speed, never the stream. The stream then
+/// lives at least its TTL after its last entry, at most a tenth longer.
 const APPEND: &str = r#"
 local function current(log, run, fresh_epoch, keep)
-  local ek, sk, rk = log .. ':epoch', log .. ':seq', log .. ':run'
-  local epoch = redis.call('GET', ek)
-  local seq = redis.call('GET', sk)
-  if not epoch or redis.call('GET', rk) ~= run or (not seq and redis.call('EXISTS', log .. ':stream') == 1) then
+  local mk = log .. ':meta'
+  local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'at')
+  if not m[1] or m[3] ~= run then
     -- A new run of the log: whatever is left of an older one goes.
-    epoch = fresh_epoch
-    redis.call('SET', ek, epoch, 'PX', keep)
-    redis.call('SET', rk, run, 'PX', keep)
-    redis.call('DEL', sk, log .. ':stream')
-    seq = '0'
+    redis.call('DEL', mk, log .. ':stream')
+    redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'at', 0)
+    redis.call('PEXPIRE', mk, keep)
+    return fresh_epoch, '0', 0
   end
-  return epoch, seq or '0'
+  return m[1], m[2] or '0', tonumber(m[4] or '0')
 end
 local function append(log, maxlen, ttl, now, payload, fresh_epoch, run, keep)
-  local ek, sk, xk = log .. ':epoch', log .. ':seq', log .. ':stream'
-  local epoch = current(log, run, fresh_epoch, keep)
-  local seq = redis.call('INCR', sk)
+  local mk, xk = log .. ':meta', log .. ':stream'
+  local epoch, _, at = current(log, run, fresh_epoch, keep)
+  local seq = redis.call('HINCRBY', mk, 'seq', 1)
   redis.call('XADD', xk, 'MAXLEN', '~', maxlen, seq .. '-0', 't', now, 'p', payload)
-  redis.call('PEXPIRE', ek, keep)
-  redis.call('PEXPIRE', sk, keep)
-  redis.call('PEXPIRE', log .. ':run', keep)
-  if tonumber(ttl) > 0 then
-    redis.call('PEXPIRE', xk, ttl)
+  ttl, now, keep = tonumber(ttl), tonumber(now), tonumber(keep)
+  local refresh = math.floor((ttl > 0 and math.min(ttl, keep) or keep) / 10)
+  if now - at >= refresh or now < at then
+    redis.call('HSET', mk, 'at', now)
+    redis.call('PEXPIRE', mk, keep + refresh)
+    if ttl > 0 then
+      redis.call('PEXPIRE', xk, ttl + refresh)
+    end
   end
   redis.call('PUBLISH', log, epoch .. ' ' .. seq .. ' ' .. payload)
   return {epoch, seq}
@@ -212,7 +221,7 @@ if redis.call('GET', boot) ~= epoch then
   end
   redis.call('DEL', uids)
   local inbox = prefix .. ':log:inbox:' .. id
-  redis.call('DEL', inbox .. ':epoch', inbox .. ':seq', inbox .. ':stream')
+  redis.call('DEL', inbox .. ':meta', inbox .. ':stream')
 end
 local live = 0
 for _, node in ipairs(redis.call('SMEMBERS', prefix .. ':nodes')) do
@@ -243,7 +252,7 @@ if string.match(redis.call('GET', key) or '', '^([^|]*)|') == epoch then
 end
 redis.call('SREM', prefix .. ':nodes', id)
 local inbox = prefix .. ':log:inbox:' .. id
-redis.call('DEL', inbox .. ':epoch', inbox .. ':seq', inbox .. ':stream')
+redis.call('DEL', inbox .. ':meta', inbox .. ':stream')
 return 1"#;
 
 /// The head of a log a node starts following or catches up: starts a run
