@@ -171,6 +171,11 @@ enum Scenario {
         /// Idle uid-bound connections for the memory figure.
         #[arg(long, default_value_t = 2000)]
         idle: usize,
+        /// Microseconds added to every round trip between a node and Redis
+        /// (a relay in front of it: a Redis on another host); at most
+        /// 100000, 0 for none.
+        #[arg(long, default_value_t = 0)]
+        redis_rtt_us: u64,
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
@@ -295,8 +300,12 @@ fn main() -> Result<()> {
             let layouts = layouts.iter().map(|l| parse_layout(l)).collect::<Result<Vec<_>>>()?;
             fanout::run(&fanout::Params { layouts, seconds, size }, &out)
         }
-        Scenario::Cluster { pairs, members, rate, seconds, rounds, size, idle, out } => {
-            let params = cluster::Params { pairs, members, rate, seconds, rounds: rounds.max(1), size, idle };
+        Scenario::Cluster { pairs, members, rate, seconds, rounds, size, idle, redis_rtt_us, out } => {
+            if redis_rtt_us > cluster::RTT_MAX_US {
+                anyhow::bail!("--redis-rtt-us is {redis_rtt_us}; it must be at most {}", cluster::RTT_MAX_US);
+            }
+            let params =
+                cluster::Params { pairs, members, rate, seconds, rounds: rounds.max(1), size, idle, redis_rtt_us };
             cluster::run(&params, &out)
         }
         Scenario::TableChild { op, ops } => table::child(&op, ops),

@@ -105,7 +105,15 @@ fn unavailable(error: impl std::fmt::Display) -> TableError {
 
 impl ClusterTable {
     pub(crate) fn new(redis: &str, prefix: &str, spec: &TableSpec) -> Result<ClusterTable, String> {
-        let client = redis::Client::open(redis).map_err(|e| format!("table {}: {e}", spec.name))?;
+        // Nagle's algorithm off: an operation sent while another task's is
+        // unanswered must not wait for Redis's acknowledgement of it.
+        let client = redis::IntoConnectionInfo::into_connection_info(redis)
+            .map(|info| {
+                let tcp = info.tcp_settings().clone().set_nodelay(true);
+                info.set_tcp_settings(tcp)
+            })
+            .and_then(redis::Client::open)
+            .map_err(|e| format!("table {}: {e}", spec.name))?;
         let columns = spec
             .columns
             .iter()

@@ -607,3 +607,27 @@ async fn a_logs_ttls_are_pushed_back_once_per_tenth_of_them_and_whatever_the_clo
     assert!(fields.contains("\r\n5\r\n"), "five entries in the log's sequence: {fields:?}");
     assert!(!fields.contains("99999999999999"), "the stamp is this node's again: {fields:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_uid_sends_to_another_node_arrives_whole_and_in_order() {
+    // Enough that the cluster task has many pipelines in flight at once
+    // (each batch is sent before the one before it is answered).
+    const SENDS: usize = 3_000;
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 2);
+    let (mut receiver, _) = open_testworker(&cluster[0], "/").await;
+    send(&mut receiver, "bind:7").await;
+    recv_until(&mut receiver, |t| t.starts_with("bound")).await;
+    let (mut sender, _) = open_testworker(&cluster[1], "/").await;
+    for i in 0..SENDS {
+        send(&mut sender, &format!("to_uid:7:{i}")).await;
+    }
+    let mut got = Vec::with_capacity(SENDS);
+    while got.len() < SENDS {
+        let text = tokio::time::timeout(Duration::from_secs(10), recv(&mut receiver)).await.expect("within 10 s");
+        got.push(text.parse::<usize>().unwrap_or_else(|_| panic!("not a number: {text:?}")));
+    }
+    let misplaced = got.iter().enumerate().find(|(i, n)| *i != **n);
+    assert_eq!(misplaced, None, "sends out of order (index, value)");
+    assert_eq!(cluster_status(&cluster[1])["dropped"], 0);
+}

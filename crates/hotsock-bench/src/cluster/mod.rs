@@ -18,6 +18,7 @@
 //! the noise of a shared machine falls on all of them. Loopback only;
 //! every phase is bounded and the run stops by itself.
 
+mod delay;
 mod load;
 mod redis;
 mod report;
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
+use self::delay::Delay;
+pub(crate) use self::delay::RTT_MAX_US;
 use self::load::{Fanout, Pair, connect_all, round_trips};
 use self::redis::{Redis, delta};
 use crate::procfs::{self, CpuMeter, CpuUse};
@@ -56,6 +59,8 @@ pub(crate) struct Params {
     pub(crate) rounds: usize,
     pub(crate) size: usize,
     pub(crate) idle: usize,
+    /// Added to every round trip between a node and Redis (0: none).
+    pub(crate) redis_rtt_us: u64,
 }
 
 /// The three deployments, all up for the whole run. Fields drop in
@@ -63,29 +68,34 @@ pub(crate) struct Params {
 struct Deployments {
     single: Target,
     cluster: [Target; 2],
+    /// The nodes' way to Redis when it is made to look remote; held so it
+    /// lives as long as they do.
+    _relay: Option<Delay>,
     redis: Redis,
 }
 
-fn node_config(cluster: Option<(&Redis, &str)>) -> Result<String> {
+fn node_config(cluster: Option<(&str, &str)>) -> Result<String> {
     let mut config = format!(
         "max_connections = 20000\n[workers]\ncommand = [\"{}\"]\ncount = 1\n",
         sibling("hotsock-testworker")?.display()
     );
     if let Some((redis, id)) = cluster {
-        config.push_str(&format!("[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\n", redis.url()));
+        config.push_str(&format!("[cluster]\nredis = \"{redis}\"\nnode_id = \"{id}\"\n"));
     }
     Ok(config)
 }
 
 impl Deployments {
-    fn start() -> Result<Deployments> {
+    fn start(redis_rtt_us: u64) -> Result<Deployments> {
         let redis = Redis::start()?;
+        let relay = if redis_rtt_us > 0 { Some(Delay::start(redis.port, redis_rtt_us)?) } else { None };
+        let url = relay.as_ref().map_or_else(|| redis.url(), Delay::url);
         let dir =
             |name: &str| std::env::temp_dir().join(format!("hotsock-bench-cluster-{}-{name}", std::process::id()));
         let single = spawn_hotsock("single node", dir("single"), &node_config(None)?, &[])?;
-        let c0 = spawn_hotsock("cluster node c0", dir("c0"), &node_config(Some((&redis, "c0")))?, &[])?;
-        let c1 = spawn_hotsock("cluster node c1", dir("c1"), &node_config(Some((&redis, "c1")))?, &[])?;
-        Ok(Deployments { single, cluster: [c0, c1], redis })
+        let c0 = spawn_hotsock("cluster node c0", dir("c0"), &node_config(Some((&url, "c0")))?, &[])?;
+        let c1 = spawn_hotsock("cluster node c1", dir("c1"), &node_config(Some((&url, "c1")))?, &[])?;
+        Ok(Deployments { single, cluster: [c0, c1], _relay: relay, redis })
     }
 }
 
@@ -346,7 +356,7 @@ pub(crate) fn run(p: &Params, out: &Path) -> Result<()> {
     let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load_average = load_average.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let d = Deployments::start()?;
+    let d = Deployments::start(p.redis_rtt_us)?;
     let (background, memories, trips, fanouts) = runtime.block_on(async {
         // Both nodes registered and heartbeating before the idle span.
         tokio::time::sleep(SETTLE).await;

@@ -57,7 +57,7 @@ pub(super) fn text(
          - Machine: {} (shared with other jobs: load average {load_average} when the run started; p99 is the \
          figure such noise moves most)\n- Date: {}\n\
          - Command: `target/release/hotsock-bench cluster --pairs {} --members {} --rate {} --seconds {} --rounds {} \
-         --size {} --idle {}`\n\
+         --size {} --idle {}{}`\n\
          - One run starts a redis-server of its own (Debian's, `--save '' --appendonly no`, on a free port), a \
          single node without `[cluster]` (the baseline) and a 2-node cluster (c0, c1) on that Redis, each node \
          with one test-worker process (`crates/hotsock-testkit`), all on 127.0.0.1. The cases take turns in {} \
@@ -65,7 +65,7 @@ pub(super) fn text(
          nodes for a cluster case) and Redis's, over the same spans. On this shared 2-core machine one run's \
          p99 ratios move between runs by more than the aim's margin (a stall of another job lands in one case \
          or another): read them next to the p50 ratios and the CPU per operation, which move less, and run \
-         again before concluding.\n\n",
+         again before concluding.{}\n\n",
         machine(),
         today(),
         p.pairs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
@@ -75,8 +75,18 @@ pub(super) fn text(
         p.rounds,
         p.size,
         p.idle,
+        if p.redis_rtt_us > 0 { format!(" --redis-rtt-us {}", p.redis_rtt_us) } else { String::new() },
         p.rounds,
         p.seconds,
+        if p.redis_rtt_us > 0 {
+            format!(
+                " The nodes reach Redis through a relay that adds {} µs to every round trip (`cluster/delay.rs`: \
+                 a Redis on another host); the single node does not use Redis.",
+                p.redis_rtt_us
+            )
+        } else {
+            String::new()
+        },
     );
     text.push_str(&format!(
         "### `send_to_uid` round trip, pairs ping-ponging\n\n\

@@ -5,6 +5,7 @@
 //! costs and its failure modes are in `docs/scaling.md`.
 
 pub(crate) mod cursor;
+mod inflight;
 pub(crate) mod keys;
 pub(crate) mod link;
 mod node;

@@ -13,16 +13,18 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hotsock_protocol::{ChannelError, Position, PresenceEntry, encode_presence};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, Script, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::cursor::{Cursor, Verdict};
+use crate::cluster::inflight::{Answer, InFlight};
 use crate::cluster::keys::{self, Entry, Keys};
 use crate::cluster::link::{ClusterShared, Command, ReplyTo};
 use crate::cluster::{fresh_epoch, unix_ms};
@@ -79,11 +81,16 @@ struct Scripts {
     head: Script,
 }
 
-/// The two connections.
+/// A pipeline's answers as redis-rs gives them.
+type Answers = Result<Vec<Result<Value, RedisError>>, String>;
+
+/// The two connections, and the pipelines sent on the command connection
+/// and not answered yet.
 pub(super) struct Conns {
     cmd: MultiplexedConnection,
     sink: PubSubSink,
     stream: PubSubStream,
+    inflight: InFlight<Answers, Vec<Pending>>,
 }
 
 pub(super) struct Node {
@@ -121,7 +128,12 @@ impl Node {
         state: Arc<ClusterShared>,
         rx: mpsc::Receiver<Command>,
     ) -> Result<Node, RedisError> {
-        let client = Client::open(config.redis.as_str())?;
+        // Nagle's algorithm off: with it, a pipeline sent while the one
+        // before it is unanswered waits for Redis's acknowledgement of it,
+        // which made pipelines in flight one at a time again.
+        let info = config.redis.as_str().into_connection_info()?;
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = Client::open(info.set_tcp_settings(tcp))?;
         let scripts = Scripts {
             append: Script::new(&keys::append_script()),
             route_uid: Script::new(&keys::route_uid_script()),
@@ -161,7 +173,7 @@ impl Node {
             let mut cmd = cmd;
             load_scripts(&mut cmd).await?;
             let (sink, stream) = self.client.get_async_pubsub().await?.split();
-            Ok::<_, RedisError>(Conns { cmd, sink, stream })
+            Ok::<_, RedisError>(Conns { cmd, sink, stream, inflight: InFlight::new() })
         };
         let mut conns = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(conns)) => conns,
@@ -330,6 +342,21 @@ impl Node {
     }
 
     async fn serve(&mut self, conns: &mut Conns, stopping: &mut watch::Receiver<bool>) -> Exit {
+        let exit = self.serving(conns, stopping).await;
+        match &exit {
+            // A graceful stop: what was sent is answered before the node
+            // unregisters.
+            Exit::Stopping => {
+                if let Err(error) = self.drain(conns).await {
+                    self.abandon(conns, &error);
+                }
+            }
+            Exit::Lost(error) => self.abandon(conns, error),
+        }
+        exit
+    }
+
+    async fn serving(&mut self, conns: &mut Conns, stopping: &mut watch::Receiver<bool>) -> Exit {
         let mut heartbeat = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(BATCH_MAX);
@@ -343,7 +370,10 @@ impl Node {
                     Some(message) => self.on_message(&mut conns.cmd, message).await,
                     None => return Exit::Lost("the Pub/Sub connection closed".into()),
                 },
-                taken = self.rx.recv_many(&mut batch, BATCH_MAX) => {
+                Some((answers, waiting)) = conns.inflight.next(), if !conns.inflight.is_empty() => {
+                    self.settle_all(answers, waiting)
+                }
+                taken = self.rx.recv_many(&mut batch, BATCH_MAX), if !conns.inflight.is_full() => {
                     if taken == 0 {
                         return Exit::Stopping;
                     }
@@ -466,8 +496,10 @@ impl Node {
     }
 
     /// Runs a batch of requests: every request that needs only a command
-    /// goes into one pipeline; a subscribe or unfollow (Pub/Sub changes)
-    /// first sends what is pending, keeping the queue's order.
+    /// goes into one pipeline, sent without waiting for the answers of
+    /// the pipelines before it; a subscribe or unfollow (Pub/Sub changes)
+    /// first has everything before it sent and answered, keeping the
+    /// queue's order.
     async fn run_batch(&mut self, conns: &mut Conns, batch: &mut Vec<Command>) -> Result<(), String> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -476,7 +508,8 @@ impl Node {
         while let Some(command) = commands.next() {
             let step = match command {
                 Command::Subscribe { conn, channel, from, reply } => {
-                    match self.flush(conns, &mut pipe, &mut pending).await {
+                    self.send(conns, &mut pipe, &mut pending).await;
+                    match self.drain(conns).await {
                         Ok(()) => self.subscribe(conns, conn, channel, from, reply).await,
                         Err(error) => {
                             self.refuse(Command::Subscribe { conn, channel, from, reply }, &error);
@@ -486,13 +519,16 @@ impl Node {
                 }
                 // A subscribe queued before this unfollow may have given the
                 // channel a member again: then it stays followed.
-                Command::Unfollow { channel } => match self.flush(conns, &mut pipe, &mut pending).await {
-                    Ok(()) if !self.shared.hub.follows(&channel) && self.following.remove(&*channel) => {
-                        let unsubscribing = conns.sink.unsubscribe(self.keys.channel(&channel));
-                        pubsub_step(self.config.connect_timeout_ms, unsubscribing).await.map_err(|e| e.to_string())
+                Command::Unfollow { channel } => {
+                    self.send(conns, &mut pipe, &mut pending).await;
+                    match self.drain(conns).await {
+                        Ok(()) if !self.shared.hub.follows(&channel) && self.following.remove(&*channel) => {
+                            let unsubscribing = conns.sink.unsubscribe(self.keys.channel(&channel));
+                            pubsub_step(self.config.connect_timeout_ms, unsubscribing).await.map_err(|e| e.to_string())
+                        }
+                        other => other,
                     }
-                    other => other,
-                },
+                }
                 other => {
                     pending.push(self.pipeline(&mut pipe, other));
                     Ok(())
@@ -508,7 +544,8 @@ impl Node {
             }
         }
         drop(commands);
-        self.flush(conns, &mut pipe, &mut pending).await
+        self.send(conns, &mut pipe, &mut pending).await;
+        Ok(())
     }
 
     /// Adds one request to the pipeline; what its answer is for.
@@ -585,41 +622,63 @@ impl Node {
         ]
     }
 
-    /// Sends the pipeline and hands every answer to whoever waits for it.
-    async fn flush(
-        &mut self,
-        conns: &mut Conns,
-        pipe: &mut redis::Pipeline,
-        pending: &mut Vec<Pending>,
-    ) -> Result<(), String> {
+    /// Sends the pipeline (if it holds anything); its answers are
+    /// awaited with the others in flight.
+    async fn send(&self, conns: &mut Conns, pipe: &mut redis::Pipeline, pending: &mut Vec<Pending>) {
         if pipe.cmd_iter().next().is_none() {
             pending.clear();
-            return Ok(());
+            return;
         }
         let sent = std::mem::replace(pipe, redis::pipe());
         pipe.ignore_errors();
         let waiting = std::mem::take(pending);
-        // While the answers come back, Pub/Sub keeps being delivered: a
-        // cross-node message must not wait behind this node's own batch.
         let mut link = conns.cmd.clone();
-        let query = async move { sent.query_async::<Vec<Result<Value, RedisError>>>(&mut link).await };
-        tokio::pin!(query);
-        let answered = loop {
+        let mut answers: Answer<Answers> = Box::pin(async move {
+            sent.query_async::<Vec<Result<Value, RedisError>>>(&mut link).await.map_err(|e| e.to_string())
+        });
+        // Polled once here: the pipeline is then in redis-rs's queue to the
+        // socket (which keeps the order things enter it, waiting ones
+        // included) before anything sent after it, whatever order the
+        // futures in flight are polled in later.
+        let first = std::future::poll_fn(|cx| Poll::Ready(answers.as_mut().poll(cx))).await;
+        let answers = match first {
+            Poll::Ready(done) => Box::pin(std::future::ready(done)),
+            Poll::Pending => answers,
+        };
+        conns.inflight.push(answers, waiting);
+    }
+
+    /// Waits until everything sent is answered, delivering Pub/Sub
+    /// meanwhile: a cross-node message must not wait behind this node's
+    /// own requests.
+    async fn drain(&mut self, conns: &mut Conns) -> Result<(), String> {
+        while !conns.inflight.is_empty() {
             tokio::select! {
                 biased;
-                answered = &mut query => break answered.map_err(|e| e.to_string()),
-                message = conns.stream.next() => {
-                    let delivered = match message {
-                        Some(message) => self.on_message(&mut conns.cmd, message).await,
-                        None => Err("the Pub/Sub connection closed".to_owned()),
-                    };
-                    if let Err(error) = delivered {
-                        break Err(error);
-                    }
-                }
+                Some((answers, waiting)) = conns.inflight.next() => self.settle_all(answers, waiting)?,
+                message = conns.stream.next() => match message {
+                    Some(message) => self.on_message(&mut conns.cmd, message).await?,
+                    None => return Err("the Pub/Sub connection closed".to_owned()),
+                },
             }
-        };
-        let answers = match answered {
+        }
+        Ok(())
+    }
+
+    /// Redis is gone: what waits for the pipelines in flight is answered
+    /// (or counted) as during any outage.
+    fn abandon(&self, conns: &mut Conns, error: &str) {
+        let lost = ChannelError::ClusterUnavailable(error.to_owned());
+        for waiting in conns.inflight.abandon() {
+            for wait in waiting {
+                self.settle(wait, Err(lost.clone()));
+            }
+        }
+    }
+
+    /// Hands one pipeline's answers to whoever waits for them.
+    fn settle_all(&self, answers: Answers, waiting: Vec<Pending>) -> Result<(), String> {
+        let answers = match answers {
             Ok(answers) => answers,
             Err(error) => {
                 let lost = ChannelError::ClusterUnavailable(error.clone());
