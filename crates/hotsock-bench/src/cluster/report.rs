@@ -14,22 +14,27 @@ average below 1). In a run at 10:13 UTC with nothing else running (`--rounds 5`)
 baseline's own p99 was inflated, so the gap is not noise. With 1 pair, each crossing `send_to_uid` adds \
 about 165 µs to the round trip over both clients on one cluster node (513 against 184 µs). Redis's share, \
 measured with `redis-benchmark -c 1` running the same routing script (Redis 7.0.15): a round trip of 63-71 \
-µs, against 31 µs for PING. `INFO commandstats` gives 28.5 µs per `EVALSHA`. The 12 commands inside take 8.4 µs \
-of that; the rest is Lua's cost per `redis.call`, about 0.8 µs each (a script of 10 GETs takes 10.4 µs, \
-`return 1` 2.7 µs). Slimming the scripts (epoch, sequence and run in one hash: 8 calls instead of 13) would save \
-about 6 µs of the 165, so it is not the lever. The rest is wake-ups. redis-rs runs a driver task for the \
-multiplexed connection and one for Pub/Sub, so one hop wakes five tasks: the worker's read loop hands the \
-send to the cluster task, then to the redis-rs driver, to Redis, to the Pub/Sub driver on the other node, \
-to that node's cluster task, and through the hub to the connection task. One node wakes one. \
-`TOKIO_WORKER_THREADS=1` for every process did not help: 3.42x and 4.13x. The next step for the aim: the \
-cluster task owns its two Redis sockets, writing and parsing RESP itself with no driver tasks, which removes \
-two wake-ups per hop on each side. A presence cache, so sends to a uid on the same node skip Redis, would \
-save CPU but not this latency. What the aim leaves room for: the single-node round trip takes 145-156 µs at p50 in these runs (and p99 follows p50), so 2x allows about 150 µs more, \
-about 75 µs for each of the two crossings. One crossing is one trip through Redis (the sending node's `EVALSHA`, \
-whose `PUBLISH` the other node's subscription receives), and that trip alone, measured above from a client, takes \
-63-71 µs. So on this machine 2x leaves under 10 µs per crossing for both nodes' own work, which the driverless \
-sockets would not reach either: the aim holds for the fan-out, where Redis is crossed once per publication and \
-not once per member, but not for a `send_to_uid` round trip, which crosses twice.\n";
+µs, against 31 µs for PING. `INFO commandstats` gave 28.5 µs per `EVALSHA` for the 12 commands the script ran \
+then. Since 2026-12-03 a log is one hash and its TTLs are pushed back once per tenth of them, so the script runs \
+6 (HGETALL, GET, HMGET, HINCRBY, XADD, PUBLISH): 25.5 µs per `EVALSHA` on a slower day, where by pieces a script \
+that only returns costs 2.2 µs (3.3 with the 10 arguments, 5.1 with the script's function definitions), an \
+`XADD` inside one 5.8 µs more, a GET 0.7: Lua's own work, not the commands, is most of it. Paired runs of that \
+change (2 each, a noisy host): Redis CPU per 10-pair round trip 83 and 81 µs before, 68 and 58 after, the nodes' \
+184 and 192 before, 149 and 134 after, p50 1824 and 1772 µs before, 1599 and 1386 after; 1 pair unchanged. The \
+rest is wake-ups: one hop wakes Redis and the other node's process, each waiting for a core on this 2-core \
+machine, and inside a node a few tasks (the cluster task, redis-rs's driver for each connection). \
+`TOKIO_WORKER_THREADS=1` for every process did not help: 3.42x and 4.13x, so the tasks are not the cost. The \
+cluster task sends a batch without waiting for the answers to the ones before (at most 8 in flight), with \
+TCP_NODELAY: with Redis made remote (`--redis-rtt-us 1000`, a relay adding 1 ms to each round trip), 10 pairs' \
+cross-node p50 went from 4251 and 4467 µs to 3721 and 3657, p99 from 6191 and 6251 to 4663 and 4767 (paired, \
+2 runs each; pipelining without NODELAY changed nothing: Nagle held each pipeline until Redis acknowledged \
+the one before). What the aim leaves room for: the single-node round trip takes 145-156 µs at p50 on a quiet \
+host (and p99 follows p50), so 2x allows about 150 µs more, about 75 µs for each of the two crossings. One \
+crossing is one trip through Redis (the sending node's `EVALSHA`, whose `PUBLISH` the other node's \
+subscription receives), and that trip alone, measured above from a client, takes 63-71 µs. So on this machine \
+2x leaves under 10 µs per crossing for both nodes' own work: the aim holds for the fan-out, where Redis is \
+crossed once per publication and not once per member, but not for a `send_to_uid` round trip, which crosses \
+twice.\n";
 
 /// Calls per operation, largest first: `evalsha 1.00, publish 1.00`, and
 /// their sum.
