@@ -89,6 +89,9 @@ impl Refused {
 pub(crate) struct Flow {
     messages: AtomicU64,
     bytes: AtomicU64,
+    /// Of `messages` (out only), those the thread that queued them wrote
+    /// to the client's socket itself, waking no connection task.
+    direct: AtomicU64,
 }
 
 impl Flow {
@@ -106,6 +109,12 @@ impl Flow {
     pub(crate) fn add(&self, messages: u64, bytes: u64) {
         self.messages.fetch_add(messages, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts a batch written directly (`net/plain.rs`).
+    pub(crate) fn add_direct(&self, messages: u64, bytes: u64) {
+        self.add(messages, bytes);
+        self.direct.fetch_add(messages, Ordering::Relaxed);
     }
 }
 
@@ -208,6 +217,7 @@ impl Metrics {
             self.total("hotsock_messages_total", &labels, flow.messages.load(Ordering::Relaxed));
             self.total("hotsock_message_bytes_total", &labels, flow.bytes.load(Ordering::Relaxed));
         }
+        self.total("hotsock_messages_direct_total", &[], self.sent.direct.load(Ordering::Relaxed));
         self.handle.render()
     }
 }
@@ -224,6 +234,10 @@ const HELP: &[(&str, &str)] = &[
     ("hotsock_connections_refused_total", "Upgrade requests refused, by reason."),
     ("hotsock_messages_total", "WebSocket data messages, by direction (in: from clients)."),
     ("hotsock_message_bytes_total", "Payload bytes of WebSocket data messages, by direction."),
+    (
+        "hotsock_messages_direct_total",
+        "Outgoing messages written to the client's socket by the thread that queued them (no connection task woken).",
+    ),
     ("hotsock_handshake_duration_seconds", "From accept to the 101 answer, for accepted connections."),
     ("hotsock_events_in_flight", "Events no worker has acknowledged yet, per slot."),
     ("hotsock_events_dispatched_total", "Events routed to a slot."),

@@ -359,6 +359,47 @@ async fn no_quiet_point_in_time_aborts_and_every_connection_serves_on() {
     assert!(!server.dir.path().join("run").join("hotsock.sock").exists(), "the admin socket is removed");
 }
 
+/// `hotsock_messages_direct_total` from the metrics listener.
+async fn direct_writes(metrics: std::net::SocketAddr) -> u64 {
+    let response =
+        hotsock_testkit::raw_http(metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let value = response.lines().find_map(|l| l.strip_prefix("hotsock_messages_direct_total ")?.trim().parse().ok());
+    value.unwrap_or_else(|| panic!("no hotsock_messages_direct_total in {response}"))
+}
+
+/// Twenty echoes on `client`; how many of the replies were written by the
+/// thread that read them from the worker (the connection's task idle).
+async fn direct_echoes(client: &mut Client, metrics: std::net::SocketAddr) -> u64 {
+    let before = direct_writes(metrics).await;
+    for i in 0..20 {
+        send(client, &format!("echo:{i}")).await;
+        assert_eq!(recv(client).await, i.to_string());
+    }
+    direct_writes(metrics).await - before
+}
+
+/// A connection parked for an upgrade that is then abandoned serves on as
+/// before the park, its replies written directly again (not only by its
+/// task, which would work too, but wake a task per message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_parked_by_an_aborted_upgrade_get_direct_writes_back() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], hotsock_testkit::free_port()));
+    let extra = format!("[reload]\nupgrade_pause_max_ms = 300\n\n[metrics]\nlisten = \"{metrics}\"\n");
+    let server = TestServer::start(&config_with(&extra));
+    let (mut slow, _) = open_testworker_url(&server.url("/")).await;
+    let (mut idle, _) = open_testworker_url(&server.url("/")).await;
+    let before = direct_echoes(&mut idle, metrics).await;
+    assert!(before >= 10, "before any park, {before} of 20 replies written directly");
+    send(&mut slow, "sleep:1500:slow done").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let output = upgrade_in_background(&server).await.expect("upgrade");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("no quiet point"), "{stderr}");
+    assert_eq!(recv(&mut slow).await, "slow done");
+    let after = direct_echoes(&mut idle, metrics).await;
+    assert!(after >= 10, "after the aborted upgrade, {after} of 20 replies written directly (before: {before})");
+}
+
 /// Channel histories move with their epochs and offsets: a client that
 /// saw part of a channel before an upgrade recovers the rest from the new
 /// server, nothing twice; a position ahead of the head is still refused.

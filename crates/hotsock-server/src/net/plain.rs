@@ -128,6 +128,7 @@ impl DirectSocket for Socket {
             Ok(n) => n,
         };
         let mut wrote = NOTHING;
+        let mut bytes = 0;
         for (i, message) in messages.iter().enumerate() {
             let head = &heads[i].0[..heads[i].1];
             let data = match message {
@@ -137,7 +138,7 @@ impl DirectSocket for Socket {
             if left >= head.len() + data.len() {
                 left -= head.len() + data.len();
                 wrote.whole += 1;
-                self.sent.add(1, data.len() as u64);
+                bytes += data.len();
                 continue;
             }
             if left > 0 {
@@ -150,10 +151,13 @@ impl DirectSocket for Socket {
                     data.slice(left - head.len()..)
                 };
                 wrote.started = true;
-                self.sent.add(1, data.len() as u64);
+                bytes += data.len();
             }
             break;
         }
+        // Counted once per write, here rather than by the task: the rest of
+        // a started frame is the task's to finish, but the message was sent.
+        self.sent.add_direct((wrote.whole + usize::from(wrote.started)) as u64, bytes as u64);
         wrote
     }
 }
