@@ -253,4 +253,46 @@ mod tests {
         let (head, len) = frame_head(OPCODE_BINARY, 65536);
         assert_eq!(&head[..len], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
+
+    /// Batches of one to past the limit (64): as many whole frames as the
+    /// limit lets through, in order, with their heads, read back from a
+    /// real socket.
+    #[tokio::test]
+    async fn batches_of_every_size_go_out_as_whole_frames_in_order() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut peer = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let sent = Arc::new(Flow::default());
+        let stream = PlainStream::new(tcp, sent.clone());
+        let mut expected = Vec::new();
+        let mut next = 0usize;
+        for size in [1, 2, 7, 8, 9, 63, 64, 65] {
+            let batch: Vec<Outgoing> = (next..next + size)
+                .map(|n| {
+                    let text = format!("m{n}");
+                    if n % 2 == 0 { Outgoing::Text(Bytes::from(text)) } else { Outgoing::Binary(Bytes::from(text)) }
+                })
+                .collect();
+            let refs: Vec<&Outgoing> = batch.iter().collect();
+            let wrote = stream.0.write_now(&refs);
+            assert_eq!((wrote.whole, wrote.started), (size.min(DIRECT_BATCH_MAX), false), "a batch of {size}");
+            for (n, message) in (next..).zip(&batch[..wrote.whole]) {
+                let (opcode, data) = match message {
+                    Outgoing::Text(data) => (OPCODE_TEXT, data),
+                    Outgoing::Binary(data) => (OPCODE_BINARY, data),
+                    Outgoing::Close(..) => unreachable!("no closes here"),
+                };
+                assert_eq!(&data[..], format!("m{n}").as_bytes());
+                let (head, len) = frame_head(opcode, data.len());
+                expected.extend_from_slice(&head[..len]);
+                expected.extend_from_slice(data);
+            }
+            next += wrote.whole;
+        }
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, expected);
+        assert_eq!(sent.messages(), next as u64);
+    }
 }
