@@ -74,23 +74,25 @@ pub(crate) const LOG_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Shared by the scripts that append to or read the head of a log (Lua).
 /// A log's state is one hash, `LOG:meta`: `epoch`, `seq`, `run` (Redis's
-/// `run_id` as the caller saw it at connect) and `at` (when its TTLs were
-/// last pushed back). `current` starts a new run of the log when the hash
-/// is gone or was written under another Redis run. An append is four
-/// calls (HMGET, HINCRBY, XADD, PUBLISH): each `redis.call` costs about as
-/// much as a small command, and the TTLs are pushed back only once per
-/// tenth of the stream's TTL (`refresh`), by whoever appends first after
-/// that; a clock behind `at` (another node's, skewed) pushes them back
-/// every time, so skew costs speed, never the stream. The stream then
-/// lives at least its TTL after its last entry, at most a tenth longer.
+/// `run_id` as the caller saw it at connect) and `exp` (when, by Redis's
+/// clock, the shorter-lived of the hash and the stream expires as last
+/// pushed back). `current` starts a new run of the log when the hash is
+/// gone or was written under another Redis run. An append is five calls
+/// (HMGET, HINCRBY, XADD, TIME, PUBLISH): each `redis.call` costs about as
+/// much as a small command, so the TTLs are pushed back (three calls more)
+/// only when the entry being added would otherwise expire before its own
+/// TTL is up: about once per tenth of the TTL (`refresh`), at once when the
+/// TTL was raised. Redis's clock decides, so the nodes' clocks (skewed or
+/// not) cannot shorten a stream's life: every entry lives at least its TTL,
+/// at most a tenth longer.
 const APPEND: &str = r#"
 local function current(log, run, fresh_epoch, keep)
   local mk = log .. ':meta'
-  local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'at')
+  local m = redis.call('HMGET', mk, 'epoch', 'seq', 'run', 'exp')
   if not m[1] or m[3] ~= run then
     -- A new run of the log: whatever is left of an older one goes.
     redis.call('DEL', mk, log .. ':stream')
-    redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'at', 0)
+    redis.call('HSET', mk, 'epoch', fresh_epoch, 'seq', 0, 'run', run, 'exp', 0)
     redis.call('PEXPIRE', mk, keep)
     return fresh_epoch, '0', 0
   end
@@ -98,13 +100,16 @@ local function current(log, run, fresh_epoch, keep)
 end
 local function append(log, maxlen, ttl, now, payload, fresh_epoch, run, keep)
   local mk, xk = log .. ':meta', log .. ':stream'
-  local epoch, _, at = current(log, run, fresh_epoch, keep)
+  local epoch, _, exp = current(log, run, fresh_epoch, keep)
   local seq = redis.call('HINCRBY', mk, 'seq', 1)
   redis.call('XADD', xk, 'MAXLEN', '~', maxlen, seq .. '-0', 't', now, 'p', payload)
-  ttl, now, keep = tonumber(ttl), tonumber(now), tonumber(keep)
-  local refresh = math.floor((ttl > 0 and math.min(ttl, keep) or keep) / 10)
-  if now - at >= refresh or now < at then
-    redis.call('HSET', mk, 'at', now)
+  ttl, keep = tonumber(ttl), tonumber(keep)
+  local life = ttl > 0 and math.min(ttl, keep) or keep
+  local refresh = math.floor(life / 10)
+  local t = redis.call('TIME')
+  local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if clock + life > exp then
+    redis.call('HSET', mk, 'exp', clock + life + refresh)
     redis.call('PEXPIRE', mk, keep + refresh)
     if ttl > 0 then
       redis.call('PEXPIRE', xk, ttl + refresh)

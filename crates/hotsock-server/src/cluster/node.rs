@@ -571,8 +571,11 @@ impl Node {
                 let payload = Entry::Publication { origin: self.id.to_string(), except, binary, data }.encode();
                 let channels = &self.shared.current.load().channels;
                 let maxlen = channels.history_size.max(CHANNEL_STREAM_MIN);
-                let args =
-                    self.append_args(&self.keys.channel(&channel), maxlen, channels.history_ttl_ms, now, &payload);
+                // Without a history TTL the stream, kept for gap fills, still
+                // goes after an idle spell like an inbox's (found in review:
+                // it never expired).
+                let ttl = if channels.history_ttl_ms > 0 { channels.history_ttl_ms } else { log_ttl };
+                let args = self.append_args(&self.keys.channel(&channel), maxlen, ttl, now, &payload);
                 evalsha(pipe, &self.scripts.append, &args);
                 Pending::Published(reply)
             }
@@ -633,13 +636,18 @@ impl Node {
         pipe.ignore_errors();
         let waiting = std::mem::take(pending);
         let mut link = conns.cmd.clone();
-        let mut answers: Answer<Answers> = Box::pin(async move {
+        // Unconstrained: tokio's task budget could otherwise make the first
+        // poll below return before the pipeline is queued (found in review),
+        // and a later batch polled first would overtake it.
+        let mut answers: Answer<Answers> = Box::pin(tokio::task::coop::unconstrained(async move {
             sent.query_async::<Vec<Result<Value, RedisError>>>(&mut link).await.map_err(|e| e.to_string())
-        });
+        }));
         // Polled once here: the pipeline is then in redis-rs's queue to the
         // socket (which keeps the order things enter it, waiting ones
         // included) before anything sent after it, whatever order the
-        // futures in flight are polled in later.
+        // futures in flight are polled in later. The queue holds 50
+        // requests (redis-rs's default); this task has at most
+        // `PIPELINES_MAX` + 1 outstanding, so the first poll finds room.
         let first = std::future::poll_fn(|cx| Poll::Ready(answers.as_mut().poll(cx))).await;
         let answers = match first {
             Poll::Ready(done) => Box::pin(std::future::ready(done)),
