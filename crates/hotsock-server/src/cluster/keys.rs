@@ -239,7 +239,8 @@ end
 return {outcome, epoch, live}"#;
 
 /// A graceful stop: this node's presence entries, registration and inbox
-/// go at once. ARGV: prefix, node, epoch.
+/// go at once; when a newer boot of the id holds the registration, only
+/// this boot's presence entries go (`0`). ARGV: prefix, node, epoch.
 pub(crate) const UNREGISTER_SCRIPT: &str = r#"
 local prefix, id, epoch = ARGV[1], ARGV[2], ARGV[3]
 local key = prefix .. ':node:' .. id
@@ -251,10 +252,13 @@ for _, uid in ipairs(redis.call('SMEMBERS', uids)) do
     redis.call('HDEL', pkey, id)
   end
 end
-redis.call('DEL', uids, key .. ':boot')
-if string.match(redis.call('GET', key) or '', '^([^|]*)|') == epoch then
-  redis.call('DEL', key)
+local reg = redis.call('GET', key)
+if reg and string.match(reg, '^([^|]*)|') ~= epoch then
+  -- A newer boot of this id holds it (this one was frozen past its TTL):
+  -- its uid set, inbox and place among the nodes are its own.
+  return 0
 end
+redis.call('DEL', uids, key .. ':boot', key)
 redis.call('SREM', prefix .. ':nodes', id)
 local inbox = prefix .. ':log:inbox:' .. id
 redis.call('DEL', inbox .. ':meta', inbox .. ':stream')
@@ -400,6 +404,107 @@ mod tests {
         assert!(split_message(&Bytes::from_static(b"x 1 p")).is_err());
         assert!(split_message(&Bytes::from_static(b"1 2")).is_err());
         assert_eq!(seq_of_id("17-0"), Some(17));
+    }
+
+    /// A redis-server of the test's own (Debian's, as the integration
+    /// tests use it) on a free port, killed on drop.
+    struct Redis(std::process::Child, u16);
+
+    impl Redis {
+        fn start() -> Redis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+            let child = std::process::Command::new("/usr/bin/redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (apt-get install redis-server; .ci/run does)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "redis-server did not listen within 10 s");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Redis(child, port)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_boot_that_stops_leaves_a_newer_boot_of_its_id_alone() {
+        let redis = Redis::start();
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.1)).expect("client");
+        let mut con = client.get_multiplexed_async_connection().await.expect("connect");
+        let script = redis::Script::new(REGISTER_SCRIPT);
+        let register = |epoch: &str| {
+            let mut call = script.prepare_invoke();
+            call.arg("hs").arg("n").arg(epoch).arg(60_000).arg(200);
+            call
+        };
+        // Boot 1 of id `n` held uid 5; it froze past its TTL, boot 2 took
+        // the id over (registered, an inbox entry, uid 6 bound).
+        let _: redis::Value = register("1").invoke_async(&mut con).await.expect("register 1");
+        let _: () =
+            redis::cmd("HSET").arg("hs:presence:5").arg("n").arg("1|10").query_async(&mut con).await.expect("redis");
+        let _: () = redis::cmd("SADD").arg("hs:node:n:uids").arg(5).query_async(&mut con).await.expect("redis");
+        let _: () = redis::cmd("SET").arg("hs:node:n").arg("1|0").query_async(&mut con).await.expect("redis");
+        let (outcome, _, _): (String, String, u64) = register("2").invoke_async(&mut con).await.expect("register 2");
+        assert_eq!(outcome, "registered");
+        let append = redis::Script::new(&append_script());
+        let _: redis::Value = append
+            .prepare_invoke()
+            .arg("hs:log:inbox:n")
+            .arg(100)
+            .arg(60_000)
+            .arg(1)
+            .arg("x")
+            .arg(7)
+            .arg("run")
+            .arg(LOG_KEEP_MS)
+            .invoke_async(&mut con)
+            .await
+            .expect("append");
+        let _: () =
+            redis::cmd("HSET").arg("hs:presence:6").arg("n").arg("2|20").query_async(&mut con).await.expect("redis");
+        let _: () = redis::cmd("SADD").arg("hs:node:n:uids").arg(6).query_async(&mut con).await.expect("redis");
+        // Boot 1 wakes up and stops gracefully.
+        let gone: i64 = redis::Script::new(UNREGISTER_SCRIPT)
+            .prepare_invoke()
+            .arg("hs")
+            .arg("n")
+            .arg("1")
+            .invoke_async(&mut con)
+            .await
+            .expect("unregister");
+        assert_eq!(gone, 0, "the id is boot 2's");
+        let exists = |key: &str| redis::cmd("EXISTS").arg(key).to_owned();
+        for key in ["hs:node:n", "hs:node:n:uids", "hs:log:inbox:n:meta", "hs:log:inbox:n:stream"] {
+            let n: i64 = exists(key).query_async(&mut con).await.expect("redis");
+            assert_eq!(n, 1, "{key} is boot 2's and stays");
+        }
+        let member: i64 = redis::cmd("SISMEMBER").arg("hs:nodes").arg("n").query_async(&mut con).await.expect("redis");
+        assert_eq!(member, 1, "boot 2 is still among the nodes");
+        let six: Option<String> =
+            redis::cmd("HGET").arg("hs:presence:6").arg("n").query_async(&mut con).await.expect("redis");
+        assert_eq!(six.as_deref(), Some("2|20"), "boot 2's presence stays");
+        // Boot 2 stops: everything of the id goes.
+        let gone: i64 = redis::Script::new(UNREGISTER_SCRIPT)
+            .prepare_invoke()
+            .arg("hs")
+            .arg("n")
+            .arg("2")
+            .invoke_async(&mut con)
+            .await
+            .expect("unregister");
+        assert_eq!(gone, 1);
+        for key in ["hs:node:n", "hs:node:n:uids", "hs:log:inbox:n:meta", "hs:presence:6"] {
+            let n: i64 = exists(key).query_async(&mut con).await.expect("redis");
+            assert_eq!(n, 0, "{key} goes with the id's last boot");
+        }
     }
 
     #[test]

@@ -454,6 +454,10 @@ impl Node {
             .invoke_async(cmd)
             .await;
         match result {
+            Ok(0) => tracing::warn!(
+                node = %self.id,
+                "cluster: a newer boot of this node id holds it; only this boot's presence was removed"
+            ),
             Ok(_) => tracing::info!(node = %self.id, "cluster: left the cluster (presence removed)"),
             Err(error) => {
                 tracing::warn!(node = %self.id, "cluster: could not unregister ({error}); presence expires with the node's TTL")
