@@ -16,7 +16,7 @@ about 165 µs to the round trip over both clients on one cluster node (513 again
 measured with `redis-benchmark -c 1` running the same routing script (Redis 7.0.15): a round trip of 63-71 \
 µs, against 31 µs for PING. `INFO commandstats` gave 28.5 µs per `EVALSHA` for the 12 commands the script ran \
 then. Since 2026-12-03 a log is one hash and its TTLs are pushed back once per tenth of them, so the script runs \
-6 (HGETALL, GET, HMGET, HINCRBY, XADD, PUBLISH): 25.5 µs per `EVALSHA` on a slower day, where by pieces a script \
+6 (HGETALL, GET, HMGET, HINCRBY, XADD, PUBLISH; a TIME was added since, after a review): 25.5 µs per `EVALSHA` on a slower day, where by pieces a script \
 that only returns costs 2.2 µs (3.3 with the 10 arguments, 5.1 with the script's function definitions), an \
 `XADD` inside one 5.8 µs more, a GET 0.7: Lua's own work, not the commands, is most of it. Paired runs of that \
 change (2 each, a noisy host): Redis CPU per 10-pair round trip 83 and 81 µs before, 68 and 58 after, the nodes' \
