@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -20,6 +21,20 @@ pub(super) const PIPELINES_MAX: usize = 8;
 
 /// A pipeline's answer to come.
 pub(super) type Answer<A> = Pin<Box<dyn Future<Output = A> + Send>>;
+
+/// Polls a request's future once, now, and returns it to be awaited
+/// later: what it does at its first poll (redis-rs: put the pipeline in its
+/// queue to the socket) happens in the order requests are started. Outside
+/// tokio's task budget: a spent budget would make that poll return before
+/// queueing anything, and a request started after it could go first (found
+/// in review).
+pub(super) async fn start<A: Send + 'static>(answer: impl Future<Output = A> + Send + 'static) -> Answer<A> {
+    let mut answer: Answer<A> = Box::pin(tokio::task::coop::unconstrained(answer));
+    match std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Box::pin(std::future::ready(done)),
+        Poll::Pending => answer,
+    }
+}
 
 /// The pipelines in flight: `A` is a pipeline's answer, `W` what waits
 /// for it.
@@ -85,6 +100,22 @@ mod tests {
         assert_eq!(inflight.next().await, Some((2, "second")));
         assert!(inflight.is_empty());
         assert_eq!(inflight.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_request_started_with_the_task_budget_spent_still_goes_first() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<&str>(8);
+        let later = tx.clone();
+        // A fresh budget, then all of it spent without yielding.
+        tokio::task::yield_now().await;
+        for _ in 0..128 {
+            tokio::task::coop::consume_budget().await;
+        }
+        let first = start(async move { tx.send("first").await.is_ok() }).await;
+        // Sent after the first was started, before it is awaited.
+        assert!(later.send("second").await.is_ok());
+        assert!(first.await);
+        assert_eq!((rx.recv().await, rx.recv().await), (Some("first"), Some("second")));
     }
 
     #[tokio::test]

@@ -13,7 +13,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +23,7 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, Scrip
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::cursor::{Cursor, Verdict};
-use crate::cluster::inflight::{Answer, InFlight};
+use crate::cluster::inflight::{self, InFlight};
 use crate::cluster::keys::{self, Entry, Keys};
 use crate::cluster::link::{ClusterShared, Command, ReplyTo};
 use crate::cluster::{fresh_epoch, unix_ms};
@@ -640,23 +639,16 @@ impl Node {
         pipe.ignore_errors();
         let waiting = std::mem::take(pending);
         let mut link = conns.cmd.clone();
-        // Unconstrained: tokio's task budget could otherwise make the first
-        // poll below return before the pipeline is queued (found in review),
-        // and a later batch polled first would overtake it.
-        let mut answers: Answer<Answers> = Box::pin(tokio::task::coop::unconstrained(async move {
-            sent.query_async::<Vec<Result<Value, RedisError>>>(&mut link).await.map_err(|e| e.to_string())
-        }));
-        // Polled once here: the pipeline is then in redis-rs's queue to the
+        // Started here: the pipeline is then in redis-rs's queue to the
         // socket (which keeps the order things enter it, waiting ones
         // included) before anything sent after it, whatever order the
         // futures in flight are polled in later. The queue holds 50
         // requests (redis-rs's default); this task has at most
         // `PIPELINES_MAX` + 1 outstanding, so the first poll finds room.
-        let first = std::future::poll_fn(|cx| Poll::Ready(answers.as_mut().poll(cx))).await;
-        let answers = match first {
-            Poll::Ready(done) => Box::pin(std::future::ready(done)),
-            Poll::Pending => answers,
-        };
+        let answers = inflight::start(async move {
+            sent.query_async::<Vec<Result<Value, RedisError>>>(&mut link).await.map_err(|e| e.to_string())
+        })
+        .await;
         conns.inflight.push(answers, waiting);
     }
 
