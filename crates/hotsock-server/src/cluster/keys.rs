@@ -406,38 +406,10 @@ mod tests {
         assert_eq!(seq_of_id("17-0"), Some(17));
     }
 
-    /// A redis-server of the test's own (Debian's, as the integration
-    /// tests use it) on a free port, killed on drop.
-    struct Redis(std::process::Child, u16);
-
-    impl Redis {
-        fn start() -> Redis {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-            let child = std::process::Command::new("/usr/bin/redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server (apt-get install redis-server; .ci/run does)");
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(std::time::Instant::now() < deadline, "redis-server did not listen within 10 s");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Redis(child, port)
-        }
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
     #[tokio::test]
     async fn a_stale_boot_that_stops_leaves_a_newer_boot_of_its_id_alone() {
-        let redis = Redis::start();
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.1)).expect("client");
+        let redis = hotsock_testkit::RedisServer::start();
+        let client = redis::Client::open(redis.url()).expect("client");
         let mut con = client.get_multiplexed_async_connection().await.expect("connect");
         let script = redis::Script::new(REGISTER_SCRIPT);
         let register = |epoch: &str| {

@@ -672,11 +672,17 @@ impl Node {
     /// Redis is gone: what waits for the pipelines in flight is answered
     /// (or counted) as during any outage.
     fn abandon(&self, conns: &mut Conns, error: &str) {
-        let lost = ChannelError::ClusterUnavailable(error.to_owned());
         for waiting in conns.inflight.abandon() {
-            for wait in waiting {
-                self.settle(wait, Err(lost.clone()));
-            }
+            self.fail(waiting, error);
+        }
+    }
+
+    /// Answers (or counts) what waits for a pipeline whose answers will
+    /// not come.
+    fn fail(&self, waiting: Vec<Pending>, error: &str) {
+        let lost = ChannelError::ClusterUnavailable(error.to_owned());
+        for wait in waiting {
+            self.settle(wait, Err(lost.clone()));
         }
     }
 
@@ -685,10 +691,7 @@ impl Node {
         let answers = match answers {
             Ok(answers) => answers,
             Err(error) => {
-                let lost = ChannelError::ClusterUnavailable(error.clone());
-                for wait in waiting {
-                    self.settle(wait, Err(lost.clone()));
-                }
+                self.fail(waiting, &error);
                 return Err(error);
             }
         };
