@@ -3,7 +3,9 @@
 //! the publisher sends), the Node.js `ws` broadcast loop and Socket.IO rooms,
 //! in the same invocation. Every target gets the same publication rate, so
 //! the comparison is server CPU per delivery (and its inverse, deliveries
-//! per second of server CPU) and the latency from publish to delivery.
+//! per second of server CPU) and the latency from publish to delivery. A
+//! fourth target, the floor (`floor.rs`: one write per member and nothing
+//! else), shows what the kernel alone costs per delivery in the same run.
 //! Loopback only; every phase is bounded in time.
 
 use std::path::Path;
@@ -15,14 +17,18 @@ use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::procfs::CpuMeter;
-use crate::{Target, node_dir, report, sibling, spawn_hotsock, start_node_script};
+use crate::{Target, node_dir, report, sibling, spawn_hotsock, start_node_script, start_own_server};
 
 /// Connections opened at once while setting up the members.
 const CONNECT_BATCH: usize = 200;
 /// How long all members may take to connect and join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// A member's read buffer, as hotsock's connections have by default
+/// (`limits.read_buffer_bytes`); publications are 64 B.
+const CLIENT_READ_BUFFER: usize = 4 << 10;
 /// After the last publication, how long members may take to receive it.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -46,7 +52,11 @@ enum Kind {
     Hotsock,
     NodeWs,
     SocketIo,
+    Floor,
 }
+
+/// The order of the targets in a layout's rows (the report reads them so).
+const KINDS: [Kind; 4] = [Kind::Hotsock, Kind::NodeWs, Kind::SocketIo, Kind::Floor];
 
 struct Row {
     target: &'static str,
@@ -84,6 +94,9 @@ fn start(kind: Kind) -> Result<Target> {
         }
         Kind::NodeWs => start_node_script("fanout_ws.js", "Node.js ws (a broadcast loop)", "Node.js ws"),
         Kind::SocketIo => start_node_script("fanout_sio.js", "Socket.IO 4 rooms (io.to(room).emit)", "Socket.IO"),
+        Kind::Floor => {
+            start_own_server("floor-server", "floor: framed once, one write(2) per member, one thread", "floor")
+        }
     }
 }
 
@@ -102,7 +115,7 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut rows = Vec::new();
     for layout in &params.layouts {
-        for kind in [Kind::Hotsock, Kind::NodeWs, Kind::SocketIo] {
+        for kind in KINDS {
             let target = start(kind)?;
             let row = runtime.block_on(measure(kind, &target, *layout, params.seconds, params.size))?;
             eprintln!(
@@ -130,14 +143,14 @@ type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 fn member_url(kind: Kind, port: u16, channel: &str) -> String {
     match kind {
-        Kind::Hotsock | Kind::NodeWs => format!("ws://127.0.0.1:{port}/?join={channel}"),
+        Kind::Hotsock | Kind::NodeWs | Kind::Floor => format!("ws://127.0.0.1:{port}/?join={channel}"),
         Kind::SocketIo => format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&join={channel}"),
     }
 }
 
 fn publisher_url(kind: Kind, port: u16) -> String {
     match kind {
-        Kind::Hotsock | Kind::NodeWs => format!("ws://127.0.0.1:{port}/"),
+        Kind::Hotsock | Kind::NodeWs | Kind::Floor => format!("ws://127.0.0.1:{port}/"),
         Kind::SocketIo => format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"),
     }
 }
@@ -147,7 +160,15 @@ fn publisher_url(kind: Kind, port: u16) -> String {
 /// subscribe in its handshake; ws: `ready`; Socket.IO: the namespace
 /// handshake, then the `ready` event).
 async fn connect(kind: Kind, url: &str) -> Result<Client> {
-    let (mut client, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connect {url}"))?;
+    // Thousands of members read here: with the library's default 128 KiB
+    // read buffer, which it zero-fills before every read, the load
+    // generator spent about 2 s of its first second faulting in and
+    // clearing 1.3 GB, and every member's first publications waited in its
+    // socket that long (the p99 of whichever target ran first).
+    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
+    let (mut client, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+        .await
+        .with_context(|| format!("connect {url}"))?;
     if kind == Kind::SocketIo {
         // Engine.IO open packet, then connect to the default namespace.
         expect_text(&mut client, |t| t.starts_with('0')).await?;
@@ -157,7 +178,7 @@ async fn connect(kind: Kind, url: &str) -> Result<Client> {
     if url.contains("join=") {
         let ready = |t: &str| match kind {
             Kind::Hotsock => t.starts_with("open "),
-            Kind::NodeWs => t == "ready",
+            Kind::NodeWs | Kind::Floor => t == "ready",
             Kind::SocketIo => t == "42[\"ready\"]",
         };
         expect_text(&mut client, ready).await?;
@@ -253,7 +274,7 @@ async fn measure(kind: Kind, target: &Target, layout: Layout, seconds: u64, size
             let channel = &channels[publications as usize % channels.len()];
             let data = format!("T{}:{pad}", base.elapsed().as_micros());
             let text = match kind {
-                Kind::Hotsock | Kind::NodeWs => format!("pub:{channel}:{data}"),
+                Kind::Hotsock | Kind::NodeWs | Kind::Floor => format!("pub:{channel}:{data}"),
                 Kind::SocketIo => format!("42[\"pub\",\"{channel}\",\"{data}\"]"),
             };
             publisher.feed(Message::text(text)).await?;
@@ -336,12 +357,15 @@ fn report_text(params: &Params, rows: &[Row]) -> String {
         ));
     }
     text.push('\n');
-    for chunk in rows.chunks(3) {
-        if let [hotsock, ws, sio] = chunk {
+    for chunk in rows.chunks(KINDS.len()) {
+        if let [hotsock, ws, sio, floor] = chunk {
             let l = hotsock.layout;
+            let vs_floor = |row: &Row| row.cpu_us_per_delivery() / floor.cpu_us_per_delivery().max(1e-9);
             text.push_str(&format!(
                 "- {} x {}: hotsock delivers {:.2}x the deliveries per server-CPU-second of the Node ws loop and {:.2}x \
-                 Socket.IO's (aim: 1.5x and 3x); p99 {} µs vs {} µs and {} µs. Load generator: {:.2} / {:.2} / {:.2} cores.\n",
+                 Socket.IO's (aim: 1.5x and 3x); p99 {} µs vs {} µs and {} µs. Load generator: {:.2} / {:.2} / {:.2} cores. \
+                 Server CPU per delivery over the floor's ({:.2} µs, p99 {} µs): hotsock {:.2}x, Node ws {:.2}x, \
+                 Socket.IO {:.2}x; the aim against Node asks for {:.2}x.\n",
                 l.channels,
                 l.members_per_channel,
                 hotsock.per_cpu_second() / ws.per_cpu_second().max(1e-9),
@@ -352,6 +376,12 @@ fn report_text(params: &Params, rows: &[Row]) -> String {
                 hotsock.client_cores,
                 ws.client_cores,
                 sio.client_cores,
+                floor.cpu_us_per_delivery(),
+                floor.p99_us,
+                vs_floor(hotsock),
+                vs_floor(ws),
+                vs_floor(sio),
+                vs_floor(ws) / 1.5,
             ));
         }
     }

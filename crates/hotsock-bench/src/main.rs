@@ -16,6 +16,7 @@ mod cluster;
 mod echo;
 mod edit;
 mod fanout;
+mod floor;
 mod idle;
 mod load;
 mod matchmaker;
@@ -274,6 +275,13 @@ enum Scenario {
         #[arg(long)]
         port: u16,
     },
+    /// (internal) Run the fan-out floor (one thread, one write per member)
+    /// on 127.0.0.1:PORT.
+    FloorServer {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 fn main() -> Result<()> {
@@ -284,6 +292,7 @@ fn main() -> Result<()> {
     }
     match command {
         Scenario::BaselineServer { port } => baseline::serve(port),
+        Scenario::FloorServer { port } => floor::serve(port),
         Scenario::Edit { edits, out } => edit::run(edits, &out),
         Scenario::Table { ops, out } => table::run(ops, &out),
         Scenario::Idle { counts, out } => idle::run(&counts, &out),
@@ -454,13 +463,17 @@ pub(crate) fn start_hotsock_php() -> Result<Target> {
 }
 
 pub(crate) fn start_baseline() -> Result<Target> {
+    start_own_server("baseline-server", "in-process echo (same library, no workers)", "ceiling")
+}
+
+/// Runs this executable's internal server `subcommand` on a free port.
+pub(crate) fn start_own_server(subcommand: &str, name: &'static str, label: &'static str) -> Result<Target> {
     let port = free_port()?;
     let child = pin::command(std::env::current_exe()?)
-        .args(["baseline-server", "--port", &port.to_string()])
+        .args([subcommand, "--port", &port.to_string()])
         .stdout(Stdio::null())
         .spawn()?;
-    let target =
-        Target { name: "in-process echo (same library, no workers)", label: "ceiling", child, port, _dir: None };
+    let target = Target { name, label, child, port, _dir: None };
     load::wait_listening(port)?;
     Ok(target)
 }
