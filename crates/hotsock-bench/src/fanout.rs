@@ -326,8 +326,9 @@ fn report_text(params: &Params, rows: &[Row]) -> String {
          counted by the members, latency is from the publisher's send to a member's receipt (one clock, one \
          process), server CPU covers the server and its worker processes over the same span. hotsock runs the \
          test worker (`crates/hotsock-testkit`), which subscribes a member in its handshake (`?join=`) and turns \
-         `pub:CH:X` into `ctx.publish(CH, X)`; the peers are tests/node/fanout_ws.js and fanout_sio.js. All \
-         traffic on 127.0.0.1.\n\n\
+         `pub:CH:X` into `ctx.publish(CH, X)`; the peers are tests/node/fanout_ws.js and fanout_sio.js, and the \
+         floor is `crates/hotsock-bench/src/floor.rs`. The members are this bench's clients, each reading with a \
+         4 KiB buffer. All traffic on 127.0.0.1.\n\n\
          | layout (channels x members, pubs/s) | target | publications | deliveries (of expected) | server CPU | µs server CPU per delivery | deliveries per server-CPU-second | p50 | p99 |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         params.size,
@@ -394,23 +395,29 @@ fn report_text(params: &Params, rows: &[Row]) -> String {
 /// reading of the figures above, kept with the code that makes them.
 const FINDINGS: &str = "\
 What the figures mean. Every target does one `send` system call per member per publication, and on loopback \
-that call also runs the receiving side's TCP processing: `perf record` of the hotsock server under the 1 x 10000 \
-layout put 57% of its CPU in the kernel's send path, the same work the peers pay (a profile of both whole \
-processes through one run, 2026-12-02: about 9.0 µs per delivery under `tcp_sendmsg` in hotsock and 8.6 µs in \
-Node, out of 15.9 and 15.0 µs in all). Of hotsock's own part, the largest share was waking one connection task \
-per member (the outbox lock, tokio's Notify and run queue, the connection's select loop). Since 2026-12-02 a \
-publication to an idle member is written to its socket by the thread that published it, once it has let go of \
-the hub's lock (`net/plain.rs`; the member's task takes over only when its socket is full), with no task to \
-wake, as Node's loop does. Paired runs before/after on a quiet host (one run each): server CPU per delivery \
-10.3 -> 9.1 µs at 1 x 10000 and 10.4 -> 8.7 µs at 100 x 100, p99 lower in both; a second run after: 8.6 and \
-8.4 µs. An earlier change from the same profile: a connection that only receives pushes no longer attempts a \
-WebSocket read after every write (15.5 -> 13.8 µs per delivery in one paired run). Why the aim (1.5x Node) \
-stays out of reach with one big channel: 1.5x Node's deliveries per CPU-second is two thirds of Node's cost \
-per delivery, about 6-7 µs here, less than the kernel's send alone costs either server on loopback, and one \
-`send` per member per publication cannot be avoided when the publications come one at a time. With 100 \
-members per channel hotsock came closer (1.37x and 1.42x Node in the runs after the change). The p50/p99 of the \
-1 x 10000 layout is the time to get through one 10,000-member burst, bounded here by the load generator (one \
-core, reading every member) as much as by the servers.\n\n";
+that call also runs the receiving side's TCP processing. The floor does that and nothing else (one thread, \
+the frame built once, one `write(2)` per member, no queue): what it costs per delivery is the kernel's part, \
+and no server can spend less while publications come one at a time. The aim (1.5x the Node loop's deliveries \
+per CPU-second) asks hotsock for two thirds of Node's cost per delivery, which is the figure after \
+\"the aim against Node asks for\" above: at most 1.12x the floor in every run so far (0.87x-1.12x in seven \
+runs on 2026-12-03, below it at 1 x 10000 in all), while hotsock spent 1.09x-1.29x the floor and Node \
+1.30x-1.69x. A profile of both whole servers \
+through one run (2026-12-02) put about 9.0 µs per delivery under `tcp_sendmsg` in hotsock and 8.6 µs in Node. \
+Of hotsock's own part the largest share had been waking one connection task per member; since 2026-12-02 a \
+publication to an idle member is written to its socket by the thread that published it, once it has let go \
+of the hub's lock (`net/plain.rs`; the member's task takes over only when its socket is full), as Node's loop \
+does (paired runs, a quiet host: 10.3 -> 9.1 µs per delivery at 1 x 10000, 10.4 -> 8.7 µs at 100 x 100), \
+and a connection that only receives pushes no longer attempts a WebSocket read after every write (15.5 -> \
+13.8 µs in one paired run). The load generator's members read with a 4 KiB buffer, as hotsock's connections \
+do. Before 2026-12-03 they had the WebSocket library's default 128 KiB, which it zero-fills before every \
+read: with 10,000 members the load generator spent its first two seconds faulting in and clearing 1.3 GB \
+(half of its `perf` samples in `memset` and `clear_page_erms`), `ss` showed the publications waiting in \
+8,000-9,000 members' receive queues, and every member's first 5-8 publications arrived together after \
+1.3-1.9 s. That was the 0.5-2 s p99 of whichever target ran first (hotsock: 1.55, 0.54, 1.01 and 1.37 s in \
+four runs that day); after it, hotsock's p99 at 1 x 10000 was 103-112 ms against Node's 107-120 ms and \
+Socket.IO's 130-154 ms (three runs), and the load generator used half the CPU. The p50/p99 of the 1 x 10000 layout is the time to get \
+through one 10,000-member burst: the floor's p99 is its own burst, about 10,000 times its cost per \
+delivery.\n\n";
 
 #[cfg(test)]
 mod tests {
