@@ -82,7 +82,7 @@ pub(crate) fn run(edits: usize, out: &Path) -> Result<()> {
 }
 
 async fn measure(target: &Target, project: &Path, run_dir: &Path, edits: usize) -> Result<Vec<Sample>> {
-    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/", target.port)).await?;
+    let mut client = crate::load::connect(&format!("ws://127.0.0.1:{}/", target.port)).await?;
     // Let the watcher come up before the first edit.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let source = project.join("src/main.rs");

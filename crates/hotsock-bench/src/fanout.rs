@@ -17,18 +17,15 @@ use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::load::Client;
 use crate::procfs::CpuMeter;
-use crate::{Target, node_dir, report, sibling, spawn_hotsock, start_node_script, start_own_server};
+use crate::{Target, load, node_dir, report, sibling, spawn_hotsock, start_node_script, start_own_server};
 
 /// Connections opened at once while setting up the members.
 const CONNECT_BATCH: usize = 200;
 /// How long all members may take to connect and join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
-/// A member's read buffer, as hotsock's connections have by default
-/// (`limits.read_buffer_bytes`); publications are 64 B.
-const CLIENT_READ_BUFFER: usize = 4 << 10;
 /// After the last publication, how long members may take to receive it.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -139,8 +136,6 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     Ok(())
 }
 
-type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 fn member_url(kind: Kind, port: u16, channel: &str) -> String {
     match kind {
         Kind::Hotsock | Kind::NodeWs | Kind::Floor => format!("ws://127.0.0.1:{port}/?join={channel}"),
@@ -160,15 +155,7 @@ fn publisher_url(kind: Kind, port: u16) -> String {
 /// subscribe in its handshake; ws: `ready`; Socket.IO: the namespace
 /// handshake, then the `ready` event).
 async fn connect(kind: Kind, url: &str) -> Result<Client> {
-    // Thousands of members read here: with the library's default 128 KiB
-    // read buffer, which it zero-fills before every read, the load
-    // generator spent about 2 s of its first second faulting in and
-    // clearing 1.3 GB, and every member's first publications waited in its
-    // socket that long (the p99 of whichever target ran first).
-    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
-    let (mut client, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
-        .await
-        .with_context(|| format!("connect {url}"))?;
+    let mut client = load::connect(url).await?;
     if kind == Kind::SocketIo {
         // Engine.IO open packet, then connect to the default namespace.
         expect_text(&mut client, |t| t.starts_with('0')).await?;

@@ -47,9 +47,9 @@ async fn open(port: u16, clients: &mut Vec<Client>, target_count: usize) -> Resu
     let url = format!("ws://127.0.0.1:{port}/idle");
     while clients.len() < target_count {
         let batch = CONNECT_BATCH.min(target_count - clients.len());
-        let connects = (0..batch).map(|_| tokio_tungstenite::connect_async(url.clone()));
+        let connects = (0..batch).map(|_| crate::load::connect(&url));
         for result in futures_util::future::join_all(connects).await {
-            clients.push(result.context("connect")?.0);
+            clients.push(result?);
         }
     }
     Ok(())

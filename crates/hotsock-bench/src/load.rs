@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::procfs::{CpuMeter, CpuUse};
 
@@ -60,7 +61,23 @@ pub(crate) fn wait_listening(port: u16) -> Result<()> {
     Ok(())
 }
 
-type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A client's read buffer, as hotsock's connections have by default
+/// (`limits.read_buffer_bytes`). The library's default, 128 KiB, is
+/// zero-filled before every read: thousands of members faulted in and
+/// cleared 1.3 GB in the fan-out's first second, and every read of every
+/// scenario paid for clearing 128 KiB.
+const CLIENT_READ_BUFFER: usize = 4 << 10;
+
+/// Opens one load-generator connection (every scenario's clients).
+pub(crate) async fn connect(url: &str) -> Result<Client> {
+    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
+    let (client, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    Ok(client)
+}
 
 /// `count` connections to `path`, opened `batch` at a time.
 pub(crate) async fn connect_many(port: u16, path: &str, count: usize, batch: usize) -> Result<Vec<Client>> {
@@ -68,9 +85,9 @@ pub(crate) async fn connect_many(port: u16, path: &str, count: usize, batch: usi
     let mut clients = Vec::with_capacity(count);
     while clients.len() < count {
         let batch = batch.min(count - clients.len());
-        let connects = (0..batch).map(|_| tokio_tungstenite::connect_async(url.clone()));
+        let connects = (0..batch).map(|_| connect(&url));
         for result in futures_util::future::join_all(connects).await {
-            clients.push(result.context("connect")?.0);
+            clients.push(result?);
         }
     }
     Ok(clients)

@@ -61,7 +61,7 @@ async fn player(port: u16, uid: u64) -> Seen {
     let game = GAMES[(uid as usize / 2) % GAMES.len()];
     let url = format!("ws://127.0.0.1:{port}/match?uid={uid}&gender={gender}&game={game}&token={}", token(uid));
     let started = Instant::now();
-    let Ok((mut client, _)) = tokio_tungstenite::connect_async(url).await else { return Seen::Nothing };
+    let Ok(mut client) = crate::load::connect(&url).await else { return Seen::Nothing };
     let answer = tokio::time::timeout(ANSWER_MAX, async {
         while let Some(Ok(message)) = client.next().await {
             if let Message::Text(text) = message {

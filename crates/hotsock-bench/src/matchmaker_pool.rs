@@ -84,7 +84,7 @@ async fn player(arrival: Arc<Arrival>, uid: u64, gender: &'static str) -> Option
     let permit = arrival.connecting.clone().acquire_owned().await.ok()?;
     // Dropped at the player's first message, or when it gives up.
     let mut entry = Some(Entry { _permit: permit, entered: arrival.entered.clone() });
-    let (mut client, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+    let mut client = crate::load::connect(&url).await.ok()?;
     let answer = tokio::time::timeout(ANSWER_MAX, async {
         while let Some(Ok(message)) = client.next().await {
             let Message::Text(text) = message else { continue };

@@ -161,7 +161,7 @@ async fn start_clients(
     let url = format!("ws://127.0.0.1:{port}/reload");
     let mut tasks = Vec::new();
     for c in 0..params.connections {
-        let (client, _) = tokio_tungstenite::connect_async(url.clone()).await.context("connect")?;
+        let client = crate::load::connect(&url).await?;
         let windows = windows.clone();
         let interval = Duration::from_millis(params.interval_ms);
         tasks.push(tokio::spawn(async move {

@@ -27,7 +27,7 @@ async fn measure(
     let url = format!("ws://127.0.0.1:{port}/bench");
     let mut clients = Vec::new();
     for _ in 0..conns {
-        clients.push(tokio_tungstenite::connect_async(url.clone()).await.context("connect")?.0);
+        clients.push(crate::load::connect(&url).await?);
     }
     let meter = CpuMeter::start(server_pid);
     let end = Instant::now() + Duration::from_secs(seconds);

@@ -186,7 +186,7 @@ async fn status(running: &Running) -> Result<ServerStatus> {
 /// One active connection: a numbered message every `interval` until
 /// `stop`, then `end`; every reply's arrival time and what was wrong.
 async fn active(port: u16, c: usize, interval: Duration, stop: Arc<AtomicBool>) -> Result<Seen> {
-    let (client, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/active")).await?;
+    let client = crate::load::connect(&format!("ws://127.0.0.1:{port}/active")).await?;
     let (mut sink, mut stream) = client.split();
     let deadline = Instant::now() + RUN_MAX;
     let sender = tokio::spawn(async move {

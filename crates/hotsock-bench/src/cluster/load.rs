@@ -44,7 +44,7 @@ pub(crate) async fn connect_all(port: u16, count: usize, query: impl Fn(usize) -
         let batch = (clients.len()..count).take(CONNECT_BATCH).map(|i| {
             let url = format!("ws://127.0.0.1:{port}/?{}", query(i));
             async move {
-                let (mut client, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| url.clone())?;
+                let mut client = crate::load::connect(&url).await?;
                 wait_text(&mut client, |t| t.starts_with("open ")).await.with_context(|| url.clone())?;
                 Ok::<_, anyhow::Error>(client)
             }
