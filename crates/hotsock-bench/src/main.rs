@@ -217,7 +217,8 @@ enum Scenario {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
     },
-    /// Every scenario, one after the other, into one report.
+    /// Every scenario but `cluster` and the `--pin` runs, one after the
+    /// other, into one report.
     All {
         /// Shorter runs (under 2 minutes) for local checks.
         #[arg(long)]
@@ -355,6 +356,9 @@ fn all(quick: bool, out: &std::path::Path) -> Result<()> {
     };
     upgrade::run(&upgrades, out)?;
     tasks::run(20, scale(3, 1), scale(3, 2) as usize, out)?;
+    let layouts = if quick { ["1x2000@4", "20x50@100"] } else { ["1x10000@4", "100x100@400"] };
+    let layouts = layouts.iter().map(|l| parse_layout(l)).collect::<Result<Vec<_>>>()?;
+    fanout::run(&fanout::Params { layouts, seconds: scale(8, 2), size: 64 }, out)?;
     table::run(scale(2_000_000, 300_000) as usize, out)?;
     matchmaker::run(&matchmaker::Params { players: scale(2000, 600) as usize, rate: 400, reload_every_s: 1 }, out)?;
     let waiting = if quick { vec![1000, 5000] } else { vec![1000, 10_000, 18_000] };

@@ -21,7 +21,7 @@ pub(crate) fn today() -> String {
 const HEADER: &str = "# Benchmarks\n\nEvery figure below comes from one run of the command shown under it, on a \
 shared machine; absolute numbers move from run to run, the ratios measured side by side in the same run are \
 what to read. Each section is rewritten by its own scenario (`hotsock-bench <scenario>`); `scripts/bench` runs \
-them all. Charts are in `docs/bench/`, each run's figures as JSON in `target/bench/<scenario>.json`.\n";
+all but `cluster` and the pinned ones. Charts are in `docs/bench/`, each run's figures as JSON in `target/bench/<scenario>.json`.\n";
 
 /// The order of the sections in the report (that of `hotsock-bench all`).
 const ORDER: [&str; 14] = [
