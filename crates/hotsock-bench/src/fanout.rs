@@ -387,7 +387,7 @@ the frame built once, one `write(2)` per member, no queue): what it costs per de
 and no server can spend less while publications come one at a time. The aim (1.5x the Node loop's deliveries \
 per CPU-second) asks hotsock for two thirds of Node's cost per delivery, which is the figure after \
 \"the aim against Node asks for\" above: at most 1.12x the floor in every run so far (0.87x-1.12x in seven \
-runs on 2026-12-03, below it at 1 x 10000 in all), while hotsock spent 1.09x-1.29x the floor and Node \
+runs on the night of 2026-12-03, below it at 1 x 10000 in all), while hotsock spent 1.09x-1.29x the floor and Node \
 1.30x-1.69x. A profile of both whole servers \
 through one run (2026-12-02) put about 9.0 µs per delivery under `tcp_sendmsg` in hotsock and 8.6 µs in Node. \
 Of hotsock's own part the largest share had been waking one connection task per member; since 2026-12-02 a \
@@ -396,12 +396,12 @@ of the hub's lock (`net/plain.rs`; the member's task takes over only when its so
 does (paired runs, a quiet host: 10.3 -> 9.1 µs per delivery at 1 x 10000, 10.4 -> 8.7 µs at 100 x 100), \
 and a connection that only receives pushes no longer attempts a WebSocket read after every write (15.5 -> \
 13.8 µs in one paired run). The load generator's members read with a 4 KiB buffer, as hotsock's connections \
-do. Before 2026-12-03 they had the WebSocket library's default 128 KiB, which it zero-fills before every \
+do. Until 2026-12-04 they had the WebSocket library's default 128 KiB, which it zero-fills before every \
 read: with 10,000 members the load generator spent its first two seconds faulting in and clearing 1.3 GB \
 (half of its `perf` samples in `memset` and `clear_page_erms`), `ss` showed the publications waiting in \
 8,000-9,000 members' receive queues, and every member's first 5-8 publications arrived together after \
 1.3-1.9 s. That was the 0.5-2 s p99 of whichever target ran first (hotsock: 1.55, 0.54, 1.01 and 1.37 s in \
-four runs that day); after it, hotsock's p99 at 1 x 10000 was 103-112 ms against Node's 107-120 ms and \
+four runs that night); after it, hotsock's p99 at 1 x 10000 was 103-112 ms against Node's 107-120 ms and \
 Socket.IO's 130-154 ms (three runs), and the load generator used half the CPU. The p50/p99 of the 1 x 10000 layout is the time to get \
 through one 10,000-member burst: the floor's p99 is its own burst, about 10,000 times its cost per \
 delivery.\n\n";
