@@ -341,12 +341,14 @@ fn markdown(
             format!(
                 "Above the aim. A reload window lasts about {median} ms, during which {workers} worker processes \
                  start (exec, runtime, Ready) and {workers} old ones finish and exit, on {cores} cores shared with \
-                 the load generator and the server: the slowest 1% of the few messages sent in those windows wait \
-                 for a core (the median moves far less: {in50} µs inside against {out50} µs outside). The slow \
-                 replies come from old and new generations alike, so it is not a cold worker: `perf` puts a \
-                 worker's start (exec, dynamic linking, page faults, runtime) at about 0.9 ms of CPU, kernel \
-                 time that no server-side scheduling avoids on two cores; the executable is no longer copied when \
-                 unchanged (it was ~6 ms of a core per reload).\n\n",
+                 the load generator and the server; the slowest 1% of the few messages sent in those windows (the \
+                 median moves far less: {in50} µs inside against {out50} µs outside) come from old and new \
+                 generations alike, so it is not a cold worker. `perf` puts a worker's start (exec, dynamic \
+                 linking, page faults, runtime) at about 0.9 ms of CPU; the executable is no longer copied when \
+                 unchanged (it was ~6 ms of a core per reload). Where the slow messages wait is not established: \
+                 on a quiet host (2026-12-04) the server used 0.16 cores and the load generator 0.10, so a core \
+                 was mostly free, and the ratio moves most with the outside p99, which other load on the host \
+                 raises (about 1 ms with a process scanning /proc every 5 ms beside the bench: ratio 1.5).\n\n",
                 workers = params.workers,
                 in50 = inside.value_at_quantile(0.5),
                 out50 = outside.value_at_quantile(0.5),
