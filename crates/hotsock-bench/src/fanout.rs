@@ -395,8 +395,9 @@ publication to an idle member is written to its socket by the thread that publis
 of the hub's lock (`net/plain.rs`; the member's task takes over only when its socket is full), as Node's loop \
 does (paired runs, a quiet host: 10.3 -> 9.1 µs per delivery at 1 x 10000, 10.4 -> 8.7 µs at 100 x 100), \
 and a connection that only receives pushes no longer attempts a WebSocket read after every write (15.5 -> \
-13.8 µs in one paired run). The load generator's members read with a 4 KiB buffer, as hotsock's connections \
-do. Until 2026-12-04 they had the WebSocket library's default 128 KiB, which it zero-fills before every \
+13.8 µs in one paired run). The load generator's members read with a 4 KiB buffer \
+(`load::READ_BUFFER_BYTES`). Until 2026-12-04 they had the WebSocket library's default 128 KiB, which it \
+zero-fills before every \
 read: with 10,000 members the load generator spent its first two seconds faulting in and clearing 1.3 GB \
 (half of its `perf` samples in `memset` and `clear_page_erms`), `ss` showed the publications waiting in \
 8,000-9,000 members' receive queues, and every member's first 5-8 publications arrived together after \

@@ -42,9 +42,7 @@ async fn connection(stream: TcpStream, rooms: Rooms) {
         channel = request.uri().query().and_then(|q| q.strip_prefix("join=")).map(str::to_owned);
         Ok(response)
     };
-    // The read buffer hotsock's connections have by default; the
-    // library's own (128 KiB) is zero-filled before every read.
-    let config = WebSocketConfig::default().read_buffer_size(4 << 10);
+    let config = WebSocketConfig::default().read_buffer_size(crate::load::READ_BUFFER_BYTES);
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, remember, Some(config)).await else {
         return;
     };

@@ -63,16 +63,19 @@ pub(crate) fn wait_listening(port: u16) -> Result<()> {
 
 pub(crate) type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A client's read buffer, as hotsock's connections have by default
-/// (`limits.read_buffer_bytes`). The library's default, 128 KiB, is
-/// zero-filled before every read: thousands of members faulted in and
-/// cleared 1.3 GB in the fan-out's first second, and every read of every
-/// scenario paid for clearing 128 KiB.
-const CLIENT_READ_BUFFER: usize = 4 << 10;
+/// The WebSocket library's read buffer for the bench's own sockets: its
+/// clients, the ceiling and the floor. The library reads the socket
+/// through it and zero-fills it before every read, so its default, 128 KiB,
+/// made 10,000 fan-out members fault in and clear 1.3 GB in the first
+/// second and every read of every scenario clear 128 KiB. 4 KiB still
+/// takes a pipelined batch (32 messages of 64 B) in one read. (hotsock
+/// itself reads sockets through 64 KiB per thread and keeps
+/// `limits.read_buffer_bytes`, 1 KiB, per connection.)
+pub(crate) const READ_BUFFER_BYTES: usize = 4 << 10;
 
 /// Opens one load-generator connection (every scenario's clients).
 pub(crate) async fn connect(url: &str) -> Result<Client> {
-    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
     let (client, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
         .await
         .with_context(|| format!("connect {url}"))?;

@@ -220,7 +220,7 @@ enum Scenario {
     /// Every scenario but `cluster` and the `--pin` runs, one after the
     /// other, into one report.
     All {
-        /// Shorter runs (under 2 minutes) for local checks.
+        /// Shorter runs (about 2.5 minutes) for local checks.
         #[arg(long)]
         quick: bool,
         /// Where to write the report.
