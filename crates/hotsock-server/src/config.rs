@@ -38,6 +38,10 @@ pub(crate) const SERVER_THREADS_MAX: usize = 256;
 pub(crate) const HEARTBEAT_MS_MIN: u64 = 10;
 /// Heartbeats rarer than this notice a blocked loop too late to matter.
 pub(crate) const HEARTBEAT_MS_MAX: u64 = 60_000;
+/// Longest a starting worker may run at the idle policy: on a machine
+/// whose CPUs stay busy it gets almost no CPU there, so a longer bound
+/// would mostly delay a reload.
+pub(crate) const START_IDLE_MS_MAX: u64 = 10_000;
 /// The smallest output buffer: below a few frames, ordinary bursts would
 /// close healthy clients as slow readers.
 pub(crate) const OUTPUT_BUFFER_BYTES_MIN: usize = 1024;
@@ -381,6 +385,14 @@ pub struct WorkersConfig {
     /// Longest pause between restarts of a worker that keeps crashing.
     #[serde(default = "default_backoff_max")]
     pub restart_backoff_max_ms: u64,
+    /// A starting worker runs at the idle CPU scheduling policy until it is
+    /// Ready, or for at most this long, so the serving workers and the
+    /// server, woken meanwhile, take the CPU from it at once; 0: workers
+    /// start at the normal policy. Needs the right to give the normal
+    /// policy back (root, `CAP_SYS_NICE` or `RLIMIT_NICE`); without it
+    /// workers start normally and `status` says why.
+    #[serde(default = "default_start_idle")]
+    pub start_idle_ms: u64,
     /// Crashes within `crash_loop_window_ms` that mark a slot as crash-looping.
     #[serde(default = "default_crash_loop_count")]
     pub crash_loop_count: u32,
@@ -394,6 +406,9 @@ fn default_count() -> usize {
 }
 fn default_dispatch() -> DispatchMode {
     DispatchMode::Fd
+}
+fn default_start_idle() -> u64 {
+    50
 }
 fn default_heartbeat() -> u64 {
     1_000
@@ -724,6 +739,12 @@ impl Config {
         }
         if w.max_concurrency == 0 {
             return Err(invalid("workers.max_concurrency", "must be at least 1".into()));
+        }
+        if w.start_idle_ms > START_IDLE_MS_MAX {
+            return Err(invalid(
+                "workers.start_idle_ms",
+                format!("is {}; it must be at most {START_IDLE_MS_MAX}", w.start_idle_ms),
+            ));
         }
         if w.crash_loop_count == 0 {
             return Err(invalid("workers.crash_loop_count", "must be at least 1".into()));

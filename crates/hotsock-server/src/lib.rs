@@ -68,5 +68,5 @@ pub use server::Server;
 pub use wire::{
     ADMIN_VERSION, AdminReply, AdminRequest, AdminResponse, BuildOutcome, ClientStatus, EXITS_KEPT, ExitCause,
     ExitRecord, KillReason, ReloadKind, ReloadOutcome, ServerStatus, SlotStatus, TableStatus, TaskCounters,
-    UpgradePhase, UpgradeStatus, WatchStatus, WorkerPhase, WorkerStatus,
+    UpgradePhase, UpgradeStatus, WatchStatus, WorkerPhase, WorkerStart, WorkerStatus,
 };

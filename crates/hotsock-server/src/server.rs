@@ -209,25 +209,32 @@ impl Server {
         let signal_task = tokio::spawn(reload_signals(shared.clone(), supervisor.clone()));
         tokio::pin!(shutdown);
         let started = tokio::select! {
-            ready = wait_ready(&shared) => ready,
-            () = &mut shutdown => Ok(()),
+            ready = wait_ready(&shared) => ready.map(|()| true),
+            // A stop before the workers are Ready: nothing was served, and
+            // the signal is spent (polling it again would panic).
+            () = &mut shutdown => Ok(false),
         };
         // Taking over: the connections move once our workers are Ready.
         let started = match (started, takeover) {
-            (Ok(()), Some(takeover)) => match takeover.take_over(&shared).await {
+            (Ok(true), Some(takeover)) => match takeover.take_over(&shared).await {
                 Ok(taken) => {
                     // Before the admin socket is in place: the first status
                     // asked of this server already says how it took over.
                     *shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken.status.clone());
-                    run_files.commit().map(|()| Some(taken))
+                    run_files.commit().map(|()| Some(Some(taken)))
                 }
                 Err(why) => Err(ServerError::Upgrade(why)),
             },
-            (started, _) => started.map(|()| None),
+            (Ok(true), None) => Ok(Some(None)),
+            (Ok(false), _) => Ok(None),
+            (Err(error), _) => Err(error),
         };
         let taken = match started {
-            Ok(taken) => taken,
-            Err(error) => {
+            Ok(Some(taken)) => taken,
+            outcome => {
+                if outcome.is_ok() {
+                    tracing::info!("stop requested by signal before the workers were ready");
+                }
                 shared.request_stop();
                 supervisor.retire();
                 let _ = (&mut supervise).await;
@@ -237,7 +244,7 @@ impl Server {
                     task.abort();
                 }
                 drop(run_files);
-                return Err(error);
+                return outcome.map(|_| ());
             }
         };
         if let Some(crate::upgrade::Taken { busy, idle, status }) = taken {

@@ -155,6 +155,29 @@ pub struct BuildOutcome {
     pub output_tail: Vec<String>,
 }
 
+/// The CPU scheduling policy worker processes start at
+/// (`workers.start_idle_ms`, `supervise/spawn.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum WorkerStart {
+    /// The idle policy until Ready, for at most `max_ms`.
+    Idle {
+        /// `workers.start_idle_ms`.
+        max_ms: u64,
+    },
+    /// The normal policy.
+    Normal {
+        /// Why not the idle one.
+        why: String,
+    },
+}
+
+impl Default for WorkerStart {
+    fn default() -> WorkerStart {
+        WorkerStart::Normal { why: String::new() }
+    }
+}
+
 /// Task totals for `status`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct TaskCounters {
@@ -414,6 +437,9 @@ pub struct ServerStatus {
     /// Threads of the server's runtime (`server.threads`, or one per core).
     #[serde(default)]
     pub runtime_threads: usize,
+    /// How worker processes start (`workers.start_idle_ms`).
+    #[serde(default)]
+    pub worker_start: WorkerStart,
     /// Connections registered (open or mid-handshake).
     pub connections: usize,
     /// Connections accepted since start.

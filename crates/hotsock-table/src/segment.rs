@@ -1,5 +1,5 @@
 //! The shared-memory segment: a memfd mapped shared, viewed as a slice of
-//! `AtomicU64`. This file holds the crate's only `unsafe`.
+//! `AtomicU64`. This file holds the crate's first `unsafe`.
 //!
 //! Why a slice of atomics: the segment is written by several processes at
 //! once. Plain loads and stores racing with another process's writes would

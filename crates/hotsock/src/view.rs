@@ -3,7 +3,7 @@
 //! the admin socket's status types, so the layout is unit-tested here and
 //! the binary's tests check it against a real server.
 
-use hotsock_server::{ClientStatus, ServerStatus, UpgradePhase, WorkerPhase};
+use hotsock_server::{ClientStatus, ServerStatus, UpgradePhase, WorkerPhase, WorkerStart};
 
 /// `1 connection`, `2 connections`.
 pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
@@ -177,6 +177,14 @@ pub(crate) fn status(status: &ServerStatus) -> Vec<String> {
                 sections.extend(build.output_tail.iter().map(|line| format!("  | {line}")));
             }
         }
+    }
+    match &status.worker_start {
+        WorkerStart::Idle { max_ms } => {
+            sections.push(format!("workers start at the idle CPU policy until Ready (at most {max_ms} ms)"));
+        }
+        // Empty: a server from before `worker_start` existed.
+        WorkerStart::Normal { why } if why.is_empty() => {}
+        WorkerStart::Normal { why } => sections.push(format!("workers start at the normal CPU policy: {why}")),
     }
     sections.extend(recent_exits(status));
     if let Some(last) = &status.last_reload {

@@ -3,6 +3,7 @@
 
 use std::process::{Command, Stdio};
 
+use hotsock_table::sched::{self, Policy};
 use hotsock_testkit::{TempDir, TestServer, alive, bin, close_code, connect, recv, send, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -163,13 +164,14 @@ async fn status_reads_as_a_summary_then_the_worker_table_then_sections() {
     wait_for("one connection counted", || (server.try_status()?["connections"] == 1).then_some(()));
     let text = String::from_utf8(server.cli(&["status"]).stdout).expect("utf8");
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() == 7, "{text}");
+    assert!(lines.len() == 8, "{text}");
     assert!(lines[0].starts_with("hotsock pid ") && lines[0].contains("; 1 connection (accepted "), "{text}");
     assert_eq!(lines[1], "", "{text}");
     assert!(lines[2].starts_with("SLOT ") && lines[2].contains("STATE"), "{text}");
     assert!(lines[3].starts_with("0 ") && lines[4].starts_with("1 "), "the worker rows follow the header:\n{text}");
     assert_eq!(lines[5], "", "{text}");
     assert_eq!(lines[6], "table seen: 0 of 4 rows in use", "{text}");
+    assert!(lines[7].starts_with("workers start at the "), "{text}");
 }
 
 /// `hotsock status | head -1`: the reader goes away; the CLI must end
@@ -238,4 +240,93 @@ async fn server_threads_sets_the_runtime_threads() {
         send(&mut client, "hi").await;
         assert!(recv(&mut client).await.ends_with("hi"));
     }
+}
+
+/// The policy of process `pid`'s main thread.
+fn policy(pid: u32) -> Option<Policy> {
+    sched::thread_policy(pid, pid).expect("worker stat")
+}
+
+/// The pid of the server's one worker process once it is spawned (still
+/// starting: `status` learns the pid at Ready).
+fn starting_worker(server: &TestServer) -> u32 {
+    let server_pid = server.child.as_ref().expect("child").id();
+    wait_for("the worker spawned", || {
+        let tasks = std::fs::read_dir(format!("/proc/{server_pid}/task")).ok()?;
+        tasks.flatten().find_map(|task| {
+            let children = std::fs::read_to_string(task.path().join("children")).ok()?;
+            children.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()).find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with("hotsock-worker"))
+            })
+        })
+    })
+}
+
+fn slow_worker_config(start_idle_ms: u64) -> String {
+    format!(
+        "[workers]\ncommand = [\"{}\"]\ncount = 1\nstart_idle_ms = {start_idle_ms}\n",
+        bin("hotsock-testworker").display()
+    )
+}
+
+/// A starting worker runs at the idle CPU policy, so the serving workers
+/// and the server preempt it, and gets the normal one at Ready or, if its
+/// start-up takes longer, at `workers.start_idle_ms`. `status` says which
+/// policy workers start at; without the right to give the normal policy
+/// back (here: CAP_SYS_NICE dropped) they start normally and it says why.
+#[test]
+fn workers_start_at_the_idle_policy_until_ready_or_the_bound() {
+    if sched::idle_start_available().is_err() {
+        // Unprivileged, the server must not start workers idle at all; the
+        // last case below checks that either way.
+        eprintln!("idle start not permitted here: checking the fallback only");
+    } else {
+        // Slow start-up (testworker sleeps 5 s before Hello): idle, then
+        // normal at the 1.5 s bound, long before Ready.
+        let server = TestServer::spawn(&slow_worker_config(1500), &[("TESTWORKER_MODE", "slowstart=5000")]);
+        let pid = starting_worker(&server);
+        assert_eq!(policy(pid), Some(Policy::Idle), "a starting worker runs idle");
+        wait_for("normal policy at the bound", || (policy(pid) == Some(Policy::Normal)).then_some(()));
+        assert_eq!(server.status()["workers"][0]["state"], "starting", "the bound, not Ready, ended it");
+        assert_eq!(server.status()["worker_start"], serde_json::json!({"policy": "idle", "max_ms": 1500}));
+        // A worker that is Ready before the bound has the normal policy at once.
+        let server = TestServer::start(&slow_worker_config(10_000));
+        assert_eq!(policy(server.worker_pid(0)), Some(Policy::Normal), "normal from Ready on");
+    }
+    // 0 turns it off.
+    let server = TestServer::spawn(&slow_worker_config(0), &[("TESTWORKER_MODE", "slowstart=1500")]);
+    assert_eq!(policy(starting_worker(&server)), Some(Policy::Normal));
+    assert_eq!(
+        server.status()["worker_start"],
+        serde_json::json!({"policy": "normal", "why": "workers.start_idle_ms = 0"})
+    );
+    // Not permitted: the server says so and starts workers normally.
+    let server = TestServer::spawn_through(
+        &["setpriv", "--bounding-set=-sys_nice"],
+        None,
+        &slow_worker_config(400),
+        &[("TESTWORKER_MODE", "slowstart=1500")],
+    );
+    assert_eq!(policy(starting_worker(&server)), Some(Policy::Normal));
+    let start = &server.status()["worker_start"];
+    assert_eq!(start["policy"], "normal", "{start}");
+    assert!(start["why"].as_str().is_some_and(|why| why.contains("CAP_SYS_NICE")), "{start}");
+    let text = String::from_utf8(server.cli(&["status"]).stdout).expect("utf8");
+    assert!(text.contains("workers start at the normal CPU policy: cannot give a thread SCHED_OTHER back"), "{text}");
+}
+
+/// SIGTERM while the workers are still starting: the server stops them and
+/// exits 0 without serving (it used to poll the spent signal again and
+/// panic).
+#[test]
+fn sigterm_before_the_workers_are_ready_stops_cleanly() {
+    let mut server = TestServer::spawn(&slow_worker_config(50), &[("TESTWORKER_MODE", "slowstart=3000")]);
+    let worker = starting_worker(&server);
+    let pid = server.child.as_ref().expect("child").id();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(server.wait_exit(), Some(0), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("stop requested by signal before the workers were ready"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    wait_for("the starting worker gone", || (!alive(worker)).then_some(()));
 }

@@ -140,6 +140,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Result<LiveChanges, Vec<Restar
         max_requests: Live,
         max_redeliveries: Restart,
         restart_backoff_max_ms: Live,
+        start_idle_ms: Live,
         crash_loop_count: Live,
         crash_loop_window_ms: Live,
     });

@@ -8,7 +8,7 @@ use crate::route::hub::SlotReport;
 use crate::route::slot::WorkerId;
 use crate::shared::Shared;
 use crate::supervise::view::SlotView;
-use crate::wire::{ServerStatus, SlotStatus, TableStatus, WorkerStatus};
+use crate::wire::{ServerStatus, SlotStatus, TableStatus, WorkerStart, WorkerStatus};
 
 /// Reads a process's resident set size from `/proc`.
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
@@ -42,6 +42,11 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
         listen: shared.listen.to_string(),
         uptime_s: shared.started.elapsed().as_secs(),
         runtime_threads: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers()),
+        worker_start: match (shared.config().workers.start_idle_ms, shared.spawner.idle_start()) {
+            (0, _) => WorkerStart::Normal { why: "workers.start_idle_ms = 0".into() },
+            (max_ms, Ok(())) => WorkerStart::Idle { max_ms },
+            (_, Err(why)) => WorkerStart::Normal { why: why.clone() },
+        },
         connections: shared.hub.connection_count(),
         accepted_total: shared.accepted_total.load(Ordering::Relaxed),
         rejected_total: shared.metrics.refused_total(),

@@ -10,6 +10,17 @@
 //! server: each line is forwarded to the server's stderr with the worker's
 //! slot, generation and pid, and the last lines are kept so a worker that
 //! fails to start can be reported with its own words.
+//!
+//! A worker starts at the idle scheduling policy (`workers.start_idle_ms`)
+//! when the server may give it the normal one back: starting a process
+//! (exec, the dynamic loader, the C library's CPU probing, the runtime) is
+//! about a millisecond of CPU that the kernel runs without a break, and on
+//! a small machine the serving generation's threads woken meanwhile wait
+//! behind it (measured: the slowest messages of a reload were those).
+//! At the idle policy any normal thread that wakes preempts it. The policy
+//! is inherited, so this thread takes it just for the spawn and the child
+//! is born with it; the worker task gives the normal policy back at Ready,
+//! or after `start_idle_ms` whichever comes first.
 
 use std::collections::VecDeque;
 use std::io;
@@ -20,6 +31,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use hotsock_protocol::{ENV_SERVER_PID, ENV_WORKER_FD};
+use hotsock_table::sched::{self, Policy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStderr};
 use tokio::sync::oneshot;
@@ -43,6 +55,9 @@ pub(crate) struct SpawnSpec {
     pub(crate) cwd: Option<PathBuf>,
     /// Extra environment variables.
     pub(crate) env: Vec<(&'static str, String)>,
+    /// Start the process at the idle scheduling policy, if the server may
+    /// give it the normal one back (see the module docs).
+    pub(crate) start_idle: bool,
 }
 
 /// The last lines a child wrote.
@@ -79,6 +94,8 @@ pub(crate) struct Spawned {
     pub(crate) socket: Option<StdUnixStream>,
     pub(crate) stdout: Option<tokio::process::ChildStdout>,
     pub(crate) stderr: Option<ChildStderr>,
+    /// It runs the idle policy until the caller gives the normal one back.
+    pub(crate) started_idle: bool,
 }
 
 type SpawnResult = io::Result<Spawned>;
@@ -92,19 +109,35 @@ struct SpawnJob {
 #[derive(Debug)]
 pub(crate) struct Spawner {
     jobs: std::sync::mpsc::Sender<SpawnJob>,
+    idle_start: Result<(), String>,
 }
 
 impl Spawner {
     pub(crate) fn start(runtime: tokio::runtime::Handle) -> io::Result<Spawner> {
         let (jobs, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        let (probed, probe) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("hotsock-spawner".into()).spawn(move || {
             // tokio's Child needs the runtime's process driver.
             let _runtime = runtime.enter();
+            // Probed from this thread: its children inherit its policy
+            // and nice value.
+            let idle_start = sched::idle_start_available();
+            let _ = probed.send(idle_start.clone());
             while let Ok(job) = rx.recv() {
-                let _ = job.reply.send(spawn_one(&job.spec));
+                let start_idle = job.spec.start_idle && idle_start.is_ok();
+                let _ = job.reply.send(spawn_one(&job.spec, start_idle));
             }
         })?;
-        Ok(Spawner { jobs })
+        let idle_start = probe.recv().map_err(|_| io::Error::other("the spawner thread ended at start"))?;
+        if let Err(why) = &idle_start {
+            tracing::info!("workers start at the normal scheduling policy: {why}");
+        }
+        Ok(Spawner { jobs, idle_start })
+    }
+
+    /// Whether workers can start at the idle policy, or why not.
+    pub(crate) fn idle_start(&self) -> &Result<(), String> {
+        &self.idle_start
     }
 
     pub(crate) async fn spawn(&self, spec: SpawnSpec) -> SpawnResult {
@@ -114,7 +147,7 @@ impl Spawner {
     }
 }
 
-fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
+fn spawn_one(spec: &SpawnSpec, start_idle: bool) -> SpawnResult {
     let mut command = tokio::process::Command::new(&spec.program);
     let mut ours = None;
     if spec.worker {
@@ -148,11 +181,17 @@ fn spawn_one(spec: &SpawnSpec) -> SpawnResult {
         .kill_on_drop(true);
     // The Command holds our copy of the worker's end; dropping it after the
     // spawn leaves the worker as its only owner, so its exit means EOF.
+    let started_idle = start_idle && sched::set_thread_policy(0, Policy::Idle).is_ok();
     let child = command.spawn().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", spec.program.display())));
+    if started_idle && let Err(error) = sched::set_thread_policy(0, Policy::Normal) {
+        // The probe at start said this works; if it stops working, only
+        // spawning gets slower (this thread does nothing else).
+        tracing::error!("the spawner thread cannot go back to the normal scheduling policy: {error}");
+    }
     drop(command);
     let mut child = child?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    Ok(Spawned { child, socket: ours, stdout, stderr })
+    Ok(Spawned { child, socket: ours, stdout, stderr, started_idle })
 }
 
 /// Forwards a child's output to the server's log, line by line with a prefix,

@@ -21,6 +21,7 @@ use hotsock_protocol::{
     ToWorker, capabilities,
 };
 use hotsock_table::Table;
+use hotsock_table::sched::{self, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -133,12 +134,14 @@ impl WorkerTask {
             worker: true,
             cwd: None,
             env: vec![(ENV_WORKER_THREADS, config.workers.threads.to_string())],
+            start_idle: config.workers.start_idle_ms > 0,
         };
         let spawned = match shared.spawner.spawn(spec).await {
             Ok(spawned) => spawned,
             Err(error) => return not_ready(format!("cannot start worker: {error}")),
         };
         let mut child = spawned.child;
+        let started_idle = spawned.started_idle;
         let pid = child.id();
         self.pid = pid;
         let tail = StderrTail::default();
@@ -191,20 +194,38 @@ impl WorkerTask {
             }),
         };
         let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
-        let ready = tokio::select! {
-            ready = timeout(ready_timeout, handshake(&mut rd, &mut wr, &mut buf, hello, &shared.tables)) => ready,
-            status = child.wait() => {
-                let why = format!("exited before Ready ({})", describe_wait(status));
-                return not_ready(with_tail(why, stderr_task).await);
-            }
-            control = self.control.recv() => {
-                let exit = match control {
-                    Some(Control::Kill(reason)) => Exit::killed(reason),
-                    _ => Exit::killed(KillReason::ServerStopping),
-                };
-                return kill(child, exit).await;
+        // An idle start (spawn.rs) ends at Ready, or at this bound if the
+        // worker's own start-up code takes longer.
+        let idle_until = tokio::time::sleep(Duration::from_millis(config.workers.start_idle_ms));
+        tokio::pin!(idle_until);
+        let mut idle = started_idle;
+        let ready = {
+            let handshake = timeout(ready_timeout, handshake(&mut rd, &mut wr, &mut buf, hello, &shared.tables));
+            tokio::pin!(handshake);
+            loop {
+                tokio::select! {
+                    ready = &mut handshake => break ready,
+                    () = &mut idle_until, if idle => {
+                        idle = false;
+                        normal_policy(slot, pid);
+                    }
+                    status = child.wait() => {
+                        let why = format!("exited before Ready ({})", describe_wait(status));
+                        return not_ready(with_tail(why, stderr_task).await);
+                    }
+                    control = self.control.recv() => {
+                        let exit = match control {
+                            Some(Control::Kill(reason)) => Exit::killed(reason),
+                            _ => Exit::killed(KillReason::ServerStopping),
+                        };
+                        return kill(child, exit).await;
+                    }
+                }
             }
         };
+        if idle {
+            normal_policy(slot, pid);
+        }
         let caps = match ready {
             Ok(Ok(caps)) => caps,
             Ok(Err(why)) => {
@@ -510,6 +531,18 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<
         if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
             buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         }
+    }
+}
+
+/// Gives every thread of a worker that started idle (spawn.rs) the normal
+/// scheduling policy.
+fn normal_policy(slot: usize, pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    match sched::set_process_policy(pid, Policy::Normal) {
+        Ok(_) => {}
+        // It has exited; its task sees that next.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(slot, pid, "worker keeps the idle scheduling policy: {error}"),
     }
 }
 

@@ -1,0 +1,142 @@
+//! CPU scheduling policy of threads. The server starts each worker process
+//! at the idle policy and gives it the normal one back once it is Ready
+//! (`hotsock-server`'s `supervise/spawn.rs` says why). Linux has no safe
+//! wrapper for `sched_setscheduler` in nix; the one call here is the
+//! crate's fourth `unsafe`.
+//!
+//! Linux sets a policy per thread, and a new thread or process inherits
+//! its creator's. Lowering a thread to the idle policy is always allowed
+//! (for one's own threads and those of processes of the same user); giving
+//! the normal policy back needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that
+//! allows the thread's nice value, which [`idle_start_available`] checks.
+
+use std::io;
+
+/// The policies the server switches between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// `SCHED_OTHER`: the default time sharing.
+    Normal,
+    /// `SCHED_IDLE`: runs only on CPU time no normal thread wants; a normal
+    /// thread that wakes up preempts it at once.
+    Idle,
+}
+
+impl Policy {
+    fn raw(self) -> nix::libc::c_int {
+        match self {
+            Policy::Normal => nix::libc::SCHED_OTHER,
+            Policy::Idle => nix::libc::SCHED_IDLE,
+        }
+    }
+}
+
+/// Sets the policy of thread `tid` (0: the calling thread), keeping its
+/// nice value.
+#[allow(unsafe_code)]
+pub fn set_thread_policy(tid: i32, policy: Policy) -> io::Result<()> {
+    let param = nix::libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid, initialised `sched_param` that lives
+    // across the call, and the kernel only reads it.
+    let result = unsafe { nix::libc::sched_setscheduler(tid, policy.raw(), &param) };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The policy of thread `tid` of process `pid`, from `/proc` (`None` for
+/// one that is neither of ours, e.g. a real-time policy).
+pub fn thread_policy(pid: u32, tid: u32) -> io::Result<Option<Policy>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    // The command name, in parentheses, may hold spaces; the fields after
+    // it are numbered from 3 (state), so policy, field 41, is the 39th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let field = after_name.split_whitespace().nth(38);
+    let raw: nix::libc::c_int = field.and_then(|f| f.parse().ok()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("no policy in /proc/{pid}/task/{tid}/stat"))
+    })?;
+    Ok([Policy::Normal, Policy::Idle].into_iter().find(|p| p.raw() == raw))
+}
+
+/// Sets the policy of every thread of process `pid` (threads that end
+/// meanwhile are skipped); returns how many were set. The first error
+/// other than a thread having ended is returned after trying them all.
+pub fn set_process_policy(pid: u32, policy: Policy) -> io::Result<usize> {
+    let mut set = 0;
+    let mut failure = None;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        match set_thread_policy(tid, policy) {
+            Ok(()) => set += 1,
+            Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => {}
+            Err(error) => failure = failure.or(Some(error)),
+        }
+    }
+    failure.map_or(Ok(set), Err)
+}
+
+/// Whether threads created by the calling thread could be started at the
+/// idle policy and given back the normal one: the caller runs the normal
+/// policy, and a scratch thread it starts (which inherits its policy and
+/// nice value) can go to idle and back. The error says why not.
+pub fn idle_start_available() -> Result<(), String> {
+    let own = thread_policy(std::process::id(), nix::unistd::gettid().as_raw() as u32)
+        .map_err(|e| format!("cannot read this thread's policy: {e}"))?;
+    if own != Some(Policy::Normal) {
+        return Err("the server does not run the normal scheduling policy (SCHED_OTHER)".into());
+    }
+    let probe = std::thread::Builder::new().name("hotsock-probe".into()).spawn(|| {
+        set_thread_policy(0, Policy::Idle).map_err(|e| format!("cannot lower a thread to SCHED_IDLE: {e}"))?;
+        set_thread_policy(0, Policy::Normal).map_err(|e| {
+            format!("cannot give a thread SCHED_OTHER back ({e}): it needs CAP_SYS_NICE or an RLIMIT_NICE that allows its nice value (systemd: LimitNICE=)")
+        })
+    });
+    match probe {
+        Ok(thread) => thread.join().unwrap_or_else(|_| Err("the probe thread panicked".into())),
+        Err(e) => Err(format!("cannot start the probe thread: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_policy() -> Option<Policy> {
+        thread_policy(std::process::id(), nix::unistd::gettid().as_raw() as u32).expect("stat")
+    }
+
+    #[test]
+    fn a_thread_goes_idle_and_back_when_the_probe_says_it_can() {
+        let available = idle_start_available();
+        std::thread::spawn(move || {
+            assert_eq!(own_policy(), Some(Policy::Normal));
+            set_thread_policy(0, Policy::Idle).expect("lowering is always allowed");
+            assert_eq!(own_policy(), Some(Policy::Idle));
+            // The probe's answer is what giving the normal policy back does.
+            assert_eq!(set_thread_policy(0, Policy::Normal).is_ok(), available.is_ok(), "{available:?}");
+            if available.is_ok() {
+                assert_eq!(own_policy(), Some(Policy::Normal));
+            }
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn another_process_is_set_thread_by_thread() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id();
+        assert_eq!(set_process_policy(pid, Policy::Idle).expect("lowering is always allowed"), 1);
+        assert_eq!(thread_policy(pid, pid).expect("stat"), Some(Policy::Idle));
+        if idle_start_available().is_ok() {
+            set_process_policy(pid, Policy::Normal).expect("restore");
+            assert_eq!(thread_policy(pid, pid).expect("stat"), Some(Policy::Normal));
+        }
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
+    #[test]
+    fn a_missing_thread_is_an_error_not_a_policy() {
+        assert!(thread_policy(std::process::id(), u32::MAX).is_err());
+        assert!(set_process_policy(u32::MAX, Policy::Idle).is_err());
+    }
+}
