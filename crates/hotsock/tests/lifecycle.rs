@@ -247,8 +247,8 @@ fn policy(pid: u32) -> Option<Policy> {
     sched::thread_policy(pid, pid).expect("worker stat")
 }
 
-/// The pid of the server's one worker process once it is spawned (still
-/// starting: `status` learns the pid at Ready).
+/// The pid of the server's one worker process once it is spawned, found
+/// through `/proc` (independently of `status`).
 fn starting_worker(server: &TestServer) -> u32 {
     let server_pid = server.child.as_ref().expect("child").id();
     wait_for("the worker spawned", || {
@@ -286,6 +286,11 @@ fn workers_start_at_the_idle_policy_until_ready_or_the_bound() {
         let server = TestServer::spawn(&slow_worker_config(1500), &[("TESTWORKER_MODE", "slowstart=5000")]);
         let pid = starting_worker(&server);
         assert_eq!(policy(pid), Some(Policy::Idle), "a starting worker runs idle");
+        // `status` names the starting process too.
+        wait_for("the starting worker's pid in status", || {
+            (server.try_status()?["workers"][0]["pid"] == pid).then_some(())
+        });
+        assert_eq!(server.status()["workers"][0]["state"], "starting");
         wait_for("normal policy at the bound", || (policy(pid) == Some(Policy::Normal)).then_some(()));
         assert_eq!(server.status()["workers"][0]["state"], "starting", "the bound, not Ready, ended it");
         assert_eq!(server.status()["worker_start"], serde_json::json!({"policy": "idle", "max_ms": 1500}));

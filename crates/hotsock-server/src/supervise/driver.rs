@@ -120,6 +120,7 @@ impl Driver {
     /// new settings are applied here and are no input.
     fn input(&mut self, msg: Msg) -> Option<Input> {
         Some(match msg {
+            Msg::Worker(WorkerEvent::Spawned { worker, pid }) => Input::Spawned { worker, pid },
             Msg::Worker(WorkerEvent::Ready { worker, pid, handoff }) => Input::Ready { worker, pid, handoff },
             Msg::Worker(WorkerEvent::HandedOff { slot }) => Input::HandedOff { slot },
             Msg::Worker(WorkerEvent::Recycle { worker }) => Input::Recycle { worker },

@@ -31,6 +31,8 @@ pub(crate) enum Retire {
 /// What a worker task reports to the supervisor.
 #[derive(Debug)]
 pub(crate) enum WorkerEvent {
+    /// Its process was spawned.
+    Spawned { worker: WorkerId, pid: Option<u32> },
     /// It answered Hello with Ready.
     Ready { worker: WorkerId, pid: Option<u32>, handoff: bool },
     /// The suspended current worker of `slot` handed over its state.

@@ -144,6 +144,7 @@ impl WorkerTask {
         let started_idle = spawned.started_idle;
         let pid = child.id();
         self.pid = pid;
+        let _ = events.send(WorkerEvent::Spawned { worker, pid });
         let tail = StderrTail::default();
         let stderr_task = spawned.stderr.map(|stderr| {
             let prefix = format!("[slot {slot} gen {generation} pid {}]", pid.unwrap_or(0));

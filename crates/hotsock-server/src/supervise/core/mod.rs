@@ -105,6 +105,8 @@ pub(crate) struct Request {
 /// What happened, as the driver tells it.
 #[derive(Debug)]
 pub(crate) enum Input {
+    /// A worker process was spawned (it has not said Ready yet).
+    Spawned { worker: WorkerId, pid: Option<u32> },
     /// A worker answered Hello with Ready.
     Ready { worker: WorkerId, pid: Option<u32>, handoff: bool },
     /// A worker process is gone; its events are back in its slot.
@@ -303,6 +305,13 @@ impl Core {
     /// Takes in one thing that happened at `now`; returns what to do.
     pub(crate) fn handle(&mut self, now: Instant, input: Input) -> Vec<Command> {
         match input {
+            Input::Spawned { worker, pid } => {
+                // Only for `status`: a worker stuck in its start-up shows
+                // which process it is.
+                if let Some(rec) = self.workers.get_mut(&worker) {
+                    rec.pid = pid;
+                }
+            }
             Input::Ready { worker, pid, handoff } => self.on_ready(now, worker, pid, handoff),
             Input::Gone { worker, pid, exit, was_ready, at_unix_ms } => {
                 self.on_gone(now, worker, pid, exit, was_ready, at_unix_ms)

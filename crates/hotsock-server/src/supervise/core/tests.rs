@@ -82,6 +82,21 @@ fn serving(strategy: ReloadStrategy) -> (Core, Instant, Vec<WorkerId>) {
 }
 
 #[test]
+fn a_starting_worker_shows_its_pid_and_gets_no_command_for_it() {
+    let now = Instant::now();
+    let mut core = Core::new(config(1, ReloadStrategy::Rolling), now);
+    let started = launches(&core.start(now));
+    let worker = started[0].0;
+    assert_eq!(core.view(now).slots[0].primary.as_ref().map(|w| w.pid), Some(None), "no pid before the spawn");
+    assert!(core.handle(now, Input::Spawned { worker, pid: Some(4242) }).is_empty());
+    let view = core.view(now);
+    let primary = view.slots[0].primary.as_ref().expect("the starting worker");
+    assert_eq!((primary.pid, primary.phase.name()), (Some(4242), "starting"));
+    // A late report of a worker that is gone changes nothing.
+    assert!(core.handle(now, Input::Spawned { worker: worker + 100, pid: Some(1) }).is_empty());
+}
+
+#[test]
 fn a_crashed_worker_is_restarted_at_once_then_with_back_off() {
     let (mut core, now, workers) = serving(ReloadStrategy::Rolling);
     let first = launches(&gone(&mut core, now, workers[0], CRASH, true));
