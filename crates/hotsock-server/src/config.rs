@@ -386,9 +386,10 @@ pub struct WorkersConfig {
     #[serde(default = "default_backoff_max")]
     pub restart_backoff_max_ms: u64,
     /// A starting worker runs at the idle CPU scheduling policy until it is
-    /// Ready, or for at most this long, so the serving workers and the
-    /// server, woken meanwhile, take the CPU from it at once; 0: workers
-    /// start at the normal policy. Needs the right to give the normal
+    /// Ready, or for at most this long from its spawn, so the serving
+    /// workers and the server, woken meanwhile, take the CPU from it at
+    /// once; 0: workers start at the normal policy. On a machine whose
+    /// CPUs are all busy a start waits up to this long for CPU time. Needs the right to give the normal
     /// policy back (root, `CAP_SYS_NICE` or `RLIMIT_NICE`); without it
     /// workers start normally and `status` says why.
     #[serde(default = "default_start_idle")]
@@ -408,7 +409,7 @@ fn default_dispatch() -> DispatchMode {
     DispatchMode::Fd
 }
 fn default_start_idle() -> u64 {
-    50
+    20
 }
 fn default_heartbeat() -> u64 {
     1_000

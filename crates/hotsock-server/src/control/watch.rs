@@ -302,7 +302,7 @@ async fn build(shared: Arc<Shared>, config: WatchConfig, trigger: String) -> Bui
         worker: false,
         cwd: Some(shared.config().base_dir.clone()),
         env: Vec::new(),
-        start_idle: false,
+        idle_until: None,
     };
     let mut spawned = match shared.spawner.spawn(spec).await {
         Ok(spawned) => spawned,

@@ -20,7 +20,10 @@
 //! At the idle policy any normal thread that wakes preempts it. The policy
 //! is inherited, so this thread takes it just for the spawn and the child
 //! is born with it; the worker task gives the normal policy back at Ready,
-//! or after `start_idle_ms` whichever comes first.
+//! or `start_idle_ms` after the spawn began, whichever comes first. A
+//! spawn still under way then (on a machine whose CPUs are all busy, the
+//! idle spawner and child get almost no CPU: 6 busy loops on 2 cores made
+//! a 4-worker reload take 3-5 s) is ended by [`Spawner::end_idle_spawn`].
 
 use std::collections::VecDeque;
 use std::io;
@@ -56,8 +59,9 @@ pub(crate) struct SpawnSpec {
     /// Extra environment variables.
     pub(crate) env: Vec<(&'static str, String)>,
     /// Start the process at the idle scheduling policy, if the server may
-    /// give it the normal one back (see the module docs).
-    pub(crate) start_idle: bool,
+    /// give it the normal one back, unless this moment has passed (see the
+    /// module docs).
+    pub(crate) idle_until: Option<std::time::Instant>,
 }
 
 /// The last lines a child wrote.
@@ -110,6 +114,8 @@ struct SpawnJob {
 pub(crate) struct Spawner {
     jobs: std::sync::mpsc::Sender<SpawnJob>,
     idle_start: Result<(), String>,
+    /// The spawner thread's id, for [`Spawner::end_idle_spawn`].
+    tid: u32,
 }
 
 impl Spawner {
@@ -122,17 +128,37 @@ impl Spawner {
             // Probed from this thread: its children inherit its policy
             // and nice value.
             let idle_start = sched::idle_start_available();
-            let _ = probed.send(idle_start.clone());
+            let _ = probed.send((idle_start.clone(), nix::unistd::gettid().as_raw() as u32));
             while let Ok(job) = rx.recv() {
-                let start_idle = job.spec.start_idle && idle_start.is_ok();
+                let start_idle =
+                    idle_start.is_ok() && job.spec.idle_until.is_some_and(|until| std::time::Instant::now() < until);
                 let _ = job.reply.send(spawn_one(&job.spec, start_idle));
             }
         })?;
-        let idle_start = probe.recv().map_err(|_| io::Error::other("the spawner thread ended at start"))?;
+        let (idle_start, tid) = probe.recv().map_err(|_| io::Error::other("the spawner thread ended at start"))?;
         if let Err(why) = &idle_start {
             tracing::info!("workers start at the normal scheduling policy: {why}");
         }
-        Ok(Spawner { jobs, idle_start })
+        Ok(Spawner { jobs, idle_start, tid })
+    }
+
+    /// Ends an idle spawn that outlasted its bound: on a machine whose
+    /// CPUs are busy, the spawner thread at the idle policy and the child
+    /// born with it (which must exec before the spawn returns) get almost
+    /// no CPU. Gives the normal policy back to the spawner thread and to
+    /// every process it forked (the others already have it, or are in
+    /// their own idle start, which this only shortens).
+    pub(crate) fn end_idle_spawn(&self) {
+        let tid = self.tid;
+        if let Err(error) = sched::set_thread_policy(tid as i32, Policy::Normal) {
+            tracing::warn!("the spawner thread keeps the idle scheduling policy: {error}");
+        }
+        let children = format!("/proc/{}/task/{tid}/children", std::process::id());
+        for pid in std::fs::read_to_string(children).unwrap_or_default().split_whitespace() {
+            if let Ok(pid) = pid.parse::<u32>() {
+                let _ = sched::set_process_policy(pid, Policy::Normal);
+            }
+        }
     }
 
     /// Whether workers can start at the idle policy, or why not.

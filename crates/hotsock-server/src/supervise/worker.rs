@@ -127,6 +127,9 @@ impl WorkerTask {
         let config = shared.config();
         let Launch { slot, generation, worker, .. } = self.launch;
         let role = if slot < config.workers.count { Role::Event } else { Role::Task };
+        // An idle start (spawn.rs) ends at Ready, or at this bound if the
+        // start takes longer.
+        let idle_until = tokio::time::Instant::now() + Duration::from_millis(config.workers.start_idle_ms);
         let spec = SpawnSpec {
             program: self.launch.program.clone(),
             args: config.workers.command[1..].to_vec(),
@@ -134,9 +137,20 @@ impl WorkerTask {
             worker: true,
             cwd: None,
             env: vec![(ENV_WORKER_THREADS, config.workers.threads.to_string())],
-            start_idle: config.workers.start_idle_ms > 0,
+            idle_until: (config.workers.start_idle_ms > 0).then_some(idle_until.into_std()),
         };
-        let spawned = match shared.spawner.spawn(spec).await {
+        // The idle start's bound runs from here: the spawn itself (exec
+        // included) runs idle too.
+        let spawn = shared.spawner.spawn(spec);
+        tokio::pin!(spawn);
+        let spawned = tokio::select! {
+            spawned = &mut spawn => spawned,
+            () = tokio::time::sleep_until(idle_until), if config.workers.start_idle_ms > 0 => {
+                shared.spawner.end_idle_spawn();
+                spawn.await
+            }
+        };
+        let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(error) => return not_ready(format!("cannot start worker: {error}")),
         };
@@ -195,9 +209,7 @@ impl WorkerTask {
             }),
         };
         let ready_timeout = Duration::from_millis(config.reload.ready_timeout_ms);
-        // An idle start (spawn.rs) ends at Ready, or at this bound if the
-        // worker's own start-up code takes longer.
-        let idle_until = tokio::time::sleep(Duration::from_millis(config.workers.start_idle_ms));
+        let idle_until = tokio::time::sleep_until(idle_until);
         tokio::pin!(idle_until);
         let mut idle = started_idle;
         let ready = {
