@@ -40,8 +40,9 @@ pub(crate) const HEARTBEAT_MS_MIN: u64 = 10;
 pub(crate) const HEARTBEAT_MS_MAX: u64 = 60_000;
 /// Longest a starting worker may run at the idle policy: on a machine
 /// whose CPUs stay busy it gets almost no CPU there, so a longer bound
-/// would mostly delay a reload.
-pub(crate) const START_IDLE_MS_MAX: u64 = 10_000;
+/// would mostly delay a reload, and the spawner thread, idle during the
+/// spawn, could hold a lock the runtime shares that long (spawn.rs).
+pub(crate) const START_IDLE_MS_MAX: u64 = 1_000;
 /// The smallest output buffer: below a few frames, ordinary bursts would
 /// close healthy clients as slow readers.
 pub(crate) const OUTPUT_BUFFER_BYTES_MIN: usize = 1024;

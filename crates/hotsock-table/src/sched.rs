@@ -17,8 +17,9 @@ use std::io;
 pub enum Policy {
     /// `SCHED_OTHER`: the default time sharing.
     Normal,
-    /// `SCHED_IDLE`: runs only on CPU time no normal thread wants; a normal
-    /// thread that wakes up preempts it at once.
+    /// `SCHED_IDLE`: the smallest share of CPU time (weight 3 against a
+    /// normal thread's 1024); a normal thread that wakes up preempts it (on
+    /// a kernel without preemption, when it next leaves kernel code).
     Idle,
 }
 
@@ -56,42 +57,101 @@ pub fn thread_policy(pid: u32, tid: u32) -> io::Result<Option<Policy>> {
     Ok([Policy::Normal, Policy::Idle].into_iter().find(|p| p.raw() == raw))
 }
 
-/// Sets the policy of every thread of process `pid` (threads that end
-/// meanwhile are skipped); returns how many were set. The first error
-/// other than a thread having ended is returned after trying them all.
+/// Most passes [`set_process_policy`] makes over a process's threads.
+const PASSES_MAX: usize = 8;
+
+/// Sets the policy of every thread of process `pid`, threads that end
+/// meanwhile skipped, and returns how many it changed. A thread that one
+/// not yet set creates meanwhile inherits the old policy, so it reads the
+/// threads again until a pass finds none left to change (at most
+/// `PASSES_MAX` passes). The first error other than a thread having ended
+/// is returned.
 pub fn set_process_policy(pid: u32, policy: Policy) -> io::Result<usize> {
-    let mut set = 0;
-    let mut failure = None;
+    let mut changed = 0;
+    for _ in 0..PASSES_MAX {
+        let mut this_pass = 0;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let Some(tid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+            match thread_policy(pid, tid) {
+                Ok(Some(now)) if now == policy => continue,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                _ => {}
+            }
+            match set_thread_policy(tid as i32, policy) {
+                Ok(()) => this_pass += 1,
+                Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if this_pass == 0 {
+            return Ok(changed);
+        }
+        changed += this_pass;
+    }
+    Ok(changed)
+}
+
+/// The policy of every thread of process `pid` (for checks and tests).
+pub fn process_policies(pid: u32) -> io::Result<Vec<Option<Policy>>> {
+    let mut policies = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Some(tid) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
-        match set_thread_policy(tid, policy) {
-            Ok(()) => set += 1,
-            Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => {}
-            Err(error) => failure = failure.or(Some(error)),
+        let Some(tid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        match thread_policy(pid, tid) {
+            Ok(policy) => policies.push(policy),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
         }
     }
-    failure.map_or(Ok(set), Err)
+    Ok(policies)
+}
+
+/// Why threads cannot be started idle and given the normal policy back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdleStartError {
+    /// This thread's policy could not be read.
+    #[error("cannot read this thread's scheduling policy: {0}")]
+    Unreadable(String),
+    /// The caller runs another policy (batch, real-time, idle).
+    #[error("the server does not run the normal scheduling policy (SCHED_OTHER)")]
+    NotNormal,
+    /// `/proc/<pid>/task/<tid>/children` is missing (`CONFIG_PROC_CHILDREN`),
+    /// so a spawn that outlasts its bound could not be found.
+    #[error("this kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)")]
+    NoChildrenFile,
+    /// Lowering failed (a seccomp filter, say).
+    #[error("cannot lower a thread to SCHED_IDLE: {0}")]
+    CannotLower(String),
+    /// Giving the normal policy back is not permitted.
+    #[error(
+        "cannot give a thread SCHED_OTHER back ({0}): it needs CAP_SYS_NICE or an RLIMIT_NICE that allows its nice value (systemd: LimitNICE=+0)"
+    )]
+    CannotRestore(String),
+    /// The probe thread could not run.
+    #[error("cannot run the probe thread: {0}")]
+    Probe(String),
 }
 
 /// Whether threads created by the calling thread could be started at the
 /// idle policy and given back the normal one: the caller runs the normal
-/// policy, and a scratch thread it starts (which inherits its policy and
-/// nice value) can go to idle and back. The error says why not.
-pub fn idle_start_available() -> Result<(), String> {
-    let own = thread_policy(std::process::id(), nix::unistd::gettid().as_raw() as u32)
-        .map_err(|e| format!("cannot read this thread's policy: {e}"))?;
+/// policy, the kernel lists a thread's children, and a scratch thread it
+/// starts (which inherits its policy and nice value) can go to idle and
+/// back.
+pub fn idle_start_available() -> Result<(), IdleStartError> {
+    let (pid, tid) = (std::process::id(), nix::unistd::gettid().as_raw() as u32);
+    let own = thread_policy(pid, tid).map_err(|e| IdleStartError::Unreadable(e.to_string()))?;
     if own != Some(Policy::Normal) {
-        return Err("the server does not run the normal scheduling policy (SCHED_OTHER)".into());
+        return Err(IdleStartError::NotNormal);
+    }
+    if std::fs::metadata(format!("/proc/{pid}/task/{tid}/children")).is_err() {
+        return Err(IdleStartError::NoChildrenFile);
     }
     let probe = std::thread::Builder::new().name("hotsock-probe".into()).spawn(|| {
-        set_thread_policy(0, Policy::Idle).map_err(|e| format!("cannot lower a thread to SCHED_IDLE: {e}"))?;
-        set_thread_policy(0, Policy::Normal).map_err(|e| {
-            format!("cannot give a thread SCHED_OTHER back ({e}): it needs CAP_SYS_NICE or an RLIMIT_NICE that allows its nice value (systemd: LimitNICE=)")
-        })
+        set_thread_policy(0, Policy::Idle).map_err(|e| IdleStartError::CannotLower(e.to_string()))?;
+        set_thread_policy(0, Policy::Normal).map_err(|e| IdleStartError::CannotRestore(e.to_string()))
     });
     match probe {
-        Ok(thread) => thread.join().unwrap_or_else(|_| Err("the probe thread panicked".into())),
-        Err(e) => Err(format!("cannot start the probe thread: {e}")),
+        Ok(thread) => thread.join().unwrap_or_else(|_| Err(IdleStartError::Probe("it panicked".into()))),
+        Err(e) => Err(IdleStartError::Probe(e.to_string())),
     }
 }
 
@@ -126,6 +186,8 @@ mod tests {
         let pid = child.id();
         assert_eq!(set_process_policy(pid, Policy::Idle).expect("lowering is always allowed"), 1);
         assert_eq!(thread_policy(pid, pid).expect("stat"), Some(Policy::Idle));
+        assert_eq!(set_process_policy(pid, Policy::Idle).expect("again"), 0, "nothing left to change");
+        assert_eq!(process_policies(pid).expect("policies"), vec![Some(Policy::Idle)]);
         if idle_start_available().is_ok() {
             set_process_policy(pid, Policy::Normal).expect("restore");
             assert_eq!(thread_policy(pid, pid).expect("stat"), Some(Policy::Normal));

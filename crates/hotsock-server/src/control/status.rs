@@ -45,7 +45,7 @@ pub(crate) fn server_status(shared: &Shared) -> ServerStatus {
         worker_start: match (shared.config().workers.start_idle_ms, shared.spawner.idle_start()) {
             (0, _) => WorkerStart::Normal { why: "workers.start_idle_ms = 0".into() },
             (max_ms, Ok(())) => WorkerStart::Idle { max_ms },
-            (_, Err(why)) => WorkerStart::Normal { why: why.clone() },
+            (_, Err(why)) => WorkerStart::Normal { why: why.to_string() },
         },
         connections: shared.hub.connection_count(),
         accepted_total: shared.accepted_total.load(Ordering::Relaxed),

@@ -140,17 +140,8 @@ impl WorkerTask {
             idle_until: (config.workers.start_idle_ms > 0).then_some(idle_until.into_std()),
         };
         // The idle start's bound runs from here: the spawn itself (exec
-        // included) runs idle too.
-        let spawn = shared.spawner.spawn(spec);
-        tokio::pin!(spawn);
-        let spawned = tokio::select! {
-            spawned = &mut spawn => spawned,
-            () = tokio::time::sleep_until(idle_until), if config.workers.start_idle_ms > 0 => {
-                shared.spawner.end_idle_spawn();
-                spawn.await
-            }
-        };
-        let spawned = match spawned {
+        // included) runs idle too, and the spawner ends it at the bound.
+        let spawned = match shared.spawner.spawn(spec).await {
             Ok(spawned) => spawned,
             Err(error) => return not_ready(format!("cannot start worker: {error}")),
         };
@@ -220,7 +211,10 @@ impl WorkerTask {
                     ready = &mut handshake => break ready,
                     () = &mut idle_until, if idle => {
                         idle = false;
-                        normal_policy(slot, pid);
+                        if let Err(why) = normal_policy(pid) {
+                            // Tried again at Ready.
+                            tracing::warn!(slot, pid, "{why}");
+                        }
                     }
                     status = child.wait() => {
                         let why = format!("exited before Ready ({})", describe_wait(status));
@@ -236,8 +230,11 @@ impl WorkerTask {
                 }
             }
         };
-        if idle {
-            normal_policy(slot, pid);
+        // Always, not only while `idle`: a thread a still-idle thread
+        // created after the pass at the bound inherited the idle policy.
+        // No worker serves at it.
+        if started_idle && let Err(why) = normal_policy(pid) {
+            return kill(child, not_ready(why)).await;
         }
         let caps = match ready {
             Ok(Ok(caps)) => caps,
@@ -549,13 +546,13 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<
 
 /// Gives every thread of a worker that started idle (spawn.rs) the normal
 /// scheduling policy.
-fn normal_policy(slot: usize, pid: Option<u32>) {
-    let Some(pid) = pid else { return };
+fn normal_policy(pid: Option<u32>) -> Result<(), String> {
+    let Some(pid) = pid else { return Ok(()) };
     match sched::set_process_policy(pid, Policy::Normal) {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         // It has exited; its task sees that next.
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(slot, pid, "worker keeps the idle scheduling policy: {error}"),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(format!("cannot give the worker the normal CPU scheduling policy back: {error}")),
     }
 }
 
