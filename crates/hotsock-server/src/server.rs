@@ -69,6 +69,15 @@ pub struct Server {
     first: (u64, Option<u64>),
 }
 
+/// How the start ended (`Server::run`).
+enum Start {
+    /// Every worker is Ready: serve, with the connections taken over from
+    /// an old server if this is a binary upgrade.
+    Serve(Option<crate::upgrade::Taken>),
+    /// A stop signal came first.
+    Stopped,
+}
+
 impl Server {
     /// Binds the listener and the admin socket and prepares the run
     /// directory. Must be called inside a tokio runtime.
@@ -209,28 +218,26 @@ impl Server {
         let signal_task = tokio::spawn(reload_signals(shared.clone(), supervisor.clone()));
         tokio::pin!(shutdown);
         let started = tokio::select! {
-            ready = wait_ready(&shared) => ready.map(|()| true),
+            ready = wait_ready(&shared) => ready.map(|()| Start::Serve(None)),
             // A stop before the workers are Ready: nothing was served, and
             // the signal is spent (polling it again would panic).
-            () = &mut shutdown => Ok(false),
+            () = &mut shutdown => Ok(Start::Stopped),
         };
         // Taking over: the connections move once our workers are Ready.
         let started = match (started, takeover) {
-            (Ok(true), Some(takeover)) => match takeover.take_over(&shared).await {
+            (Ok(Start::Serve(_)), Some(takeover)) => match takeover.take_over(&shared).await {
                 Ok(taken) => {
                     // Before the admin socket is in place: the first status
                     // asked of this server already says how it took over.
                     *shared.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken.status.clone());
-                    run_files.commit().map(|()| Some(Some(taken)))
+                    run_files.commit().map(|()| Start::Serve(Some(taken)))
                 }
                 Err(why) => Err(ServerError::Upgrade(why)),
             },
-            (Ok(true), None) => Ok(Some(None)),
-            (Ok(false), _) => Ok(None),
-            (Err(error), _) => Err(error),
+            (started, _) => started,
         };
         let taken = match started {
-            Ok(Some(taken)) => taken,
+            Ok(Start::Serve(taken)) => taken,
             outcome => {
                 if outcome.is_ok() {
                     tracing::info!("stop requested by signal before the workers were ready");
