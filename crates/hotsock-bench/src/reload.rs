@@ -334,9 +334,8 @@ fn markdown(
          0.5-0.9 ms behind it while the other core went idle; an old worker's exit is 0.2-0.3 ms of kernel \
          time in the same way. Neither 100 µs EEVDF slices for the server and workers (4.1-5.2 against \
          4.3-4.9) nor a nice value given to a worker once its spawn returned (3.6-4.6 against 4.3-10.5) \
-         settled it. Since 2026-12-04 a worker is born at \
-         the idle policy (`workers.start_idle_ms`), which any woken normal thread preempts, and gets the normal \
-         one back at Ready: paired runs, 4 each alternating, the normal start made by dropping CAP_SYS_NICE \
+         settled it. Since 2026-12-04 a worker is born at the idle policy (`workers.start_idle_ms`), which a \
+         woken normal thread preempts once it leaves kernel code, and gets the normal one back at Ready: paired runs, 4 each alternating, the normal start made by dropping CAP_SYS_NICE \
          (`setpriv --bounding-set=-sys_nice`): **2.47, 4.63, 2.67, 2.37 idle against 5.61, 6.99, 3.48, 4.33 \
          normal**, the inside p50 181-253 µs against 211-312. What remains above the aim is the kernel's part \
          of exec and exit, which no policy interrupts on this kernel, and a new worker's first events (once 0.5 \
