@@ -70,12 +70,9 @@ pub fn set_process_policy(pid: u32, policy: Policy) -> io::Result<usize> {
     let mut changed = 0;
     for _ in 0..PASSES_MAX {
         let mut this_pass = 0;
-        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            let Some(tid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
-            match thread_policy(pid, tid) {
-                Ok(Some(now)) if now == policy => continue,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                _ => {}
+        for (tid, now) in thread_policies(pid)? {
+            if now == Some(policy) {
+                continue;
             }
             match set_thread_policy(tid as i32, policy) {
                 Ok(()) => this_pass += 1,
@@ -93,16 +90,22 @@ pub fn set_process_policy(pid: u32, policy: Policy) -> io::Result<usize> {
 
 /// The policy of every thread of process `pid` (for checks and tests).
 pub fn process_policies(pid: u32) -> io::Result<Vec<Option<Policy>>> {
-    let mut policies = Vec::new();
+    Ok(thread_policies(pid)?.into_iter().map(|(_, policy)| policy).collect())
+}
+
+/// Each thread of process `pid` with its policy; threads that end while
+/// they are read are left out.
+fn thread_policies(pid: u32) -> io::Result<Vec<(u32, Option<Policy>)>> {
+    let mut threads = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let Some(tid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
         match thread_policy(pid, tid) {
-            Ok(policy) => policies.push(policy),
+            Ok(policy) => threads.push((tid, policy)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(error),
         }
     }
-    Ok(policies)
+    Ok(threads)
 }
 
 /// Why threads cannot be started idle and given the normal policy back.
