@@ -16,14 +16,15 @@
 //! TLS connections never have a second writer: their bytes go through the
 //! session's state, which only the task holds.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::metrics::Flow;
@@ -188,9 +189,28 @@ impl AsyncRead for PlainStream {
             ready!(tcp.poll_read_ready(cx))?;
             // The callers read into initialized memory (the thread's
             // scratch buffer; the request head's buffer once per handshake).
-            match tcp.try_read(buf.initialize_unfilled()) {
+            let room = buf.initialize_unfilled();
+            let want = room.len();
+            let mut got = 0;
+            // A read shorter than the room it had emptied the socket
+            // (epoll, edge-triggered): the closure says WouldBlock so tokio
+            // clears the readiness, by the tick it took before the call, so
+            // bytes that arrive meanwhile still wake us. The next read then
+            // waits for the next event instead of making a system call that
+            // finds nothing: one `recv` less per client message. tokio's own
+            // `TcpStream::poll_read` does the same (tokio-rs/tokio#5866);
+            // `try_read`, which a shared socket has to use, does not.
+            let read = tcp.try_io(Interest::READABLE, || {
+                got = (&*SockRef::from(tcp)).read(room)?;
+                if got > 0 && got < want { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+            });
+            match read {
                 Ok(n) => {
                     buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                    buf.advance(got);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -294,5 +314,39 @@ mod tests {
         peer.read_exact(&mut got).await.expect("read");
         assert_eq!(got, expected);
         assert_eq!(sent.messages(), next as u64);
+    }
+
+    /// A read shorter than its buffer leaves the socket not ready, so the
+    /// next read waits without a system call; bytes sent after it still
+    /// wake the reader; a read that fills its buffer keeps the socket
+    /// ready, for the rest.
+    #[tokio::test]
+    async fn a_short_read_waits_for_the_next_bytes_without_another_recv() {
+        use std::future::poll_fn;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut peer = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut stream = PlainStream::new(tcp, Arc::new(Flow::default()));
+        let mut buf = [0u8; 16];
+
+        peer.write_all(b"hello").await.expect("write");
+        assert_eq!(stream.read(&mut buf).await.expect("read"), 5);
+        let ready = poll_fn(|cx| Poll::Ready(stream.tcp().poll_read_ready(cx).is_ready())).await;
+        assert!(!ready, "after a short read the socket must wait for its next event");
+
+        peer.write_all(b"0123456789abcdefXYZ").await.expect("write");
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("bytes sent after a short read must wake the reader")
+            .expect("read");
+        assert_eq!(&buf[..n], b"0123456789abcdef");
+        let ready = poll_fn(|cx| Poll::Ready(stream.tcp().poll_read_ready(cx).is_ready())).await;
+        assert!(ready, "a read that filled its buffer may have left bytes: the socket stays ready");
+        assert_eq!(stream.read(&mut buf).await.expect("read"), 3);
+        assert_eq!(&buf[..3], b"XYZ");
+
+        drop(peer);
+        assert_eq!(stream.read(&mut buf).await.expect("read"), 0, "the peer's close reads as the end");
     }
 }
