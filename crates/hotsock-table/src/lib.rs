@@ -6,9 +6,10 @@
 //! Theory of operation.
 //! - The segment is an array of 64-bit atomic words (`segment.rs` says why;
 //!   it, `fdpass.rs`, which receives segments from another process,
-//!   `activation.rs`, which adopts systemd's listening socket, and
-//!   `sched.rs`, which sets threads' scheduling policy, hold the crate's
-//!   only `unsafe`): a header, then `slots` rows.
+//!   `activation.rs`, which adopts systemd's listening socket,
+//!   `sched.rs`, which sets threads' scheduling policy, and `link.rs`,
+//!   which registers the server–worker socket's halves with tokio, hold
+//!   the crate's only `unsafe`): a header, then `slots` rows.
 //! - Rows are found by open addressing: FNV-1a of the key, then linear
 //!   probing. There are at least twice as many slots as rows, so probes stay
 //!   short; the capacity is exact (`TableFull` after `rows` live keys).
@@ -25,6 +26,7 @@
 
 pub mod activation;
 mod fdpass;
+pub mod link;
 pub mod sched;
 mod schema;
 mod segment;

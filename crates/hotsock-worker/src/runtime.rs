@@ -21,9 +21,8 @@ use hotsock_protocol::{
     Decoder, ENV_SERVER_PID, ENV_WORKER_FD, ENV_WORKER_THREADS, Hello, PROTOCOL_VERSION, Ready, ToServer, ToWorker,
     capabilities,
 };
+use hotsock_table::link::{ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::app::{Close, Decision, Finish, Handshake, Join, Leave, Message, Open, Task};
@@ -101,7 +100,7 @@ fn watch_parent() -> Result<(), Error> {
 }
 
 async fn serve<A: App>(app: Arc<A>, socket: StdUnixStream, files: Vec<std::fs::File>) -> Result<(), Error> {
-    let (mut rd, mut wr) = UnixStream::from_std(socket)?.into_split();
+    let (mut rd, mut wr) = hotsock_table::link::split(socket)?;
     let decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let hello = read_hello(&mut rd, &mut buf, &decoder).await?;
@@ -253,7 +252,7 @@ fn open_tables(hello: &Hello, files: Vec<std::fs::File>) -> Result<Vec<Table>, E
     Ok(tables)
 }
 
-async fn read_hello(rd: &mut OwnedReadHalf, buf: &mut BytesMut, decoder: &Decoder) -> Result<Hello, Error> {
+async fn read_hello(rd: &mut ReadHalf, buf: &mut BytesMut, decoder: &Decoder) -> Result<Hello, Error> {
     loop {
         if let Some(frame) = decoder.decode(buf)? {
             return match ToWorker::from_frame(frame)? {
@@ -267,7 +266,7 @@ async fn read_hello(rd: &mut OwnedReadHalf, buf: &mut BytesMut, decoder: &Decode
     }
 }
 
-async fn write_ready(wr: &mut OwnedWriteHalf, capabilities: u32) -> Result<(), Error> {
+async fn write_ready(wr: &mut WriteHalf, capabilities: u32) -> Result<(), Error> {
     let mut buf = BytesMut::new();
     ToServer::Ready(Ready { protocol_version: PROTOCOL_VERSION, capabilities }).encode(&mut buf);
     wr.write_all(&buf).await?;
@@ -498,7 +497,7 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 /// Encodes everything queued into one buffer per wake-up; acknowledgements
 /// are coalesced into one `Ack` frame at the end of the batch, so an ack is
 /// never sent before the pushes its handler made.
-async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<Out>) {
+async fn write_loop(mut wr: WriteHalf, mut outbox: mpsc::UnboundedReceiver<Out>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut acks = Vec::new();
     while let Some(first) = outbox.recv().await {

@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use crate::config::TableScope;
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use hotsock_protocol::{
     ClusterSpec, Decoder, ENV_WORKER_THREADS, Hello, PAYLOAD_MAX_BYTES, PROTOCOL_VERSION, Role, TableSpec, ToServer,
     ToWorker, capabilities,
 };
 use hotsock_table::Table;
+use hotsock_table::link::{ReadHalf, WriteHalf};
 use hotsock_table::sched::{self, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -173,11 +173,10 @@ impl WorkerTask {
         if let Err(error) = hotsock_table::send_files(&socket, &files) {
             return kill(child, not_ready(format!("cannot hand over the tables: {error}"))).await;
         }
-        let stream = match socket.set_nonblocking(true).and_then(|()| UnixStream::from_std(socket)) {
-            Ok(stream) => stream,
+        let (mut rd, mut wr) = match hotsock_table::link::split(socket) {
+            Ok(halves) => halves,
             Err(error) => return kill(child, not_ready(format!("worker socket: {error}"))).await,
         };
-        let (mut rd, mut wr) = stream.into_split();
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -357,7 +356,7 @@ impl WorkerTask {
     /// fault, an order or a deadline ends the worker.
     async fn read_loop(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: ReadHalf,
         mut buf: BytesMut,
         direct: mpsc::UnboundedSender<ToWorker>,
     ) -> LoopEnd {
@@ -456,7 +455,7 @@ impl WorkerTask {
                 _ = ticker.tick(), if !heartbeat.is_zero() => {
                     // Stale only if no answer is waiting unread either (this
                     // loop itself may have been slow to read).
-                    let pending = matches!(rd.try_read_buf(&mut buf), Ok(n) if n > 0);
+                    let pending = matches!(rd.read_buf(&mut buf).now_or_never(), Some(Ok(n)) if n > 0);
                     if answered.elapsed() > unresponsive && !pending {
                         return LoopEnd::Unresponsive(answered.elapsed());
                     }
@@ -481,8 +480,8 @@ fn not_ready(why: impl Into<String>) -> Exit {
 
 /// Sends Hello and waits for Ready; returns the worker's capabilities.
 async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     buf: &mut BytesMut,
     hello: Hello,
     shared_tables: &[(TableSpec, Table)],
@@ -520,7 +519,7 @@ async fn handshake(
 
 /// Encodes everything queued for the worker into one buffer per wake-up and
 /// writes it with one call.
-async fn write_loop(mut wr: OwnedWriteHalf, mut outbox: mpsc::UnboundedReceiver<ToWorker>) {
+async fn write_loop(mut wr: WriteHalf, mut outbox: mpsc::UnboundedReceiver<ToWorker>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     while let Some(first) = outbox.recv().await {
         // Let the connection tasks that are ready run first: their events
