@@ -335,7 +335,25 @@ before). Paired runs (one 3 s round each, quiet host): at 100 connections unpinn
 pinned 74-78k -> 114-129k msg/s (server CPU per message 12.7-13.4 -> 7.7-8.7 µs); at 10 connections p50 \
 142 and 125 µs before, 142 and 137 µs after, against a ceiling of 54-66 µs. On a quiet host the ratio is \
 higher than on a loaded one (2.3-2.5 in these runs, 1.7-1.9 in the loaded runs before): the ceiling's one \
-process per message gains more from idle cores than hotsock's three.\n";
+process per message gains more from idle cores than hotsock's three. Two changes of 2026-12-04 took out system \
+calls and wake-ups that found nothing: a read shorter than its buffer clears a client socket's readiness \
+(tokio's own `TcpStream::poll_read` does; the shared socket's `try_read` did not), so the `recv` that followed \
+every client message and found nothing is gone (`perf trace -s` of the tasks bench: 13,071 of the server's \
+35,042 `recvfrom` calls were that); and the worker socket is registered for writability only while a write finds \
+it full (`hotsock-table/src/link.rs`): a Unix socket tells its writer \"writable\" every time the peer reads, \
+which woke the echo worker for nothing 0.67 times per batch (`epoll_wait` per batch read: 1.67 before, 1.00 \
+after). Paired runs, one 2 s round each, alternating: after the first, server CPU per message unpinned at 10 \
+connections 17.25, 13.85, 13.93 µs before and 13.33, 13.19, 13.57 after; after the second, pinned at 10 \
+connections 11.80, 11.86, 11.40 before and 11.14, 10.97, 11.09 after (84-86k -> 89-91k msg/s), at 100 \
+connections unchanged (7.08, 6.94, 6.91 and 7.12, 6.85, 6.85: there batches already share their wake-ups). \
+Why the aim is out of reach on this machine: its idle cores halt (cpuidle `haltpoll` with `guest_halt_poll_ns` \
+0), so a wake-up that must start an idle core costs about 40 µs; with halt polling on (200,000 ns, set for an \
+experiment and set back) the one-connection round trip fell from 55-67 to 12-17 µs for the ceiling and from \
+59-93 to 40-55 µs for hotsock, while at 10 connections, where the cores are busy, the p50 ratio stayed at \
+2.1-2.3. At 10 connections both targets keep the two cores nearly busy, so a round trip's p50 is about the 10 \
+connections over the msg/s (Little's law): the p50 ratio is the inverse of the throughput ratio, and 1.5 asks \
+hotsock, with a worker hop, for two thirds of the ceiling's msg/s on the same two cores, more than Node's `ws` \
+(one process, no hop) reaches in the table above.\n";
 
 /// Throughput and p99 against connections, one line per target.
 fn charts(out: &Path, scenario: &str, rows: &[Row]) -> String {
