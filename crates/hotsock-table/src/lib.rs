@@ -8,7 +8,8 @@
 //!   it, `fdpass.rs`, which receives segments from another process,
 //!   `activation.rs`, which adopts systemd's listening socket,
 //!   `sched.rs`, which sets threads' scheduling policy, and `link.rs`,
-//!   which registers the server–worker socket's halves with tokio, hold
+//!   which registers the server–worker socket's halves with tokio and
+//!   reads into a buffer's uninitialized room, hold
 //!   the crate's only `unsafe`): a header, then `slots` rows.
 //! - Rows are found by open addressing: FNV-1a of the key, then linear
 //!   probing. There are at least twice as many slots as rows, so probes stay

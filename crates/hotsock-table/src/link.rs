@@ -18,26 +18,31 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use socket2::SockRef;
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdRegisterError};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Splits a socket into its reading and writing halves (made
-/// non-blocking). Needs a tokio runtime with I/O enabled.
+/// non-blocking). Needs a tokio runtime with I/O enabled, as polling the
+/// halves does.
 pub fn split(socket: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
     socket.set_nonblocking(true)?;
+    // The writer's own descriptor, made once here: a full socket later
+    // needs no new one (a `dup` at the fd limit would fail the write).
     let writer = socket.try_clone()?;
-    Ok((ReadHalf(register(socket, Interest::READABLE)?), WriteHalf { socket: writer, waiting: None }))
+    Ok((ReadHalf(register(socket, Interest::READABLE).map_err(|e| e.into_parts().1)?), WriteHalf(Writer::Idle(writer))))
 }
 
 /// Registers `socket` with the runtime's I/O driver for `interest` only.
 #[allow(unsafe_code)]
-fn register(socket: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
+fn register(socket: UnixStream, interest: Interest) -> Result<AsyncFd<UnixStream>, AsyncFdRegisterError<UnixStream>> {
     // SAFETY: the `AsyncFd` owns the `UnixStream`, which owns its
     // descriptor: it stays open, on the same open file description, until
-    // the `AsyncFd` (and with it the stream) is dropped, and `as_raw_fd`
-    // always returns that one descriptor. Nothing here takes the stream out
-    // (`into_inner`) or swaps it through `get_mut`.
-    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
+    // the `AsyncFd` is dropped or gives the stream back (`into_inner`,
+    // which deregisters first), and `as_raw_fd` always returns that one
+    // descriptor. Nothing swaps the stream through `get_mut`. Deregistering
+    // before the close matters with duplicates of one socket: a closed
+    // descriptor left registered would keep an epoll entry alive.
+    unsafe { AsyncFd::register_with_interest(socket, interest) }
 }
 
 /// Reads; woken only when there is something to read (or the peer left).
@@ -47,9 +52,12 @@ pub struct ReadHalf(AsyncFd<UnixStream>);
 impl AsyncRead for ReadHalf {
     #[allow(unsafe_code)]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let want = buf.remaining();
+        if want == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
-            let want = buf.remaining();
             // Into the buffer's uninitialized room (a reader's spare
             // capacity, tens of KiB): zeroing it first would cost more than
             // the read.
@@ -61,7 +69,11 @@ impl AsyncRead for ReadHalf {
                     // Shorter than the room it had: the socket is empty, so
                     // the next read waits for the next event instead of a
                     // system call that finds nothing (as tokio's own
-                    // sockets do).
+                    // sockets do; data arriving meanwhile is a new edge, and
+                    // `try_io` clears only the readiness it saw). Holds as
+                    // long as no message on this socket carries descriptors
+                    // (a `recv` stops short after one): they pass only
+                    // before the split (`fdpass`).
                     if n > 0 && n < want {
                         guard.clear_ready();
                     }
@@ -81,31 +93,80 @@ impl AsyncRead for ReadHalf {
 /// full. Dropping it shuts the socket's writing direction, as tokio's
 /// write half does, so the peer reads the end.
 #[derive(Debug)]
-pub struct WriteHalf {
-    socket: UnixStream,
-    waiting: Option<AsyncFd<UnixStream>>,
+pub struct WriteHalf(Writer);
+
+/// The writer's descriptor: registered only from a write that found the
+/// socket full to the next write that took all it was given.
+#[derive(Debug)]
+enum Writer {
+    Idle(UnixStream),
+    Full(AsyncFd<UnixStream>),
+    /// Only while `full` moves the descriptor into its registration.
+    Moving,
+}
+
+impl Writer {
+    fn socket(&self) -> io::Result<&UnixStream> {
+        match self {
+            Writer::Idle(socket) => Ok(socket),
+            Writer::Full(registered) => Ok(registered.get_ref()),
+            Writer::Moving => {
+                Err(io::Error::new(io::ErrorKind::NotConnected, "the socket was lost to a failed registration"))
+            }
+        }
+    }
+
+    /// The registration, made now if the socket was idle.
+    fn full(&mut self) -> io::Result<&AsyncFd<UnixStream>> {
+        if let Writer::Idle(_) = self
+            && let Writer::Idle(socket) = std::mem::replace(self, Writer::Moving)
+        {
+            *self = match register(socket, Interest::WRITABLE) {
+                Ok(registered) => Writer::Full(registered),
+                Err(error) => {
+                    let (socket, error) = error.into_parts();
+                    *self = Writer::Idle(socket);
+                    return Err(error);
+                }
+            };
+        }
+        match self {
+            Writer::Full(registered) => Ok(registered),
+            _ => Err(io::Error::new(io::ErrorKind::NotConnected, "the socket was lost to a failed registration")),
+        }
+    }
+
+    /// Deregistered: the peer's reads wake nobody until the next full
+    /// socket.
+    fn idle(&mut self) {
+        if let Writer::Full(_) = self
+            && let Writer::Full(registered) = std::mem::replace(self, Writer::Moving)
+        {
+            *self = Writer::Idle(registered.into_inner());
+        }
+    }
 }
 
 impl AsyncWrite for WriteHalf {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
+        let writer = &mut self.0;
         loop {
-            match (&this.socket).write(buf) {
+            match writer.socket()?.write(buf) {
                 Ok(n) => {
-                    // Deregistered until the socket is full again.
-                    this.waiting = None;
+                    // A write that took less than it was given found the
+                    // socket full again: the registration stays for the
+                    // rest, so a large write registers once, not per chunk.
+                    if n == buf.len() {
+                        writer.idle();
+                    }
                     return Poll::Ready(Ok(n));
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Poll::Ready(Err(error)),
             }
-            let waiting = match &mut this.waiting {
-                Some(waiting) => waiting,
-                // Registering reports the socket writable at once if room
-                // appeared since the write: no wake-up is lost.
-                none => none.insert(register(this.socket.try_clone()?, Interest::WRITABLE)?),
-            };
-            ready!(waiting.poll_write_ready(cx))?.clear_ready();
+            // Registering polls the socket's state, so room that appeared
+            // since the write is reported: no wake-up is lost.
+            ready!(writer.full()?.poll_write_ready(cx))?.clear_ready();
         }
     }
 
@@ -114,13 +175,15 @@ impl AsyncWrite for WriteHalf {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.socket.shutdown(Shutdown::Write))
+        Poll::Ready(self.0.socket()?.shutdown(Shutdown::Write))
     }
 }
 
 impl Drop for WriteHalf {
     fn drop(&mut self) {
-        let _ = self.socket.shutdown(Shutdown::Write);
+        if let Ok(socket) = self.0.socket() {
+            let _ = socket.shutdown(Shutdown::Write);
+        }
     }
 }
 
@@ -212,8 +275,12 @@ mod tests {
     #[test]
     fn the_peer_reading_what_was_written_wakes_nobody() {
         const ROUNDS: u64 = 100;
+        const FILL: usize = 4 << 20;
         let (ours, mut peer) = UnixStream::pair().expect("pair");
         let echo = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut filled = vec![0u8; FILL];
+            peer.read_exact(&mut filled).expect("peer reads the fill");
             let mut byte = [0u8; 1];
             for _ in 0..ROUNDS {
                 std::thread::sleep(Duration::from_millis(2));
@@ -224,6 +291,13 @@ mod tests {
         });
         let woken = runtime().block_on(async move {
             let (mut rd, mut wr) = split(ours).expect("split");
+            // First a write that finds the socket full and waits for room:
+            // once it has all gone, the writer must be deregistered again.
+            let fill = vec![7u8; FILL];
+            tokio::time::timeout(Duration::from_secs(20), wr.write_all(&fill))
+                .await
+                .expect("the fill must drain")
+                .expect("fill");
             let before = switches();
             let mut byte = [0u8; 1];
             for _ in 0..ROUNDS {

@@ -516,7 +516,12 @@ async fn write_loop(mut wr: WriteHalf, mut outbox: mpsc::UnboundedReceiver<Out>)
         if !acks.is_empty() {
             ToServer::Ack(std::mem::take(&mut acks)).encode(&mut buf);
         }
-        if wr.write_all(&buf).await.is_err() {
+        if let Err(error) = wr.write_all(&buf).await {
+            // The server gone is the read loop's to notice; anything else
+            // would otherwise end the link without a word.
+            if !matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                tracing::error!("cannot write to the server: {error}");
+            }
             return;
         }
         buf.clear();

@@ -533,7 +533,12 @@ async fn write_loop(mut wr: WriteHalf, mut outbox: mpsc::UnboundedReceiver<ToWor
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        if let Err(error) = wr.write_all(&buf).await {
+            // A worker that left is the read loop's to report; anything
+            // else would otherwise end the link without a word.
+            if !matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                tracing::warn!("cannot write to a worker: {error}");
+            }
             return;
         }
         buf.clear();
