@@ -346,14 +346,21 @@ after). Paired runs, one 2 s round each, alternating: after the first, server CP
 connections 17.25, 13.85, 13.93 µs before and 13.33, 13.19, 13.57 after; after the second, pinned at 10 \
 connections 11.80, 11.86, 11.40 before and 11.14, 10.97, 11.09 after (84-86k -> 89-91k msg/s), at 100 \
 connections unchanged (7.08, 6.94, 6.91 and 7.12, 6.85, 6.85: there batches already share their wake-ups). \
-Why the aim is out of reach on this machine: its idle cores halt (cpuidle `haltpoll` with `guest_halt_poll_ns` \
-0), so a wake-up that must start an idle core costs about 40 µs; with halt polling on (200,000 ns, set for an \
-experiment and set back) the one-connection round trip fell from 55-67 to 12-17 µs for the ceiling and from \
-59-93 to 40-55 µs for hotsock, while at 10 connections, where the cores are busy, the p50 ratio stayed at \
-2.1-2.3. At 10 connections both targets keep the two cores nearly busy, so a round trip's p50 is about the 10 \
-connections over the msg/s (Little's law): the p50 ratio is the inverse of the throughput ratio, and 1.5 asks \
-hotsock, with a worker hop, for two thirds of the ceiling's msg/s on the same two cores, more than Node's `ws` \
-(one process, no hop) reaches in the table above.\n";
+What those two changes cost: on this machine an idle core halts (cpuidle `haltpoll` with \
+`guest_halt_poll_ns` 0), so a wake-up that finds its core halted waits for it, and a wake-up that found nothing \
+had kept a core from halting. Paired on 2026-12-04 evening (a fresh machine of the same kind; one 2 s round \
+each at 10 connections, alternating): before both, p50 129, 122, 124 µs, 13.84, 13.16, 13.68 µs of server CPU \
+per message and 1.02-1.05 cores; after both, 144, 142, 147 µs, 12.77, 12.28, 12.98 µs and 0.86-0.88 cores. With \
+halt polling on (200,000 ns, set for the experiment and set back) the same pair went the other way on both \
+counts: p50 85 and 85 µs before, 81 and 73 after, 11.17 and 11.02 µs per message before, 10.26 and 9.55 after. \
+The changes are kept: less CPU per message everywhere, and lower latency wherever idle cores poll before \
+halting (the kernel's default for this driver). Why the aim is out of reach on this machine: with polling off \
+the one-connection round trip is 55-67 µs for the ceiling and 59-93 µs for hotsock, 12-17 and 40-55 µs with it \
+on, and at 10 connections the p50 ratio was 2.1-4.4 with polling off (this evening's machine at the top) \
+and 1.9-2.6 with it on. With one message in flight per connection the mean round trip is the 10 connections over the msg/s (Little's law), so the p50 ratio follows \
+the inverse of the throughput ratio: 1.5 asks hotsock, whose three processes take turns on each message, for \
+two thirds of the msg/s of a ceiling whose two processes never sleep (0.98 cores each in these runs), more \
+than Node's `ws` (one process, no hop) reaches in the table above.\n";
 
 /// Throughput and p99 against connections, one line per target.
 fn charts(out: &Path, scenario: &str, rows: &[Row]) -> String {

@@ -34,7 +34,14 @@ crossing is one trip through Redis (the sending node's `EVALSHA`, whose `PUBLISH
 subscription receives), and that trip alone, measured above from a client, takes 63-71 µs. So on this machine \
 2x leaves under 10 µs per crossing for both nodes' own work: the aim holds for the fan-out, where Redis is \
 crossed once per publication and not once per member, but not for a `send_to_uid` round trip, which crosses \
-twice.\n";
+twice. A profile of the cross-node case on 2026-12-04 (`perf record -a -g`, 1 pair for 6 s, that run 3.18x): of all \
+samples on both cores, the two nodes' server threads took 24.2%, their workers 4.5%, Redis 11.2%; inside the \
+nodes' threads 12.2 points were the kernel finishing wake-ups (`_raw_spin_unlock_irqrestore` under \
+`sock_def_readable` for the TCP sends to Redis and to clients, and under futex wakes: on this virtual machine \
+waking a process on the other core is an interrupt through the hypervisor), the binary's user-space code (hotsock, \
+tokio, redis-rs) 9.7 points \
+with no symbol above 0.35. So the cost is the number of processes a message wakes, not work done per crossing: \
+a cross-node round trip wakes Redis twice and each node's server more often than one node does.\n";
 
 /// Calls per operation, largest first: `evalsha 1.00, publish 1.00`, and
 /// their sum.
