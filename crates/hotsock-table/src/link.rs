@@ -267,6 +267,44 @@ mod tests {
         assert!(reader.join().expect("reader") == expected, "bytes lost or out of order");
     }
 
+    /// The peer leaving is an answer, never a hang: a writer waiting on a
+    /// full socket gets an error, and so does the reader (or the end).
+    #[test]
+    fn the_peer_leaving_ends_a_waiting_write_and_the_read() {
+        let (ours, peer) = UnixStream::pair().expect("pair");
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(peer);
+        });
+        runtime().block_on(async move {
+            let (mut rd, mut wr) = split(ours).expect("split");
+            let big = vec![1u8; 8 << 20];
+            let start = std::time::Instant::now();
+            let written = tokio::time::timeout(Duration::from_secs(10), wr.write_all(&big))
+                .await
+                .expect("a write waiting on a full socket must end when the peer leaves");
+            // Checked apart from the timeout: a timer firing polls the write
+            // once more, which then finds the peer gone without any wake-up.
+            let waited = start.elapsed();
+            assert!(waited < Duration::from_secs(3), "the peer leaving woke the writer only after {waited:?}");
+            let error = written.expect_err("nobody read 8 MiB");
+            assert!(
+                matches!(error.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset),
+                "unexpected error: {error}"
+            );
+            let mut buf = Vec::with_capacity(16);
+            let read = tokio::time::timeout(Duration::from_secs(5), rd.read_buf(&mut buf)).await;
+            // The peer left bytes unread, so the kernel says reset rather
+            // than the end: either way the reader learns the link is gone.
+            match read.expect("the peer leaving must wake the reader") {
+                Ok(n) => assert_eq!(n, 0, "the end reads as 0 bytes"),
+                Err(error) => assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "unexpected error: {error}"),
+            }
+            wr.shutdown().await.expect("shutting a closed link's writer is not an error");
+        });
+        closer.join().expect("closer");
+    }
+
     /// The point of these halves: a worker waiting for its next batch is
     /// not woken when the server reads the last one it wrote. Each round
     /// writes, waits for the answer, and the peer reads only after a pause
