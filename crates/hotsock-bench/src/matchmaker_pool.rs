@@ -249,7 +249,14 @@ pub(crate) fn run(params: &Params, out: &Path) -> Result<()> {
     );
     text.push_str(&format!(
         " The largest pool measured is what this machine's limit of {files} open files per process allows (every waiting \
-         player is an open connection in the server and in the load generator; 50,000 would need a higher `ulimit -n`).\n\n"
+         player is an open connection in the server and in the load generator; 50,000 would need a higher `ulimit -n`). \
+         Since 2026-12-04 the load generator's clients take turns on {} loopback source addresses (`load::connect`): \
+         from one, each `connect(2)` searched longer for a free local port the more connections were open \
+         (`__inet_check_established` and `__inet_hash_connect`, 48% of the generator's CPU with 18,000 waiting), \
+         so the generator, not the pairing, slowed with the pool: the run before the change measured 9,737, 7,562 and \
+         3,994 matches/s at 1,000, 10,000 and 18,000 waiting (0.78), the generator's CPU rising from 0.48 to 1.24 \
+         cores while the server's fell from 1.16 to 0.69.\n\n",
+        crate::load::SOURCE_ADDRESSES
     ));
     for run in &runs {
         text.push_str(&run.cpu.markdown(&format!("the pairing with {} waiting", run.waiting)));
