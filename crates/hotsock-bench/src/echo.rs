@@ -357,8 +357,8 @@ The changes are kept: less CPU per message everywhere, and lower latency whereve
 halting (the kernel's default for this driver). Why the aim is out of reach on this machine: with polling off \
 the one-connection round trip is 55-67 µs for the ceiling and 59-93 µs for hotsock, 12-17 and 40-55 µs with it \
 on, and at 10 connections the p50 ratio was 2.1-4.4 with polling off (this evening's machine at the top) \
-and 1.9-2.6 with it on. With one message in flight per connection the mean round trip is the 10 connections over the msg/s (Little's law), so the p50 ratio follows \
-the inverse of the throughput ratio: 1.5 asks hotsock, whose three processes take turns on each message, for \
+and 1.9-2.6 with it on. With one message in flight per connection the mean round trip is the 10 \
+connections over the msg/s (Little's law), so the p50 ratio follows the inverse of the throughput ratio: 1.5 asks hotsock, whose three processes take turns on each message, for \
 two thirds of the msg/s of a ceiling whose two processes never sleep (0.98 cores each in these runs), more \
 than Node's `ws` (one process, no hop) reaches in the table above.\n";
 

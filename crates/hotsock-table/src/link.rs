@@ -13,36 +13,31 @@
 
 use std::io::{self, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use socket2::SockRef;
-use tokio::io::unix::{AsyncFd, AsyncFdRegisterError};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Splits a socket into its reading and writing halves (made
 /// non-blocking). Needs a tokio runtime with I/O enabled, as polling the
 /// halves does.
+#[allow(unsafe_code)]
 pub fn split(socket: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
     socket.set_nonblocking(true)?;
     // The writer's own descriptor, made once here: a full socket later
     // needs no new one (a `dup` at the fd limit would fail the write).
     let writer = socket.try_clone()?;
-    Ok((ReadHalf(register(socket, Interest::READABLE).map_err(|e| e.into_parts().1)?), WriteHalf(Writer::Idle(writer))))
-}
-
-/// Registers `socket` with the runtime's I/O driver for `interest` only.
-#[allow(unsafe_code)]
-fn register(socket: UnixStream, interest: Interest) -> Result<AsyncFd<UnixStream>, AsyncFdRegisterError<UnixStream>> {
     // SAFETY: the `AsyncFd` owns the `UnixStream`, which owns its
     // descriptor: it stays open, on the same open file description, until
-    // the `AsyncFd` is dropped or gives the stream back (`into_inner`,
-    // which deregisters first), and `as_raw_fd` always returns that one
-    // descriptor. Nothing swaps the stream through `get_mut`. Deregistering
-    // before the close matters with duplicates of one socket: a closed
-    // descriptor left registered would keep an epoll entry alive.
-    unsafe { AsyncFd::register_with_interest(socket, interest) }
+    // the `AsyncFd` is dropped, and `as_raw_fd` always returns that one
+    // descriptor. Nothing takes the stream out or swaps it (`get_mut`).
+    let reader =
+        unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+    Ok((ReadHalf(reader), WriteHalf { waiting: None, socket: writer }))
 }
 
 /// Reads; woken only when there is something to read (or the peer left).
@@ -89,84 +84,51 @@ impl AsyncRead for ReadHalf {
     }
 }
 
-/// Writes at once; registered for writability only while the socket is
-/// full. Dropping it shuts the socket's writing direction, as tokio's
-/// write half does, so the peer reads the end.
+/// Writes at once; registered for writability only from a write that
+/// found the socket full to the next write that took all it was given.
+/// Dropping it shuts the socket's writing direction, as tokio's write half
+/// does, so the peer reads the end.
 #[derive(Debug)]
-pub struct WriteHalf(Writer);
-
-/// The writer's descriptor: registered only from a write that found the
-/// socket full to the next write that took all it was given.
-#[derive(Debug)]
-enum Writer {
-    Idle(UnixStream),
-    Full(AsyncFd<UnixStream>),
-    /// Only while `full` moves the descriptor into its registration.
-    Moving,
-}
-
-impl Writer {
-    fn socket(&self) -> io::Result<&UnixStream> {
-        match self {
-            Writer::Idle(socket) => Ok(socket),
-            Writer::Full(registered) => Ok(registered.get_ref()),
-            Writer::Moving => {
-                Err(io::Error::new(io::ErrorKind::NotConnected, "the socket was lost to a failed registration"))
-            }
-        }
-    }
-
-    /// The registration, made now if the socket was idle.
-    fn full(&mut self) -> io::Result<&AsyncFd<UnixStream>> {
-        if let Writer::Idle(_) = self
-            && let Writer::Idle(socket) = std::mem::replace(self, Writer::Moving)
-        {
-            *self = match register(socket, Interest::WRITABLE) {
-                Ok(registered) => Writer::Full(registered),
-                Err(error) => {
-                    let (socket, error) = error.into_parts();
-                    *self = Writer::Idle(socket);
-                    return Err(error);
-                }
-            };
-        }
-        match self {
-            Writer::Full(registered) => Ok(registered),
-            _ => Err(io::Error::new(io::ErrorKind::NotConnected, "the socket was lost to a failed registration")),
-        }
-    }
-
-    /// Deregistered: the peer's reads wake nobody until the next full
-    /// socket.
-    fn idle(&mut self) {
-        if let Writer::Full(_) = self
-            && let Writer::Full(registered) = std::mem::replace(self, Writer::Moving)
-        {
-            *self = Writer::Idle(registered.into_inner());
-        }
-    }
+pub struct WriteHalf {
+    /// The registration of `socket`'s descriptor while it is full. Declared
+    /// first so it is dropped (and deregistered) before `socket` closes.
+    waiting: Option<AsyncFd<RawFd>>,
+    socket: UnixStream,
 }
 
 impl AsyncWrite for WriteHalf {
+    #[allow(unsafe_code)]
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let writer = &mut self.0;
+        let this = &mut *self;
         loop {
-            match writer.socket()?.write(buf) {
+            match (&this.socket).write(buf) {
                 Ok(n) => {
                     // A write that took less than it was given found the
                     // socket full again: the registration stays for the
                     // rest, so a large write registers once, not per chunk.
                     if n == buf.len() {
-                        writer.idle();
+                        this.waiting = None;
                     }
                     return Poll::Ready(Ok(n));
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Poll::Ready(Err(error)),
             }
-            // Registering polls the socket's state, so room that appeared
-            // since the write is reported: no wake-up is lost.
-            ready!(writer.full()?.poll_write_ready(cx))?.clear_ready();
+            let waiting = match &mut this.waiting {
+                Some(waiting) => waiting,
+                // SAFETY: the descriptor is `socket`'s, which this struct
+                // owns and never replaces; the registration is dropped
+                // before it (field order, or `waiting = None`), so the
+                // descriptor stays open and the same for as long as it
+                // is registered. Registering polls the socket's state, so
+                // room that appeared since the write is reported: no
+                // wake-up is lost.
+                none => none.insert(
+                    unsafe { AsyncFd::register_with_interest(this.socket.as_raw_fd(), Interest::WRITABLE) }
+                        .map_err(|e| e.into_parts().1)?,
+                ),
+            };
+            ready!(waiting.poll_write_ready(cx))?.clear_ready();
         }
     }
 
@@ -175,15 +137,13 @@ impl AsyncWrite for WriteHalf {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.socket()?.shutdown(Shutdown::Write))
+        Poll::Ready(self.socket.shutdown(Shutdown::Write))
     }
 }
 
 impl Drop for WriteHalf {
     fn drop(&mut self) {
-        if let Ok(socket) = self.0.socket() {
-            let _ = socket.shutdown(Shutdown::Write);
-        }
+        let _ = self.socket.shutdown(Shutdown::Write);
     }
 }
 
